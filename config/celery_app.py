@@ -1,0 +1,67 @@
+"""The Celery app: broker, queue, routes and delivery options, all in one place.
+
+``celery -A config.celery_app worker`` and ``triage worker`` run the same app. Its
+configuration is read from the settings when Celery first needs it (``on_configure``),
+not at import, so a bad TRIAGE_* value stops the worker with a message naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
+
+from config.settings import Settings, load_settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        # Results go to SQL; nobody reads Celery results.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.queue,
+        "task_queues": [Queue(settings.queue)],
+        "task_routes": {"triage.*": {"queue": settings.queue}},
+        # At-least-once: a message is acked only after its ticket is decided or
+        # dead-lettered; a killed worker's tickets come back (writes are idempotent).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # The threads pool lets one process's tasks share the batcher and the model (see
+        # worker/batcher.py). Two batches' worth of threads: while one batch is embedded and
+        # stored, the next one fills.
+        "worker_pool": "threads",
+        "worker_concurrency": 2 * settings.batch_size,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu 5.7 restores unacked messages every interval x throttle seconds; its
+            # default (~100 s) would leave a killed worker's tickets waiting that long.
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
+        "worker_send_task_events": True,  # for Flower
+        "task_send_sent_event": True,
+        "include": ["worker.tasks"],
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("triage", set_as_current=settings is None)
+    if settings is not None:
+        app.conf.update(celery_config(settings))
+    else:
+
+        def _configure(sender: Celery, **_: Any) -> None:
+            sender.conf.update(celery_config(load_settings()))
+
+        app.on_configure.connect(_configure, weak=False)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,122 @@
+"""The one settings object: every tunable of ticket-triage, read from ``TRIAGE_*``.
+
+Values come from the environment, or from a ``.env`` file in the working directory
+(environment wins). :func:`load_settings` validates everything at start and turns a bad
+value into :class:`SettingsError`, whose message names the variable, so a typo stops the
+program before it touches Redis, the database or the model.
+
+Nothing here is read at import time: entry points (CLI, Celery app, tests) call
+:func:`load_settings` when they decide to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TRIAGE_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- services ---------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and lock")
+    database_url: str = Field(
+        "sqlite:///./data/triage.db", description="SQLAlchemy URL of the decisions database"
+    )
+    chroma_path: Path = Field(
+        Path("./data/chroma"), description="embedded Chroma store (one process owns it)"
+    )
+    chroma_url: str | None = Field(
+        None, description="a `chroma run` server (http://host:port); set it for >1 worker process"
+    )
+    chroma_collection: str = Field(
+        "tickets", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$"
+    )
+
+    # --- embedding --------------------------------------------------------------------
+    embedder: Literal["local", "ollama"] = "local"
+    local_model_path: Path | None = Field(
+        None, description="a sentence-transformers BERT folder; default: packaged all-MiniLM-L6-v2"
+    )
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_model: str = "all-minilm"
+    # One batch of 64 short tickets takes ~0.3 s on a CPU Ollama; 30 s leaves room for a
+    # model load (all-minilm loads in well under a second) without hanging a batch forever.
+    ollama_timeout_s: float = Field(30.0, gt=0)
+
+    # --- routing ----------------------------------------------------------------------
+    duplicate_threshold: float = Field(0.85, ge=-1.0, le=1.0)
+    suggest_threshold: float = Field(0.70, ge=-1.0, le=1.0)
+    top_k: int = Field(5, ge=1, le=100)
+
+    # --- batching and delivery ----------------------------------------------------------
+    # 32 short tickets embed in ~0.13 s locally: big enough to amortise the call, small
+    # enough that a batch is well inside the visibility timeout.
+    batch_size: int = Field(32, ge=1, le=1024)
+    # A lone ticket waits at most this long for batch-mates before it is embedded alone.
+    batch_wait_ms: int = Field(200, ge=0, le=60_000)
+    queue: str = Field("triage", pattern=r"^[A-Za-z0-9._-]+$")
+    # Redis redelivers an unacked message after this many seconds. It must exceed the
+    # longest time a message sits in a worker (prefetch wait + retry countdown + batch);
+    # kombu's default of 3600 s would make a killed worker's tickets wait an hour.
+    visibility_timeout_s: int = Field(300, ge=30)
+    # kombu 5.7 sweeps unacked messages every interval x throttle seconds (default ~100 s).
+    unacked_restore_interval_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(10, ge=0, le=100)
+    # Backoff doubles from 1 s up to this cap; 10 retries capped at 60 s ride out a
+    # several-minute embedding outage before a ticket is dead-lettered.
+    retry_backoff_max_s: int = Field(60, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Settings:
+        if self.suggest_threshold > self.duplicate_threshold:
+            raise ValueError(
+                f"TRIAGE_SUGGEST_THRESHOLD ({self.suggest_threshold}) must not exceed "
+                f"TRIAGE_DUPLICATE_THRESHOLD ({self.duplicate_threshold})"
+            )
+        if self.retry_backoff_max_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "
+                "waits inside the worker unacked and would otherwise be redelivered twice"
+            )
+        return self
+
+    @property
+    def uses_chroma_server(self) -> bool:
+        return bool(self.chroma_url)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = [str(part) for part in err["loc"]]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        value = err.get("input")
+        shown = "" if loc == [] or isinstance(value, dict) else f" (got {value!r})"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}{shown}" if loc else message)
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings now; raise SettingsError naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

@@ -1,0 +1,312 @@
+"""The `triage` command line: how people and files get tickets in, and read results out.
+
+Every subcommand loads the settings first, so a bad TRIAGE_* value stops it with a
+message naming the variable (exit code 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from config.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("triage")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        click.echo(f"triage: {exc}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """ticket-triage: route helpdesk tickets as duplicate / suggest / manual."""
+
+
+# --- worker --------------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--loglevel", default=None, help="Celery log level (default: TRIAGE_LOG_LEVEL).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a triage worker (same as `celery -A config.celery_app worker`).
+
+    Extra arguments go to Celery, e.g. `triage worker --concurrency 128`.
+    """
+    from worker.errors import TriageError
+    from worker.runtime import get_runtime
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    try:
+        # Load the model and open the store now: a wrong model, a locked store or an old
+        # schema stops here with its message, before any message is taken.
+        get_runtime()
+    except (TriageError, RuntimeError) as exc:
+        click.echo(f"triage worker: {exc}", err=True)
+        sys.exit(1)
+    from config.celery_app import app
+
+    argv = ["worker", "--loglevel", loglevel or settings.log_level, "-Q", settings.queue]
+    app.worker_main([*argv, *celery_args])
+
+
+# --- ingest --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--backfill", is_flag=True, help="Index as history (embed + store), no routing.")
+@click.option(
+    "--source", default=None, help="Ticket source for rows without one (default: csv / jsonl)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file name.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ingest(file: Path, backfill: bool, source: str | None, fmt: str | None, quiet: bool) -> None:
+    """Enqueue the tickets of a CSV or JSONL FILE for triage.
+
+    Bad rows are reported with their line number; the others still go in.
+    """
+    settings = _settings()
+    summary = ingest_file(
+        settings, file, backfill=backfill, source=source, fmt=fmt, progress=not quiet
+    )
+    if summary["enqueued"] == 0 and summary["rejected"]:
+        sys.exit(1)
+
+
+def ingest_file(
+    settings: Settings,
+    file: Path,
+    *,
+    backfill: bool = False,
+    source: str | None = None,
+    fmt: str | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    from tqdm import tqdm
+
+    from config.celery_app import create_app
+    from producer.enqueue import BrokerUnavailable, publish
+    from producer.importer import RowError, detect_format, read_tickets
+    from worker.tickets import Ticket
+
+    try:
+        fmt = fmt or detect_format(file)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    errors: list[RowError] = []
+
+    def good_rows() -> Any:
+        for row in read_tickets(file, source=source or fmt, fmt=fmt):
+            if isinstance(row, RowError):
+                errors.append(row)
+                tqdm.write(f"{file}:{row}", file=sys.stderr)
+            else:
+                yield row
+
+    app = create_app(settings)
+    sent = 0
+    bar = tqdm(desc="enqueue", unit="ticket", disable=not progress, file=sys.stderr)
+    try:
+        ticket: Ticket
+        for ticket in publish(app, good_rows(), mode="backfill" if backfill else "route"):
+            del ticket
+            sent += 1
+            bar.update(1)
+    except BrokerUnavailable as exc:
+        bar.close()
+        click.echo(f"triage ingest: {exc}", err=True)
+        click.echo(f"  enqueued before the error: {sent}", err=True)
+        sys.exit(1)
+    finally:
+        bar.close()
+    what = "history tickets (backfill)" if backfill else "tickets"
+    click.echo(
+        f"{file}: {sent} {what} enqueued on queue {settings.queue!r}, "
+        f"{len(errors)} row(s) rejected",
+        err=True,
+    )
+    return {"enqueued": sent, "rejected": len(errors)}
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-k", "--top-k", "k", default=5, show_default=True, help="How many neighbours.")
+def search(text: str, k: int) -> None:
+    """Print the past tickets nearest to TEXT, with their similarity."""
+    from sqlalchemy.orm import Session
+
+    from worker import db
+    from worker.embedding import make_embedder
+    from worker.errors import TriageError
+    from worker.store import opened_store
+
+    settings = _settings()
+    try:
+        embedder = make_embedder(settings)
+        vector = embedder.embed([text])
+        with opened_store(
+            model_id=embedder.model_id,
+            dimension=embedder.dimension,
+            collection=settings.chroma_collection,
+            path=settings.chroma_path,
+            url=settings.chroma_url,
+        ) as store:
+            hits = store.query(vector, k)[0]
+    except TriageError as exc:
+        click.echo(f"triage search: {exc}", err=True)
+        sys.exit(1)
+    engine = db.make_engine(settings.database_url)
+    with Session(engine) as session:
+        rows = db.tickets_by_key(session, [h.key for h in hits])
+    if not hits:
+        click.echo("no tickets indexed yet")
+    for h in hits:
+        row = rows.get(h.key)
+        title = (row.subject or row.body) if row else ""
+        click.echo(f"{h.score:6.3f}  {h.key}  {_clip(title, 70)}")
+
+
+@cli.command()
+@click.option("-n", "--limit", default=20, show_default=True)
+@click.option("--route", type=click.Choice(["duplicate", "suggest", "manual"]), default=None)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--failures", is_flag=True, help="Show the failure table instead.")
+def decisions(limit: int, route: str | None, fmt: str, failures: bool) -> None:
+    """Print the most recent decisions (or failures)."""
+    from worker.report import recent_decisions, recent_failures
+
+    settings = _settings()
+    rows = (
+        recent_failures(settings, limit) if failures else recent_decisions(settings, limit, route)
+    )
+    print_rows(rows, fmt)
+
+
+def print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt == "csv":
+        if rows:
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    cols = list(rows[0])
+    cells = [[_clip(_cell(r[c]), 48) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command()
+def doctor() -> None:
+    """Check Redis, the database, Chroma and the embedder; print their versions."""
+    from worker.report import doctor_checks
+
+    settings = _settings()
+    ok = True
+    for name, good, detail in doctor_checks(settings):
+        ok &= good
+        click.echo(f"{'ok ' if good else 'BAD'}  {name:<10} {detail}")
+    sys.exit(0 if ok else 1)
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the tables to the newest schema."""
+    from worker import migrate
+    from worker.db import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    revision = migrate.upgrade(engine)
+    click.echo(f"database {engine.url.render_as_string()} is at schema {revision}")
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Tickets to triage (default: the bundled sample of ~200 support tickets).",
+)
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the worker.")
+def demo(file: Path | None, timeout: int) -> None:
+    """Run the whole flow on embedded defaults and print the routing table."""
+    from producer.demo import run_demo
+
+    settings = _settings()
+    _setup_logging("WARNING")
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout))
+
+
+def main() -> None:
+    cli(prog_name="triage")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""`triage demo`: the whole flow on one machine with nothing configured.
+
+Redis (the one at TRIAGE_REDIS_URL, or a private `redis-server` started here), a real
+worker process (local model, embedded Chroma and SQLite under ./data), the bundled sample
+tickets enqueued exactly as `triage ingest` does, then the routing table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import click
+import redis
+from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from producer.importer import RowError, read_tickets
+from worker import db, migrate
+from worker.tickets import TicketKey
+
+DEMO_SOURCE = "demo"
+
+
+def sample_path() -> Path:
+    return Path(str(resources.files("producer") / "samples" / "demo_tickets.csv"))
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def reachable_redis(url: str, data_dir: Path) -> Iterator[str]:
+    """Yield a Redis URL that answers: the configured one, or a private server we start."""
+    if _redis_answers(url):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise click.ClickException(
+            f"no Redis answers at {url} and `redis-server` is not installed. Install Redis "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set "
+            "TRIAGE_REDIS_URL to a Redis you can reach."
+        )
+    port = _free_port()
+    log = (data_dir / "demo-redis.log").open("w")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    private = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            if _redis_answers(private):
+                break
+            time.sleep(0.05)
+        else:
+            raise click.ClickException(f"the private redis-server did not start; see {log.name}")
+        click.echo(f"no Redis at {url}: started a private redis-server on port {port}", err=True)
+        yield private
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
+    from producer.cli import ingest_file, print_rows
+
+    file = file or sample_path()
+    data_dir = Path("data")
+    data_dir.mkdir(exist_ok=True)
+    engine = db.make_engine(settings.database_url)
+    migrate.upgrade(engine)
+
+    keys = []
+    for row in read_tickets(file, source=DEMO_SOURCE):
+        if not isinstance(row, RowError):
+            keys.append(row.key)
+
+    with reachable_redis(settings.redis_url, data_dir) as redis_url:
+        settings = settings.model_copy(update={"redis_url": redis_url})
+        env = {**os.environ, "TRIAGE_REDIS_URL": redis_url}
+        log_path = data_dir / "demo-worker.log"
+        with log_path.open("w") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                ingest_file(settings, file, source=DEMO_SOURCE)
+                finished = _wait(engine, keys, worker, timeout_s)
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+        if not finished:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            click.echo("the worker did not finish; last lines of " + str(log_path), err=True)
+            click.echo("\n".join(tail), err=True)
+            return 1
+
+    rows = _table(engine, keys)
+    print_rows(rows, "table")
+    counts = Counter(r["route"] for r in rows)
+    click.echo("")
+    click.echo(
+        "routes: "
+        + ", ".join(
+            f"{route} {counts.get(route, 0)}"
+            for route in ("duplicate", "suggest", "manual", "failed")
+        )
+        + f" (of {len(rows)} tickets)"
+    )
+    click.echo(f"decisions are in {engine.url.render_as_string()} (table triage_decisions)")
+    return 0
+
+
+def _done(engine: Engine, keys: list[TicketKey]) -> int:
+    wanted = [tuple(k) for k in keys]
+    with Session(engine) as s:
+        decided = s.scalar(
+            select(func.count())
+            .select_from(db.DecisionRow)
+            .where(tuple_(db.DecisionRow.source, db.DecisionRow.ticket_id).in_(wanted))
+        )
+        failed = s.scalar(
+            select(func.count())
+            .select_from(db.FailureRow)
+            .where(tuple_(db.FailureRow.source, db.FailureRow.ticket_id).in_(wanted))
+        )
+    return int(decided or 0) + int(failed or 0)
+
+
+def _wait(
+    engine: Engine, keys: list[TicketKey], worker: subprocess.Popen[bytes], timeout_s: int
+) -> bool:
+    from tqdm import tqdm
+
+    unique = list(dict.fromkeys(keys))
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=len(unique), desc="triage", unit="ticket", file=sys.stderr) as bar:
+        while time.monotonic() < deadline:
+            done = _done(engine, unique)
+            bar.n = done
+            bar.refresh()
+            if done >= len(unique):
+                return True
+            if worker.poll() is not None:
+                return False
+            time.sleep(0.3)
+    return False
+
+
+def _table(engine: Engine, keys: list[TicketKey]) -> list[dict[str, object]]:
+    wanted: list[tuple[str, str]] = [(k.source, k.ticket_id) for k in dict.fromkeys(keys)]
+    with Session(engine) as s:
+        decisions = {
+            (d.source, d.ticket_id): d
+            for d in s.scalars(
+                select(db.DecisionRow).where(
+                    tuple_(db.DecisionRow.source, db.DecisionRow.ticket_id).in_(wanted)
+                )
+            )
+        }
+        failures = {
+            (f.source, f.ticket_id): f
+            for f in s.scalars(
+                select(db.FailureRow).where(
+                    tuple_(db.FailureRow.source, db.FailureRow.ticket_id).in_(wanted)
+                )
+            )
+        }
+    rows: list[dict[str, object]] = []
+    for key in wanted:
+        d = decisions.get(key)
+        if d is not None:
+            rows.append(
+                {
+                    "ticket": d.ticket_id,
+                    "route": d.route,
+                    "score": d.score,
+                    "matched": d.matched_ticket_id,
+                    "canonical": d.canonical_ticket_id if d.route == "duplicate" else None,
+                    "subject": d.subject,
+                }
+            )
+        elif (f := failures.get(key)) is not None:
+            rows.append(
+                {
+                    "ticket": f.ticket_id,
+                    "route": "failed",
+                    "score": None,
+                    "matched": None,
+                    "canonical": None,
+                    "subject": f.reason,
+                }
+            )
+    return rows
+
+
+def read_labels(path: Path) -> dict[str, str]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["id"]: row["cluster"] for row in csv.DictReader(fh)}

@@ -1,0 +1,265 @@
+"""SQL: the source of truth. Tickets, their decisions, and the tickets that failed.
+
+Tables (schema owned by the Alembic migrations in ``worker/migrations``):
+
+- ``triage_tickets``: every accepted ticket's key and text, so the vector index can always
+  be rebuilt from SQL (re-index, model change, lost store).
+- ``triage_decisions``: one row per routed ticket; the stable surface dashboards query.
+- ``triage_failures``: tickets that will not succeed on retry, with the reason.
+
+Every write is keyed by ``(source, ticket_id)`` and idempotent: a redelivered ticket
+never adds a row, and a decision, once made, is never rewritten (later tickets may
+already point at it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from worker.tickets import Ticket, TicketKey
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TicketRow(Base):
+    __tablename__ = "triage_tickets"
+    __table_args__ = (UniqueConstraint("source", "ticket_id", name="uq_triage_tickets_key"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    queue: Mapped[str | None] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # True for history loaded with `triage ingest --backfill`: indexed, never routed.
+    backfill: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[str] = mapped_column(String(200))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DecisionRow(Base):
+    __tablename__ = "triage_decisions"
+    __table_args__ = (UniqueConstraint("source", "ticket_id", name="uq_triage_decisions_key"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(16), index=True)
+    score: Mapped[float | None] = mapped_column(Float)
+    matched_source: Mapped[str | None] = mapped_column(String(64))
+    matched_ticket_id: Mapped[str | None] = mapped_column(String(255))
+    canonical_source: Mapped[str] = mapped_column(String(64))
+    canonical_ticket_id: Mapped[str] = mapped_column(String(255), index=True)
+    matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    model: Mapped[str] = mapped_column(String(200))
+    duplicate_threshold: Mapped[float] = mapped_column(Float)
+    suggest_threshold: Mapped[float] = mapped_column(Float)
+    queue: Mapped[str | None] = mapped_column(String(100), index=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class FailureRow(Base):
+    __tablename__ = "triage_failures"
+    __table_args__ = (UniqueConstraint("source", "ticket_id", name="uq_triage_failures_key"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    error_type: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # The message as received, so `triage redrive` can enqueue it again unchanged.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# --- engine ------------------------------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    """One engine per process. SQLite gets WAL and a busy timeout so readers (`triage
+    decisions`, dashboards) never block the worker's writes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT that supports ON CONFLICT (SQLite ≥ 3.24 and PostgreSQL)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
+
+
+def _key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
+    return tuple_(model.source, model.ticket_id).in_([tuple(k) for k in keys])
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownTicket:
+    """What SQL already knows of a key: stored (and how), and decided (and how)."""
+
+    backfill: bool
+    decision: DecisionRow | None
+
+
+def known_tickets(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey, KnownTicket]:
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(TicketRow.source, TicketRow.ticket_id, TicketRow.backfill, DecisionRow)
+        .outerjoin(
+            DecisionRow,
+            (DecisionRow.source == TicketRow.source)
+            & (DecisionRow.ticket_id == TicketRow.ticket_id),
+        )
+        .where(_key_filter(TicketRow, keys))
+    ).all()
+    return {TicketKey(s, t): KnownTicket(bool(b), d) for s, t, b, d in rows}
+
+
+def tickets_by_key(session: Session, keys: Iterable[TicketKey]) -> dict[TicketKey, TicketRow]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    rows = session.scalars(select(TicketRow).where(_key_filter(TicketRow, keys)))
+    return {TicketKey(r.source, r.ticket_id): r for r in rows}
+
+
+# --- writes ------------------------------------------------------------------------------
+
+
+def ticket_values(
+    ticket: Ticket, *, content_hash: str, backfill: bool, model: str
+) -> dict[str, Any]:
+    return {
+        "source": ticket.source,
+        "ticket_id": ticket.ticket_id,
+        "subject": ticket.subject,
+        "body": ticket.body,
+        "queue": ticket.queue,
+        "tags": list(ticket.tags),
+        "created_at": ticket.created_at,
+        "received_at": ticket.received_at,
+        "content_hash": content_hash,
+        "backfill": backfill,
+        "model": model,
+        "stored_at": datetime.now(UTC),
+    }
+
+
+def save_batch(
+    session: Session, tickets: Sequence[dict[str, Any]], decisions: Sequence[dict[str, Any]]
+) -> None:
+    """Store tickets and their decisions in the caller's transaction.
+
+    ON CONFLICT DO NOTHING on both: the first accepted version of a ticket and its first
+    decision stand; a redelivery or a re-import changes nothing. A success also clears an
+    earlier failure row of the same key (re-driven tickets), so each key ends in exactly
+    one of the two tables.
+    """
+    insert = _insert(session)
+    if tickets:
+        session.execute(
+            insert(TicketRow).on_conflict_do_nothing(index_elements=["source", "ticket_id"]),
+            list(tickets),
+        )
+    if decisions:
+        session.execute(
+            insert(DecisionRow).on_conflict_do_nothing(index_elements=["source", "ticket_id"]),
+            list(decisions),
+        )
+    done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
+    if done:
+        session.execute(delete(FailureRow).where(_key_filter(FailureRow, done)))
+
+
+def record_failure(
+    session: Session,
+    *,
+    key: TicketKey,
+    error_type: str,
+    reason: str,
+    attempts: int,
+    payload: dict[str, Any],
+) -> None:
+    """Dead-letter one ticket, unless it has been decided meanwhile (then it did not fail)."""
+    decided = session.scalar(
+        select(DecisionRow.id).where(
+            (DecisionRow.source == key.source) & (DecisionRow.ticket_id == key.ticket_id)
+        )
+    )
+    if decided is not None:
+        return
+    values = {
+        "source": key.source,
+        "ticket_id": key.ticket_id,
+        "error_type": error_type,
+        "reason": reason[:4000],
+        "attempts": attempts,
+        "payload": payload,
+        "failed_at": datetime.now(UTC),
+    }
+    stmt = _insert(session)(FailureRow).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "ticket_id"],
+        set_={
+            k: stmt.excluded[k]
+            for k in ("error_type", "reason", "attempts", "payload", "failed_at")
+        },
+    )
+    session.execute(stmt)

@@ -1,0 +1,32 @@
+"""Embedding backends behind one small interface (:class:`Embedder`), chosen by TRIAGE_EMBEDDER.
+
+- ``local`` (:mod:`worker.embedding.local`): all-MiniLM-L6-v2 in-process, tokenizers +
+  onnxruntime on a graph built from the safetensors weights; no torch.
+- ``ollama`` (:mod:`worker.embedding.ollama`): ``POST /api/embed`` on an Ollama server.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from worker.embedding.base import Embedder, Vectors
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["Embedder", "Vectors", "make_embedder"]
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """Build the configured backend. Call once per process (after fork), never at import."""
+    if settings.embedder == "ollama":
+        from worker.embedding.ollama import OllamaEmbedder
+
+        return OllamaEmbedder(
+            base_url=settings.ollama_url,
+            model=settings.ollama_model,
+            timeout_s=settings.ollama_timeout_s,
+        )
+    from worker.embedding.local import LocalEmbedder
+
+    return LocalEmbedder(settings.local_model_path)

@@ -1,0 +1,507 @@
+"""Ollama backend: batches go to ``POST {base_url}/api/embed`` on an Ollama server.
+
+Facts this module relies on are in ``shared/reference/ollama-api.md`` (cited as "ref §n").
+
+- One ``embed()`` call is one HTTP request with a list ``input``: Ollama runs the inputs one
+  after another anyway (embedding models are always loaded with parallel=1, ref §5), so a
+  batch saves round-trips, and the whole batch fails or succeeds together (ref §1).
+- Texts are cut on the client to :data:`DEFAULT_MAX_CHARS` characters, because Ollama
+  v0.13.5 to at least v0.15.6 ignores ``truncate: true`` for all-minilm and answers an
+  over-long input with 400 "the input length exceeds the context length" (#14186, ref §1).
+- Vectors are checked (count, dimension, finite) and normalised again on the client: the
+  server already normalises ``/api/embed`` answers (ref §1), but a proxy, an old server or a
+  bug must not put a malformed vector into the store.
+- Errors are classified for the worker (see :mod:`worker.errors`): 5xx, 503 busy, timeouts
+  and refused connections are retried here a few times, then raised as
+  ``EmbedderUnavailable``; 400 is ``EmbeddingRejected`` and 404 ``ModelNotAvailable``, never
+  retried (ref "Client implications").
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
+
+from worker.embedding.base import Vectors
+from worker.errors import (
+    EmbedderProtocolError,
+    EmbedderUnavailable,
+    EmbeddingRejected,
+    ModelNotAvailable,
+    TriageError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Client-side character budget per text. all-minilm runs with ``num_ctx 256`` (Modelfile;
+#: ref §6), i.e. 254 word-pieces after [CLS]/[SEP]. English ticket prose averages about 4
+#: characters per word-piece, so 800 characters is about 200 word-pieces, the figure the
+#: reference recommends, with room for punctuation-heavy text; 1000-character chunks are
+#: known to overflow all-minilm (knowledge-base-mcp-server#86, ref §1). Text denser than
+#: ~3 characters per word-piece (hex dumps, stack traces) can still overflow on a server with
+#: the #14186 bug: it then comes back as EmbeddingRejected, a per-ticket permanent failure.
+DEFAULT_MAX_CHARS: Final = 800
+
+#: Attempts per call, first one included. Four attempts with the default backoff wait at
+#: most ~1.75 s in total between attempts: enough to ride out a full queue (503, ref §5) or
+#: a restart, short enough that the worker's own per-ticket retry takes over after that.
+DEFAULT_MAX_ATTEMPTS: Final = 4
+
+#: The replacement for an empty or whitespace-only text (see ``_prepare``).
+EMPTY_TEXT_STAND_IN: Final = " "
+
+# Statuses worth another attempt in the same call: server-side trouble (5xx, 503 "server
+# busy" when OLLAMA_MAX_QUEUE is full, ref §3/§5) and the proxy-ish 408/429.
+_RETRY_STATUSES: Final = frozenset({408, 429})
+
+# Fraction of the budget a cut may give back to end on a word boundary instead of mid-word.
+_WORD_BOUNDARY_SLACK: Final = 0.2
+
+
+class OllamaEmbedder:
+    """:class:`~worker.embedding.base.Embedder` on an Ollama server's ``/api/embed``.
+
+    ``model_id`` is ``ollama:<model>``: Ollama's vectors differ from sentence-transformers'
+    and between Ollama versions (#7085, #14449, ref §7), so they must never share a
+    collection with the local engine's.
+
+    Empty or whitespace-only texts are embedded as a single space instead of being
+    rejected: Ollama does not filter ``[""]`` out of a list and sends it to the runner (ref
+    §1), while a space tokenises to the same bare ``[CLS] [SEP]`` that sentence-transformers
+    embeds for an empty string. Rejecting would fail the whole batch the text is in (one
+    failing input fails the request, ref §1); whether an empty ticket is valid at all is
+    the ticket validator's call, not the embedder's.
+
+    Not safe to share between processes (create one per process, after fork); calls from
+    several threads of one process are fine.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        timeout_s: float = 30.0,
+        *,
+        connect_timeout_s: float = 5.0,
+        dimension: int | None = None,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 4.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"Ollama URL must be http(s)://host:port, got {base_url!r}")
+        if not model:
+            raise ValueError("an Ollama model name is required")
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if max_chars < 1 or max_attempts < 1:
+            raise ValueError("max_chars and max_attempts must be at least 1")
+        if backoff_base_s < 0 or backoff_max_s < 0:
+            raise ValueError("backoff values must not be negative")
+        if dimension is not None and dimension < 1:
+            raise ValueError(f"dimension must be positive, got {dimension}")
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.model_id = f"ollama:{model}"
+        # (connect, read): a dead host fails fast on connect, while the read timeout covers
+        # a whole batch plus a possible model load (all-minilm loads in < 1 s, ref §5).
+        self._timeout = (min(connect_timeout_s, timeout_s), timeout_s)
+        self._max_chars = max_chars
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._dimension = dimension
+        self._server_version: str | None = None
+        self._version_logged = False
+        self._lock = threading.Lock()
+
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            # Retries are done by _request with backoff and classification; urllib3's own
+            # retries would multiply the attempts and hide the status from us.
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
+
+    # --- Embedder protocol ----------------------------------------------------------------
+
+    @property
+    def dimension(self) -> int:
+        """Vector size; discovered from the server on first use when not given, then cached."""
+        known = self._dimension
+        if known is None:
+            known = self._discover_dimension()
+        return known
+
+    @dimension.setter
+    def dimension(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"dimension must be positive, got {value}")
+        self._dimension = value
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if isinstance(texts, str):
+            # A str is a Sequence[str]: without this it would be embedded character by character.
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        inputs = [self._prepare(text) for text in texts]
+        # truncate is the server default, but say it: some versions honour it (ref §1).
+        body = {"model": self.model, "input": inputs, "truncate": True}
+        answer = self._request("POST", "/api/embed", body)
+        return self._vectors(_json_object(answer, "POST /api/embed"), len(inputs))
+
+    def check(self) -> None:
+        """Liveness (``GET /``), version, readiness (embed ``[]``), capabilities (``/api/show``).
+
+        ``/api/embed`` with an empty list schedules and loads the model and answers
+        ``{"embeddings": []}``, or 404 if the model is not pulled (ref §4): a real readiness
+        probe that also warms the model. There is no ``/health`` endpoint (ref §4).
+        """
+        live = self._request("GET", "/")
+        if not live.text.startswith("Ollama is running"):
+            raise EmbedderProtocolError(
+                f"{self.base_url} answered GET / with {live.text[:80]!r}, not 'Ollama is "
+                "running': TRIAGE_OLLAMA_URL does not point at an Ollama server"
+            )
+        version = self._fetch_version()
+        with self._lock:
+            first, self._version_logged = not self._version_logged, True
+        if first:
+            # Vectors change between Ollama versions (#7085, #14449): the version belongs in
+            # the log next to the vectors it produced (ref "Client implications").
+            logger.info("Ollama %s at %s serves model %s", version, self.base_url, self.model)
+
+        ready = _json_object(
+            self._request("POST", "/api/embed", {"model": self.model, "input": []}),
+            "POST /api/embed",
+        )
+        if ready.get("embeddings") != []:
+            raise EmbedderProtocolError(
+                f"{self.base_url}: POST /api/embed with input [] should answer "
+                f"'embeddings': [], got {_preview(ready)}"
+            )
+        self._inspect_model()
+
+    def describe(self) -> dict[str, str]:
+        """Never raises: an unreachable server shows as ``unavailable (<reason>)``."""
+        try:
+            version = self._server_version or self._fetch_version()
+        except TriageError as exc:
+            version = f"unavailable ({exc})"
+        try:
+            dimension = str(self.dimension)
+        except TriageError as exc:
+            dimension = f"unknown ({exc})"
+        return {
+            "engine": "ollama",
+            "model_id": self.model_id,
+            "url": self.base_url,
+            "model": self.model,
+            "server_version": version,
+            "dimension": dimension,
+            "max_chars": str(self._max_chars),
+        }
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pooled connections; a session passed in by the caller is left open."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> OllamaEmbedder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- input ----------------------------------------------------------------------------
+
+    def _prepare(self, text: str) -> str:
+        """Collapse whitespace, stand in for empty text, cut to the character budget."""
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be str, got {type(text).__name__}")
+        # BERT's basic tokenizer splits on any whitespace run and drops it, so collapsing
+        # changes no token; it only stops blank lines and indentation eating the budget.
+        text = " ".join(text.split())
+        if not text:
+            return EMPTY_TEXT_STAND_IN
+        if len(text) <= self._max_chars:
+            return text
+        head = text[: self._max_chars]
+        if text[self._max_chars] != " ":
+            # End on a word boundary when one is near: a half word becomes odd word-pieces.
+            space = head.rfind(" ")
+            if space >= self._max_chars * (1 - _WORD_BOUNDARY_SLACK):
+                head = head[:space]
+        return head
+
+    # --- answer validation ----------------------------------------------------------------
+
+    def _vectors(self, answer: dict[str, Any], expected: int) -> Vectors:
+        where = f"{self.base_url}/api/embed"
+        rows = answer.get("embeddings")
+        if not isinstance(rows, list):
+            raise EmbedderProtocolError(f"{where}: no 'embeddings' list in {_preview(answer)}")
+        if len(rows) != expected:
+            # e.g. 'embeddings': [] for a non-empty input when a proxy or an old server
+            # dropped the field (#7105, ref §1): never pair vectors with the wrong tickets.
+            raise EmbedderProtocolError(f"{where}: sent {expected} texts, got {len(rows)} vectors")
+        width = self._dimension
+        for i, row in enumerate(rows):
+            # bool is an int subclass, and numpy would also turn "0.5" into a number.
+            if not isinstance(row, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in row
+            ):
+                # gemma3 on 0.6.0 answered 200 with "embeddings":[null] (#9739, ref §3).
+                raise EmbedderProtocolError(f"{where}: vector {i} is not a list of numbers")
+            if width is None:
+                width = len(row)
+            if len(row) != width or width == 0:
+                raise EmbedderProtocolError(
+                    f"{where}: vector {i} has {len(row)} dimensions, expected {width}"
+                )
+        matrix = np.asarray(rows, dtype=np.float64)
+        if not np.isfinite(matrix).all():
+            # Servers before v0.14.0 could emit NaN (#12921, ref §7).
+            raise EmbedderProtocolError(f"{where}: answer contains NaN or infinite values")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise EmbedderProtocolError(f"{where}: answer contains a zero vector")
+        assert width is not None  # expected >= 1 rows were checked above
+        if self._dimension is None:
+            with self._lock:
+                self._dimension = width
+            logger.info("Ollama model %s: %s dimensions (from its first answer)", self.model, width)
+        # Normalise in float64, then store float32: the store expects unit float32 vectors.
+        unit: Vectors = (matrix / norms).astype(np.float32)
+        return unit
+
+    # --- discovery ------------------------------------------------------------------------
+
+    def _discover_dimension(self) -> int:
+        """``/api/show`` ``model_info["<arch>.embedding_length"]``, else embed a probe text."""
+        width = _embedding_length(self._show())
+        if width is None:
+            # /api/show without model_info (old servers) or unparsable: measure instead.
+            self.embed(["dimension probe"])
+        elif self._dimension is None:
+            with self._lock:
+                self._dimension = width
+            logger.info("Ollama model %s: %s dimensions (from /api/show)", self.model, width)
+        if self._dimension is None:  # pragma: no cover - embed() sets it or raises
+            raise EmbedderProtocolError(f"{self.base_url}: could not learn the vector size")
+        return self._dimension
+
+    def _show(self) -> dict[str, Any] | None:
+        """``POST /api/show``; None when the server cannot say (not fatal: it is optional)."""
+        # "name" for servers that predate the "model" field (ref §4); unknown fields are ignored.
+        try:
+            shown = self._request("POST", "/api/show", {"model": self.model, "name": self.model})
+            return _json_object(shown, "POST /api/show")
+        except (EmbedderProtocolError, EmbeddingRejected) as exc:
+            logger.debug("POST %s/api/show unusable: %s", self.base_url, exc)
+            return None
+
+    def _inspect_model(self) -> None:
+        """Refuse a model that cannot embed; learn the dimension while we are at it.
+
+        ``/api/embed`` does not check capabilities, so a chat model fails only when the
+        runner runs (ref §3); ``/api/show`` lists ``capabilities`` since 2025-04 (ref §4).
+        """
+        shown = self._show()
+        if shown is None:
+            return
+        capabilities = shown.get("capabilities")
+        if isinstance(capabilities, list) and "embedding" not in capabilities:
+            raise ModelNotAvailable(
+                f"Ollama model {self.model!r} at {self.base_url} is not an embedding model "
+                f"(capabilities: {capabilities}); set TRIAGE_OLLAMA_MODEL to one, e.g. all-minilm"
+            )
+        width = _embedding_length(shown)
+        if self._dimension is None and width is not None:
+            with self._lock:
+                self._dimension = width
+
+    def _fetch_version(self) -> str:
+        answer = _json_object(self._request("GET", "/api/version"), "GET /api/version")
+        version = answer.get("version")
+        if not isinstance(version, str):
+            raise EmbedderProtocolError(
+                f"{self.base_url}/api/version: no 'version' string in {_preview(answer)}"
+            )
+        self._server_version = version
+        return version
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> requests.Response:
+        """One call with up to ``max_attempts`` attempts; returns a 2xx response or raises."""
+        url = f"{self.base_url}{path}"
+        what = f"{method} {url}"
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                response = self._session.request(method, url, json=body, timeout=self._timeout)
+            except requests.Timeout as exc:
+                # ConnectTimeout is also a ConnectionError: catch Timeout first for the message.
+                error: TriageError = EmbedderUnavailable(
+                    f"{what}: no answer within {self._timeout[1]:g} s ({type(exc).__name__})"
+                )
+                cause: BaseException = exc
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                error, cause = (
+                    EmbedderUnavailable(f"{what}: connection failed: {_reason(exc)}"),
+                    exc,
+                )
+            except requests.RequestException as exc:  # e.g. InvalidURL: retrying cannot help
+                raise EmbedderUnavailable(f"{what}: request failed: {exc}") from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                error, cause = self._http_error(what, response), _error_cause(response)
+                # A 500 can still be final (a chat model): only EmbedderUnavailable is retried.
+                if not (
+                    isinstance(error, EmbedderUnavailable) and _retryable(response.status_code)
+                ):
+                    raise error
+            if attempt == self._max_attempts:
+                break
+            delay = self._backoff(attempt)
+            logger.warning(
+                "%s (attempt %s of %s); retrying in %.2f s",
+                error,
+                attempt,
+                self._max_attempts,
+                delay,
+            )
+            time.sleep(delay)
+        raise EmbedderUnavailable(f"{error} (gave up after {self._max_attempts} attempts)") from (
+            cause
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with jitter so that workers hit by one outage spread out."""
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _http_error(self, what: str, response: requests.Response) -> TriageError:
+        status = response.status_code
+        message = _server_message(response)
+        detail = f"{what}: HTTP {status}: {message}"
+        if status == 404:
+            if _is_json(response):
+                # {"error":"model \"x\" not found, try pulling it first"} (ref §3).
+                return ModelNotAvailable(
+                    f"{detail}. The model is not pulled on that server: run "
+                    f"`ollama pull {self.model}` there"
+                )
+            # text/plain "404 page not found": the route does not exist (ref §3), so the URL
+            # is not an Ollama root, or the server predates /api/embed (added in v0.3.0).
+            return ModelNotAvailable(
+                f"{detail}. TRIAGE_OLLAMA_URL must be the Ollama root (e.g. "
+                "http://127.0.0.1:11434) of a server new enough to have /api/embed"
+            )
+        if "does not support embeddings" in message:
+            # A chat model: 501, or 500 before v0.13.3 (ref §3). Retrying cannot fix it.
+            return ModelNotAvailable(
+                f"{detail}. Set TRIAGE_OLLAMA_MODEL to an embedding model, e.g. all-minilm"
+            )
+        if status == 400:
+            if "context length" in message:
+                # Permanent for this text (ref §1: never retry); the whole batch fails with it.
+                return EmbeddingRejected(
+                    f"{detail} (text already cut to {self._max_chars} characters; the "
+                    "server did not truncate, see ollama#14186)"
+                )
+            return EmbeddingRejected(detail)
+        return EmbedderUnavailable(detail)
+
+
+def _embedding_length(shown: dict[str, Any] | None) -> int | None:
+    """``model_info["<general.architecture>.embedding_length"]``, e.g. bert.embedding_length 384."""
+    info = (shown or {}).get("model_info")
+    if not isinstance(info, dict):
+        return None
+    arch = info.get("general.architecture")
+    keys = [f"{arch}.embedding_length"] if isinstance(arch, str) else []
+    keys += [k for k in info if isinstance(k, str) and k.endswith(".embedding_length")]
+    for key in keys:
+        value = info.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """urllib3's root reason ("... [Errno 111] Connection refused") without the pool preamble."""
+    wrapped = exc.args[0] if exc.args else None
+    return str(getattr(wrapped, "reason", None) or exc)
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in _RETRY_STATUSES
+
+
+def _error_cause(response: requests.Response) -> BaseException:
+    """A stand-in ``__cause__`` for HTTP errors, so the traceback names the status."""
+    return requests.HTTPError(f"HTTP {response.status_code}", response=response)
+
+
+def _is_json(response: requests.Response) -> bool:
+    return response.headers.get("Content-Type", "").startswith("application/json")
+
+
+def _server_message(response: requests.Response) -> str:
+    """The server's ``{"error": ...}`` text, else the start of whatever body came back."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        return str(answer["error"])
+    text = response.text.strip()
+    return text[:200] if text else response.reason or "(empty body)"
+
+
+def _json_object(response: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError as exc:
+        raise EmbedderProtocolError(
+            f"{what} at {response.url}: answer is not JSON ({exc}): {response.text[:120]!r}"
+        ) from exc
+    if not isinstance(answer, dict):
+        raise EmbedderProtocolError(f"{what} at {response.url}: answer is not a JSON object")
+    return answer
+
+
+def _preview(answer: object) -> str:
+    text = repr(answer)
+    return text if len(text) <= 120 else f"{text[:117]}..."
+
+
+__all__ = ["DEFAULT_MAX_CHARS", "EMPTY_TEXT_STAND_IN", "OllamaEmbedder"]

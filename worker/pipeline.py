@@ -1,0 +1,299 @@
+"""One batch of tickets, from text to decision rows: the triage domain, with no Celery in it.
+
+Follow one ticket through :func:`triage_batch`:
+
+1. **Look up** what SQL already knows of each key. A ticket decided before (a redelivery or
+   a re-import) is never decided again and never matched against itself; it only gets
+   its vector re-stored if a crash lost it between the two writes.
+2. **Embed** every ticket that needs a vector in ONE embedder call. If the embedder
+   rejects the batch as a whole (one poison input), each ticket is embedded alone so that
+   only the poison one fails and its batch-mates go on.
+3. **Critical section** (one batch at a time across all workers; see ``Services.lock``):
+   query the store for each ticket's neighbours (one query for the batch), route in
+   order (:func:`worker.routing.decide`), write ticket and decision rows in one SQL
+   transaction, then upsert the vectors (one call). SQL first: a crash between the writes
+   leaves a decision without a vector, which step 1 repairs on redelivery, never a vector
+   without a decision (a phantom that later tickets could match).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from worker import db
+from worker.embedding import Embedder, Vectors
+from worker.errors import PermanentError, StoreUnavailable, TriageError
+from worker.routing import Outcome, Thresholds, decide
+from worker.store import Neighbour, VectorStore
+from worker.text import content_hash, embedding_text
+from worker.tickets import Ticket, TicketKey
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["route", "backfill"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    ticket: Ticket
+    mode: Mode = "route"
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What happened to one ticket: a route, 'stored' (history), 'unchanged', or an error."""
+
+    status: str
+    outcome: Outcome | None = None
+    error: TriageError | None = None
+
+
+@dataclass
+class Services:
+    """Everything a batch needs, created once per worker process and passed in."""
+
+    embedder: Embedder
+    store: VectorStore
+    engine: Engine
+    thresholds: Thresholds
+    top_k: int
+    # Serialises the critical section across worker processes (a Redis lock when several
+    # processes share a Chroma server); a no-op when one process owns the embedded store.
+    lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+
+
+def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
+    """Triage a batch; return one ItemResult per item, in order.
+
+    Raises a TransientError (embedder down, store or database unreachable) for the whole
+    batch: nothing was written then, or only idempotent writes, so the caller retries.
+    """
+    results: dict[int, ItemResult] = {}
+    first_of: dict[TicketKey, int] = {}
+    unique: list[int] = []
+    for i, item in enumerate(items):
+        # The same key twice in one batch (a redelivery racing its original): decide once.
+        if item.ticket.key in first_of:
+            continue
+        first_of[item.ticket.key] = i
+        unique.append(i)
+
+    keys = [items[i].ticket.key for i in unique]
+    known = _sql(lambda s: db.known_tickets(s, keys), services.engine)
+
+    # Which tickets need a vector now.
+    needs_vector: list[int] = []
+    already_stored: set[TicketKey] = set()
+    settled = [i for i in unique if _settled(items[i], known.get(items[i].ticket.key))]
+    if settled:
+        already_stored = services.store.present([items[i].ticket.key for i in settled])
+    for i in unique:
+        key = items[i].ticket.key
+        if i in settled and key in already_stored:
+            results[i] = ItemResult("unchanged", _outcome_of(known[key]))
+        else:
+            needs_vector.append(i)
+
+    texts = {i: embedding_text(items[i].ticket) for i in needs_vector}
+    vectors, rejected = _embed(needs_vector, texts, services.embedder)
+    for i, err in rejected.items():
+        results[i] = ItemResult("failed", error=err)
+    todo = [i for i in needs_vector if i not in rejected]
+
+    if todo:
+        with services.lock():
+            results.update(_decide_and_store(items, todo, texts, vectors, services))
+
+    for i, item in enumerate(items):
+        if i not in results:  # a repeated key: same result as its first occurrence
+            results[i] = results[first_of[item.ticket.key]]
+    return [results[i] for i in range(len(items))]
+
+
+def _settled(item: WorkItem, known: db.KnownTicket | None) -> bool:
+    """Nothing left to decide: routed before, or history already stored."""
+    if known is None:
+        return False
+    return known.decision is not None or (item.mode == "backfill")
+
+
+def _outcome_of(known: db.KnownTicket) -> Outcome | None:
+    d = known.decision
+    if d is None:
+        return None
+    key = TicketKey(d.source, d.ticket_id)
+    canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
+    matches = tuple(
+        Neighbour(TicketKey(m["source"], m["ticket_id"]), m["score"], canonical, "")
+        for m in d.matches
+    )
+    return Outcome(key, d.route, d.score, matches, canonical)  # type: ignore[arg-type]
+
+
+def _embed(
+    indices: list[int], texts: dict[int, str], embedder: Embedder
+) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
+    if not indices:
+        return {}, {}
+    try:
+        batch = embedder.embed([texts[i] for i in indices])
+        return dict(zip(indices, batch, strict=True)), {}
+    except PermanentError:
+        if len(indices) == 1:
+            raise
+    # One input poisoned the whole call (e.g. Ollama answers 400 for the batch): find it by
+    # embedding each alone. Costs N calls once, only on this rare path.
+    vectors: dict[int, np.ndarray] = {}
+    rejected: dict[int, TriageError] = {}
+    for i in indices:
+        try:
+            vectors[i] = embedder.embed([texts[i]])[0]
+        except PermanentError as exc:
+            logger.warning("embedder rejected one ticket of a batch: %s", exc)
+            rejected[i] = exc
+    return vectors, rejected
+
+
+def _decide_and_store(
+    items: Sequence[WorkItem],
+    todo: list[int],
+    texts: dict[int, str],
+    vectors: dict[int, np.ndarray],
+    services: Services,
+) -> dict[int, ItemResult]:
+    keys = [items[i].ticket.key for i in todo]
+    # Re-read inside the lock: another worker may have decided one of these meanwhile.
+    known = _sql(lambda s: db.known_tickets(s, keys), services.engine)
+    model = services.embedder.model_id
+    results: dict[int, ItemResult] = {}
+
+    repair = [i for i in todo if _settled(items[i], known.get(items[i].ticket.key))]
+    fresh = [i for i in todo if i not in repair]
+
+    to_route = [items[i].mode == "route" for i in fresh]
+    fresh_keys = [items[i].ticket.key for i in fresh]
+    fresh_vectors: Vectors = (
+        np.stack([vectors[i] for i in fresh]).astype(np.float32)
+        if fresh
+        else np.zeros((0, services.embedder.dimension), np.float32)
+    )
+    routed_vectors = fresh_vectors[np.asarray(to_route, dtype=bool)] if fresh else fresh_vectors
+    # +1: a ticket stored as history and now routed finds itself first; it is skipped.
+    stored_iter = iter(services.store.query(routed_vectors, services.top_k + 1))
+    stored = [next(stored_iter) if r else [] for r in to_route]
+    outcomes = decide(
+        fresh_keys,
+        fresh_vectors,
+        stored,
+        decide_mask=to_route,
+        thresholds=services.thresholds,
+        top_k=services.top_k,
+    )
+
+    now = datetime.now(UTC)
+    ticket_rows, decision_rows = [], []
+    meta: dict[int, dict[str, Any]] = {}
+    for i, outcome in zip(fresh, outcomes, strict=True):
+        ticket = items[i].ticket
+        ticket_rows.append(
+            db.ticket_values(
+                ticket,
+                content_hash=content_hash(texts[i]),
+                backfill=outcome is None,
+                model=model,
+            )
+        )
+        if outcome is None:
+            meta[i] = _vector_meta(ticket.key, ticket.key, "history")
+            results[i] = ItemResult("stored")
+            continue
+        decision_rows.append(_decision_values(ticket, outcome, model, services.thresholds, now))
+        meta[i] = _vector_meta(ticket.key, outcome.canonical, outcome.route)
+        results[i] = ItemResult(outcome.route, outcome)
+    for i in repair:
+        k = known[items[i].ticket.key]
+        outcome = _outcome_of(k)
+        if outcome is None:
+            meta[i] = _vector_meta(items[i].ticket.key, items[i].ticket.key, "history")
+        else:
+            meta[i] = _vector_meta(outcome.key, outcome.canonical, outcome.route)
+        results[i] = ItemResult("unchanged", outcome)
+
+    def write(session: Session) -> None:
+        db.save_batch(session, ticket_rows, decision_rows)
+
+    _sql(write, services.engine, commit=True)
+    order = fresh + repair
+    services.store.upsert(
+        [items[i].ticket.key for i in order],
+        np.stack([vectors[i] for i in order]).astype(np.float32),
+        [meta[i] for i in order],
+    )
+    logger.info(
+        "batch of %d: %d decided, %d history, %d repaired",
+        len(todo),
+        len(decision_rows),
+        len(ticket_rows) - len(decision_rows),
+        len(repair),
+    )
+    return results
+
+
+def _vector_meta(key: TicketKey, canonical: TicketKey, route: str) -> dict[str, Any]:
+    return {
+        "source": key.source,
+        "ticket_id": key.ticket_id,
+        "canonical_source": canonical.source,
+        "canonical_ticket_id": canonical.ticket_id,
+        "route": route,
+    }
+
+
+def _decision_values(
+    ticket: Ticket, outcome: Outcome, model: str, thresholds: Thresholds, now: datetime
+) -> dict[str, Any]:
+    best = outcome.best
+    return {
+        "source": ticket.source,
+        "ticket_id": ticket.ticket_id,
+        "route": outcome.route,
+        "score": None if outcome.score is None else round(outcome.score, 6),
+        "matched_source": best.key.source if best else None,
+        "matched_ticket_id": best.key.ticket_id if best else None,
+        "canonical_source": outcome.canonical.source,
+        "canonical_ticket_id": outcome.canonical.ticket_id,
+        "matches": [
+            {"source": m.key.source, "ticket_id": m.key.ticket_id, "score": round(m.score, 6)}
+            for m in outcome.matches
+        ],
+        "model": model,
+        "duplicate_threshold": thresholds.duplicate,
+        "suggest_threshold": thresholds.suggest,
+        "queue": ticket.queue,
+        "subject": ticket.subject,
+        "received_at": ticket.received_at,
+        "decided_at": now,
+    }
+
+
+def _sql(fn: Callable[[Session], Any], engine: Engine, *, commit: bool = False) -> Any:
+    """Run fn in a session; a database outage becomes a retryable StoreUnavailable."""
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            result = fn(session)
+            if commit:
+                session.commit()
+            return result
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"database error: {exc.__class__.__name__}: {exc}") from exc

@@ -1,0 +1,96 @@
+"""Routing: from similarity scores to `duplicate` / `suggest` / `manual`. Pure functions.
+
+Sequential semantics (design.md §5.2): a batch is decided as if its tickets arrived one
+at a time, in order. Ticket *i* is compared with everything stored before the batch
+(the vector store's neighbours) and with tickets 0..i-1 of the same batch, never with
+itself or with later tickets.
+
+A duplicate of a duplicate points at the root: the canonical ticket of a `duplicate` is
+its best match's canonical ticket; every other ticket is its own canonical (the root of
+a possible chain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from worker.embedding import Vectors
+from worker.store import Neighbour
+from worker.tickets import TicketKey
+
+Route = Literal["duplicate", "suggest", "manual"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    duplicate: float
+    suggest: float
+
+    def route(self, score: float | None) -> Route:
+        if score is None:
+            return "manual"  # no history yet
+        if score >= self.duplicate:
+            return "duplicate"
+        if score >= self.suggest:
+            return "suggest"
+        return "manual"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: TicketKey
+    route: Route
+    score: float | None
+    matches: tuple[Neighbour, ...]  # best first, at most top_k
+    canonical: TicketKey
+
+    @property
+    def best(self) -> Neighbour | None:
+        return self.matches[0] if self.matches else None
+
+
+def decide(
+    keys: Sequence[TicketKey],
+    vectors: Vectors,
+    stored: Sequence[Sequence[Neighbour]],
+    *,
+    decide_mask: Sequence[bool],
+    thresholds: Thresholds,
+    top_k: int,
+) -> list[Outcome | None]:
+    """Decide, in order, every ticket whose ``decide_mask`` is true.
+
+    ``stored[i]`` are ticket i's neighbours from the vector store (may include itself on a
+    redelivery; filtered here). Tickets with a false mask (history being backfilled) are
+    not routed but still count as earlier tickets for the ones after them. Returns one
+    Outcome per decided ticket, None for the others.
+    """
+    n = len(keys)
+    # One matrix product for all in-batch pairs: vectors are unit-length, so dot = cosine.
+    within = np.asarray(vectors, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    outcomes: list[Outcome | None] = []
+    for i in range(n):
+        candidates: dict[TicketKey, Neighbour] = {}
+        for nb in stored[i]:
+            if nb.key != keys[i]:
+                candidates[nb.key] = nb
+        for j in range(i):
+            if keys[j] == keys[i]:
+                continue
+            earlier = outcomes[j]
+            canonical = earlier.canonical if earlier is not None else keys[j]
+            route = earlier.route if earlier is not None else "history"
+            candidates[keys[j]] = Neighbour(keys[j], float(within[i, j]), canonical, route)
+        if not decide_mask[i]:
+            outcomes.append(None)
+            continue
+        matches = tuple(sorted(candidates.values(), key=lambda nb: -nb.score)[:top_k])
+        score = matches[0].score if matches else None
+        route = thresholds.route(score)
+        canonical = matches[0].canonical if route == "duplicate" and matches else keys[i]
+        outcomes.append(Outcome(keys[i], route, score, matches, canonical))
+    return outcomes

@@ -1,0 +1,131 @@
+"""The per-process runtime: clients built once per worker process, after fork, and passed in.
+
+Nothing connects at import. The first task in a process (or the worker's start-up hook)
+calls :func:`get_runtime`, which builds the embedder, opens the vector store and the
+database engine, checks the schema, and starts the batcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import LockError, RedisError
+
+from config.settings import Settings, load_settings
+from worker import migrate
+from worker.batcher import Batcher
+from worker.db import make_engine
+from worker.embedding import make_embedder
+from worker.errors import LockTimeout
+from worker.pipeline import ItemResult, Services, WorkItem, triage_batch
+from worker.routing import Thresholds
+from worker.store import VectorStore
+
+logger = logging.getLogger(__name__)
+
+# The critical section (query + decide + write) takes milliseconds; a lock held longer
+# than this belongs to a dead worker and expires so that the others go on.
+LOCK_TTL_S = 60
+LOCK_WAIT_S = 30
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    services: Services
+    batcher: Batcher[WorkItem, ItemResult]
+
+    def close(self) -> None:
+        self.batcher.stop()
+        self.services.store.close()
+        self.services.engine.dispose()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    embedder = make_embedder(settings)
+    embedder.check()
+    engine = make_engine(settings.database_url)
+    migrate.require_current(engine)
+    store = VectorStore.open(
+        model_id=embedder.model_id,
+        dimension=embedder.dimension,
+        collection=settings.chroma_collection,
+        path=settings.chroma_path,
+        url=settings.chroma_url,
+    )
+    lock = contextlib.nullcontext
+    if settings.uses_chroma_server:
+        # Several processes share the server: serialise their critical sections.
+        lock = redis_lock(redis.Redis.from_url(settings.redis_url), settings.chroma_collection)
+    services = Services(
+        embedder=embedder,
+        store=store,
+        engine=engine,
+        thresholds=Thresholds(settings.duplicate_threshold, settings.suggest_threshold),
+        top_k=settings.top_k,
+        lock=lock,
+    )
+
+    def process(items: Sequence[WorkItem]) -> list[ItemResult]:
+        return triage_batch(items, services)
+
+    batcher: Batcher[WorkItem, ItemResult] = Batcher(
+        process, max_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000
+    )
+    logger.info(
+        "triage runtime ready: embedder %s, store %s, database %s",
+        embedder.describe(),
+        store.location,
+        engine.url.render_as_string(),
+    )
+    return Runtime(settings, services, batcher)
+
+
+def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        lock = client.lock(
+            f"triage:decide:{name}", timeout=LOCK_TTL_S, blocking_timeout=LOCK_WAIT_S
+        )
+        try:
+            acquired = lock.acquire()
+        except RedisError as exc:
+            raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
+        if not acquired:
+            raise LockTimeout(f"decision lock {name!r} not acquired within {LOCK_WAIT_S} s")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                lock.release()
+
+    return locked
+
+
+_runtime: Runtime | None = None
+_runtime_pid: int | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use (and again after a fork)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = build_runtime(load_settings())
+            _runtime_pid = os.getpid()
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.close()
+        _runtime = None

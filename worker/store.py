@@ -1,0 +1,240 @@
+"""The vector index: Chroma, embedded (one owning process) or a `chroma run` server.
+
+Measured facts this module is built around (../shared/reference/chroma.md, chromadb 1.5.9):
+
+- Two processes on one PersistentClient path silently lose vectors (9 of 9 runs), so the
+  embedded store is guarded by an exclusive file lock: a second process gets StoreLocked
+  with the fix in the message, instead of corrupting the index.
+- ``add`` ignores existing ids: only ``upsert`` is used.
+- ``get_or_create_collection`` silently keeps an old distance space and old metadata, so
+  the space, model id and dimension are read back and checked on every open.
+- ``where`` filters cost 100-300 ms per query at 100k: none on the hot path.
+- The default embedding function downloads a model on first use: it is never attached
+  (``embedding_function=None``); vectors always come from our own embedder.
+
+The index is derived data: SQL holds every ticket, so it can be rebuilt from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from worker.embedding import Vectors
+from worker.errors import ModelMismatch, StoreLocked, StoreUnavailable
+from worker.tickets import TicketKey
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# chromadb rejects larger write batches ("Batch size of 6000 is greater than max batch size of 5461").
+MAX_WRITE_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    key: TicketKey
+    score: float  # cosine similarity = 1 - cosine distance
+    canonical: TicketKey
+    route: str
+
+
+class VectorStore:
+    """A Chroma collection of ticket vectors, checked to hold this model's vectors."""
+
+    def __init__(self, client: Any, collection: Any, *, location: str, lock: IO[str] | None):
+        self._client = client
+        self._collection = collection
+        self.location = location
+        self._lock = lock
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        model_id: str,
+        dimension: int,
+        collection: str,
+        path: Path | None = None,
+        url: str | None = None,
+    ) -> VectorStore:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        lock: IO[str] | None = None
+        try:
+            if url:
+                parsed = urlparse(url)
+                client = chromadb.HttpClient(
+                    host=parsed.hostname or "127.0.0.1",
+                    port=parsed.port or 8000,
+                    ssl=parsed.scheme == "https",
+                    settings=chroma_settings,
+                )
+                location = url
+            else:
+                assert path is not None, "either a Chroma path or a Chroma URL is needed"
+                path.mkdir(parents=True, exist_ok=True)
+                lock = _lock_store(path)
+                client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+                location = str(path.resolve())
+            col = client.get_or_create_collection(
+                collection,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={
+                    "model_id": model_id,
+                    "dimension": dimension,
+                    "distance": "cosine",
+                    "schema_version": SCHEMA_VERSION,
+                },
+                embedding_function=None,
+            )
+        except (StoreLocked, ModelMismatch):
+            raise
+        except Exception as exc:  # chromadb raises httpx / its own errors: classify here
+            if lock is not None:
+                lock.close()
+            raise StoreUnavailable(f"cannot open Chroma at {url or path}: {exc}") from exc
+        store = cls(client, col, location=location, lock=lock)
+        try:
+            store._verify(model_id=model_id, dimension=dimension)
+        except ModelMismatch:
+            store.close()
+            raise
+        return store
+
+    def _verify(self, *, model_id: str, dimension: int) -> None:
+        col = self._collection
+        space = (col.configuration or {}).get("hnsw", {}).get("space")
+        meta = col.metadata or {}
+        problems = []
+        if space != "cosine":
+            problems.append(f"distance {space!r} (needs 'cosine')")
+        if meta.get("model_id") != model_id:
+            problems.append(f"model {meta.get('model_id')!r}")
+        if meta.get("dimension") != dimension:
+            problems.append(f"dimension {meta.get('dimension')!r}")
+        if problems:
+            raise ModelMismatch(
+                f"Chroma collection {col.name!r} at {self.location} was built with "
+                f"{', '.join(problems)}; this worker embeds with {model_id!r} "
+                f"(dimension {dimension}, cosine). Vectors of different models are not "
+                "comparable: set TRIAGE_CHROMA_COLLECTION to a new name to index with this "
+                "model, or switch back to the collection's model."
+            )
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    # --- reads and writes --------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._guard(self._collection.count))
+
+    def present(self, keys: Sequence[TicketKey]) -> set[TicketKey]:
+        """Which of these keys already have a vector (one call)."""
+        if not keys:
+            return set()
+        got = self._guard(self._collection.get, ids=[k.as_id() for k in keys], include=[])
+        return {TicketKey.from_id(i) for i in got["ids"]}
+
+    def query(self, vectors: Vectors, k: int) -> list[list[Neighbour]]:
+        """Nearest stored tickets for each vector, best first: one call for the batch."""
+        if len(vectors) == 0:
+            return []
+        res = self._guard(
+            self._collection.query,
+            query_embeddings=np.asarray(vectors, dtype=np.float32),
+            n_results=k,
+            include=["distances", "metadatas"],
+        )
+        out: list[list[Neighbour]] = []
+        for ids, dists, metas in zip(res["ids"], res["distances"], res["metadatas"], strict=True):
+            row = []
+            for id_, dist, meta in zip(ids, dists, metas, strict=True):
+                key = TicketKey.from_id(id_)
+                canonical = TicketKey(
+                    str(meta.get("canonical_source", key.source)),
+                    str(meta.get("canonical_ticket_id", key.ticket_id)),
+                )
+                route = str(meta.get("route", "manual"))
+                row.append(Neighbour(key, float(1.0 - dist), canonical, route))
+            out.append(row)
+        return out
+
+    def upsert(
+        self, keys: Sequence[TicketKey], vectors: Vectors, metadatas: Sequence[dict[str, Any]]
+    ) -> None:
+        for start in range(0, len(keys), MAX_WRITE_BATCH):
+            end = start + MAX_WRITE_BATCH
+            self._guard(
+                self._collection.upsert,
+                ids=[k.as_id() for k in keys[start:end]],
+                embeddings=np.asarray(vectors[start:end], dtype=np.float32),
+                metadatas=list(metadatas[start:end]),
+            )
+
+    def describe(self) -> dict[str, str]:
+        import chromadb
+
+        return {
+            "chroma": f"chromadb {chromadb.__version__}",
+            "location": self.location,
+            "collection": str(self._collection.name),
+            "vectors": str(self.count()),
+            "model_id": str((self._collection.metadata or {}).get("model_id")),
+        }
+
+    def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"Chroma {fn.__name__} failed at {self.location}: {exc}"
+            ) from exc
+
+
+def _lock_store(path: Path) -> IO[str]:
+    """Take the embedded store's exclusive lock for this process's lifetime."""
+    lock_path = path / ".triage-owner.lock"
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreLocked(
+            f"the embedded Chroma store at {path} is already open in another process "
+            f"(pid {owner}). Two processes on one embedded store silently lose vectors. "
+            "Stop the other process, or run `chroma run --path "
+            f"{path}` and set TRIAGE_CHROMA_URL so that every process uses the server."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+@contextlib.contextmanager
+def opened_store(**kwargs: Any) -> Any:
+    store = VectorStore.open(**kwargs)
+    try:
+        yield store
+    finally:
+        store.close()

@@ -1,0 +1,97 @@
+"""The canonical ticket: what every producer builds and every queue message carries.
+
+``(source, ticket_id)`` is the key everywhere: SQL rows, Chroma ids, failure rows.
+A message is ``Ticket.to_message()``: JSON primitives only (ISO 8601 strings for times),
+never ORM objects or arrays, so any producer in any language can enqueue one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from worker.errors import InvalidTicket
+
+# Bodies beyond this are kept whole in SQL but are far past what the model reads (256
+# tokens); the cap only stops a runaway payload from filling the queue and the database.
+MAX_BODY_CHARS = 200_000
+
+
+class TicketKey(NamedTuple):
+    source: str
+    ticket_id: str
+
+    def as_id(self) -> str:
+        """The Chroma id: sources never contain ':' (see Ticket.source), so this splits back."""
+        return f"{self.source}:{self.ticket_id}"
+
+    @classmethod
+    def from_id(cls, value: str) -> TicketKey:
+        source, _, ticket_id = value.partition(":")
+        return cls(source, ticket_id)
+
+    def __str__(self) -> str:
+        return self.as_id()
+
+
+class Ticket(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    source: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    ticket_id: str = Field(min_length=1, max_length=255)
+    subject: str | None = Field(None, max_length=2_000)
+    body: str = Field("", max_length=MAX_BODY_CHARS)
+    created_at: datetime | None = None
+    queue: str | None = Field(None, max_length=100)
+    tags: tuple[str, ...] = ()
+    # When the producer accepted it: the start of the end-to-end latency.
+    received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("created_at", "received_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # Naive timestamps are taken as UTC so that comparisons never mix the two kinds.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("subject", "queue")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _has_text(self) -> Ticket:
+        if not self.body and not self.subject:
+            raise ValueError(
+                "ticket has no text: body (or content/description) and subject are empty"
+            )
+        return self
+
+    @property
+    def key(self) -> TicketKey:
+        return TicketKey(self.source, self.ticket_id)
+
+    def to_message(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_message(cls, message: object) -> Ticket:
+        """Validate a queue message; raise InvalidTicket naming the bad field."""
+        if not isinstance(message, dict):
+            raise InvalidTicket(f"message is not a JSON object: {type(message).__name__}")
+        try:
+            return cls.model_validate(message)
+        except ValidationError as exc:
+            raise InvalidTicket(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming its field: what users see for a bad row or message."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "ticket"
+        parts.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
