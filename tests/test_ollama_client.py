@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.ollama_fake import BUSY_MESSAGE, CONTEXT_MESSAGE, Fault, FakeOllama
+from tests.ollama_fake import BUSY_MESSAGE, CONTEXT_MESSAGE, FakeOllama, Fault
 from worker.embedding.ollama import DEFAULT_MAX_CHARS, OllamaEmbedder
 from worker.errors import (
     EmbedderProtocolError,
@@ -306,7 +306,7 @@ def test_model_not_pulled_hint_names_the_model() -> None:
 
 def test_url_that_is_not_an_ollama_root(make_client: MakeClient, ollama: FakeOllama) -> None:
     client = make_client(base_url=ollama.url + "/ollama", dimension=384)
-    with pytest.raises(ModelNotAvailable, match="404 page not found.*TRIAGE_OLLAMA_URL"):
+    with pytest.raises(ModelNotAvailable, match=r"404 page not found.*TRIAGE_OLLAMA_URL"):
         client.embed(["a"])
     assert len(ollama.requests) == 1
 
@@ -360,9 +360,11 @@ def test_persistent_busy_gives_up_after_the_capped_attempts(
 ) -> None:
     client = make_client(dimension=384, max_attempts=4)
     ollama.push(*[Fault.busy()] * 10)
-    with caplog.at_level(logging.WARNING, "worker.embedding.ollama"):
-        with pytest.raises(EmbedderUnavailable) as caught:
-            client.embed(["a"])
+    with (
+        caplog.at_level(logging.WARNING, "worker.embedding.ollama"),
+        pytest.raises(EmbedderUnavailable) as caught,
+    ):
+        client.embed(["a"])
     assert isinstance(caught.value, TransientError)
     assert "HTTP 503" in str(caught.value) and BUSY_MESSAGE in str(caught.value)
     assert "after 4 attempts" in str(caught.value)
@@ -372,7 +374,7 @@ def test_persistent_busy_gives_up_after_the_capped_attempts(
 
 def test_connection_refused(make_client: MakeClient) -> None:
     client = make_client(base_url=f"http://127.0.0.1:{free_port()}", dimension=384)
-    with pytest.raises(EmbedderUnavailable, match="connection failed.*after 4 attempts"):
+    with pytest.raises(EmbedderUnavailable, match=r"connection failed.*after 4 attempts"):
         client.embed(["a"])
 
 

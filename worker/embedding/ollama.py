@@ -162,7 +162,8 @@ class OllamaEmbedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         inputs = [self._prepare(text) for text in texts]
-        # truncate is the server default, but say it: some versions honour it (ref §1).
+        # truncate defaults to true (ref §1); say it anyway so a server-side default change
+        # cannot turn long tickets into 400s. _prepare's cut covers versions that ignore it.
         body = {"model": self.model, "input": inputs, "truncate": True}
         answer = self._request("POST", "/api/embed", body)
         return self._vectors(_json_object(answer, "POST /api/embed"), len(inputs))
@@ -371,7 +372,7 @@ class OllamaEmbedder:
                 error: TriageError = EmbedderUnavailable(
                     f"{what}: no answer within {self._timeout[1]:g} s ({type(exc).__name__})"
                 )
-                cause: BaseException = exc
+                cause: BaseException | None = exc
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 error, cause = (
                     EmbedderUnavailable(f"{what}: connection failed: {_reason(exc)}"),
@@ -382,7 +383,8 @@ class OllamaEmbedder:
             else:
                 if response.status_code < 400:
                     return response
-                error, cause = self._http_error(what, response), _error_cause(response)
+                # The message carries the status and the server's own "error" text.
+                error, cause = self._http_error(what, response), None
                 # A 500 can still be final (a chat model): only EmbedderUnavailable is retried.
                 if not (
                     isinstance(error, EmbedderUnavailable) and _retryable(response.status_code)
@@ -438,6 +440,9 @@ class OllamaEmbedder:
                     "server did not truncate, see ollama#14186)"
                 )
             return EmbeddingRejected(detail)
+        # 5xx and 503 busy (retried by _request); other 4xx (403 Host not allowed, 405, a
+        # proxy's 413) are neither the text's fault nor fixed by an immediate retry: they
+        # stay transient, so the worker's slower per-ticket retries give an operator time.
         return EmbedderUnavailable(detail)
 
 
@@ -464,11 +469,6 @@ def _reason(exc: requests.RequestException) -> str:
 
 def _retryable(status: int) -> bool:
     return status >= 500 or status in _RETRY_STATUSES
-
-
-def _error_cause(response: requests.Response) -> BaseException:
-    """A stand-in ``__cause__`` for HTTP errors, so the traceback names the status."""
-    return requests.HTTPError(f"HTTP {response.status_code}", response=response)
 
 
 def _is_json(response: requests.Response) -> bool:

@@ -1,0 +1,97 @@
+"""A real worker embedding through the Ollama client, against the local fake Ollama server:
+per-ticket Celery retries that really happen, and dead-lettering with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from tests.conftest import WorkerProcess, wait_for
+from tests.ollama_fake import CONTEXT_MESSAGE, FakeOllama, Fault
+from tests.test_worker_e2e import ingest, n_rows
+from worker import db
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+def _one(tmp_path: Path, tid: str) -> Path:
+    f = tmp_path / f"{tid}.csv"
+    f.write_text(f"id,content\n{tid},The invoice PDF download button does nothing in Firefox\n")
+    return f
+
+
+def _failures(url: str) -> list[db.FailureRow]:
+    engine = db.make_engine(url)
+    with Session(engine) as s:
+        rows = list(s.scalars(select(db.FailureRow)))
+    engine.dispose()
+    return rows
+
+
+def _settings(make_settings: Callable[..., Settings], url: str, queue: str, fake: FakeOllama, **kw: object) -> Settings:
+    return make_settings(database_url=url, queue=queue, embedder="ollama", ollama_url=fake.url, **kw)
+
+
+def test_busy_ollama_is_retried_by_celery_then_decided(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+) -> None:
+    worker = start_worker(_settings(make_settings, sqlite_url, queue_name, ollama))
+    before = len(ollama.calls())
+    # The client tries 4 times within one call; the 5th busy answer needs a Celery retry.
+    ollama.push(*[Fault.busy()] * 5)
+    ingest(_settings(make_settings, sqlite_url, queue_name, ollama), _one(tmp_path, "R1"))
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 1, 90, "the retried ticket's decision")
+    assert "retry 1/10" in worker.log()
+    assert len(ollama.calls()) - before == 6  # 4 in the first task run, 2 after the retry
+    assert _failures(sqlite_url) == []
+
+
+def test_rejected_input_is_dead_lettered_with_its_reason(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+) -> None:
+    settings = _settings(make_settings, sqlite_url, queue_name, ollama)
+    start_worker(settings)
+    ollama.push(Fault.error(400, CONTEXT_MESSAGE))
+    ingest(settings, _one(tmp_path, "P1"))
+    wait_for(lambda: len(_failures(sqlite_url)) == 1, 60, "the failure row")
+    (row,) = _failures(sqlite_url)
+    assert (row.ticket_id, row.error_type, row.attempts) == ("P1", "EmbeddingRejected", 1)
+    assert "context length" in row.reason
+    assert row.payload["ticket_id"] == "P1"  # kept whole for a later re-drive
+    assert n_rows(sqlite_url, db.DecisionRow) == 0
+
+
+def test_retries_are_capped_then_dead_lettered(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+) -> None:
+    settings = _settings(make_settings, sqlite_url, queue_name, ollama, max_retries=1)
+    start_worker(settings)
+    ollama.push(*[Fault.busy()] * 8)
+    ingest(settings, _one(tmp_path, "X1"))
+    wait_for(lambda: len(_failures(sqlite_url)) == 1, 90, "the failure row")
+    (row,) = _failures(sqlite_url)
+    assert row.error_type == "EmbedderUnavailable" and row.attempts == 2
+    assert row.reason.startswith("gave up after retries") and "503" in row.reason
+
+
+def test_worker_refuses_to_start_when_the_model_is_not_pulled(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    with FakeOllama(models=["nomic-embed-text"]) as fake:
+        worker = start_worker(_settings(make_settings, sqlite_url, queue_name, fake), ready=False)
+        wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
+    assert worker.proc.returncode == 1
+    assert "ollama pull all-minilm" in worker.log()

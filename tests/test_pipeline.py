@@ -1,0 +1,152 @@
+"""The triage domain called directly: real embedder, real embedded Chroma, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from worker import db
+from worker.embedding import Embedder, Vectors
+from worker.embedding.local import LocalEmbedder
+from worker.errors import EmbeddingRejected
+from worker.pipeline import Services, WorkItem, triage_batch
+from worker.routing import Thresholds
+from worker.store import VectorStore
+from worker.tickets import Ticket, TicketKey
+
+
+class CountingEmbedder:
+    """The real embedder, with its calls counted (a spy, not a stand-in)."""
+
+    def __init__(self, inner: Embedder, poison: str | None = None) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimension = inner.dimension
+        self.calls: list[int] = []
+        self.poison = poison
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls.append(len(texts))
+        if self.poison is not None and any(self.poison in t for t in texts):
+            # What Ollama does with one bad input: the whole request fails (errgroup).
+            raise EmbeddingRejected("the input length exceeds the context length")
+        return self.inner.embed(texts)
+
+    def describe(self) -> dict[str, str]:
+        return self.inner.describe()
+
+    def check(self) -> None:
+        self.inner.check()
+
+
+@pytest.fixture(scope="module")
+def local_embedder() -> LocalEmbedder:
+    return LocalEmbedder()
+
+
+@pytest.fixture
+def services(tmp_path: Path, database_url: str, local_embedder: LocalEmbedder) -> Iterator[Services]:
+    emb = CountingEmbedder(local_embedder)
+    store = VectorStore.open(
+        model_id=emb.model_id, dimension=emb.dimension, collection="tickets", path=tmp_path / "chroma"
+    )
+    engine = db.make_engine(database_url)
+    yield Services(embedder=emb, store=store, engine=engine, thresholds=Thresholds(0.85, 0.70), top_k=5)
+    store.close()
+    engine.dispose()
+
+
+def t(i: str, body: str, subject: str | None = None) -> Ticket:
+    return Ticket(source="test", ticket_id=i, subject=subject, body=body)
+
+
+def rows(services: Services) -> dict[str, db.DecisionRow]:
+    with Session(services.engine) as s:
+        return {d.ticket_id: d for d in s.scalars(select(db.DecisionRow))}
+
+
+def count(services: Services, model: type[db.Base]) -> int:
+    with Session(services.engine) as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+CRASH = "The mobile app crashes every time I try to log in with my email address."
+CRASH2 = "The mobile app crashes every time I try to log in with my e-mail address!"
+REFUND = "I was charged twice for my March invoice and would like a refund of the second charge."
+SHIPPING = "My parcel has been stuck in transit for ten days, where is it?"
+
+
+def test_batch_routes_in_order_with_one_embedding_call(services: Services) -> None:
+    items = [WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND)), WorkItem(t("3", CRASH2))]
+    results = triage_batch(items, services)
+    assert [r.status for r in results] == ["manual", "manual", "duplicate"]
+    assert services.embedder.calls == [3]  # type: ignore[attr-defined]
+    d = rows(services)
+    assert d["3"].matched_ticket_id == "1" and d["3"].canonical_ticket_id == "1"
+    assert d["3"].score is not None and d["3"].score >= 0.85
+    assert d["1"].score is None and d["1"].matches == []  # no history yet
+    assert d["2"].matches[0]["ticket_id"] == "1"  # compared with the earlier batch-mate
+    assert d["3"].model == "local:all-MiniLM-L6-v2" and d["3"].duplicate_threshold == 0.85
+    assert services.store.count() == 3
+
+
+def test_redelivery_is_idempotent_and_never_self_matched(services: Services) -> None:
+    triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", SHIPPING))], services)
+    before = {k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()}
+    again = triage_batch([WorkItem(t("2", SHIPPING)), WorkItem(t("1", CRASH)), WorkItem(t("1", CRASH))], services)
+    assert [r.status for r in again] == ["unchanged"] * 3
+    after = {k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()}
+    assert after == before
+    assert count(services, db.DecisionRow) == 2 and count(services, db.TicketRow) == 2
+    assert services.embedder.calls == [2]  # type: ignore[attr-defined]  # nothing re-embedded
+
+
+def test_lost_vector_is_repaired_from_the_decision(services: Services, tmp_path: Path) -> None:
+    # A crash between the SQL write and the vector upsert: the decision exists, the vector not.
+    triage_batch([WorkItem(t("1", CRASH))], services)
+    services.store._collection.delete(ids=[TicketKey("test", "1").as_id()])
+    assert services.store.count() == 0
+    res = triage_batch([WorkItem(t("1", CRASH))], services)
+    assert res[0].status == "unchanged"
+    assert services.store.count() == 1
+    res = triage_batch([WorkItem(t("9", CRASH2))], services)
+    assert res[0].status == "duplicate" and res[0].outcome is not None
+    assert res[0].outcome.canonical == TicketKey("test", "1")
+
+
+def test_backfill_stores_history_without_decisions(services: Services) -> None:
+    res = triage_batch([WorkItem(t("h1", CRASH), "backfill"), WorkItem(t("h2", REFUND), "backfill")], services)
+    assert [r.status for r in res] == ["stored", "stored"]
+    assert count(services, db.DecisionRow) == 0 and count(services, db.TicketRow) == 2
+    res = triage_batch([WorkItem(t("n1", CRASH2))], services)
+    assert res[0].status == "duplicate"
+    assert rows(services)["n1"].canonical_ticket_id == "h1"
+    # backfilling the same history again changes nothing and embeds nothing
+    calls = len(services.embedder.calls)  # type: ignore[attr-defined]
+    res = triage_batch([WorkItem(t("h1", CRASH), "backfill")], services)
+    assert res[0].status == "unchanged" and len(services.embedder.calls) == calls  # type: ignore[attr-defined]
+
+
+def test_poison_ticket_fails_alone(services: Services) -> None:
+    services.embedder.poison = "POISON"  # type: ignore[attr-defined]
+    items = [WorkItem(t("1", CRASH)), WorkItem(t("2", "POISON " * 10)), WorkItem(t("3", CRASH2))]
+    res = triage_batch(items, services)
+    assert [r.status for r in res] == ["manual", "failed", "duplicate"]
+    assert isinstance(res[1].error, EmbeddingRejected)
+    assert count(services, db.DecisionRow) == 2
+
+
+def test_vectors_are_unit_length_and_similarity_is_cosine(services: Services, local_embedder: LocalEmbedder) -> None:
+    triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
+    v = local_embedder.embed([CRASH2])
+    hits = services.store.query(v, 2)[0]
+    ref = local_embedder.embed([CRASH, REFUND])
+    expected = {"1": float(ref[0] @ v[0]), "2": float(ref[1] @ v[0])}
+    for h in hits:
+        assert h.score == pytest.approx(expected[h.key.ticket_id], abs=1e-4)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,120 @@
+"""A real `celery worker` process, real Redis, real messages: the product as users run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
+from worker import db
+
+TICKETS = FIXTURES / "e2e_tickets.csv"
+N_TICKETS = 12
+
+
+def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "ingest", str(path), "--source", "e2e", "--quiet", *extra],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def decisions(url: str) -> dict[str, db.DecisionRow]:
+    engine = db.make_engine(url)
+    with Session(engine) as s:
+        rows = {d.ticket_id: d for d in s.scalars(select(db.DecisionRow))}
+    engine.dispose()
+    return rows
+
+
+def n_rows(url: str, model: type[db.Base]) -> int:
+    engine = db.make_engine(url)
+    with Session(engine) as s:
+        n = int(s.scalar(select(func.count()).select_from(model)) or 0)
+    engine.dispose()
+    return n
+
+
+def test_worker_triages_a_file_once_and_only_once(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # A long wait so the whole file lands in one batch: the near-identical pair (E01, E04)
+    # must then be caught inside the batch, not through the store.
+    settings = make_settings(database_url=database_url, queue=queue_name, batch_wait_ms=1500)
+    worker = start_worker(settings)
+    out = ingest(settings, TICKETS)
+    assert f"{N_TICKETS} tickets enqueued" in out.stderr
+
+    wait_for(lambda: n_rows(database_url, db.DecisionRow) >= N_TICKETS, 60, "decisions")
+    first = decisions(database_url)
+    assert len(first) == N_TICKETS and n_rows(database_url, db.FailureRow) == 0
+
+    e01, e04 = first["E01"], first["E04"]
+    assert e01.decided_at == e04.decided_at, "the pair should have been decided in one batch"
+    assert {e01.route, e04.route} >= {"duplicate"}
+    dup, orig = (e04, e01) if e04.route == "duplicate" else (e01, e04)
+    assert dup.matched_ticket_id == orig.ticket_id and dup.canonical_ticket_id == orig.ticket_id
+    assert orig.route != "duplicate"
+    assert first["E11"].route in ("suggest", "duplicate") and first["E11"].matched_ticket_id == "E02"
+    wait_for(lambda: "batch of 12: 12 decided" in worker.log(), 30, "the batch log line")
+
+    # The same file again: no new row, nothing re-decided, nobody matched with itself.
+    ingest(settings, TICKETS)
+    wait_for(lambda: "unchanged" in worker.log(), 60, "the redelivered tickets")
+    wait_for(lambda: worker.log().count("succeeded") >= 2 * N_TICKETS, 60, "all tasks")
+    second = decisions(database_url)
+    assert n_rows(database_url, db.DecisionRow) == N_TICKETS
+    assert n_rows(database_url, db.TicketRow) == N_TICKETS
+    for tid, row in first.items():
+        again = second[tid]
+        assert (again.route, again.score, again.matched_ticket_id, again.decided_at, again.id) == (
+            row.route, row.score, row.matched_ticket_id, row.decided_at, row.id,
+        )
+    for row in second.values():
+        assert row.matched_ticket_id != row.ticket_id
+        assert all(m["ticket_id"] != row.ticket_id for m in row.matches)
+        if row.matched_ticket_id in second:  # never points at a ticket decided after it
+            assert second[row.matched_ticket_id].id < row.id
+
+
+def test_backfill_then_live_tickets(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    start_worker(settings)
+    out = ingest(settings, TICKETS, "--backfill")
+    assert "history tickets (backfill)" in out.stderr
+    wait_for(lambda: n_rows(sqlite_url, db.TicketRow) >= N_TICKETS, 60, "history")
+    assert n_rows(sqlite_url, db.DecisionRow) == 0
+
+    live = tmp_path / "live.jsonl"
+    live.write_text(
+        '{"id": "L1", "subject": "Login crash", "body": "The Android app crashes when I press the login button since the update."}\n'
+        '{"id": "L2", "body": "broken row without text", "subject": ""}\n'
+        '{"id": "L3", "body": ""}\n'
+    )
+    out = ingest(settings, live)
+    assert "line 3" in out.stderr and "1 row(s) rejected" in out.stderr
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) >= 2, 60, "live decisions")
+    rows = decisions(sqlite_url)
+    assert rows["L1"].route == "duplicate" and rows["L1"].canonical_ticket_id in ("E01", "E04")
+    assert rows["L2"].route == "manual"
