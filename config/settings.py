@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # Redis redelivers an unacked message after this many seconds. It must exceed the
     # longest time a message sits in a worker (prefetch wait + retry countdown + batch);
     # kombu's default of 3600 s would make a killed worker's tickets wait an hour.
-    visibility_timeout_s: int = Field(300, ge=30)
+    visibility_timeout_s: int = Field(300, ge=5)
     # kombu 5.7 sweeps unacked messages every interval x throttle seconds (default ~100 s).
     unacked_restore_interval_s: float = Field(5.0, gt=0)
     max_retries: int = Field(10, ge=0, le=100)

@@ -30,7 +30,7 @@ REQUIRED = {
     "producer",
     "flower",
 }
-ONE_SHOT = {"ollama-pull", "migrate"}
+ONE_SHOT = {"ollama-pull", "migrate", "producer"}  # producer: the bulk importer, for now
 LONG_RUNNING = REQUIRED - ONE_SHOT
 APP_SERVICES = {"migrate", "worker", "producer"}
 DATA_SERVICES = {"redis", "postgres", "chroma"}
@@ -241,12 +241,18 @@ def test_app_services_build_from_the_repo(services: dict[str, dict[str, Any]]) -
         assert context == ".", f"{name} must build from the repository root"
 
 
-def test_only_producer_and_flower_publish_ports(services: dict[str, dict[str, Any]]) -> None:
+def test_only_flower_publishes_a_port(services: dict[str, dict[str, Any]]) -> None:
     publishing = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishing == {"producer", "flower"}
-    assert any(str(p).endswith("8000:8000") for p in services["producer"]["ports"])
-    assert any(str(p).endswith("5555:5555") for p in services["flower"]["ports"])
-    assert _argv(services["producer"].get("command"))[:2] == ["triage", "serve"]
+    assert publishing == {"flower"}
+    assert all(str(p).startswith("127.0.0.1:") for p in services["flower"]["ports"])
+
+
+def test_producer_imports_a_file_on_demand(services: dict[str, dict[str, Any]]) -> None:
+    producer = services["producer"]
+    assert producer.get("profiles") == ["import"]  # not started by a plain `up`
+    assert "triage ingest" in " ".join(_argv(producer.get("command")))
+    assert _depends_on(producer).get("migrate") == "service_completed_successfully"
+    assert producer["environment"]["TRIAGE_REDIS_URL"] == "redis://redis:6379/0"
 
 
 def test_data_services_sit_on_internal_networks_only(compose: dict[str, Any]) -> None:

@@ -1,0 +1,161 @@
+"""Whole-pipeline throughput next to the engine alone, measured side by side in one run.
+
+    python bench/pipeline.py --data ../shared/data/gitbugs/hadoop/hadoop_bugs.csv -n 2000
+
+For each run: (1) the local embedder alone on the same texts, in batches of
+TRIAGE_BATCH_SIZE; (2) `triage ingest` + one real worker process (Redis, embedded Chroma,
+SQLite) from the first publish to the last decision row; (3) the same with `--backfill`.
+Prints medians, the pipeline / engine ratio, and the machine and versions; `--json FILE`
+also writes them. The data file is a CSV/JSONL the importer reads, or a GitBugs CSV
+(`Issue id, Summary, Description`), or the STS-B .tsv.gz (its first sentences:
+short, ticket-title-length texts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from config.settings import load_settings  # noqa: E402
+from worker import db, migrate  # noqa: E402
+from worker.text import embedding_text  # noqa: E402
+from worker.tickets import Ticket  # noqa: E402
+
+
+def load(path: Path, n: int) -> list[Ticket]:
+    csv.field_size_limit(10**8)
+    if path.name.endswith(".tsv.gz"):  # STS-B: short single sentences, ticket-title length
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = [{"id": f"{r['sid']}-{i}", "body": r["sentence1"]} for i, r in enumerate(reader)]
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh)) if path.suffix == ".csv" else [json.loads(x) for x in fh if x.strip()]
+    out = []
+    for i, r in enumerate(rows):
+        tid = r.get("Issue id") or r.get("id") or str(i)
+        subject = r.get("Summary") or r.get("subject")
+        body = r.get("Description") or r.get("body") or r.get("content") or ""
+        if not (subject or body.strip()):
+            continue
+        out.append(Ticket(source="bench", ticket_id=str(tid), subject=subject, body=body[:20000]))
+        if len(out) == n:
+            break
+    return out
+
+
+def engine_alone(texts: list[str], batch: int) -> float:
+    from worker.embedding.local import LocalEmbedder
+
+    emb = LocalEmbedder()
+    emb.embed(texts[:8])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        emb.embed(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: int) -> float:
+    from config.celery_app import create_app
+    from producer.enqueue import publish
+
+    with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+        env.update(
+            TRIAGE_REDIS_URL=redis_url,
+            TRIAGE_DATABASE_URL=f"sqlite:///{tmp}/triage.db",
+            TRIAGE_CHROMA_PATH=f"{tmp}/chroma",
+            TRIAGE_QUEUE=f"bench-{uuid.uuid4().hex[:8]}",
+            TRIAGE_BATCH_SIZE=str(batch),
+        )
+        settings = load_settings(
+            redis_url=redis_url, database_url=env["TRIAGE_DATABASE_URL"], chroma_path=Path(env["TRIAGE_CHROMA_PATH"]),
+            queue=env["TRIAGE_QUEUE"], batch_size=batch,
+        )
+        engine = db.make_engine(settings.database_url)
+        migrate.upgrade(engine)
+        log = Path(tmp) / "worker.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            )
+            try:
+                while " ready." not in log.read_text(errors="replace"):
+                    if proc.poll() is not None:
+                        raise SystemExit(log.read_text())
+                    time.sleep(0.1)
+                table = db.TicketRow if backfill else db.DecisionRow
+                t0 = time.perf_counter()
+                for _ in publish(create_app(settings), tickets, mode="backfill" if backfill else "route"):
+                    pass
+                while True:
+                    with Session(engine) as s:
+                        done = int(s.scalar(select(func.count()).select_from(table)) or 0)
+                        failed = int(s.scalar(select(func.count()).select_from(db.FailureRow)) or 0)
+                    if done + failed >= len(tickets):
+                        break
+                    time.sleep(0.05)
+                elapsed = time.perf_counter() - t0
+            finally:
+                proc.terminate()
+                proc.wait(60)
+        engine.dispose()
+        if failed:
+            print(f"  warning: {failed} tickets failed", file=sys.stderr)
+        return len(tickets) / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    tickets = load(args.data, args.n)
+    texts = [embedding_text(t) for t in tickets]
+    versions = {d: metadata.version(d) for d in ("celery", "chromadb", "onnxruntime", "sqlalchemy", "numpy")}
+    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")), "?")
+    print(f"machine: {os.cpu_count()} cores, {cpu}; python {platform.python_version()}; {versions}")
+    print(f"data: {len(tickets)} tickets from {args.data}, batch {args.batch_size}, {args.runs} run(s)")
+    results: dict[str, list[float]] = {"engine": [], "routed": [], "backfill": []}
+    for run in range(args.runs):
+        # Interleaved so that the machine's background load hits every variant alike.
+        results["engine"].append(engine_alone(texts, args.batch_size))
+        results["routed"].append(pipeline(tickets, backfill=False, redis_url=args.redis_url, batch=args.batch_size))
+        results["backfill"].append(pipeline(tickets, backfill=True, redis_url=args.redis_url, batch=args.batch_size))
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(
+        f"median texts|tickets/s: engine alone {med['engine']:.1f}, ingest+worker routed {med['routed']:.1f} "
+        f"({med['routed'] / med['engine']:.2f}x engine), backfill {med['backfill']:.1f} "
+        f"({med['backfill'] / med['engine']:.2f}x engine)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"versions": versions, "cpu": cpu, "n": len(tickets), "runs": results, "median": med}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
