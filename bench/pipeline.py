@@ -48,7 +48,11 @@ def load(path: Path, n: int) -> list[Ticket]:
             rows = [{"id": f"{r['sid']}-{i}", "body": r["sentence1"]} for i, r in enumerate(reader)]
     else:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh)) if path.suffix == ".csv" else [json.loads(x) for x in fh if x.strip()]
+            rows = (
+                list(csv.DictReader(fh))
+                if path.suffix == ".csv"
+                else [json.loads(x) for x in fh if x.strip()]
+            )
     out = []
     for i, r in enumerate(rows):
         tid = r.get("Issue id") or r.get("id") or str(i)
@@ -87,8 +91,11 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
             TRIAGE_BATCH_SIZE=str(batch),
         )
         settings = load_settings(
-            redis_url=redis_url, database_url=env["TRIAGE_DATABASE_URL"], chroma_path=Path(env["TRIAGE_CHROMA_PATH"]),
-            queue=env["TRIAGE_QUEUE"], batch_size=batch,
+            redis_url=redis_url,
+            database_url=env["TRIAGE_DATABASE_URL"],
+            chroma_path=Path(env["TRIAGE_CHROMA_PATH"]),
+            queue=env["TRIAGE_QUEUE"],
+            batch_size=batch,
         )
         engine = db.make_engine(settings.database_url)
         migrate.upgrade(engine)
@@ -96,7 +103,10 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
-                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
             )
             try:
                 while " ready." not in log.read_text(errors="replace"):
@@ -105,7 +115,9 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
                     time.sleep(0.1)
                 table = db.TicketRow if backfill else db.DecisionRow
                 t0 = time.perf_counter()
-                for _ in publish(create_app(settings), tickets, mode="backfill" if backfill else "route"):
+                for _ in publish(
+                    create_app(settings), tickets, mode="backfill" if backfill else "route"
+                ):
                     pass
                 while True:
                     with Session(engine) as s:
@@ -125,27 +137,46 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument(
+        "--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     tickets = load(args.data, args.n)
     texts = [embedding_text(t) for t in tickets]
-    versions = {d: metadata.version(d) for d in ("celery", "chromadb", "onnxruntime", "sqlalchemy", "numpy")}
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")), "?")
+    versions = {
+        d: metadata.version(d) for d in ("celery", "chromadb", "onnxruntime", "sqlalchemy", "numpy")
+    }
+    cpu = next(
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
+        "?",
+    )
     print(f"machine: {os.cpu_count()} cores, {cpu}; python {platform.python_version()}; {versions}")
-    print(f"data: {len(tickets)} tickets from {args.data}, batch {args.batch_size}, {args.runs} run(s)")
+    print(
+        f"data: {len(tickets)} tickets from {args.data}, batch {args.batch_size}, {args.runs} run(s)"
+    )
     results: dict[str, list[float]] = {"engine": [], "routed": [], "backfill": []}
     for run in range(args.runs):
         # Interleaved so that the machine's background load hits every variant alike.
         results["engine"].append(engine_alone(texts, args.batch_size))
-        results["routed"].append(pipeline(tickets, backfill=False, redis_url=args.redis_url, batch=args.batch_size))
-        results["backfill"].append(pipeline(tickets, backfill=True, redis_url=args.redis_url, batch=args.batch_size))
+        results["routed"].append(
+            pipeline(tickets, backfill=False, redis_url=args.redis_url, batch=args.batch_size)
+        )
+        results["backfill"].append(
+            pipeline(tickets, backfill=True, redis_url=args.redis_url, batch=args.batch_size)
+        )
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(
@@ -154,7 +185,18 @@ def main() -> None:
         f"({med['backfill'] / med['engine']:.2f}x engine)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"versions": versions, "cpu": cpu, "n": len(tickets), "runs": results, "median": med}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "versions": versions,
+                    "cpu": cpu,
+                    "n": len(tickets),
+                    "runs": results,
+                    "median": med,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

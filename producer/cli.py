@@ -170,13 +170,7 @@ def search(text: str, k: int) -> None:
     try:
         embedder = make_embedder(settings)
         vector = embedder.embed([text])
-        with opened_store(
-            model_id=embedder.model_id,
-            dimension=embedder.dimension,
-            collection=settings.chroma_collection,
-            path=settings.chroma_path,
-            url=settings.chroma_url,
-        ) as store:
+        with opened_store(settings, embedder) as store:
             hits = store.query(vector, k)[0]
     except TriageError as exc:
         click.echo(f"triage search: {exc}", err=True)

@@ -144,8 +144,20 @@ class WorkerProcess:
         env.update(extra_env or {})
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker",
-             "--loglevel", "INFO", "-Q", settings.queue, "--hostname", f"w{uuid.uuid4().hex[:6]}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                settings.queue,
+                "--hostname",
+                f"w{uuid.uuid4().hex[:6]}@%h",
+            ],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -161,7 +173,9 @@ class WorkerProcess:
             if " ready." in self.log():
                 return
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
             time.sleep(0.1)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.log()[-3000:]}")
 
@@ -180,7 +194,9 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, *, ready: bool = True, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        settings: Settings, *, ready: bool = True, extra_env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         w = WorkerProcess(settings, tmp_path / f"worker{len(started)}.log", extra_env)
         started.append(w)
         if ready:

@@ -26,30 +26,46 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def triage(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def triage(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "producer.cli", *args],
-        cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]:
+def demo_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]:
     """`triage demo` in an empty folder, with nothing configured but a Redis URL where no
     Redis answers: the demo must start its own redis-server."""
     cwd = tmp_path_factory.mktemp("demo")
-    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0", "TRIAGE_QUEUE": f"demo-{uuid.uuid4().hex[:6]}"}
+    env = {
+        "TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
+        "TRIAGE_QUEUE": f"demo-{uuid.uuid4().hex[:6]}",
+    }
     out = triage(cwd, "demo", env=env, timeout=600)
     return cwd, out, env
 
 
-def test_demo_runs_the_whole_flow(demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]) -> None:
+def test_demo_runs_the_whole_flow(
+    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+) -> None:
     cwd, out, _ = demo_dir
     assert out.returncode == 0, out.stderr[-3000:]
     assert "started a private redis-server" in out.stderr
-    m = re.search(r"routes: duplicate (\d+), suggest (\d+), manual (\d+), failed (\d+) \(of (\d+) tickets\)", out.stdout)
+    m = re.search(
+        r"routes: duplicate (\d+), suggest (\d+), manual (\d+), failed (\d+) \(of (\d+) tickets\)",
+        out.stdout,
+    )
     assert m, out.stdout[-2000:]
     dup, sug, man, failed, total = map(int, m.groups())
     assert total == 206 and dup + sug + man + failed == total and failed == 0
@@ -58,7 +74,9 @@ def test_demo_runs_the_whole_flow(demo_dir: tuple[Path, subprocess.CompletedProc
     assert (cwd / "data" / "triage.db").exists() and (cwd / "data" / "chroma").is_dir()
 
 
-def test_decisions_command_formats(demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]) -> None:
+def test_decisions_command_formats(
+    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+) -> None:
     cwd, _, _ = demo_dir
     out = triage(cwd, "decisions", "-n", "5", "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -71,7 +89,9 @@ def test_decisions_command_formats(demo_dir: tuple[Path, subprocess.CompletedPro
     assert out.returncode == 0 and "(none)" in out.stdout
 
 
-def test_search_finds_the_nearest_past_tickets(demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]) -> None:
+def test_search_finds_the_nearest_past_tickets(
+    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+) -> None:
     cwd, _, _ = demo_dir
     out = triage(cwd, "search", "I was charged twice for my subscription this month", "-k", "3")
     assert out.returncode == 0, out.stderr
@@ -82,7 +102,9 @@ def test_search_finds_the_nearest_past_tickets(demo_dir: tuple[Path, subprocess.
     assert all("demo:T" in line for line in lines)
 
 
-def test_doctor_reports_every_dependency(demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]) -> None:
+def test_doctor_reports_every_dependency(
+    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+) -> None:
     cwd, _, _ = demo_dir
     out = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": REDIS_URL})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -22,8 +22,13 @@ def test_killed_worker_loses_and_doubles_nothing(
 ) -> None:
     # A short visibility timeout so the killed worker's unacked tickets come back quickly.
     settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, batch_size=16, batch_wait_ms=50,
-        visibility_timeout_s=8, unacked_restore_interval_s=1, retry_backoff_max_s=4,
+        database_url=sqlite_url,
+        queue=queue_name,
+        batch_size=16,
+        batch_wait_ms=50,
+        visibility_timeout_s=8,
+        unacked_restore_interval_s=1,
+        retry_backoff_max_s=4,
     )
     first = start_worker(settings)
     ingest(settings, sample_path())
@@ -36,7 +41,11 @@ def test_killed_worker_loses_and_doubles_nothing(
     started = time.monotonic()
     second = start_worker(settings)
     # Bounded recovery: the visibility timeout + the restore sweep + a few batches.
-    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) + n_rows(sqlite_url, db.FailureRow) >= N, 60, "recovery")
+    wait_for(
+        lambda: n_rows(sqlite_url, db.DecisionRow) + n_rows(sqlite_url, db.FailureRow) >= N,
+        60,
+        "recovery",
+    )
     recovery_s = time.monotonic() - started
     wait_for(lambda: "succeeded" in second.log(), 10, "the second worker's tasks")
 

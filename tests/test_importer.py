@@ -13,7 +13,7 @@ def _split(rows: list[Ticket | RowError]) -> tuple[list[Ticket], list[RowError]]
 
 def test_seed_style_id_content_csv(tmp_path: Path) -> None:
     f = tmp_path / "seed.csv"
-    f.write_text("id,content\n1,App crashes at login\n2,\"Refund, please\"\n")
+    f.write_text('id,content\n1,App crashes at login\n2,"Refund, please"\n')
     good, bad = _split(list(read_tickets(f, source="csv")))
     assert not bad
     assert [(t.source, t.ticket_id, t.body) for t in good] == [
@@ -26,10 +26,10 @@ def test_bad_rows_reported_with_line_numbers_and_the_rest_kept(tmp_path: Path) -
     f = tmp_path / "t.csv"
     f.write_text(
         "\ufeffid,subject,description,created_at,queue,tags\n"  # BOM, as spreadsheets write it
-        "A1,Login,Cannot log in,2026-01-02T03:04:05Z,tech,\"a;b\"\n"
+        'A1,Login,Cannot log in,2026-01-02T03:04:05Z,tech,"a;b"\n'
         ",No id,body,,,\n"
         "A3,,,,,\n"
-        "A4,Multi,\"line one\nline two\",not-a-date,,\n"
+        'A4,Multi,"line one\nline two",not-a-date,,\n'
         "A5,Ok,fine,,billing,x,extra\n"
         "A6,Fine,also fine,,,\n"
     )
@@ -48,7 +48,9 @@ def test_bad_rows_reported_with_line_numbers_and_the_rest_kept(tmp_path: Path) -
 def test_jsonl_errors_and_aliases(tmp_path: Path) -> None:
     f = tmp_path / "t.jsonl"
     lines = [
-        json.dumps({"id": 7, "title": "Export fails", "body": "CSV export is empty", "tags": ["export"]}),
+        json.dumps(
+            {"id": 7, "title": "Export fails", "body": "CSV export is empty", "tags": ["export"]}
+        ),
         "{not json",
         json.dumps(["a list"]),
         "",
@@ -69,3 +71,13 @@ def test_header_without_id_column(tmp_path: Path) -> None:
     rows = list(read_tickets(f, source="csv"))
     assert len(rows) == 1 and isinstance(rows[0], RowError)
     assert "no id column" in rows[0].reason
+
+
+def test_invalid_unicode_is_rejected_and_nul_removed(tmp_path: Path) -> None:
+    f = tmp_path / "t.jsonl"
+    f.write_text(
+        '{"id": "1", "body": "broken \\ud800 text"}\n{"id": "2", "body": "nul\\u0000byte"}\n'
+    )
+    good, bad = _split(list(read_tickets(f, source="jsonl")))
+    assert [t.body for t in good] == ["nulbyte"]
+    assert len(bad) == 1 and bad[0].line == 1 and "lone surrogate" in bad[0].reason

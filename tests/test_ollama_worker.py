@@ -37,13 +37,21 @@ def _failures(url: str) -> list[db.FailureRow]:
     return rows
 
 
-def _settings(make_settings: Callable[..., Settings], url: str, queue: str, fake: FakeOllama, **kw: object) -> Settings:
-    return make_settings(database_url=url, queue=queue, embedder="ollama", ollama_url=fake.url, **kw)
+def _settings(
+    make_settings: Callable[..., Settings], url: str, queue: str, fake: FakeOllama, **kw: object
+) -> Settings:
+    return make_settings(
+        database_url=url, queue=queue, embedder="ollama", ollama_url=fake.url, **kw
+    )
 
 
 def test_busy_ollama_is_retried_by_celery_then_decided(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
-    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ollama: FakeOllama,
+    tmp_path: Path,
 ) -> None:
     worker = start_worker(_settings(make_settings, sqlite_url, queue_name, ollama))
     before = len(ollama.calls())
@@ -57,8 +65,12 @@ def test_busy_ollama_is_retried_by_celery_then_decided(
 
 
 def test_rejected_input_is_dead_lettered_with_its_reason(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
-    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ollama: FakeOllama,
+    tmp_path: Path,
 ) -> None:
     settings = _settings(make_settings, sqlite_url, queue_name, ollama)
     start_worker(settings)
@@ -73,8 +85,12 @@ def test_rejected_input_is_dead_lettered_with_its_reason(
 
 
 def test_retries_are_capped_then_dead_lettered(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
-    start_worker: Callable[..., WorkerProcess], ollama: FakeOllama, tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ollama: FakeOllama,
+    tmp_path: Path,
 ) -> None:
     settings = _settings(make_settings, sqlite_url, queue_name, ollama, max_retries=1)
     start_worker(settings)
@@ -87,7 +103,9 @@ def test_retries_are_capped_then_dead_lettered(
 
 
 def test_worker_refuses_to_start_when_the_model_is_not_pulled(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     with FakeOllama(models=["nomic-embed-text"]) as fake:
@@ -95,3 +113,34 @@ def test_worker_refuses_to_start_when_the_model_is_not_pulled(
         wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
     assert worker.proc.returncode == 1
     assert "ollama pull all-minilm" in worker.log()
+
+
+def test_poison_ticket_fails_alone_and_its_batch_mates_are_decided(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
+    start_worker: Callable[..., WorkerProcess], tmp_path: Path,
+) -> None:
+    # Ollama 0.13.5-0.15.6 ignore truncate for all-minilm (#14186): an input over the context
+    # fails the whole batch with 400. A hex dump is over it even after the client's cut.
+    with FakeOllama(ignore_truncate=True) as fake:
+        settings = _settings(make_settings, sqlite_url, queue_name, fake, batch_wait_ms=1000)
+        start_worker(settings)
+        dump = " ".join(f"0x{i:02x}," for i in range(256))
+        f = tmp_path / "batch.csv"
+        f.write_text(
+            "id,content\n"
+            "G1,The invoice PDF download button does nothing in Firefox\n"
+            f'BAD,"Crash dump: {dump}"\n'
+            # the fake's vectors are hashes of the text: only the same text is similar
+            "G2,The invoice PDF download button does nothing in Firefox\n"
+        )
+        ingest(settings, f)
+        wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2 and len(_failures(sqlite_url)) == 1, 60, "rows")
+        batch_sizes = [len(r.body["input"]) for r in fake.calls() if r.body and r.body.get("input")]
+    (row,) = _failures(sqlite_url)
+    assert row.ticket_id == "BAD" and row.error_type == "EmbeddingRejected" and "context length" in row.reason
+    assert batch_sizes[-4:] == [3, 1, 1, 1]  # one call for the batch, then one per ticket to isolate it
+    engine = db.make_engine(sqlite_url)
+    with Session(engine) as s:
+        routes = {d.ticket_id: d.route for d in s.scalars(select(db.DecisionRow))}
+    engine.dispose()
+    assert routes == {"G1": "manual", "G2": "duplicate"}

@@ -50,13 +50,20 @@ def local_embedder() -> LocalEmbedder:
 
 
 @pytest.fixture
-def services(tmp_path: Path, database_url: str, local_embedder: LocalEmbedder) -> Iterator[Services]:
+def services(
+    tmp_path: Path, database_url: str, local_embedder: LocalEmbedder
+) -> Iterator[Services]:
     emb = CountingEmbedder(local_embedder)
     store = VectorStore.open(
-        model_id=emb.model_id, dimension=emb.dimension, collection="tickets", path=tmp_path / "chroma"
+        model_id=emb.model_id,
+        dimension=emb.dimension,
+        collection="tickets",
+        path=tmp_path / "chroma",
     )
     engine = db.make_engine(database_url)
-    yield Services(embedder=emb, store=store, engine=engine, thresholds=Thresholds(0.85, 0.70), top_k=5)
+    yield Services(
+        embedder=emb, store=store, engine=engine, thresholds=Thresholds(0.85, 0.70), top_k=5
+    )
     store.close()
     engine.dispose()
 
@@ -97,10 +104,16 @@ def test_batch_routes_in_order_with_one_embedding_call(services: Services) -> No
 
 def test_redelivery_is_idempotent_and_never_self_matched(services: Services) -> None:
     triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", SHIPPING))], services)
-    before = {k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()}
-    again = triage_batch([WorkItem(t("2", SHIPPING)), WorkItem(t("1", CRASH)), WorkItem(t("1", CRASH))], services)
+    before = {
+        k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()
+    }
+    again = triage_batch(
+        [WorkItem(t("2", SHIPPING)), WorkItem(t("1", CRASH)), WorkItem(t("1", CRASH))], services
+    )
     assert [r.status for r in again] == ["unchanged"] * 3
-    after = {k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()}
+    after = {
+        k: (v.route, v.score, v.matched_ticket_id, v.decided_at) for k, v in rows(services).items()
+    }
     assert after == before
     assert count(services, db.DecisionRow) == 2 and count(services, db.TicketRow) == 2
     assert services.embedder.calls == [2]  # type: ignore[attr-defined]  # nothing re-embedded
@@ -120,7 +133,9 @@ def test_lost_vector_is_repaired_from_the_decision(services: Services, tmp_path:
 
 
 def test_backfill_stores_history_without_decisions(services: Services) -> None:
-    res = triage_batch([WorkItem(t("h1", CRASH), "backfill"), WorkItem(t("h2", REFUND), "backfill")], services)
+    res = triage_batch(
+        [WorkItem(t("h1", CRASH), "backfill"), WorkItem(t("h2", REFUND), "backfill")], services
+    )
     assert [r.status for r in res] == ["stored", "stored"]
     assert count(services, db.DecisionRow) == 0 and count(services, db.TicketRow) == 2
     res = triage_batch([WorkItem(t("n1", CRASH2))], services)
@@ -141,7 +156,9 @@ def test_poison_ticket_fails_alone(services: Services) -> None:
     assert count(services, db.DecisionRow) == 2
 
 
-def test_vectors_are_unit_length_and_similarity_is_cosine(services: Services, local_embedder: LocalEmbedder) -> None:
+def test_vectors_are_unit_length_and_similarity_is_cosine(
+    services: Services, local_embedder: LocalEmbedder
+) -> None:
     triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
     v = local_embedder.embed([CRASH2])
     hits = services.store.query(v, 2)[0]

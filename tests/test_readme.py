@@ -11,7 +11,11 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
-    missing = [f"TRIAGE_{name.upper()}" for name in Settings.model_fields if f"`TRIAGE_{name.upper()}`" not in README]
+    missing = [
+        f"TRIAGE_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`TRIAGE_{name.upper()}`" not in README
+    ]
     assert not missing, f"README lacks {missing}"
 
 

@@ -30,7 +30,9 @@ def test_thresholds() -> None:
 
 def test_in_batch_duplicate_points_at_the_earlier_ticket() -> None:
     vecs = _unit([1, 0, 0], [0.99, 0.05, 0], [0, 1, 0])
-    out = decide([k("a"), k("b"), k("c")], vecs, [[], [], []], decide_mask=[True] * 3, thresholds=TH, top_k=5)
+    out = decide(
+        [k("a"), k("b"), k("c")], vecs, [[], [], []], decide_mask=[True] * 3, thresholds=TH, top_k=5
+    )
     assert [o.route for o in out if o] == ["manual", "duplicate", "manual"]
     assert out[0] is not None and out[0].score is None  # first ticket: no history
     assert out[1] is not None and out[1].canonical == k("a") and out[1].best is not None
@@ -40,7 +42,9 @@ def test_in_batch_duplicate_points_at_the_earlier_ticket() -> None:
 def test_duplicate_of_a_duplicate_points_at_the_root() -> None:
     vecs = _unit([1, 0.0, 0], [1, 0.1, 0], [1, 0.2, 0])
     stored = [[Neighbour(k("root"), 0.95, k("root"), "manual")], [], []]
-    out = decide([k("a"), k("b"), k("c")], vecs, stored, decide_mask=[True] * 3, thresholds=TH, top_k=5)
+    out = decide(
+        [k("a"), k("b"), k("c")], vecs, stored, decide_mask=[True] * 3, thresholds=TH, top_k=5
+    )
     assert all(o is not None and o.route == "duplicate" for o in out)
     assert [o.canonical for o in out if o] == [k("root")] * 3
 
@@ -55,14 +59,18 @@ def test_never_matched_with_itself_or_a_later_ticket() -> None:
 
 def test_history_counts_as_earlier_but_is_not_routed() -> None:
     vecs = _unit([1, 0, 0], [1, 0.01, 0])
-    out = decide([k("h"), k("n")], vecs, [[], []], decide_mask=[False, True], thresholds=TH, top_k=3)
+    out = decide(
+        [k("h"), k("n")], vecs, [[], []], decide_mask=[False, True], thresholds=TH, top_k=3
+    )
     assert out[0] is None
     assert out[1] is not None and out[1].route == "duplicate" and out[1].canonical == k("h")
 
 
 def test_top_k_caps_and_orders_matches() -> None:
     vecs = _unit([1, 0, 0])
-    stored = [[Neighbour(k(str(i)), s, k(str(i)), "manual") for i, s in enumerate([0.1, 0.9, 0.5, 0.7])]]
+    stored = [
+        [Neighbour(k(str(i)), s, k(str(i)), "manual") for i, s in enumerate([0.1, 0.9, 0.5, 0.7])]
+    ]
     out = decide([k("q")], vecs, stored, decide_mask=[True], thresholds=TH, top_k=2)
     assert out[0] is not None
     assert [m.score for m in out[0].matches] == [0.9, 0.7]

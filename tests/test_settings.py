@@ -9,7 +9,12 @@ from config.settings import SettingsError, load_settings
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("TRIAGE_DUPLICATE_THRESHOLD", "TRIAGE_SUGGEST_THRESHOLD", "TRIAGE_TOP_K", "TRIAGE_EMBEDDER"):
+    for var in (
+        "TRIAGE_DUPLICATE_THRESHOLD",
+        "TRIAGE_SUGGEST_THRESHOLD",
+        "TRIAGE_TOP_K",
+        "TRIAGE_EMBEDDER",
+    ):
         monkeypatch.delenv(var, raising=False)
     s = load_settings()
     assert (s.duplicate_threshold, s.suggest_threshold, s.top_k) == (0.85, 0.70, 5)
@@ -28,14 +33,18 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
         ("TRIAGE_TOP_K", "-1", "TRIAGE_TOP_K"),
     ],
 )
-def test_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, value: str, fragment: str) -> None:
+def test_bad_value_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, fragment: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as exc:
         load_settings()
     assert fragment in str(exc.value)
 
 
-def test_dotenv_file_is_read(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dotenv_file_is_read(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     monkeypatch.delenv("TRIAGE_TOP_K", raising=False)
     (tmp_path / ".env").write_text("TRIAGE_TOP_K=9\n")  # type: ignore[operator]

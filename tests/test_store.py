@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from worker.errors import ModelMismatch, StoreLocked
-from worker.store import VectorStore, opened_store
+from worker.store import VectorStore
 from worker.tickets import TicketKey
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,7 @@ def _open(path: Path, model: str = "m1", dim: int = 4) -> VectorStore:
 
 
 def test_opening_with_another_model_is_refused(tmp_path: Path) -> None:
-    with opened_store(model_id="m1", dimension=4, collection="tickets", path=tmp_path):
-        pass
+    _open(tmp_path).close()
     with pytest.raises(ModelMismatch) as exc:
         _open(tmp_path, model="m2")
     assert "'m1'" in str(exc.value) and "'m2'" in str(exc.value)
@@ -37,7 +36,9 @@ def test_a_collection_with_another_distance_is_refused(tmp_path: Path) -> None:
     import chromadb
     from chromadb.config import Settings
 
-    client = chromadb.PersistentClient(path=str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    client = chromadb.PersistentClient(
+        path=str(tmp_path), settings=Settings(anonymized_telemetry=False)
+    )
     # Same metadata, but l2: get_or_create would silently keep it.
     client.create_collection(
         "tickets",
@@ -50,20 +51,28 @@ def test_a_collection_with_another_distance_is_refused(tmp_path: Path) -> None:
 
 
 def test_upsert_replaces_and_query_reports_cosine_similarity(tmp_path: Path) -> None:
-    with opened_store(model_id="m1", dimension=4, collection="tickets", path=tmp_path) as store:
+    store = _open(tmp_path)
+    try:
         a, b = TicketKey("s", "a"), TicketKey("s", "b")
-        meta = [{"canonical_source": "s", "canonical_ticket_id": x, "route": "manual"} for x in "ab"]
+        meta = [
+            {"canonical_source": "s", "canonical_ticket_id": x, "route": "manual"} for x in "ab"
+        ]
         store.upsert([a, b], np.eye(4, dtype=np.float32)[:2], meta)
-        store.upsert([a], np.asarray([[0, 0, 1, 0]], np.float32), meta[:1])  # add() would ignore this
+        store.upsert(
+            [a], np.asarray([[0, 0, 1, 0]], np.float32), meta[:1]
+        )  # add() would ignore this
         assert store.count() == 2
         hits = store.query(np.asarray([[0, 0, 1, 0]], np.float32), 2)[0]
         assert hits[0].key == a and hits[0].score == pytest.approx(1.0, abs=1e-5)
         assert hits[1].key == b and hits[1].score == pytest.approx(0.0, abs=1e-5)
         assert store.present([a, TicketKey("s", "zzz")]) == {a}
+    finally:
+        store.close()
 
 
 def test_second_process_gets_a_clear_error(tmp_path: Path) -> None:
-    with opened_store(model_id="m1", dimension=4, collection="tickets", path=tmp_path):
+    owner = _open(tmp_path)
+    try:
         code = textwrap.dedent(
             f"""
             from pathlib import Path
@@ -75,11 +84,17 @@ def test_second_process_gets_a_clear_error(tmp_path: Path) -> None:
                 print("LOCKED:", exc)
             """
         )
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        owner.close()
     assert "LOCKED:" in out.stdout, out.stderr
     assert "TRIAGE_CHROMA_URL" in out.stdout and "silently lose vectors" in out.stdout
     # and once the owner is gone, another process may open it
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert "LOCKED" not in out.stdout and out.returncode == 0, out.stderr
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from config.settings import Settings
-from tests.conftest import WorkerProcess, wait_for
 from config.celery_app import create_app
+from config.settings import Settings
 from producer.enqueue import publish
+from tests.conftest import WorkerProcess, wait_for
 from tests.test_worker_e2e import decisions, n_rows
 from worker import db
 from worker.tickets import Ticket
@@ -48,8 +48,18 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
     chroma = Path(sys.executable).with_name("chroma")
     log = (tmp_path / "chroma.log").open("wb")
     proc = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path / "chroma-server"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(chroma),
+            "run",
+            "--path",
+            str(tmp_path / "chroma-server"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -60,7 +70,9 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
                     break
             except requests.ConnectionError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "chroma.log").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "chroma.log"
+            ).read_text()
             time.sleep(0.1)
         yield url
     finally:
@@ -96,7 +108,9 @@ def test_pairs_split_across_two_workers_are_caught(
     # Both halves are published within milliseconds, so the two workers' batches flush
     # together and race for the store: only the decision lock keeps them sequential.
     for settings, prefix, texts in ((s1, "A", TOPICS), (s2, "B", [_twin(t) for t in TOPICS])):
-        tickets = [Ticket(source="pair", ticket_id=f"{prefix}{i}", body=t) for i, t in enumerate(texts)]
+        tickets = [
+            Ticket(source="pair", ticket_id=f"{prefix}{i}", body=t) for i, t in enumerate(texts)
+        ]
         assert len(list(publish(create_app(settings), tickets))) == len(TOPICS)
 
     wait_for(lambda: n_rows(url, db.DecisionRow) == 2 * len(TOPICS), 120, "all decisions")

@@ -20,7 +20,17 @@ N_TICKETS = 12
 
 def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "ingest", str(path), "--source", "e2e", "--quiet", *extra],
+        [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "ingest",
+            str(path),
+            "--source",
+            "e2e",
+            "--quiet",
+            *extra,
+        ],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,
@@ -70,7 +80,9 @@ def test_worker_triages_a_file_once_and_only_once(
     dup, orig = (e04, e01) if e04.route == "duplicate" else (e01, e04)
     assert dup.matched_ticket_id == orig.ticket_id and dup.canonical_ticket_id == orig.ticket_id
     assert orig.route != "duplicate"
-    assert first["E11"].route in ("suggest", "duplicate") and first["E11"].matched_ticket_id == "E02"
+    assert (
+        first["E11"].route in ("suggest", "duplicate") and first["E11"].matched_ticket_id == "E02"
+    )
     wait_for(lambda: "batch of 12: 12 decided" in worker.log(), 30, "the batch log line")
 
     # The same file again: no new row, nothing re-decided, nobody matched with itself.
@@ -83,7 +95,11 @@ def test_worker_triages_a_file_once_and_only_once(
     for tid, row in first.items():
         again = second[tid]
         assert (again.route, again.score, again.matched_ticket_id, again.decided_at, again.id) == (
-            row.route, row.score, row.matched_ticket_id, row.decided_at, row.id,
+            row.route,
+            row.score,
+            row.matched_ticket_id,
+            row.decided_at,
+            row.id,
         )
     for row in second.values():
         assert row.matched_ticket_id != row.ticket_id

@@ -134,13 +134,7 @@ def doctor_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
         return
 
     try:
-        with opened_store(
-            model_id=embedder.model_id,
-            dimension=embedder.dimension,
-            collection=settings.chroma_collection,
-            path=settings.chroma_path,
-            url=settings.chroma_url,
-        ) as store:
+        with opened_store(settings, embedder) as store:
             detail = ", ".join(f"{k} {v}" for k, v in store.describe().items())
         yield "chroma", True, detail
     except StoreLocked as exc:

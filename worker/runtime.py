@@ -25,7 +25,7 @@ from worker.embedding import make_embedder
 from worker.errors import LockTimeout
 from worker.pipeline import ItemResult, Services, WorkItem, triage_batch
 from worker.routing import Thresholds
-from worker.store import VectorStore
+from worker.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,7 @@ def build_runtime(settings: Settings) -> Runtime:
     embedder.check()
     engine = make_engine(settings.database_url)
     migrate.require_current(engine)
-    store = VectorStore.open(
-        model_id=embedder.model_id,
-        dimension=embedder.dimension,
-        collection=settings.chroma_collection,
-        path=settings.chroma_path,
-        url=settings.chroma_url,
-    )
+    store = open_store(settings, embedder)
     lock = contextlib.nullcontext
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.

@@ -21,17 +21,20 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from worker.embedding import Vectors
+from worker.embedding import Embedder, Vectors
 from worker.errors import ModelMismatch, StoreLocked, StoreUnavailable
 from worker.tickets import TicketKey
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +234,22 @@ def _lock_store(path: Path) -> IO[str]:
     return handle
 
 
+def open_store(settings: Settings, embedder: Embedder) -> VectorStore:
+    """The configured store (server if TRIAGE_CHROMA_URL is set, else embedded), checked
+    to hold this embedder's vectors."""
+    return VectorStore.open(
+        model_id=embedder.model_id,
+        dimension=embedder.dimension,
+        collection=settings.chroma_collection,
+        path=settings.chroma_path,
+        url=settings.chroma_url,
+    )
+
+
 @contextlib.contextmanager
-def opened_store(**kwargs: Any) -> Any:
-    store = VectorStore.open(**kwargs)
+def opened_store(settings: Settings, embedder: Embedder) -> Iterator[VectorStore]:
+    """open_store for a short-lived command: the embedded store's lock is released after."""
+    store = open_store(settings, embedder)
     try:
         yield store
     finally:

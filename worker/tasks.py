@@ -18,7 +18,7 @@ from celery.signals import worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
 from worker import db
-from worker.errors import FatalError, PermanentError, TransientError, TriageError
+from worker.errors import FatalError, PermanentError, TransientError
 from worker.pipeline import WorkItem
 from worker.runtime import close_runtime, get_runtime
 from worker.tickets import Ticket, TicketKey
@@ -59,30 +59,29 @@ def triage_ticket(self: Task, message: dict[str, Any], mode: str = "route") -> s
         if result.error is not None:
             raise result.error
         return result.status
-    except TransientError as exc:
+    except (TransientError, TimeoutError) as exc:  # TimeoutError: the batch took too long
         if self.request.retries >= settings.max_retries:
-            return _dead_letter(message, exc, attempts, "gave up after retries: ")
+            return _dead_letter(self, message, exc, attempts, "gave up after retries: ")
         countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
         logger.warning(
             "ticket %s: %s; retry %d/%d in %.1f s",
             _key_text(message),
-            exc,
+            exc or type(exc).__name__,
             attempts,
             settings.max_retries,
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
-    except TimeoutError as exc:
-        if self.request.retries >= settings.max_retries:
-            return _dead_letter(message, exc, attempts, "batch timed out: ")
-        raise self.retry(
-            exc=exc, countdown=backoff_s(self.request.retries, settings.retry_backoff_max_s)
-        ) from exc
     except (PermanentError, FatalError, ValueError) as exc:
-        return _dead_letter(message, exc, attempts, "")
+        return _dead_letter(self, message, exc, attempts, "")
+    except Exception as exc:
+        # A bug, not the ticket's fault; still, an unhandled exception would ack the message
+        # and lose the ticket. Dead-letter it with the traceback logged, for a re-drive.
+        logger.exception("unexpected error triaging %s", _key_text(message))
+        return _dead_letter(self, message, exc, attempts, "unexpected error: ")
 
 
-def _dead_letter(message: Any, exc: BaseException, attempts: int, prefix: str) -> str:
+def _dead_letter(task: Task, message: Any, exc: BaseException, attempts: int, prefix: str) -> str:
     key = _key(message)
     reason = f"{prefix}{exc}"
     logger.error("ticket %s failed permanently (%s): %s", key, type(exc).__name__, reason)
@@ -98,8 +97,15 @@ def _dead_letter(message: Any, exc: BaseException, attempts: int, prefix: str) -
                 payload=message if isinstance(message, dict) else {"raw": repr(message)},
             )
             session.commit()
-    except Exception as db_exc:  # the failure row is the ticket's last trace: never ack without it
-        raise TriageError(f"could not record failure of {key}: {db_exc}") from db_exc
+    except Exception as db_exc:
+        # The failure row is the ticket's last trace: never ack without it. The database is
+        # what failed, so try again later, for as long as it takes.
+        logger.error("could not record the failure of %s: %s; retrying", key, db_exc)
+        raise task.retry(
+            exc=db_exc,
+            countdown=backoff_s(task.request.retries, get_runtime().settings.retry_backoff_max_s),
+            max_retries=None,
+        ) from db_exc
     return "failed"
 
 

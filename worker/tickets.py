@@ -57,6 +57,22 @@ class Ticket(BaseModel):
             return value.replace(tzinfo=UTC)
         return value
 
+    @field_validator("source", "ticket_id", "subject", "body", "queue", mode="before")
+    @classmethod
+    def _clean_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        # NUL has no meaning in ticket text and PostgreSQL cannot store it in TEXT columns:
+        # left in, one such ticket would fail its whole batch's SQL write.
+        value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"contains invalid Unicode at position {exc.start} (a lone surrogate)"
+            ) from None
+        return value
+
     @field_validator("subject", "queue")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
