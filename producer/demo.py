@@ -139,8 +139,32 @@ def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
         )
         + f" (of {len(rows)} tickets)"
     )
+    labels = file.with_name("demo_labels.csv")
+    if labels.exists():
+        click.echo(_label_summary(rows, read_labels(labels)))
     click.echo(f"decisions are in {engine.url.render_as_string()} (table triage_decisions)")
     return 0
+
+
+def _label_summary(rows: list[dict[str, object]], labels: dict[str, str]) -> str:
+    """How the routes compare with the sample's known duplicate clusters."""
+    seen: set[str] = set()
+    repeats: Counter[str] = Counter()
+    false_dups = 0
+    for r in rows:  # file order = arrival order
+        cluster = labels.get(str(r["ticket"]))
+        if cluster is not None and cluster in seen:
+            repeats[str(r["route"])] += 1
+        elif r["route"] == "duplicate":  # a unique ticket, or the first of its problem
+            false_dups += 1
+        if cluster is not None:
+            seen.add(cluster)
+    total = sum(repeats.values())
+    return (
+        f"labelled repeats (a ticket whose problem came earlier): {total}: "
+        + ", ".join(f"{route} {repeats.get(route, 0)}" for route in ("duplicate", "suggest", "manual"))
+        + f"; false duplicates among the other tickets: {false_dups}"
+    )
 
 
 def _done(engine: Engine, keys: list[TicketKey]) -> int:

@@ -56,7 +56,8 @@ def _agreement(
     ]
     worst = int(np.argmin(cosines))
     summary = (
-        f"min cosine {cosines.min():.9f} (text #{worst}, {categories[worst]}), "
+        f"min cosine {cosines.min():.9f} (1 - cos = {1 - cosines.min():.1e}, text #{worst}, "
+        f"{categories[worst]}), "
         f"mean {cosines.mean():.9f}; " + ", ".join(parts)
     )
     return cosines, summary

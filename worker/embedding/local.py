@@ -233,7 +233,9 @@ class LocalEmbedder:
         try:
             return self._tokenizer.encode_batch(batch)
         except Exception as exc:  # e.g. a lone surrogate: TypeError from the Rust binding
-            raise EmbeddingRejected(f"the tokenizer cannot encode {self._culprit(batch)}: {exc}")
+            raise EmbeddingRejected(
+                f"the tokenizer cannot encode {self._culprit(batch)}: {exc}"
+            ) from exc
 
     def _culprit(self, batch: list[str]) -> str:
         """Name the text that broke a batch, so the caller can reject that ticket only."""
