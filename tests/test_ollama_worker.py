@@ -116,8 +116,11 @@ def test_worker_refuses_to_start_when_the_model_is_not_pulled(
 
 
 def test_poison_ticket_fails_alone_and_its_batch_mates_are_decided(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str,
-    start_worker: Callable[..., WorkerProcess], tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     # Ollama 0.13.5-0.15.6 ignore truncate for all-minilm (#14186): an input over the context
     # fails the whole batch with 400. A hex dump is over it even after the client's cut.
@@ -134,11 +137,24 @@ def test_poison_ticket_fails_alone_and_its_batch_mates_are_decided(
             "G2,The invoice PDF download button does nothing in Firefox\n"
         )
         ingest(settings, f)
-        wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2 and len(_failures(sqlite_url)) == 1, 60, "rows")
+        wait_for(
+            lambda: n_rows(sqlite_url, db.DecisionRow) == 2 and len(_failures(sqlite_url)) == 1,
+            60,
+            "rows",
+        )
         batch_sizes = [len(r.body["input"]) for r in fake.calls() if r.body and r.body.get("input")]
     (row,) = _failures(sqlite_url)
-    assert row.ticket_id == "BAD" and row.error_type == "EmbeddingRejected" and "context length" in row.reason
-    assert batch_sizes[-4:] == [3, 1, 1, 1]  # one call for the batch, then one per ticket to isolate it
+    assert (
+        row.ticket_id == "BAD"
+        and row.error_type == "EmbeddingRejected"
+        and "context length" in row.reason
+    )
+    assert batch_sizes[-4:] == [
+        3,
+        1,
+        1,
+        1,
+    ]  # one call for the batch, then one per ticket to isolate it
     engine = db.make_engine(sqlite_url)
     with Session(engine) as s:
         routes = {d.ticket_id: d.route for d in s.scalars(select(db.DecisionRow))}
