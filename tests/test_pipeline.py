@@ -167,3 +167,36 @@ def test_vectors_are_unit_length_and_similarity_is_cosine(
     for h in hits:
         assert h.score == pytest.approx(expected[h.key.ticket_id], abs=1e-4)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_one_call_per_external_system_per_batch(services: Services) -> None:
+    """Batching on purpose: 1 embedding call, 1 Chroma query, 1 Chroma upsert and a fixed
+    handful of SQL statements for a whole batch, not per ticket."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(
+        services.engine, "before_cursor_execute", lambda *a: statements.append(a[2].split()[0])
+    )
+    calls: list[str] = []
+    col = services.store._collection
+    for name in ("query", "upsert", "get", "add"):
+        real = getattr(col, name)
+
+        def spy(*args: object, _real: object = real, _name: str = name, **kw: object) -> object:
+            calls.append(_name)
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        setattr(col, name, spy)
+    triage_batch([WorkItem(t(f"b{i}", f"{CRASH} variant {i}")) for i in range(20)], services)
+    assert services.embedder.calls == [20]  # type: ignore[attr-defined]
+    assert sorted(calls) == ["query", "upsert"]
+    # SELECT known tickets (before embedding), SELECT again inside the critical section,
+    # INSERT tickets, INSERT decisions, DELETE stale failures: 5, whatever the batch size.
+    assert [s.upper() for s in statements if s.upper() != "PRAGMA"] == [
+        "SELECT",
+        "SELECT",
+        "INSERT",
+        "INSERT",
+        "DELETE",
+    ]

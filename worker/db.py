@@ -213,14 +213,20 @@ def save_batch(
     one of the two tables.
     """
     insert = _insert(session)
+    # Core inserts on the tables, not the ORM classes: the ORM's bulk path splits the rows
+    # into one statement per pattern of None values; Core sends one executemany.
     if tickets:
         session.execute(
-            insert(TicketRow).on_conflict_do_nothing(index_elements=["source", "ticket_id"]),
+            insert(TicketRow.__table__).on_conflict_do_nothing(
+                index_elements=["source", "ticket_id"]
+            ),
             list(tickets),
         )
     if decisions:
         session.execute(
-            insert(DecisionRow).on_conflict_do_nothing(index_elements=["source", "ticket_id"]),
+            insert(DecisionRow.__table__).on_conflict_do_nothing(
+                index_elements=["source", "ticket_id"]
+            ),
             list(decisions),
         )
     done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
