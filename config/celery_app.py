@@ -7,12 +7,13 @@ not at import, so a bad TRIAGE_* value stops the worker with a message naming it
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, SettingsError, load_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -58,7 +59,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     else:
 
         def _configure(sender: Celery, **_: Any) -> None:
-            sender.conf.update(celery_config(load_settings()))
+            try:
+                sender.conf.update(celery_config(load_settings()))
+            except SettingsError as exc:
+                # Celery logs and swallows an Exception from a signal handler, then runs on
+                # its defaults (amqp://localhost): a typo must stop the worker instead.
+                print(f"triage: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
 
         app.on_configure.connect(_configure, weak=False)
     return app

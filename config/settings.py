@@ -83,6 +83,23 @@ class Settings(BaseSettings):
     retry_backoff_max_s: int = Field(60, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- HTTP service (`triage serve`) ----------------------------------------------------
+    # Signing secrets per helpdesk, several at once for rotation (JSON), e.g.
+    # {"github": ["new-secret", "old-secret"], "freshdesk": ["shared-token"]}.
+    # A helpdesk without a secret here is refused (401): nothing unsigned gets in.
+    webhook_secrets: dict[str, list[str]] = Field(default_factory=dict)
+    # Bearer tokens of the HTTP API and their scopes (JSON), e.g.
+    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}.
+    api_tokens: dict[str, list[Literal["ingest", "read", "feedback"]]] = Field(default_factory=dict)
+    # Largest request body accepted. A Jira issue_created is ~11 KB, a GitHub one ~14 KB;
+    # 1 MiB leaves room for long descriptions and refuses floods.
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
+    # Zendesk signs a timestamp: deliveries older or newer than this are refused as replays.
+    zendesk_tolerance_s: int = Field(300, ge=1)
+    # How long a delivery id is remembered, so a redelivered webhook adds no second ticket
+    # (GitHub allows manual redelivery for 3 days).
+    dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.suggest_threshold > self.duplicate_threshold:
@@ -90,6 +107,9 @@ class Settings(BaseSettings):
                 f"TRIAGE_SUGGEST_THRESHOLD ({self.suggest_threshold}) must not exceed "
                 f"TRIAGE_DUPLICATE_THRESHOLD ({self.duplicate_threshold})"
             )
+        for vendor, secrets in self.webhook_secrets.items():
+            if not secrets or any(not secret for secret in secrets):
+                raise ValueError(f"TRIAGE_WEBHOOK_SECRETS: empty secret for {vendor!r}")
         if self.retry_backoff_max_s >= self.visibility_timeout_s:
             raise ValueError(
                 "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "

@@ -66,6 +66,23 @@ def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
     app.worker_main([*argv, *celery_args])
 
 
+# --- serve ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, help="TCP port.")
+def serve(host: str, port: int) -> None:
+    """Run the HTTP service: helpdesk webhooks, ticket ingest, read API, health, metrics."""
+    import uvicorn
+
+    from producer.api import create_api
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    uvicorn.run(create_api(settings), host=host, port=port, log_level=settings.log_level.lower())
+
+
 # --- ingest --------------------------------------------------------------------------------
 
 

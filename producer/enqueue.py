@@ -30,6 +30,7 @@ def publish(
     *,
     mode: Literal["route", "backfill"] = "route",
     queue: str | None = None,
+    retry_policy: dict[str, float] | None = None,
 ) -> Iterator[Ticket]:
     """Publish each ticket; yield it once it is handed to the broker (for progress)."""
     queue = queue or app.conf.task_default_queue
@@ -43,6 +44,8 @@ def publish(
                     producer=producer,
                     # The task id is the ticket key: Flower and logs show which ticket it is.
                     task_id=f"{ticket.key.as_id()}:{ticket.received_at.timestamp():.6f}",
+                    retry=True,
+                    retry_policy=retry_policy,
                 )
                 yield ticket
     except (OperationalError, OSError) as exc:

@@ -8,6 +8,7 @@ Each test gets its own queue name, Chroma folder, SQLite file or PostgreSQL data
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,9 +130,11 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The TRIAGE_* environment that reproduces these settings in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            env[f"TRIAGE_{name.upper()}"] = str(value)
+            env[f"TRIAGE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict | list) else str(value)
+            )
     return env
 
 

@@ -62,3 +62,17 @@ def test_cli_stops_with_the_setting_named() -> None:
     assert out.returncode == 2
     assert "TRIAGE_TOP_K" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_celery_worker_stops_on_a_bad_setting() -> None:
+    # Celery swallows exceptions of configuration hooks and would run on amqp://localhost.
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker"],
+        env={"TRIAGE_BATCH_SIZE": "-3", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "TRIAGE_BATCH_SIZE" in out.stderr
+    assert "amqp://" not in out.stdout + out.stderr

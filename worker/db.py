@@ -92,6 +92,28 @@ class DecisionRow(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # decided_at - received_at, in ms: end-to-end latency (the /metrics histogram).
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class FeedbackRow(Base):
+    """An agent confirming or vetoing a `duplicate` / `suggest` decision; one per agent."""
+
+    __tablename__ = "triage_feedback"
+    __table_args__ = (
+        UniqueConstraint("source", "ticket_id", "agent", name="uq_triage_feedback_agent"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    verdict: Mapped[str] = mapped_column(String(16))
+    agent: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str | None] = mapped_column(Text)
+    # The decision as it was when judged: calibration pairs score with verdict.
+    route: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class FailureRow(Base):

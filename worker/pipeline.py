@@ -284,6 +284,7 @@ def _decision_values(
         "subject": ticket.subject,
         "received_at": ticket.received_at,
         "decided_at": now,
+        "latency_ms": max(0, round((now - ticket.received_at).total_seconds() * 1000)),
     }
 
 

@@ -10,13 +10,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import InvalidTicket
 
 # Bodies beyond this are kept whole in SQL but are far past what the model reads (256
 # tokens); the cap only stops a runaway payload from filling the queue and the database.
 MAX_BODY_CHARS = 200_000
+MAX_SUBJECT_CHARS = 2_000
 
 
 class TicketKey(NamedTuple):
@@ -41,8 +50,8 @@ class Ticket(BaseModel):
 
     source: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     ticket_id: str = Field(min_length=1, max_length=255)
-    subject: str | None = Field(None, max_length=2_000)
-    body: str = Field("", max_length=MAX_BODY_CHARS)
+    subject: str | None = None
+    body: str = ""
     created_at: datetime | None = None
     queue: str | None = Field(None, max_length=100)
     tags: tuple[str, ...] = ()
@@ -72,6 +81,14 @@ class Ticket(BaseModel):
                 f"contains invalid Unicode at position {exc.start} (a lone surrogate)"
             ) from None
         return value
+
+    @field_validator("subject", "body")
+    @classmethod
+    def _bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # An over-long ticket is cut, not refused: a helpdesk cannot make it shorter by
+        # resending, and a refusal would lose the ticket. The model reads 256 tokens anyway.
+        limit = MAX_SUBJECT_CHARS if info.field_name == "subject" else MAX_BODY_CHARS
+        return value[:limit] if value is not None else None
 
     @field_validator("subject", "queue")
     @classmethod

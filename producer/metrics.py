@@ -1,0 +1,98 @@
+"""Prometheus metrics of `triage serve`.
+
+Counters of what this process accepted and rejected live in memory. What the workers did
+(decisions by route, end-to-end latency) and the queue depth are read at scrape time from
+SQL and Redis, so they are right whichever process decided and survive restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine, case, func, select
+from sqlalchemy.orm import Session
+
+from worker import db
+
+if TYPE_CHECKING:
+    from producer.intake import Intake
+
+# End-to-end latency buckets (s): a lone ticket waits ≤ TRIAGE_BATCH_WAIT_MS (0.2 s) plus a
+# batch; retries and outages push the tail to minutes.
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Scrapes come every 15-60 s; the SQL aggregate is cached so a burst of scrapes costs one query.
+CACHE_S = 5.0
+
+
+class _FromStores:
+    def __init__(self, engine: Engine, intake: Intake) -> None:
+        self.engine, self.intake = engine, intake
+        self._cached: tuple[float, Any] | None = None
+
+    def _aggregate(self) -> Any:
+        if self._cached and time.monotonic() - self._cached[0] < CACHE_S:
+            return self._cached[1]
+        d = db.DecisionRow
+        cols: list[Any] = [func.count(), func.sum(d.latency_ms)]
+        cols += [func.sum(case((d.latency_ms <= b * 1000, 1), else_=0)) for b in LATENCY_BUCKETS_S]
+        with Session(self.engine) as s:
+            by_route = dict(s.execute(select(d.route, func.count()).group_by(d.route)).all())
+            lat = s.execute(select(*cols).where(d.latency_ms.is_not(None))).one()
+            failures = int(s.scalar(select(func.count()).select_from(db.FailureRow)) or 0)
+        self._cached = (time.monotonic(), (by_route, lat, failures))
+        return self._cached[1]
+
+    def collect(self) -> Iterator[Any]:
+        by_route, lat, failures = self._aggregate()
+        routes = CounterMetricFamily("triage_decisions", "Decision rows by route", labels=["route"])
+        for route in ("duplicate", "suggest", "manual"):
+            routes.add_metric([route], int(by_route.get(route, 0)))
+        yield routes
+        yield CounterMetricFamily("triage_failures", "Tickets in the failure table", value=failures)
+        count, total_ms, *cum = lat
+        hist = HistogramMetricFamily(
+            "triage_end_to_end_latency_seconds", "From acceptance by a producer to the decision row"
+        )
+        buckets = [(str(b), int(c or 0)) for b, c in zip(LATENCY_BUCKETS_S, cum, strict=True)]
+        buckets.append(("+Inf", int(count or 0)))
+        hist.add_metric([], buckets, sum_value=(total_ms or 0) / 1000)
+        yield hist
+        depth = GaugeMetricFamily("triage_queue_depth", "Tickets waiting on the Redis queue")
+        try:
+            depth.add_metric([], self.intake.queue_depth())
+        except Exception:
+            depth.add_metric([], float("nan"))  # Redis down: say unknown, do not fail the scrape
+        yield depth
+
+
+class Metrics:
+    def __init__(self, engine: Engine, intake: Intake) -> None:
+        self.registry = CollectorRegistry()
+        self._accepted = Counter(
+            "triage_tickets_accepted",
+            "Tickets queued by this service",
+            ["source"],
+            registry=self.registry,
+        )
+        self._rejected = Counter(
+            "triage_tickets_rejected",
+            "Requests refused, by reason",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_FromStores(engine, intake))  # type: ignore[arg-type]
+
+    def accepted(self, source: str, n: int = 1) -> None:
+        if n:
+            self._accepted.labels(source).inc(n)
+
+    def rejected(self, source: str, reason: str) -> None:
+        self._rejected.labels(source, reason).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,32 @@
+"""Incoming helpdesk webhooks: verify the raw request, then map the payload to a Ticket.
+
+The HTTP layer calls, per ``/hooks/<vendor>`` request::
+
+    verify_signature(vendor, raw_body, headers, secrets, now=...)  # SignatureError → 401
+    delivery = adapt(vendor, json.loads(raw_body), headers, received_at=...)
+    # PayloadError → 422 (``.field``), IgnoredEvent → 200 {"ignored": reason}
+
+Vendor schemes and payloads: ../shared/reference/webhooks.md; details in the modules.
+"""
+
+from producer.webhooks.adapters import (
+    DELIVERY_ID_HEADERS,
+    Delivery,
+    IgnoredEvent,
+    PayloadError,
+    adapt,
+)
+from producer.webhooks.html import html_to_text
+from producer.webhooks.signatures import VENDORS, SignatureError, verify_signature
+
+__all__ = [
+    "DELIVERY_ID_HEADERS",
+    "VENDORS",
+    "Delivery",
+    "IgnoredEvent",
+    "PayloadError",
+    "SignatureError",
+    "adapt",
+    "html_to_text",
+    "verify_signature",
+]
