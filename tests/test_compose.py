@@ -28,11 +28,12 @@ REQUIRED = {
     "migrate",
     "worker",
     "producer",
+    "importer",
     "flower",
 }
-ONE_SHOT = {"ollama-pull", "migrate", "producer"}  # producer: the bulk importer, for now
+ONE_SHOT = {"ollama-pull", "migrate", "importer"}
 LONG_RUNNING = REQUIRED - ONE_SHOT
-APP_SERVICES = {"migrate", "worker", "producer"}
+APP_SERVICES = {"migrate", "worker", "producer", "importer"}
 DATA_SERVICES = {"redis", "postgres", "chroma"}
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -209,7 +210,12 @@ def test_app_services_share_one_environment(services: dict[str, dict[str, Any]])
     envs = {name: _env(services[name]) for name in sorted(APP_SERVICES)}
     first = envs["worker"]
     for name, env in envs.items():
-        assert env == first, f"{name} environment differs from worker's"
+        # the producer adds its own secrets (webhook secrets, API tokens) to the shared set
+        shared = {
+            k: v for k, v in env.items() if k not in ("TRIAGE_WEBHOOK_SECRETS", "TRIAGE_API_TOKENS")
+        }
+        assert shared == first, f"{name} environment differs from worker's"
+    assert "TRIAGE_WEBHOOK_SECRETS" not in first, "the worker needs no webhook secrets"
     db = first.get("TRIAGE_DATABASE_URL", "")
     assert db.startswith("postgresql+psycopg://triage:")
     assert db.endswith("@postgres:5432/triage")
@@ -241,18 +247,19 @@ def test_app_services_build_from_the_repo(services: dict[str, dict[str, Any]]) -
         assert context == ".", f"{name} must build from the repository root"
 
 
-def test_only_flower_publishes_a_port(services: dict[str, dict[str, Any]]) -> None:
+def test_only_producer_and_flower_publish_ports(services: dict[str, dict[str, Any]]) -> None:
     publishing = {name for name, svc in services.items() if svc.get("ports")}
-    assert publishing == {"flower"}
+    assert publishing == {"producer", "flower"}
+    assert any(str(p).endswith("8000:8000") for p in services["producer"]["ports"])
     assert all(str(p).startswith("127.0.0.1:") for p in services["flower"]["ports"])
+    assert _argv(services["producer"].get("command"))[:2] == ["triage", "serve"]
 
 
-def test_producer_imports_a_file_on_demand(services: dict[str, dict[str, Any]]) -> None:
-    producer = services["producer"]
-    assert producer.get("profiles") == ["import"]  # not started by a plain `up`
-    assert "triage ingest" in " ".join(_argv(producer.get("command")))
-    assert _depends_on(producer).get("migrate") == "service_completed_successfully"
-    assert producer["environment"]["TRIAGE_REDIS_URL"] == "redis://redis:6379/0"
+def test_importer_runs_on_demand(services: dict[str, dict[str, Any]]) -> None:
+    importer = services["importer"]
+    assert importer.get("profiles") == ["import"]  # not started by a plain `up`
+    assert "triage ingest" in " ".join(_argv(importer.get("command")))
+    assert _depends_on(importer).get("migrate") == "service_completed_successfully"
 
 
 def test_data_services_sit_on_internal_networks_only(compose: dict[str, Any]) -> None:
