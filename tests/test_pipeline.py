@@ -200,3 +200,39 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
         "INSERT",
         "DELETE",
     ]
+
+
+def test_unreadable_tickets_go_to_manual_and_are_never_matched(services: Services) -> None:
+    from dataclasses import replace
+
+    from config.settings import load_settings
+    from worker.coverage import CoverageGuard
+
+    # "When will my refund arrive?" vs "How is loan interest calculated?": unrelated, yet
+    # all-MiniLM-L6-v2 scores them ~1.0 because both are nearly all [UNK] tokens.
+    zh, unrelated = "退款什么时候到账", "贷款利息怎么计算"
+    plain = triage_batch([WorkItem(t("p1", zh)), WorkItem(t("p2", unrelated))], services)
+    assert plain[1].status == "duplicate", plain[1]
+
+    guard = CoverageGuard.for_embedder(services.embedder.inner, load_settings(embedder="local"))  # type: ignore[attr-defined]
+    assert guard is not None
+    guarded = replace(services, coverage=guard)
+    res = triage_batch(
+        [
+            WorkItem(t("z1", zh + "？")),
+            WorkItem(t("z2", unrelated + "？")),
+            WorkItem(t("e1", CRASH)),
+        ],
+        guarded,
+    )
+    assert [r.status for r in res] == ["manual", "manual", "manual"]
+    d = rows(services)
+    assert d["z2"].reason is not None and "unreadable" in d["z2"].reason
+    assert d["z2"].unknown_ratio is not None and d["z2"].unknown_ratio > 0.3
+    assert d["e1"].reason is None and d["e1"].unknown_ratio == 0.0
+    # the unreadable tickets are never offered as matches, the readable history still is
+    later = triage_batch([WorkItem(t("z3", zh + "。")), WorkItem(t("e2", CRASH2))], guarded)
+    assert later[0].status == "manual" and later[1].status == "duplicate"
+    assert rows(services)["z3"].matches and all(
+        m["ticket_id"] not in ("z1", "z2") for m in rows(services)["z3"].matches
+    )

@@ -94,6 +94,20 @@ class DecisionRow(Base):
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     # decided_at - received_at, in ms: end-to-end latency (the /metrics histogram).
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # Share of [UNK] tokens (language-coverage guard); null when not measured.
+    unknown_ratio: Mapped[float | None] = mapped_column(Float)
+    # Why the route is what it is when the score alone does not say (e.g. unreadable text).
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class IndexStateRow(Base):
+    """Shared worker state, e.g. ``active_collection`` (switched by `triage reindex`)."""
+
+    __tablename__ = "triage_index_state"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class FeedbackRow(Base):
@@ -254,6 +268,25 @@ def save_batch(
     done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
     if done:
         session.execute(delete(FailureRow).where(_key_filter(FailureRow, done)))
+
+
+ACTIVE_COLLECTION = "active_collection"
+
+
+def get_state(session: Session, name: str) -> str | None:
+    row = session.get(IndexStateRow, name)
+    return row.value if row is not None else None
+
+
+def set_state(session: Session, name: str, value: str) -> None:
+    stmt = _insert(session)(IndexStateRow.__table__).values(
+        name=name, value=value, updated_at=datetime.now(UTC)
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+    )
+    session.execute(stmt)
 
 
 def record_failure(

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import Engine
@@ -39,9 +39,18 @@ from worker.store import Neighbour, VectorStore
 from worker.text import content_hash, embedding_text
 from worker.tickets import Ticket, TicketKey
 
+if TYPE_CHECKING:
+    from worker.coverage import CoverageGuard
+
 logger = logging.getLogger(__name__)
 
 Mode = Literal["route", "backfill"]
+
+
+class ThresholdSource(Protocol):
+    """Thresholds for a ticket's queue: a single Thresholds, or a calibrated ThresholdTable."""
+
+    def for_queue(self, queue: str | None) -> Thresholds: ...
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,13 @@ class Services:
     embedder: Embedder
     store: VectorStore
     engine: Engine
-    thresholds: Thresholds
+    thresholds: ThresholdSource
     top_k: int
     # Serialises the critical section across worker processes (a Redis lock when several
     # processes share a Chroma server); a no-op when one process owns the embedded store.
     lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+    # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
+    coverage: CoverageGuard | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -138,7 +149,7 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
         Neighbour(TicketKey(m["source"], m["ticket_id"]), m["score"], canonical, "")
         for m in d.matches
     )
-    return Outcome(key, d.route, d.score, matches, canonical)  # type: ignore[arg-type]
+    return Outcome(key, d.route, d.score, matches, canonical, d.reason)  # type: ignore[arg-type]
 
 
 def _embed(
@@ -192,19 +203,26 @@ def _decide_and_store(
     # +1: a ticket stored as history and now routed finds itself first; it is skipped.
     stored_iter = iter(services.store.query(routed_vectors, services.top_k + 1))
     stored = [next(stored_iter) if r else [] for r in to_route]
+    thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
+    ratios: list[float | None] = [None] * len(fresh)
+    reasons: list[str | None] = [None] * len(fresh)
+    if services.coverage is not None and fresh:
+        ratios = list(services.coverage.unknown_ratios([texts[i] for i in fresh]))
+        reasons = [services.coverage.reason(r) if r is not None else None for r in ratios]
     outcomes = decide(
         fresh_keys,
         fresh_vectors,
         stored,
         decide_mask=to_route,
-        thresholds=services.thresholds,
+        thresholds=thresholds,
         top_k=services.top_k,
+        unreadable=reasons,
     )
 
     now = datetime.now(UTC)
     ticket_rows, decision_rows = [], []
     meta: dict[int, dict[str, Any]] = {}
-    for i, outcome in zip(fresh, outcomes, strict=True):
+    for n, (i, outcome) in enumerate(zip(fresh, outcomes, strict=True)):
         ticket = items[i].ticket
         ticket_rows.append(
             db.ticket_values(
@@ -214,12 +232,15 @@ def _decide_and_store(
                 model=model,
             )
         )
+        readable = reasons[n] is None
         if outcome is None:
-            meta[i] = _vector_meta(ticket.key, ticket.key, "history")
+            meta[i] = _vector_meta(ticket.key, ticket.key, "history", readable)
             results[i] = ItemResult("stored")
             continue
-        decision_rows.append(_decision_values(ticket, outcome, model, services.thresholds, now))
-        meta[i] = _vector_meta(ticket.key, outcome.canonical, outcome.route)
+        decision_rows.append(
+            _decision_values(ticket, outcome, model, thresholds[n], now, ratios[n])
+        )
+        meta[i] = _vector_meta(ticket.key, outcome.canonical, outcome.route, readable)
         results[i] = ItemResult(outcome.route, outcome)
     for i in repair:
         k = known[items[i].ticket.key]
@@ -227,7 +248,9 @@ def _decide_and_store(
         if outcome is None:
             meta[i] = _vector_meta(items[i].ticket.key, items[i].ticket.key, "history")
         else:
-            meta[i] = _vector_meta(outcome.key, outcome.canonical, outcome.route)
+            meta[i] = _vector_meta(
+                outcome.key, outcome.canonical, outcome.route, outcome.reason is None
+            )
         results[i] = ItemResult("unchanged", outcome)
 
     def write(session: Session) -> None:
@@ -250,18 +273,26 @@ def _decide_and_store(
     return results
 
 
-def _vector_meta(key: TicketKey, canonical: TicketKey, route: str) -> dict[str, Any]:
+def _vector_meta(
+    key: TicketKey, canonical: TicketKey, route: str, readable: bool = True
+) -> dict[str, Any]:
     return {
         "source": key.source,
         "ticket_id": key.ticket_id,
         "canonical_source": canonical.source,
         "canonical_ticket_id": canonical.ticket_id,
         "route": route,
+        "readable": readable,
     }
 
 
 def _decision_values(
-    ticket: Ticket, outcome: Outcome, model: str, thresholds: Thresholds, now: datetime
+    ticket: Ticket,
+    outcome: Outcome,
+    model: str,
+    thresholds: Thresholds,
+    now: datetime,
+    unknown_ratio: float | None = None,
 ) -> dict[str, Any]:
     best = outcome.best
     return {
@@ -285,6 +316,8 @@ def _decision_values(
         "received_at": ticket.received_at,
         "decided_at": now,
         "latency_ms": max(0, round((now - ticket.received_at).total_seconds() * 1000)),
+        "unknown_ratio": None if unknown_ratio is None else round(unknown_ratio, 4),
+        "reason": outcome.reason,
     }
 
 

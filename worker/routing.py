@@ -30,6 +30,10 @@ class Thresholds:
     duplicate: float
     suggest: float
 
+    def for_queue(self, queue: str | None) -> Thresholds:
+        """One pair for every queue (a ThresholdTable gives per-queue pairs)."""
+        return self
+
     def route(self, score: float | None) -> Route:
         if score is None:
             return "manual"  # no history yet
@@ -47,6 +51,7 @@ class Outcome:
     score: float | None
     matches: tuple[Neighbour, ...]  # best first, at most top_k
     canonical: TicketKey
+    reason: str | None = None  # set when the route is not the score's (coverage guard)
 
     @property
     def best(self) -> Neighbour | None:
@@ -59,16 +64,24 @@ def decide(
     stored: Sequence[Sequence[Neighbour]],
     *,
     decide_mask: Sequence[bool],
-    thresholds: Thresholds,
+    thresholds: Thresholds | Sequence[Thresholds],
     top_k: int,
+    unreadable: Sequence[str | None] | None = None,
 ) -> list[Outcome | None]:
     """Decide, in order, every ticket whose ``decide_mask`` is true.
 
     ``stored[i]`` are ticket i's neighbours from the vector store (may include itself on a
     redelivery; filtered here). Tickets with a false mask (history being backfilled) are
-    not routed but still count as earlier tickets for the ones after them. Returns one
-    Outcome per decided ticket, None for the others.
+    not routed but still count as earlier tickets for the ones after them. ``thresholds``
+    is one pair for all, or one per ticket (per-queue thresholds). ``unreadable[i]``, when
+    set, is why ticket i cannot be read by the model: it is routed `manual` with that
+    reason, and neither it nor any stored unreadable ticket is ever offered as a match.
+    Returns one Outcome per decided ticket, None for the others.
     """
+    per_ticket = (
+        [thresholds] * len(keys) if isinstance(thresholds, Thresholds) else list(thresholds)
+    )
+    reasons = list(unreadable) if unreadable is not None else [None] * len(keys)
     n = len(keys)
     # One matrix product for all in-batch pairs: vectors are unit-length, so dot = cosine.
     within = np.asarray(vectors, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
@@ -76,10 +89,10 @@ def decide(
     for i in range(n):
         candidates: dict[TicketKey, Neighbour] = {}
         for nb in stored[i]:
-            if nb.key != keys[i]:
+            if nb.key != keys[i] and nb.readable:
                 candidates[nb.key] = nb
         for j in range(i):
-            if keys[j] == keys[i]:
+            if keys[j] == keys[i] or reasons[j] is not None:
                 continue
             earlier = outcomes[j]
             canonical = earlier.canonical if earlier is not None else keys[j]
@@ -90,7 +103,7 @@ def decide(
             continue
         matches = tuple(sorted(candidates.values(), key=lambda nb: -nb.score)[:top_k])
         score = matches[0].score if matches else None
-        route = thresholds.route(score)
+        route = per_ticket[i].route(score) if reasons[i] is None else "manual"
         canonical = matches[0].canonical if route == "duplicate" and matches else keys[i]
-        outcomes.append(Outcome(keys[i], route, score, matches, canonical))
+        outcomes.append(Outcome(keys[i], route, score, matches, canonical, reasons[i]))
     return outcomes

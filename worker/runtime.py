@@ -20,6 +20,7 @@ from redis.exceptions import LockError, RedisError
 from config.settings import Settings, load_settings
 from worker import migrate
 from worker.batcher import Batcher
+from worker.coverage import CoverageGuard
 from worker.db import make_engine
 from worker.embedding import make_embedder
 from worker.errors import LockTimeout
@@ -58,6 +59,7 @@ def build_runtime(settings: Settings) -> Runtime:
         # Several processes share the server: serialise their critical sections.
         lock = redis_lock(redis.Redis.from_url(settings.redis_url), settings.chroma_collection)
     services = Services(
+        coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
         store=store,
         engine=engine,

@@ -49,6 +49,8 @@ class Neighbour:
     score: float  # cosine similarity = 1 - cosine distance
     canonical: TicketKey
     route: str
+    # False for a ticket the model could not read (coverage guard): never offered as a match.
+    readable: bool = True
 
 
 class VectorStore:
@@ -175,7 +177,8 @@ class VectorStore:
                     str(meta.get("canonical_ticket_id", key.ticket_id)),
                 )
                 route = str(meta.get("route", "manual"))
-                row.append(Neighbour(key, float(1.0 - dist), canonical, route))
+                readable = bool(meta.get("readable", True))
+                row.append(Neighbour(key, float(1.0 - dist), canonical, route, readable))
             out.append(row)
         return out
 
