@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(0.85, ge=-1.0, le=1.0)
     suggest_threshold: float = Field(0.70, ge=-1.0, le=1.0)
     top_k: int = Field(5, ge=1, le=100)
+    # Calibrated thresholds (`triage calibrate --write-thresholds`), per queue if calibrated
+    # so; they replace the two thresholds above for the queues they name.
+    thresholds_file: Path | None = None
     # Language-coverage guard: a ticket with a larger share of tokens unknown to the model
     # is routed `manual`, never matched on noise (worker/coverage.py has the measurements).
     max_unknown_ratio: float = Field(0.3, ge=0.0, le=1.0)

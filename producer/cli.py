@@ -181,18 +181,19 @@ def search(text: str, k: int) -> None:
     from worker import db
     from worker.embedding import make_embedder
     from worker.errors import TriageError
+    from worker.reindex import active_collection
     from worker.store import opened_store
 
     settings = _settings()
+    engine = db.make_engine(settings.database_url)
     try:
         embedder = make_embedder(settings)
         vector = embedder.embed([text])
-        with opened_store(settings, embedder) as store:
+        with opened_store(settings, embedder, active_collection(engine, settings)) as store:
             hits = store.query(vector, k)[0]
     except TriageError as exc:
         click.echo(f"triage search: {exc}", err=True)
         sys.exit(1)
-    engine = db.make_engine(settings.database_url)
     with Session(engine) as session:
         rows = db.tickets_by_key(session, [h.key for h in hits])
     if not hits:
@@ -272,6 +273,49 @@ def doctor() -> None:
         ok &= good
         click.echo(f"{'ok ' if good else 'BAD'}  {name:<10} {detail}")
     sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.option(
+    "--collection",
+    default=None,
+    help="Name of the new collection (default: derived from the model and the time).",
+)
+def reindex(collection: str | None) -> None:
+    """Re-embed every stored ticket with the configured model into a new collection, then
+    switch the workers over to it (the old collection serves until then).
+
+    With the embedded store, stop the worker first (one process owns the store); with a
+    Chroma server (TRIAGE_CHROMA_URL) workers keep running and follow the switch.
+    """
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+    from tqdm import tqdm
+
+    from worker import db, migrate
+    from worker.embedding import make_embedder
+    from worker.errors import TriageError
+    from worker.reindex import reindex as run_reindex
+
+    settings = _settings()
+    _setup_logging("WARNING")
+    engine = db.make_engine(settings.database_url)
+    try:
+        migrate.require_current(engine)
+        embedder = make_embedder(settings)
+        with Session(engine) as session:
+            total = int(session.scalar(select(func.count()).select_from(db.TicketRow)) or 0)
+        with tqdm(total=total, desc="reindex", unit="ticket", file=sys.stderr) as bar:
+            result = run_reindex(
+                settings, embedder, engine, collection=collection, progress=bar.update
+            )
+    except (TriageError, RuntimeError, ValueError) as exc:
+        click.echo(f"triage reindex: {exc}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"re-embedded {result.tickets} tickets with {embedder.model_id} into {result.new!r}; "
+        f"workers now use it (was {result.old!r}, kept until you delete it)"
+    )
 
 
 # --- database ------------------------------------------------------------------------------

@@ -44,16 +44,27 @@ class _FromStores:
             by_route = dict(s.execute(select(d.route, func.count()).group_by(d.route)).all())
             lat = s.execute(select(*cols).where(d.latency_ms.is_not(None))).one()
             failures = int(s.scalar(select(func.count()).select_from(db.FailureRow)) or 0)
-        self._cached = (time.monotonic(), (by_route, lat, failures))
+            unreadable = int(
+                s.scalar(
+                    select(func.count()).where(d.unknown_ratio.is_not(None), d.reason.is_not(None))
+                )
+                or 0
+            )
+        self._cached = (time.monotonic(), (by_route, lat, failures, unreadable))
         return self._cached[1]
 
     def collect(self) -> Iterator[Any]:
-        by_route, lat, failures = self._aggregate()
+        by_route, lat, failures, unreadable = self._aggregate()
         routes = CounterMetricFamily("triage_decisions", "Decision rows by route", labels=["route"])
         for route in ("duplicate", "suggest", "manual"):
             routes.add_metric([route], int(by_route.get(route, 0)))
         yield routes
         yield CounterMetricFamily("triage_failures", "Tickets in the failure table", value=failures)
+        yield CounterMetricFamily(
+            "triage_decisions_unreadable",
+            "Tickets routed manual because the model cannot read their language",
+            value=unreadable,
+        )
         count, total_ms, *cum = lat
         hist = HistogramMetricFamily(
             "triage_end_to_end_latency_seconds", "From acceptance by a producer to the decision row"

@@ -236,3 +236,30 @@ def test_unreadable_tickets_go_to_manual_and_are_never_matched(services: Service
     assert rows(services)["z3"].matches and all(
         m["ticket_id"] not in ("z1", "z2") for m in rows(services)["z3"].matches
     )
+
+
+def test_per_queue_thresholds_from_a_calibrated_table(services: Services) -> None:
+    from dataclasses import replace
+
+    from worker.thresholds import ThresholdTable
+
+    table = ThresholdTable(
+        default=Thresholds(0.99, 0.98), queues={"tech": Thresholds(0.80, 0.60)}, model=None
+    )
+    s = replace(services, thresholds=table)
+    tech = [
+        Ticket(source="test", ticket_id=f"t{i}", body=b, queue="tech")
+        for i, b in enumerate([CRASH, CRASH2])
+    ]
+    refund2 = "I was charged two times for my March invoice, please refund the second charge."
+    other = [
+        Ticket(source="test", ticket_id=f"o{i}", body=b, queue="billing")
+        for i, b in enumerate([REFUND, refund2])
+    ]
+    res = triage_batch([WorkItem(x) for x in tech + other], s)
+    assert [r.status for r in res] == ["manual", "duplicate", "manual", "manual"]
+    d = rows(services)
+    assert (d["t1"].duplicate_threshold, d["t1"].suggest_threshold) == (0.80, 0.60)
+    assert (d["o1"].duplicate_threshold, d["o1"].suggest_threshold) == (0.99, 0.98)
+    # the billing pair would be a duplicate under tech's thresholds, not under the default
+    assert d["o1"].score is not None and 0.80 <= d["o1"].score < 0.98

@@ -134,3 +134,20 @@ def test_backfill_then_live_tickets(
     rows = decisions(sqlite_url)
     assert rows["L1"].route == "duplicate" and rows["L1"].canonical_ticket_id in ("E01", "E04")
     assert rows["L2"].route == "manual"
+
+
+def test_worker_refuses_a_bad_thresholds_file(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "thresholds.json"
+    bad.write_text('{"version": 1, "default": {"duplicate": 0.7, "suggest": 0.9}, "queues": {}}')
+    worker = start_worker(
+        make_settings(database_url=sqlite_url, queue=queue_name, thresholds_file=bad), ready=False
+    )
+    wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
+    assert worker.proc.returncode == 1
+    assert "TRIAGE_THRESHOLDS_FILE" in worker.log() and "suggest" in worker.log()

@@ -13,6 +13,7 @@
     │   ├── InvalidTicket         the message is not a valid canonical ticket
     │   └── EmbeddingRejected     the embedder refused this input (HTTP 400, tokenizer failure)
     └── FatalError                a worker cannot run at all: stop with a clear message
+        ├── ConfigError           a setting's content is unusable (e.g. the thresholds file)
         ├── ModelNotAvailable     Ollama 404: the model is not pulled
         ├── ModelMismatch         the collection was built with another embedding model
         └── StoreLocked           another process owns the embedded Chroma store
@@ -62,6 +63,10 @@ class EmbeddingRejected(PermanentError):
 
 class FatalError(TriageError):
     """The worker cannot do its job at all until an operator acts."""
+
+
+class ConfigError(FatalError):
+    pass
 
 
 class ModelNotAvailable(FatalError):

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["route", "backfill"]
+# The Redis lock that serialises critical sections across worker processes (and `triage
+# reindex`'s switch-over) when they share a Chroma server.
+DECISION_LOCK = "triage:decide"
 
 
 class ThresholdSource(Protocol):
@@ -82,6 +85,9 @@ class Services:
     lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
     coverage: CoverageGuard | None = None
+    # Called inside the critical section before the store is read: lets a worker sharing a
+    # Chroma server follow a `triage reindex` switch (worker/runtime.py).
+    before_decide: Callable[[], None] | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -124,6 +130,8 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
 
     if todo:
         with services.lock():
+            if services.before_decide is not None:
+                services.before_decide()
             results.update(_decide_and_store(items, todo, texts, vectors, services))
 
     for i, item in enumerate(items):
@@ -234,21 +242,21 @@ def _decide_and_store(
         )
         readable = reasons[n] is None
         if outcome is None:
-            meta[i] = _vector_meta(ticket.key, ticket.key, "history", readable)
+            meta[i] = vector_meta(ticket.key, ticket.key, "history", readable)
             results[i] = ItemResult("stored")
             continue
         decision_rows.append(
             _decision_values(ticket, outcome, model, thresholds[n], now, ratios[n])
         )
-        meta[i] = _vector_meta(ticket.key, outcome.canonical, outcome.route, readable)
+        meta[i] = vector_meta(ticket.key, outcome.canonical, outcome.route, readable)
         results[i] = ItemResult(outcome.route, outcome)
     for i in repair:
         k = known[items[i].ticket.key]
         outcome = _outcome_of(k)
         if outcome is None:
-            meta[i] = _vector_meta(items[i].ticket.key, items[i].ticket.key, "history")
+            meta[i] = vector_meta(items[i].ticket.key, items[i].ticket.key, "history")
         else:
-            meta[i] = _vector_meta(
+            meta[i] = vector_meta(
                 outcome.key, outcome.canonical, outcome.route, outcome.reason is None
             )
         results[i] = ItemResult("unchanged", outcome)
@@ -273,7 +281,7 @@ def _decide_and_store(
     return results
 
 
-def _vector_meta(
+def vector_meta(
     key: TicketKey, canonical: TicketKey, route: str, readable: bool = True
 ) -> dict[str, Any]:
     return {

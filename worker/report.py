@@ -134,7 +134,11 @@ def doctor_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
         return
 
     try:
-        with opened_store(settings, embedder) as store:
+        from worker.reindex import active_collection
+
+        with opened_store(
+            settings, embedder, active_collection(db.make_engine(settings.database_url), settings)
+        ) as store:
             detail = ", ".join(f"{k} {v}" for k, v in store.describe().items())
         yield "chroma", True, detail
     except StoreLocked as exc:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from redis.exceptions import LockError, RedisError
@@ -23,8 +25,15 @@ from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
 from worker.db import make_engine
 from worker.embedding import make_embedder
-from worker.errors import LockTimeout
-from worker.pipeline import ItemResult, Services, WorkItem, triage_batch
+from worker.errors import ConfigError, LockTimeout, ModelMismatch, StoreUnavailable
+from worker.pipeline import (
+    DECISION_LOCK,
+    ItemResult,
+    Services,
+    ThresholdSource,
+    WorkItem,
+    triage_batch,
+)
 from worker.routing import Thresholds
 from worker.store import open_store
 
@@ -53,20 +62,30 @@ def build_runtime(settings: Settings) -> Runtime:
     embedder.check()
     engine = make_engine(settings.database_url)
     migrate.require_current(engine)
-    store = open_store(settings, embedder)
+    from worker.reindex import active_collection
+
+    store = open_store(settings, embedder, active_collection(engine, settings))
     lock = contextlib.nullcontext
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
-        lock = redis_lock(redis.Redis.from_url(settings.redis_url), settings.chroma_collection)
+        lock = redis_lock(redis.Redis.from_url(settings.redis_url), DECISION_LOCK)
+    thresholds: ThresholdSource = Thresholds(
+        settings.duplicate_threshold, settings.suggest_threshold
+    )
+    if settings.thresholds_file is not None:
+        thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
         store=store,
         engine=engine,
-        thresholds=Thresholds(settings.duplicate_threshold, settings.suggest_threshold),
+        thresholds=thresholds,
         top_k=settings.top_k,
         lock=lock,
     )
+
+    if settings.uses_chroma_server:
+        services.before_decide = lambda: _follow_switch(settings, services)
 
     def process(items: Sequence[WorkItem]) -> list[ItemResult]:
         return triage_batch(items, services)
@@ -81,6 +100,47 @@ def build_runtime(settings: Settings) -> Runtime:
         engine.url.render_as_string(),
     )
     return Runtime(settings, services, batcher)
+
+
+def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
+    from worker.thresholds import load_thresholds
+
+    try:
+        table = load_thresholds(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"TRIAGE_THRESHOLDS_FILE: {exc}") from exc
+    if table.model and table.model != model_id:
+        # Cosine scales differ between models: thresholds calibrated on one mean nothing on another.
+        raise ConfigError(
+            f"TRIAGE_THRESHOLDS_FILE {path} was calibrated for {table.model!r}, but the worker "
+            f"embeds with {model_id!r}: run `triage calibrate` again with this model"
+        )
+    logger.info(
+        "thresholds from %s: default %s, %d queue(s)", path, table.default, len(table.queues)
+    )
+    return table
+
+
+def _follow_switch(settings: Settings, services: Services) -> None:
+    """After `triage reindex` switched the active collection, use it from the next batch on.
+
+    A worker whose model does not match the new collection cannot go on: it asks itself to
+    stop (warm shutdown) and the batch is retried, by a worker started with the new model.
+    """
+    from worker.reindex import active_collection
+
+    active = active_collection(services.engine, settings)
+    if active == services.store.collection_name:
+        return
+    try:
+        new = open_store(settings, services.embedder, active)
+    except ModelMismatch as exc:
+        logger.critical("active collection switched to %s: %s; stopping this worker", active, exc)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise StoreUnavailable(f"this worker's model does not match collection {active!r}") from exc
+    old, services.store = services.store, new
+    old.close()
+    logger.info("switched to collection %s", active)
 
 
 def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]

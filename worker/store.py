@@ -136,8 +136,9 @@ class VectorStore:
                 f"Chroma collection {col.name!r} at {self.location} was built with "
                 f"{', '.join(problems)}; this worker embeds with {model_id!r} "
                 f"(dimension {dimension}, cosine). Vectors of different models are not "
-                "comparable: set TRIAGE_CHROMA_COLLECTION to a new name to index with this "
-                "model, or switch back to the collection's model."
+                "comparable: run `triage reindex` to re-embed every stored ticket with this "
+                "model into a new collection (it switches over when complete), or switch "
+                "back to the collection's model."
             )
 
     def close(self) -> None:
@@ -194,6 +195,10 @@ class VectorStore:
                 metadatas=list(metadatas[start:end]),
             )
 
+    @property
+    def collection_name(self) -> str:
+        return str(self._collection.name)
+
     def describe(self) -> dict[str, str]:
         import chromadb
 
@@ -237,22 +242,27 @@ def _lock_store(path: Path) -> IO[str]:
     return handle
 
 
-def open_store(settings: Settings, embedder: Embedder) -> VectorStore:
+def open_store(
+    settings: Settings, embedder: Embedder, collection: str | None = None
+) -> VectorStore:
     """The configured store (server if TRIAGE_CHROMA_URL is set, else embedded), checked
-    to hold this embedder's vectors."""
+    to hold this embedder's vectors. ``collection`` defaults to TRIAGE_CHROMA_COLLECTION;
+    callers with a database pass the active one (see worker/reindex.py)."""
     return VectorStore.open(
         model_id=embedder.model_id,
         dimension=embedder.dimension,
-        collection=settings.chroma_collection,
+        collection=collection or settings.chroma_collection,
         path=settings.chroma_path,
         url=settings.chroma_url,
     )
 
 
 @contextlib.contextmanager
-def opened_store(settings: Settings, embedder: Embedder) -> Iterator[VectorStore]:
+def opened_store(
+    settings: Settings, embedder: Embedder, collection: str | None = None
+) -> Iterator[VectorStore]:
     """open_store for a short-lived command: the embedded store's lock is released after."""
-    store = open_store(settings, embedder)
+    store = open_store(settings, embedder, collection)
     try:
         yield store
     finally:

@@ -1,0 +1,153 @@
+"""`triage reindex`: re-embed every stored ticket into a new collection, then switch over.
+
+SQL is the source of truth (every accepted ticket's text is in ``triage_tickets``), so a
+model change, a lost store or a corrupted index is repaired by re-embedding from there.
+The new collection is filled while the old one keeps serving; the switch is one row in
+``triage_index_state`` written under the decision lock after a final catch-up pass, so
+no ticket decided meanwhile is missing from the new collection. Workers read the active
+collection when they start and, with a Chroma server, check it before every batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from worker import db
+from worker.coverage import CoverageGuard
+from worker.embedding import Embedder
+from worker.pipeline import DECISION_LOCK, vector_meta
+from worker.store import VectorStore, open_store
+from worker.text import embedding_text
+from worker.tickets import Ticket, TicketKey
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 256
+
+
+def active_collection(engine: Engine, settings: Settings) -> str:
+    """The collection workers use: the one `triage reindex` switched to, else the setting."""
+    with Session(engine) as session:
+        return db.get_state(session, db.ACTIVE_COLLECTION) or settings.chroma_collection
+
+
+def new_collection_name(settings: Settings, model_id: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-._")[:60]
+    return f"{settings.chroma_collection}-{slug}-{datetime.now(UTC):%Y%m%d%H%M%S}"
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    old: str
+    new: str
+    tickets: int
+
+
+def _rows(
+    engine: Engine, after_id: int
+) -> Iterator[list[tuple[db.TicketRow, db.DecisionRow | None]]]:
+    """Tickets (with their decision) in id order, CHUNK at a time."""
+    last = after_id
+    while True:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(db.TicketRow, db.DecisionRow)
+                .outerjoin(
+                    db.DecisionRow,
+                    (db.DecisionRow.source == db.TicketRow.source)
+                    & (db.DecisionRow.ticket_id == db.TicketRow.ticket_id),
+                )
+                .where(db.TicketRow.id > last)
+                .order_by(db.TicketRow.id)
+                .limit(CHUNK)
+            ).all()
+        if not rows:
+            return
+        last = rows[-1][0].id
+        yield [(t, d) for t, d in rows]
+
+
+def _index(
+    rows: list[tuple[db.TicketRow, db.DecisionRow | None]],
+    embedder: Embedder,
+    store: VectorStore,
+    guard: CoverageGuard | None,
+) -> None:
+    tickets = [
+        Ticket(
+            source=t.source,
+            ticket_id=t.ticket_id,
+            subject=t.subject,
+            body=t.body or "",
+            queue=t.queue,
+            tags=tuple(t.tags or ()),
+            received_at=t.received_at,
+        )
+        for t, _ in rows
+    ]
+    texts = [embedding_text(t) for t in tickets]
+    vectors = embedder.embed(texts)
+    ratios = guard.unknown_ratios(texts) if guard else [0.0] * len(texts)
+    metas: list[dict[str, Any]] = []
+    for (t, d), ratio in zip(rows, ratios, strict=True):
+        key = TicketKey(t.source, t.ticket_id)
+        readable = guard is None or guard.reason(ratio) is None
+        if d is None:
+            metas.append(vector_meta(key, key, "history", readable))
+        else:
+            canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
+            metas.append(vector_meta(key, canonical, d.route, readable))
+    store.upsert([TicketKey(t.source, t.ticket_id) for t, _ in rows], np.asarray(vectors), metas)
+
+
+def reindex(
+    settings: Settings,
+    embedder: Embedder,
+    engine: Engine,
+    *,
+    collection: str | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> ReindexResult:
+    old = active_collection(engine, settings)
+    new = collection or new_collection_name(settings, embedder.model_id)
+    if new == old:
+        raise ValueError(f"collection {new!r} is the active one: reindex into a new name")
+    guard = CoverageGuard.for_embedder(embedder, settings)
+    store = open_store(settings, embedder, new)
+    count = 0
+    last_id = 0
+    try:
+        for rows in _rows(engine, 0):
+            _index(rows, embedder, store, guard)
+            count += len(rows)
+            last_id = rows[-1][0].id
+            progress(len(rows))
+        lock: Any = contextlib.nullcontext()
+        if settings.uses_chroma_server:
+            # Stop workers' critical sections for the catch-up and the switch.
+            client = redis.Redis.from_url(settings.redis_url)
+            lock = client.lock(DECISION_LOCK, timeout=300, blocking_timeout=60)
+        with lock:
+            for rows in _rows(engine, last_id):
+                _index(rows, embedder, store, guard)
+                count += len(rows)
+                progress(len(rows))
+            with Session(engine) as session:
+                db.set_state(session, db.ACTIVE_COLLECTION, new)
+                session.commit()
+    finally:
+        store.close()
+    logger.info("reindexed %d tickets into %s (was %s)", count, new, old)
+    return ReindexResult(old, new, count)
