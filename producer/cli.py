@@ -359,6 +359,22 @@ def demo(file: Path | None, timeout: int) -> None:
     sys.exit(run_demo(settings, file=file, timeout_s=timeout))
 
 
+def _add_quality_commands() -> None:
+    """`triage evaluate` / `triage calibrate` (worker/quality/): measured, never imported
+    by the worker itself."""
+    from worker.quality.calibrate_cli import calibrate
+
+    cli.add_command(calibrate, "calibrate")
+    try:
+        from worker.quality.cli import evaluate
+    except ImportError:  # the evaluation tool is optional in a minimal install
+        return
+    cli.add_command(evaluate, "evaluate")
+
+
+_add_quality_commands()
+
+
 def main() -> None:
     cli(prog_name="triage")
 

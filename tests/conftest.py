@@ -182,6 +182,11 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.log()[-3000:]}")
 
+    def wait_exit(self, timeout: float = 60) -> int:
+        """For a worker expected to refuse to start: its exit code."""
+        wait_for(lambda: self.proc.poll() is not None, timeout, "the worker to exit")
+        return int(self.proc.returncode)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -110,8 +110,7 @@ def test_worker_refuses_to_start_when_the_model_is_not_pulled(
 ) -> None:
     with FakeOllama(models=["nomic-embed-text"]) as fake:
         worker = start_worker(_settings(make_settings, sqlite_url, queue_name, fake), ready=False)
-        wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
-    assert worker.proc.returncode == 1
+        assert worker.wait_exit() == 1
     assert "ollama pull all-minilm" in worker.log()
 
 

@@ -148,6 +148,5 @@ def test_worker_refuses_a_bad_thresholds_file(
     worker = start_worker(
         make_settings(database_url=sqlite_url, queue=queue_name, thresholds_file=bad), ready=False
     )
-    wait_for(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
-    assert worker.proc.returncode == 1
+    assert worker.wait_exit() == 1
     assert "TRIAGE_THRESHOLDS_FILE" in worker.log() and "suggest" in worker.log()

@@ -52,7 +52,29 @@ _HTML_TAG = re.compile(
     re.IGNORECASE,
 )
 _BLOCK_TAGS: Final = frozenset(
-    ["p", "div", "br", "ul", "ol", "li", "table", "tbody", "thead", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "details", "summary"]
+    [
+        "p",
+        "div",
+        "br",
+        "ul",
+        "ol",
+        "li",
+        "table",
+        "tbody",
+        "thead",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "blockquote",
+        "hr",
+        "details",
+        "summary",
+    ]
 )
 _SKIP_TAGS: Final = frozenset({"script", "style", "head"})
 
@@ -188,7 +210,7 @@ def strip_quoted_replies(text: str) -> str:
         i += 1
     quoted = [line for line in kept if _QUOTED.match(line) and re.search(r"\w", line)]
     own = [line for line in kept if not _QUOTED.match(line) and re.search(r"\w", line)]
-    if quoted and (attributed or len(quoted) < len(own)) and own:
+    if quoted and (attributed or len(quoted) <= len(own)) and own:
         kept = [line for line in kept if not _QUOTED.match(line)]
     elif quoted:
         kept = [re.sub(r"^(\s*>)+ ?", "", line) for line in kept]
@@ -241,8 +263,7 @@ def strip_signature(text: str) -> str:
 
 # Headings that web forms and bug templates put into every ticket: they say nothing about
 # the problem but make all tickets of one form look alike.
-_HEADINGS: Final = frozenset(
-    """
+_HEADING_LIST = """
     steps to reproduce|steps to reproduce the problem|reproduction steps|how to reproduce
     actual results|actual result|actual behavior|actual behaviour|what happened
     expected results|expected result|expected behavior|expected behaviour
@@ -250,8 +271,8 @@ _HEADINGS: Final = frozenset(
     please describe the problem|describe the problem|problem description|description
     environment|notes|additional information|additional context|additional details
     summary|details|workaround|impact|other information|more information
-    """.replace("\n", "|").split("|")
-) - {""}
+    """
+_HEADINGS: Final = frozenset(h.strip() for h in re.split(r"[|\n]", _HEADING_LIST)) - {""}
 _HEADING_MARKUP = re.compile(r"^[\s*#_>]*(.*?)[\s*_]*:?[\s*_]*$")
 _ENVIRONMENT_LINE = re.compile(
     r"^[\s*_>]*(?:user[ -]?agent|build ?id|build identifier|buildnaam)[\s*_]*:.*$", re.IGNORECASE
@@ -433,9 +454,7 @@ def chunk_text(text: str, count_tokens: TokenCounter, max_tokens: int = 256) -> 
         return []
     if fits([whole])[0]:
         return [whole]
-    paragraphs = [
-        normalise_whitespace(p) for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
-    ]
+    paragraphs = [normalise_whitespace(p) for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n"))]
     units: list[str] = []
     for paragraph, ok in zip(paragraphs, fits(paragraphs), strict=True):
         if not paragraph:

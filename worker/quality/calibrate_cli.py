@@ -53,10 +53,9 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _current_thresholds(settings: Settings) -> tuple[Thresholds, str]:
-    """The thresholds in force now, to compare with: the thresholds file when one is
-    configured (TRIAGE_THRESHOLDS_FILE, read through getattr because the setting is added
-    by the worker's side), else TRIAGE_DUPLICATE_THRESHOLD / TRIAGE_SUGGEST_THRESHOLD."""
-    configured = getattr(settings, "thresholds_file", None)
+    """The thresholds in force now, to compare with: the thresholds file's default when
+    TRIAGE_THRESHOLDS_FILE is set, else TRIAGE_DUPLICATE_THRESHOLD / TRIAGE_SUGGEST_THRESHOLD."""
+    configured = settings.thresholds_file
     if configured:
         try:
             return load_thresholds(Path(configured)).default, f"{ENV_NAME}={configured}"

@@ -91,9 +91,10 @@ def parse_created(value: str) -> datetime:
 
 
 def _open_text(path: Path) -> io.TextIOWrapper:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
     # utf-8-sig drops a BOM at the start; newline="" lets csv handle CRLF and quoted newlines.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
 
 
 def load_corpus(path: Path) -> list[Report]:
@@ -123,7 +124,7 @@ def load_corpus(path: Path) -> list[Report]:
 
 def load_links(path: Path) -> list[tuple[str, str]]:
     """``Issue id, Duplicate id`` rows; a cell may name several ids ("1, 2, 3")."""
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     with _open_text(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)

@@ -16,7 +16,7 @@ Ranking conventions (they matter for BM25, which gives many exact ties, e.g. all
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,7 +93,9 @@ def normalise_rows(matrix: Matrix) -> Matrix:
     return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
-def mean_pool(groups: Sequence[Vectors], weights: Sequence[Sequence[float]] | None = None) -> Matrix:
+def mean_pool(
+    groups: Sequence[Vectors], weights: Sequence[Sequence[float]] | None = None
+) -> Matrix:
     """One unit vector per group: the (weighted) mean of its vectors, renormalised.
 
     This is how a chunked ticket becomes one vector; the same mean the model itself applies
@@ -191,9 +193,7 @@ def all_others_protocol(n: int, duplicates: Mapping[int, frozenset[int]]) -> Pro
     candidate = np.ones((len(queries), n), dtype=bool)
     for row, q in enumerate(queries):
         candidate[row, q] = False
-    return Protocol(
-        "all-others", queries, tuple(duplicates[q] for q in queries), candidate
-    )
+    return Protocol("all-others", queries, tuple(duplicates[q] for q in queries), candidate)
 
 
 def time_ordered_protocol(n: int, duplicates: Mapping[int, frozenset[int]]) -> Protocol:
@@ -234,7 +234,9 @@ def bm25_scores(texts: Sequence[str], protocol: Protocol, *, stopwords: bool = F
     return out
 
 
-def first_relevant_ranks(scores: Matrix, relevant: Sequence[frozenset[int]]) -> npt.NDArray[np.int64]:
+def first_relevant_ranks(
+    scores: Matrix, relevant: Sequence[frozenset[int]]
+) -> npt.NDArray[np.int64]:
     """1-based rank of each query's best-scored duplicate, ties counted against it."""
     ranks = np.empty(len(relevant), dtype=np.int64)
     for row, rel in enumerate(relevant):
@@ -246,7 +248,9 @@ def first_relevant_ranks(scores: Matrix, relevant: Sequence[frozenset[int]]) -> 
     return ranks
 
 
-def ranking_metrics(ranks: npt.NDArray[np.int64], ks: Iterable[int] = RECALL_KS) -> dict[str, float]:
+def ranking_metrics(
+    ranks: npt.NDArray[np.int64], ks: Iterable[int] = RECALL_KS
+) -> dict[str, float]:
     if len(ranks) == 0:
         return {**{f"recall@{k}": float("nan") for k in ks}, "mrr": float("nan")}
     out = {f"recall@{k}": float(np.mean(ranks <= k)) for k in ks}
@@ -310,7 +314,9 @@ def route_metrics(
     }
 
 
-def unlinked_routes(vectors: Matrix, linked: Iterable[int], thresholds: Thresholds) -> dict[str, float | int]:
+def unlinked_routes(
+    vectors: Matrix, linked: Iterable[int], thresholds: Thresholds
+) -> dict[str, float | int]:
     """How reports *without* a duplicate link would be routed (all-others, dense cosine).
 
     A false-alarm rate with a caveat: some unlinked reports are unlabelled duplicates, so
@@ -462,7 +468,9 @@ def average_ranks(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return ranks
 
 
-def roc_auc(scores: Sequence[float] | npt.NDArray[Any], labels: Sequence[int] | npt.NDArray[Any]) -> float:
+def roc_auc(
+    scores: Sequence[float] | npt.NDArray[Any], labels: Sequence[int] | npt.NDArray[Any]
+) -> float:
     """Area under the ROC curve: the chance that a random positive outscores a random
     negative (ties count half), computed as the Mann-Whitney U statistic."""
     s = np.asarray(scores, dtype=np.float64)
@@ -567,12 +575,10 @@ def dense_pair_scores(cache: EmbeddingCache, pairs: Sequence[Pair]) -> npt.NDArr
     index = {t: i for i, t in enumerate(texts)}
     a = vectors[[index[p.text_a] for p in pairs]]
     b = vectors[[index[p.text_b] for p in pairs]]
-    return (a * b).sum(axis=1).astype(np.float64)
+    return np.asarray((a * b).sum(axis=1), dtype=np.float64)
 
 
-def bm25_pair_scores(
-    pairs: Sequence[Pair], *, progress: bool = True
-) -> npt.NDArray[np.float64]:
+def bm25_pair_scores(pairs: Sequence[Pair], *, progress: bool = True) -> npt.NDArray[np.float64]:
     """Symmetric BM25 similarity with the pair set's sentences as the corpus:
     mean over both directions of BM25(a → b) / BM25(b → b), so scores of different pairs
     are comparable (raw BM25 grows with the query's length)."""
@@ -612,6 +618,3 @@ def as_jsonable(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-ProgressFactory = Callable[..., Any]

@@ -1,0 +1,501 @@
+"""`triage evaluate`: measure the configured model and text preparation on labelled data.
+
+``evaluate`` is a click group (``retrieval``, ``pairs``) for the ``triage`` CLI to register.
+It loads the product's settings and embedder, so it measures exactly what the worker runs
+at the thresholds the worker would use, and writes ``report.md`` + ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.embedding import Embedder
+from worker.quality.datasets import (
+    PAIR_FORMATS,
+    STS_NEGATIVE,
+    STS_POSITIVE,
+    DatasetError,
+    PairFormat,
+    RetrievalSet,
+    load_pairs,
+    load_retrieval_set,
+)
+from worker.quality.evaluate import (
+    FUSION_ALPHAS,
+    EmbeddingCache,
+    RetrievalResult,
+    Variant,
+    ablation_variants,
+    as_jsonable,
+    bm25_pair_scores,
+    dense_pair_scores,
+    embed_reports,
+    evaluate_protocol,
+    pair_metrics,
+    protocols_for,
+    texts_changed,
+    unlinked_routes,
+)
+from worker.routing import Thresholds
+from worker.text import DEFAULT_STEPS, DEFAULT_SUBJECT, STEPS, SUBJECT_MODES, resolve_steps
+
+PAIR_GRID = tuple(round(0.05 * i, 2) for i in range(6, 20))  # 0.30 … 0.95
+
+
+# --- retrieval -------------------------------------------------------------------------------
+
+
+def _dense_summary(result: RetrievalResult) -> dict[str, float]:
+    return result.methods["dense"]
+
+
+def run_retrieval(
+    data: RetrievalSet,
+    cache: EmbeddingCache,
+    thresholds: Thresholds,
+    top_k: int,
+    *,
+    variant: Variant,
+    protocol: str = "both",
+    hybrid: bool = False,
+    ablation: bool = False,
+    stopwords: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``variant`` (and the BM25 baseline, fusion, ablation when asked)."""
+    items = [(r.summary, r.description) for r in data.reports]
+    protocols = protocols_for(data, protocol)
+    started = time.perf_counter()
+    vectors = embed_reports(cache, variant, items)
+    # BM25 reads the whole prepared text (no 256-token window), as a live index would.
+    texts = [variant.text(s, d) for s, d in items]
+    results = [
+        evaluate_protocol(
+            p, vectors, texts, thresholds, top_k, bm25=True, hybrid=hybrid, stopwords=stopwords
+        )
+        for p in protocols
+    ]
+    for result in results:
+        if result.protocol == "all-others":
+            result.unlinked = unlinked_routes(vectors, data.duplicates(), thresholds)
+    report: dict[str, Any] = {
+        "kind": "retrieval",
+        "dataset": data.name,
+        "reports": len(data.reports),
+        "links_in_file": data.links_in_file,
+        "links_in_corpus": len(data.links),
+        "variant": {"name": variant.name, "description": variant.describe()},
+        "bm25": {"stopwords": stopwords},
+        "results": results,
+    }
+    if ablation:
+        report["ablation"] = run_ablation(data, cache, thresholds, top_k, protocols, items)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def run_ablation(
+    data: RetrievalSet,
+    cache: EmbeddingCache,
+    thresholds: Thresholds,
+    top_k: int,
+    protocols: Sequence[Any],
+    items: Sequence[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """Dense metrics of each preparation variant, then of the steps that helped, together."""
+    variants = ablation_variants()
+    reference = variants[1]
+    rows: list[dict[str, Any]] = []
+
+    def measure(variant: Variant) -> dict[str, Any]:
+        vectors = embed_reports(cache, variant, items)
+        per_protocol = {
+            p.name: _dense_summary(evaluate_protocol(p, vectors, [], thresholds, top_k, bm25=False))
+            for p in protocols
+        }
+        return {
+            "variant": variant.name,
+            "description": variant.describe(),
+            "texts_changed": None if variant.chunk else texts_changed(variant, reference, items),
+            "metrics": per_protocol,
+        }
+
+    for variant in variants:
+        rows.append(measure(variant))
+    base = rows[1]["metrics"]
+
+    def gain(row: dict[str, Any]) -> float:
+        # Recall@10 and MRR, summed over protocols: one number to say "helped" or not.
+        return float(
+            sum(row["metrics"][p][m] - base[p][m] for p in base for m in ("recall@10", "mrr"))
+        )
+
+    for row in rows:
+        row["gain_vs_current"] = gain(row)
+    helped = [
+        row["variant"].removeprefix("+")
+        for row in rows
+        if row["variant"].startswith("+") and row["gain_vs_current"] > 0
+    ]
+    combined = Variant(
+        "combined (steps that helped here)", steps=resolve_steps(("whitespace", *helped))
+    )
+    if helped:
+        row = measure(combined)
+        row["gain_vs_current"] = gain(row)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def retrieval_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str:
+    lines = [
+        f"# Retrieval evaluation: {report['dataset']}",
+        "",
+        f"- reports: {report['reports']}; duplicate links: {report['links_in_corpus']} resolvable "
+        f"(of {report['links_in_file']} named in the links file)",
+        f"- model: {settings_info['model_id']}; thresholds: duplicate ≥ "
+        f"{settings_info['duplicate_threshold']}, suggest ≥ {settings_info['suggest_threshold']}; "
+        f"top_k {settings_info['top_k']}",
+        f"- text preparation: {report['variant']['description']}",
+        f"- BM25: bm25s (Lucene, k1 1.5, b 0.75), `\\w+` lowercased tokens, stopwords "
+        f"{'removed' if report['bm25']['stopwords'] else 'kept'}",
+        "",
+    ]
+    for result in report["results"]:
+        lines += [
+            f"## Protocol: {result.protocol} ({result.queries} queries)",
+            "",
+            "| method | Recall@1 | Recall@5 | Recall@10 | MRR |",
+            "|---|---|---|---|---|",
+        ]
+        for method, m in result.methods.items():
+            lines.append(
+                f"| {method} | {_fmt(m['recall@1'])} | {_fmt(m['recall@5'])} | "
+                f"{_fmt(m['recall@10'])} | {_fmt(m['mrr'])} |"
+            )
+        lines += [
+            "",
+            "Routes at the current thresholds (route from the cosine of the top candidate):",
+            "",
+            "| ranking | duplicate routed | duplicate precision | duplicate coverage | "
+            "suggest routed | suggest precision | suggest coverage | manual | caught |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, r in result.routes.items():
+            lines.append(
+                f"| {method} | {r['duplicate_routed']} | {_fmt(r['duplicate_precision'])} | "
+                f"{_fmt(r['duplicate_coverage'])} | {r['suggest_routed']} | "
+                f"{_fmt(r['suggest_precision'])} | {_fmt(r['suggest_coverage'])} | "
+                f"{r['manual_routed']} | {_fmt(r['caught'])} |"
+            )
+        if result.unlinked:
+            u = result.unlinked
+            lines += [
+                "",
+                f"Reports without a duplicate link ({u['reports']}): routed duplicate "
+                f"{_fmt(u['routed_duplicate'])}, suggest {_fmt(u['routed_suggest'])} (an upper "
+                "bound on false alarms: some are unlabelled duplicates).",
+            ]
+        lines.append("")
+    if "ablation" in report:
+        names = [r.protocol for r in report["results"]]
+        header = " | ".join(f"{p} R@1 | {p} R@10 | {p} MRR" for p in names)
+        lines += [
+            "## Text preparation ablation (dense)",
+            "",
+            "`current` = whitespace normalisation only (the seed's text). `gain` = Σ over "
+            "protocols of ΔRecall@10 + ΔMRR against `current`.",
+            "",
+            f"| variant | texts changed | {header} | gain |",
+            "|---|---|" + "---|" * (3 * len(names)) + "---|",
+        ]
+        for row in report["ablation"]:
+            cells = " | ".join(
+                f"{_fmt(row['metrics'][p]['recall@1'])} | {_fmt(row['metrics'][p]['recall@10'])} "
+                f"| {_fmt(row['metrics'][p]['mrr'])}"
+                for p in names
+            )
+            lines.append(
+                f"| {row['variant']} | {_fmt(row['texts_changed'])} | {cells} | "
+                f"{row['gain_vs_current']:+.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- pairs -----------------------------------------------------------------------------------
+
+
+def run_pairs(
+    path: Path,
+    fmt: PairFormat | None,
+    cache: EmbeddingCache,
+    thresholds: Thresholds,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    bm25: bool = True,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    fmt, pairs = load_pairs(path, fmt, split=split, limit=limit)
+    if not pairs:
+        raise DatasetError(f"{path}: no pairs (split {split!r}?)")
+    report: dict[str, Any] = {
+        "kind": "pairs",
+        "dataset": path.name,
+        "format": fmt,
+        "split": split if fmt == "stsb" else None,
+        "sampled": limit is not None and len(pairs) == limit,
+        "methods": {
+            "dense": pair_metrics(dense_pair_scores(cache, pairs), pairs, thresholds, PAIR_GRID)
+        },
+    }
+    if bm25:
+        lexical = bm25_pair_scores(pairs, progress=cache.progress)
+        report["methods"]["bm25"] = pair_metrics(lexical, pairs, thresholds, PAIR_GRID)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def pairs_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str:
+    first = next(iter(report["methods"].values()))
+    graded = report["format"] in ("stsb", "zh-sts")
+    lines = [
+        f"# Pair evaluation: {report['dataset']} ({report['format']})",
+        "",
+        f"- pairs: {first['pairs']}{' (random sample, seed 0)' if report['sampled'] else ''}; "
+        f"labelled: {first['labelled']}; positives: {first['positives']}",
+        f"- model: {settings_info['model_id']}; thresholds: duplicate ≥ "
+        f"{settings_info['duplicate_threshold']}, suggest ≥ {settings_info['suggest_threshold']}",
+    ]
+    if graded:
+        lines.append(
+            f"- graded 0–5: positive ≥ {STS_POSITIVE:g}, negative ≤ {STS_NEGATIVE:g}, pairs in "
+            "between only count for Spearman"
+        )
+    lines += [
+        "- BM25 score: mean over both directions of BM25(a→b) / BM25(b→b), the pair set's "
+        "sentences as corpus; scores are on another scale than cosine, so its threshold rows "
+        "are not comparable, its AUC is",
+        "",
+        "| method | ROC AUC | "
+        + ("Spearman | " if graded else "")
+        + "mean score pos | mean score neg | threshold for precision 0.95 |",
+        "|---|---|" + ("---|" if graded else "") + "---|---|---|",
+    ]
+    for method, m in report["methods"].items():
+        lines.append(
+            f"| {method} | {_fmt(m['roc_auc'])} | "
+            + (f"{_fmt(m.get('spearman'))} | " if graded else "")
+            + f"{_fmt(m['mean_score_positive'])} | {_fmt(m['mean_score_negative'])} | "
+            f"{_fmt(m['threshold_precision_0.95'])} |"
+        )
+    dense = report["methods"]["dense"]
+    lines += [
+        "",
+        "Dense cosine, precision / recall per threshold:",
+        "",
+        "| threshold | predicted positive | precision | recall | F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in dense["per_threshold"]:
+        lines.append(
+            f"| {row['threshold']:.2f} | {row['predicted_positive']} | {_fmt(row['precision'])} | "
+            f"{_fmt(row['recall'])} | {_fmt(row['f1'])} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
+    from config.settings import SettingsError, load_settings
+    from worker.embedding import make_embedder
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        click.echo(f"triage: {exc}", err=True)
+        sys.exit(2)
+    embedder = make_embedder(settings)
+    thresholds = Thresholds(settings.duplicate_threshold, settings.suggest_threshold)
+    info = {
+        "model_id": embedder.model_id,
+        "duplicate_threshold": settings.duplicate_threshold,
+        "suggest_threshold": settings.suggest_threshold,
+        "top_k": settings.top_k,
+    }
+    return embedder, thresholds, settings.top_k, info
+
+
+def _write(out: Path, report: dict[str, Any], markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(
+        json.dumps(as_jsonable(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    click.echo(markdown)
+    click.echo(f"wrote {out / 'report.md'} and {out / 'report.json'}", err=True)
+
+
+def _parse_steps(value: str) -> tuple[str, ...]:
+    if value == "default":
+        return DEFAULT_STEPS
+    if value == "none":
+        return ()
+    try:
+        return resolve_steps(s.strip() for s in value.split(",") if s.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group("evaluate")
+def evaluate() -> None:
+    """Measure triage quality on labelled data (reports: report.md + report.json)."""
+
+
+@evaluate.command("retrieval")
+@click.argument("corpus", type=_EXISTING_FILE)
+@click.option("--links", type=_EXISTING_FILE, required=True, help="Duplicate links CSV.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["all-others", "time-ordered", "both"]),
+    default="both",
+    show_default=True,
+    help="Each linked report against all others, and/or only against earlier reports.",
+)
+@click.option(
+    "--steps",
+    default="default",
+    show_default=True,
+    help=f"Text steps: 'default', 'none' or a comma list of {', '.join(STEPS)}.",
+)
+@click.option(
+    "--subject", type=click.Choice(SUBJECT_MODES), default=DEFAULT_SUBJECT, show_default=True
+)
+@click.option("--chunk", is_flag=True, help="Embed ≤256-token chunks and mean-pool them.")
+@click.option(
+    "--max-chunks", type=click.IntRange(min=1), default=None, help="Pool only the first N chunks."
+)
+@click.option("--subject-each", is_flag=True, help="With --chunk: the subject heads every chunk.")
+@click.option(
+    "--subject-weight",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Also embed the subject alone and pool: w·subject + (1-w)·text (0: off).",
+)
+@click.option("--hybrid", is_flag=True, help="Also fuse dense and BM25 (RRF and score fusion).")
+@click.option("--ablation", is_flag=True, help="Also measure each text-preparation variant.")
+@click.option("--bm25-stopwords", is_flag=True, help="Drop English stopwords for BM25.")
+@click.option(
+    "--limit", type=click.IntRange(min=2), default=None, help="Only the N earliest reports."
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def retrieval(
+    corpus: Path,
+    links: Path,
+    protocol: str,
+    steps: str,
+    subject: str,
+    chunk: bool,
+    max_chunks: int | None,
+    subject_each: bool,
+    subject_weight: float,
+    hybrid: bool,
+    ablation: bool,
+    bm25_stopwords: bool,
+    limit: int | None,
+    out: Path,
+    quiet: bool,
+) -> None:
+    """Duplicate retrieval on CORPUS (a GitBugs-style CSV) with --links."""
+    variant = Variant(
+        "selected",
+        steps=_parse_steps(steps),
+        subject=subject,
+        chunk=chunk,
+        max_chunks=max_chunks,
+        subject_each=subject_each,
+        subject_vector_weight=subject_weight,
+    )
+    try:
+        data = load_retrieval_set(corpus, links, limit=limit)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not data.links:
+        raise click.ClickException(f"no link in {links} resolves inside {corpus}")
+    embedder, thresholds, top_k, info = _product()
+    cache = EmbeddingCache(embedder, progress=not quiet)
+    report = run_retrieval(
+        data,
+        cache,
+        thresholds,
+        top_k,
+        variant=variant,
+        protocol=protocol,
+        hybrid=hybrid,
+        ablation=ablation,
+        stopwords=bm25_stopwords,
+    )
+    report["settings"] = info
+    report["fusion_alphas"] = list(FUSION_ALPHAS) if hybrid else []
+    _write(out, report, retrieval_markdown(report, info))
+
+
+@evaluate.command("pairs")
+@click.argument("path", type=_EXISTING_FILE)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(PAIR_FORMATS),
+    default=None,
+    help="Default: from the file name.",
+)
+@click.option("--split", default="test", show_default=True, help="STS-B English split.")
+@click.option(
+    "--limit", type=click.IntRange(min=2), default=None, help="Random sample of N pairs (seed 0)."
+)
+@click.option(
+    "--bm25/--no-bm25", default=True, show_default=True, help="Also score pairs with BM25."
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def pairs(
+    path: Path,
+    fmt: PairFormat | None,
+    split: str,
+    limit: int | None,
+    bm25: bool,
+    out: Path,
+    quiet: bool,
+) -> None:
+    """Pair classification on PATH (text_a, text_b, label): ROC AUC, precision/recall."""
+    embedder, thresholds, _, info = _product()
+    cache = EmbeddingCache(embedder, progress=not quiet)
+    try:
+        report = run_pairs(path, fmt, cache, thresholds, split=split, limit=limit, bm25=bm25)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    report["settings"] = info
+    _write(out, report, pairs_markdown(report, info))
