@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from config.celery_app import create_app as create_celery
 from config.settings import Settings
 from producer import readapi
+from producer.dashboard import mount_dashboard
 from producer.enqueue import BrokerUnavailable
 from producer.intake import Intake
 from producer.metrics import Metrics
@@ -429,5 +430,8 @@ def create_api(settings: Settings) -> FastAPI:
         """Prometheus metrics."""
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
+
+    # --- the dashboard page (/dashboard, read token; producer/dashboard.py) -----------------
+    mount_dashboard(api)
 
     return api

@@ -114,7 +114,9 @@ def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
             )
             try:
                 ingest_file(settings, file, source=DEMO_SOURCE)
-                finished = _wait(engine, keys, worker, timeout_s)
+                finished = _wait(
+                    engine, keys, worker, timeout_s, redis_url=redis_url, queue=settings.queue
+                )
             finally:
                 worker.send_signal(signal.SIGTERM)
                 try:
@@ -185,8 +187,21 @@ def _done(engine: Engine, keys: list[TicketKey]) -> int:
     return int(decided or 0) + int(failed or 0)
 
 
+def _queue_empty(redis_url: str, queue: str) -> bool:
+    try:
+        return int(redis.Redis.from_url(redis_url).llen(queue)) == 0  # type: ignore[arg-type]
+    except redis.RedisError:
+        return False
+
+
 def _wait(
-    engine: Engine, keys: list[TicketKey], worker: subprocess.Popen[bytes], timeout_s: int
+    engine: Engine,
+    keys: list[TicketKey],
+    worker: subprocess.Popen[bytes],
+    timeout_s: int,
+    *,
+    redis_url: str,
+    queue: str,
 ) -> bool:
     from tqdm import tqdm
 
@@ -197,7 +212,9 @@ def _wait(
             done = _done(engine, unique)
             bar.n = done
             bar.refresh()
-            if done >= len(unique):
+            # Also wait for the queue to drain: a re-run's redeliveries are decided already
+            # but must not stay queued for the next worker.
+            if done >= len(unique) and _queue_empty(redis_url, queue):
                 return True
             if worker.poll() is not None:
                 return False

@@ -333,6 +333,13 @@ def test_embedding_text_keeps_the_pipeline_contract() -> None:
     assert embedding_text(same) == "Printer jammed today"
     only_subject = Ticket(source="s", ticket_id="3", subject="Printer jammed")
     assert embedding_text(only_subject) == "Printer jammed"
+    # The measured defaults: HTML to text, URLs dropped (unless they are all there is).
+    html = Ticket(
+        source="s", ticket_id="4", body="<p>See <a href='x'>https://x.org/a/b</a> now</p>"
+    )
+    assert embedding_text(html) == "See now"
+    link = Ticket(source="s", ticket_id="5", body="https://x.org/a")
+    assert embedding_text(link) == "https://x.org/a"
     assert "whitespace" in DEFAULT_STEPS
 
 

@@ -26,7 +26,7 @@ def test_opening_with_another_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelMismatch) as exc:
         _open(tmp_path, model="m2")
     assert "'m1'" in str(exc.value) and "'m2'" in str(exc.value)
-    assert "TRIAGE_CHROMA_COLLECTION" in str(exc.value)
+    assert "triage reindex" in str(exc.value)
     with pytest.raises(ModelMismatch, match="dimension"):
         _open(tmp_path, dim=8)
     _open(tmp_path).close()  # the lock was released by the refusals

@@ -428,19 +428,25 @@ def protocols_for(data: RetrievalSet, which: str) -> list[Protocol]:
 
 
 def ablation_variants(base: Sequence[str] = ("whitespace",)) -> list[Variant]:
-    """The raw text, the seed's preparation, each step added alone, the subject modes, and
-    chunking; each is measured against ``current`` (whitespace only, the seed's text)."""
+    """The raw text, the seed's preparation (``current``), each step added alone, the
+    subject modes, subject weighting at the vector level, chunking, and the product's
+    default; each is measured against ``current`` (whitespace only, the seed's text)."""
     base = resolve_steps(base)
     variants = [Variant("raw", steps=()), Variant("current", steps=base)]
     for step in ("html", "quotes", "signature", "boilerplate", "markup", "urls", "stacktrace"):
         variants.append(Variant(f"+{step}", steps=resolve_steps((*base, step))))
     for mode in ("twice", "twice-long", "only-long", "none"):
         variants.append(Variant(f"subject={mode}", steps=base, subject=mode))
+    for weight in (0.2, 0.3, 0.4):
+        variants.append(
+            Variant(f"subject-vector {weight}", steps=base, subject_vector_weight=weight)
+        )
     variants += [
-        Variant("subject-vector 0.3", steps=base, subject_vector_weight=0.3),
         Variant("chunk mean-pool", steps=base, chunk=True),
         Variant("chunk first 4", steps=base, chunk=True, max_chunks=4),
         Variant("chunk subject-each", steps=base, chunk=True, subject_each=True),
+        Variant("default steps", steps=DEFAULT_STEPS),
+        Variant("default steps + subject-vector 0.2", subject_vector_weight=0.2),
     ]
     return variants
 
