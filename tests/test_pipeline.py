@@ -263,3 +263,35 @@ def test_per_queue_thresholds_from_a_calibrated_table(services: Services) -> Non
     assert (d["o1"].duplicate_threshold, d["o1"].suggest_threshold) == (0.99, 0.98)
     # the billing pair would be a duplicate under tech's thresholds, not under the default
     assert d["o1"].score is not None and 0.80 <= d["o1"].score < 0.98
+
+
+def test_subject_vector_is_pooled_in_the_same_call(
+    services: Services, local_embedder: LocalEmbedder
+) -> None:
+    from worker.text import embedding_text
+
+    a = t("s1", CRASH, subject="Login crash on Android")
+    b = t("s2", REFUND)  # no subject: the text's vector alone
+    triage_batch([WorkItem(a), WorkItem(b)], services)
+    assert services.embedder.calls == [3]  # type: ignore[attr-defined]  # 2 texts + 1 subject, one call
+    got = services.store._collection.get(ids=["test:s1", "test:s2"], include=["embeddings"])
+    stored = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32), strict=True))
+    text_a, subj_a, text_b = local_embedder.embed(
+        [embedding_text(a), "Login crash on Android", embedding_text(b)]
+    )
+    mixed = 0.2 * subj_a + 0.8 * text_a
+    assert float(stored["test:s1"] @ (mixed / np.linalg.norm(mixed))) > 0.9999
+    assert float(stored["test:s2"] @ text_b) > 0.9999
+    assert float(stored["test:s1"] @ text_a) < 0.9999  # the subject really moved it
+
+
+def test_another_subject_weight_needs_a_reindex(tmp_path: Path) -> None:
+    from worker.errors import ModelMismatch
+
+    VectorStore.open(
+        model_id="m", dimension=4, collection="tickets", path=tmp_path, recipe="subject_weight=0.2"
+    ).close()
+    with pytest.raises(ModelMismatch, match="recipe"):
+        VectorStore.open(
+            model_id="m", dimension=4, collection="tickets", path=tmp_path, recipe="subject_weight=0"
+        )

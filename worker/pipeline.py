@@ -36,7 +36,7 @@ from worker.embedding import Embedder, Vectors
 from worker.errors import PermanentError, StoreUnavailable, TriageError
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
-from worker.text import content_hash, embedding_text
+from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
 from worker.tickets import Ticket, TicketKey
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class Services:
     # Serialises the critical section across worker processes (a Redis lock when several
     # processes share a Chroma server); a no-op when one process owns the embedded store.
     lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+    # Weight of the subject's own vector in a ticket's vector (worker/text.embed_tickets).
+    subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
     coverage: CoverageGuard | None = None
     # Called inside the critical section before the store is read: lets a worker sharing a
@@ -123,7 +125,8 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
             needs_vector.append(i)
 
     texts = {i: embedding_text(items[i].ticket) for i in needs_vector}
-    vectors, rejected = _embed(needs_vector, texts, services.embedder)
+    subjects = {i: items[i].ticket.subject for i in needs_vector}
+    vectors, rejected = _embed(needs_vector, texts, subjects, services)
     for i, err in rejected.items():
         results[i] = ItemResult("failed", error=err)
     todo = [i for i in needs_vector if i not in rejected]
@@ -161,12 +164,21 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
 
 
 def _embed(
-    indices: list[int], texts: dict[int, str], embedder: Embedder
+    indices: list[int], texts: dict[int, str], subjects: dict[int, str | None], services: Services
 ) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
     if not indices:
         return {}, {}
+
+    def embed(some: list[int]) -> Vectors:
+        return embed_tickets(
+            services.embedder.embed,
+            [texts[i] for i in some],
+            [subjects[i] for i in some],
+            services.subject_weight,
+        )
+
     try:
-        batch = embedder.embed([texts[i] for i in indices])
+        batch = embed(indices)
         return dict(zip(indices, batch, strict=True)), {}
     except PermanentError:
         if len(indices) == 1:
@@ -177,7 +189,7 @@ def _embed(
     rejected: dict[int, TriageError] = {}
     for i in indices:
         try:
-            vectors[i] = embedder.embed([texts[i]])[0]
+            vectors[i] = embed([i])[0]
         except PermanentError as exc:
             logger.warning("embedder rejected one ticket of a batch: %s", exc)
             rejected[i] = exc

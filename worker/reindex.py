@@ -29,7 +29,7 @@ from worker.coverage import CoverageGuard
 from worker.embedding import Embedder
 from worker.pipeline import DECISION_LOCK, vector_meta
 from worker.store import VectorStore, open_store
-from worker.text import embedding_text
+from worker.text import embed_tickets, embedding_text
 from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def _index(
     embedder: Embedder,
     store: VectorStore,
     guard: CoverageGuard | None,
+    subject_weight: float,
 ) -> None:
     tickets = [
         Ticket(
@@ -98,7 +99,7 @@ def _index(
         for t, _ in rows
     ]
     texts = [embedding_text(t) for t in tickets]
-    vectors = embedder.embed(texts)
+    vectors = embed_tickets(embedder.embed, texts, [t.subject for t in tickets], subject_weight)
     ratios = guard.unknown_ratios(texts) if guard else [0.0] * len(texts)
     metas: list[dict[str, Any]] = []
     for (t, d), ratio in zip(rows, ratios, strict=True):
@@ -130,7 +131,7 @@ def reindex(
     last_id = 0
     try:
         for rows in _rows(engine, 0):
-            _index(rows, embedder, store, guard)
+            _index(rows, embedder, store, guard, settings.subject_weight)
             count += len(rows)
             last_id = rows[-1][0].id
             progress(len(rows))
@@ -141,7 +142,7 @@ def reindex(
             lock = client.lock(DECISION_LOCK, timeout=300, blocking_timeout=60)
         with lock:
             for rows in _rows(engine, last_id):
-                _index(rows, embedder, store, guard)
+                _index(rows, embedder, store, guard, settings.subject_weight)
                 count += len(rows)
                 progress(len(rows))
             with Session(engine) as session:

@@ -80,6 +80,7 @@ def build_runtime(settings: Settings) -> Runtime:
         store=store,
         engine=engine,
         thresholds=thresholds,
+        subject_weight=settings.subject_weight,
         top_k=settings.top_k,
         lock=lock,
     )

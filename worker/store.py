@@ -73,6 +73,7 @@ class VectorStore:
         collection: str,
         path: Path | None = None,
         url: str | None = None,
+        recipe: str = "",
     ) -> VectorStore:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
@@ -103,6 +104,7 @@ class VectorStore:
                     "dimension": dimension,
                     "distance": "cosine",
                     "schema_version": SCHEMA_VERSION,
+                    "recipe": recipe,
                 },
                 embedding_function=None,
             )
@@ -114,13 +116,13 @@ class VectorStore:
             raise StoreUnavailable(f"cannot open Chroma at {url or path}: {exc}") from exc
         store = cls(client, col, location=location, lock=lock)
         try:
-            store._verify(model_id=model_id, dimension=dimension)
+            store._verify(model_id=model_id, dimension=dimension, recipe=recipe)
         except ModelMismatch:
             store.close()
             raise
         return store
 
-    def _verify(self, *, model_id: str, dimension: int) -> None:
+    def _verify(self, *, model_id: str, dimension: int, recipe: str = "") -> None:
         col = self._collection
         space = (col.configuration or {}).get("hnsw", {}).get("space")
         meta = col.metadata or {}
@@ -131,6 +133,11 @@ class VectorStore:
             problems.append(f"model {meta.get('model_id')!r}")
         if meta.get("dimension") != dimension:
             problems.append(f"dimension {meta.get('dimension')!r}")
+        if meta.get("recipe", "") != recipe:
+            # Same model, other text preparation (e.g. TRIAGE_SUBJECT_WEIGHT): not comparable either.
+            problems.append(
+                f"embedding recipe {meta.get('recipe', '')!r} (this worker: {recipe!r})"
+            )
         if problems:
             raise ModelMismatch(
                 f"Chroma collection {col.name!r} at {self.location} was built with "
@@ -254,6 +261,7 @@ def open_store(
         collection=collection or settings.chroma_collection,
         path=settings.chroma_path,
         url=settings.chroma_url,
+        recipe=f"subject_weight={settings.subject_weight:g}",
     )
 
 

@@ -329,6 +329,12 @@ def pairs_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str
 # --- commands --------------------------------------------------------------------------------
 
 
+def _product_subject_weight() -> float:
+    from config.settings import load_settings
+
+    return load_settings().subject_weight
+
+
 def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
     from config.settings import SettingsError, load_settings
     from worker.embedding import make_embedder
@@ -405,9 +411,9 @@ def evaluate() -> None:
 @click.option(
     "--subject-weight",
     type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Also embed the subject alone and pool: w·subject + (1-w)·text (0: off).",
+    default=None,
+    help="Also embed the subject alone and pool: w·subject + (1-w)·text (0: off). "
+    "Default: TRIAGE_SUBJECT_WEIGHT, as the worker does.",
 )
 @click.option("--hybrid", is_flag=True, help="Also fuse dense and BM25 (RRF and score fusion).")
 @click.option("--ablation", is_flag=True, help="Also measure each text-preparation variant.")
@@ -432,7 +438,7 @@ def retrieval(
     chunk: bool,
     max_chunks: int | None,
     subject_each: bool,
-    subject_weight: float,
+    subject_weight: float | None,
     hybrid: bool,
     ablation: bool,
     bm25_stopwords: bool,
@@ -449,7 +455,7 @@ def retrieval(
         chunk=chunk,
         max_chunks=max_chunks,
         subject_each=subject_each,
-        subject_vector_weight=subject_weight,
+        subject_vector_weight=_product_subject_weight() if subject_weight is None else subject_weight,
     )
     try:
         data = load_retrieval_set(corpus, links, limit=limit)

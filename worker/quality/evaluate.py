@@ -185,6 +185,9 @@ class Protocol:
     queries: tuple[int, ...]
     relevant: tuple[frozenset[int], ...]  # per query: the linked reports among its candidates
     candidate: npt.NDArray[np.bool_]  # (len(queries), n)
+    # Candidates are the reports before the query: a lexical index is then built from them
+    # alone, as a live index would be at that moment.
+    incremental: bool = False
 
 
 def all_others_protocol(n: int, duplicates: Mapping[int, frozenset[int]]) -> Protocol:
@@ -208,6 +211,7 @@ def time_ordered_protocol(n: int, duplicates: Mapping[int, frozenset[int]]) -> P
         queries,
         tuple(frozenset(j for j in duplicates[q] if j < q) for q in queries),
         candidate,
+        incremental=True,
     )
 
 
@@ -217,19 +221,20 @@ def dense_scores(vectors: Matrix, protocol: Protocol) -> Matrix:
 
 
 def bm25_scores(texts: Sequence[str], protocol: Protocol, *, stopwords: bool = False) -> Matrix:
-    """BM25 of each query against its candidates. Where the candidates are a prefix of the
-    corpus (time-ordered), the index holds only that prefix, so document frequencies come
-    from the earlier reports alone, as a live index would have them."""
+    """BM25 of each query against its candidates. For an incremental protocol the index
+    holds only the reports before the query, so document frequencies come from the earlier
+    reports alone; otherwise one index over the whole corpus serves every query."""
     n = len(texts)
     out = np.full((len(protocol.queries), n), -np.inf, dtype=np.float32)
-    full: BM25Index | None = None
+    full = None if protocol.incremental else BM25Index(texts, stopwords=stopwords)
     for row, q in enumerate(protocol.queries):
         allowed = protocol.candidate[row]
-        prefix = int(allowed.sum())
-        if allowed[:prefix].all() and prefix < n and not allowed[prefix:].any():
-            out[row, :prefix] = BM25Index(texts[:prefix], stopwords=stopwords).scores(texts[q])
+        if full is None:
+            prefix = int(allowed.sum())
+            if prefix:
+                index = BM25Index(texts[:prefix], stopwords=stopwords)
+                out[row, :prefix] = index.scores(texts[q])
         else:
-            full = full or BM25Index(texts, stopwords=stopwords)
             out[row] = np.where(allowed, full.scores(texts[q]), -np.inf)
     return out
 
