@@ -293,5 +293,9 @@ def test_another_subject_weight_needs_a_reindex(tmp_path: Path) -> None:
     ).close()
     with pytest.raises(ModelMismatch, match="recipe"):
         VectorStore.open(
-            model_id="m", dimension=4, collection="tickets", path=tmp_path, recipe="subject_weight=0"
+            model_id="m",
+            dimension=4,
+            collection="tickets",
+            path=tmp_path,
+            recipe="subject_weight=0",
         )

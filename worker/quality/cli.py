@@ -455,7 +455,9 @@ def retrieval(
         chunk=chunk,
         max_chunks=max_chunks,
         subject_each=subject_each,
-        subject_vector_weight=_product_subject_weight() if subject_weight is None else subject_weight,
+        subject_vector_weight=_product_subject_weight()
+        if subject_weight is None
+        else subject_weight,
     )
     try:
         data = load_retrieval_set(corpus, links, limit=limit)
