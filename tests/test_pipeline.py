@@ -299,3 +299,10 @@ def test_another_subject_weight_needs_a_reindex(tmp_path: Path) -> None:
             path=tmp_path,
             recipe="subject_weight=0",
         )
+
+
+def test_malformed_html_does_not_fail_the_batch(services: Services) -> None:
+    # html.parser raises AssertionError on "<![foo[": it must not poison the batch-mates.
+    odd = t("h1", "<p>The export page</p><![foo[ crashes with a blank screen")
+    res = triage_batch([WorkItem(t("1", CRASH)), WorkItem(odd), WorkItem(t("3", CRASH2))], services)
+    assert [r.status for r in res] == ["manual", "manual", "duplicate"]

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from worker import db
 from worker.embedding import Embedder, Vectors
-from worker.errors import PermanentError, StoreUnavailable, TriageError
+from worker.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -124,7 +124,16 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
         else:
             needs_vector.append(i)
 
-    texts = {i: embedding_text(items[i].ticket) for i in needs_vector}
+    texts: dict[int, str] = {}
+    for i in list(needs_vector):
+        try:
+            texts[i] = embedding_text(items[i].ticket)
+        except Exception as exc:  # one ticket's text must never fail its batch-mates
+            logger.warning("text preparation failed for %s: %r", items[i].ticket.key, exc)
+            results[i] = ItemResult(
+                "failed", error=EmbeddingRejected(f"text preparation failed: {exc!r}")
+            )
+            needs_vector.remove(i)
     subjects = {i: items[i].ticket.subject for i in needs_vector}
     vectors, rejected = _embed(needs_vector, texts, subjects, services)
     for i, err in rejected.items():

@@ -82,6 +82,9 @@ _BLOCK_TAGS: Final = frozenset(
 _SKIP_TAGS: Final = frozenset({"script", "style", "head"})
 
 
+_ANY_TAG = re.compile(r"<[^>]*>")
+
+
 class _HtmlText(HTMLParser):
     """Block elements become line breaks; <blockquote> lines get a "> " prefix per level.
 
@@ -146,8 +149,13 @@ def html_to_text(text: str) -> str:
     if not _HTML_TAG.search(text):
         return text
     parser = _HtmlText()
-    parser.feed(text)
-    parser.close()
+    try:
+        parser.feed(text)
+        parser.close()
+    except Exception:
+        # html.parser raises on some malformed markup (e.g. AssertionError for "<![foo["):
+        # a ticket's text must never fail its batch, so fall back to dropping the tags.
+        return _ANY_TAG.sub(" ", text)
     return parser.text()
 
 
