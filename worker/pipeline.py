@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -34,6 +34,8 @@ from sqlalchemy.orm import Session
 from worker import db
 from worker.embedding import Embedder, Vectors
 from worker.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
+from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
+from worker.lexical import LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -90,6 +92,11 @@ class Services:
     # Called inside the critical section before the store is read: lets a worker sharing a
     # Chroma server follow a `triage reindex` switch (worker/runtime.py).
     before_decide: Callable[[], None] | None = None
+    # Hybrid ranking (worker/hybrid.py): this process's BM25 index of the stored tickets,
+    # None for dense ranking only.
+    lexical: LexicalIndex | None = None
+    hybrid_alpha: float = DEFAULT_ALPHA
+    hybrid_pool: int = DEFAULT_POOL
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -230,8 +237,14 @@ def _decide_and_store(
     )
     routed_vectors = fresh_vectors[np.asarray(to_route, dtype=bool)] if fresh else fresh_vectors
     # +1: a ticket stored as history and now routed finds itself first; it is skipped.
-    stored_iter = iter(services.store.query(routed_vectors, services.top_k + 1))
+    depth = services.top_k + 1
+    if services.lexical is not None:
+        depth = max(depth, services.hybrid_pool + 1)
+    stored_iter = iter(services.store.query(routed_vectors, depth))
     stored = [next(stored_iter) if r else [] for r in to_route]
+    lexical = None
+    if services.lexical is not None:
+        lexical = _lexical_side(items, fresh, to_route, fresh_vectors, stored, services)
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     ratios: list[float | None] = [None] * len(fresh)
     reasons: list[str | None] = [None] * len(fresh)
@@ -246,6 +259,9 @@ def _decide_and_store(
         thresholds=thresholds,
         top_k=services.top_k,
         unreadable=reasons,
+        lexical=lexical,
+        alpha=services.hybrid_alpha,
+        pool=services.hybrid_pool,
     )
 
     now = datetime.now(UTC)
@@ -300,6 +316,56 @@ def _decide_and_store(
         len(repair),
     )
     return results
+
+
+def _lexical_side(
+    items: Sequence[WorkItem],
+    fresh: list[int],
+    to_route: list[bool],
+    vectors: Vectors,
+    stored: list[list[Neighbour]],
+    services: Services,
+) -> list[dict[TicketKey, float]]:
+    """BM25 scores of each routed ticket's candidates; lexical-only candidates join ``stored``.
+
+    The index first catches up with what other workers stored (we hold the decision
+    lock, so nobody writes meanwhile). The batch's tickets then enter it in order, so
+    ticket n is scored against the stored tickets and its earlier batch-mates, as routing
+    compares it. Candidates found only by BM25 get their vector from the store (one call
+    for the batch) and their cosine computed here; one without a vector yet is skipped.
+    """
+    index = services.lexical
+    assert index is not None
+    index.refresh(services.engine)
+    scores_of: list[dict[TicketKey, float]] = []
+    wanted: dict[int, list[TicketKey]] = {}
+    for n, i in enumerate(fresh):
+        ticket = items[i].ticket
+        text = lexical_text(ticket.subject, ticket.body)
+        if to_route[n]:
+            scores = index.scores(text)
+            top = [
+                index.keys[p] for p in index.top(scores, services.hybrid_pool, exclude=ticket.key)
+            ]
+            known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
+            scores_of.append(
+                {
+                    key: float(scores[pos])
+                    for key in known.union(top)
+                    if (pos := index.position(key)) is not None
+                }
+            )
+            wanted[n] = [key for key in top if key not in known]
+        else:
+            scores_of.append({})
+        index.add(ticket.key, text)
+    fetched = services.store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
+    for n, keys in wanted.items():
+        for key in keys:
+            if key in fetched:
+                vector, neighbour = fetched[key]
+                stored[n].append(replace(neighbour, score=float(vector @ vectors[n])))
+    return scores_of
 
 
 def vector_meta(

@@ -74,6 +74,13 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
+    lexical = None
+    if settings.hybrid_alpha < 1:
+        from worker.lexical import LexicalIndex
+
+        # Catch up with the stored tickets now, not in the first batch's critical section.
+        lexical = LexicalIndex()
+        lexical.refresh(engine)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
@@ -83,6 +90,9 @@ def build_runtime(settings: Settings) -> Runtime:
         subject_weight=settings.subject_weight,
         top_k=settings.top_k,
         lock=lock,
+        lexical=lexical,
+        hybrid_alpha=settings.hybrid_alpha,
+        hybrid_pool=settings.hybrid_pool,
     )
 
     if settings.uses_chroma_server:

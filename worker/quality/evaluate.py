@@ -25,6 +25,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from worker.embedding import Embedder, Vectors
+from worker.hybrid import fuse
 from worker.quality.bm25 import BM25Index
 from worker.quality.datasets import Pair, RetrievalSet
 from worker.routing import Thresholds
@@ -362,20 +363,9 @@ def rrf_fusion(*score_sets: Matrix, k: int = RRF_K) -> Matrix:
     return np.where(candidate, fused, -np.inf).astype(np.float32)
 
 
-def minmax_rows(scores: Matrix) -> Matrix:
-    """Scale each row's candidate scores to [0, 1] (a constant row becomes 0)."""
-    finite = np.isfinite(scores)
-    lo = np.where(finite, scores, np.inf).min(axis=1, keepdims=True)
-    hi = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1)
-    scaled = np.where(finite, (scores - lo) / span, -np.inf)
-    return scaled.astype(np.float32)
-
-
 def score_fusion(dense: Matrix, lexical: Matrix, alpha: float) -> Matrix:
-    """alpha · dense + (1 - alpha) · BM25, each min-max scaled over the query's candidates."""
-    fused = alpha * minmax_rows(dense) + (1 - alpha) * minmax_rows(lexical)
-    return np.where(np.isfinite(dense), fused, -np.inf).astype(np.float32)
+    """alpha · dense + (1 - alpha) · BM25, each min-max scaled over all the query's candidates."""
+    return fuse(dense, lexical, alpha)
 
 
 @dataclass
@@ -397,15 +387,27 @@ def evaluate_protocol(
     bm25: bool = True,
     hybrid: bool = False,
     stopwords: bool = False,
+    product: tuple[float, int] | None = None,
 ) -> RetrievalResult:
+    """Dense, BM25 and fusion rankings for ``protocol``.
+
+    ``product`` = the worker's (alpha, pool): the ``hybrid`` method is then ranked exactly
+    as the worker ranks (worker/hybrid.fuse over the same pool), so its numbers are the
+    product's, not an idealised fusion over every candidate.
+    """
     dense = dense_scores(vectors, protocol)
     result = RetrievalResult(protocol.name, len(protocol.queries))
     rel = protocol.relevant
     result.methods["dense"] = ranking_metrics(first_relevant_ranks(dense, rel))
     result.routes["dense"] = route_metrics(dense, dense, rel, thresholds, top_k)
-    if bm25 or hybrid:
+    if bm25 or hybrid or product:
         lexical = bm25_scores(texts, protocol, stopwords=stopwords)
         result.methods["bm25"] = ranking_metrics(first_relevant_ranks(lexical, rel))
+    if product is not None:
+        alpha, pool = product
+        fused = fuse(dense, lexical, alpha, pool)
+        result.methods["hybrid"] = ranking_metrics(first_relevant_ranks(fused, rel))
+        result.routes["hybrid"] = route_metrics(fused, dense, rel, thresholds, top_k)
     if hybrid:
         fused = rrf_fusion(dense, lexical)
         result.methods["rrf"] = ranking_metrics(first_relevant_ranks(fused, rel))
