@@ -99,15 +99,35 @@ def serve(host: str, port: int) -> None:
     default=None,
     help="Default: from the file name.",
 )
+@click.option(
+    "--per-message",
+    type=click.IntRange(min=1, max=1024),
+    default=None,
+    help="Tickets carried by one queue message (default: TRIAGE_BATCH_SIZE; 1 = one each).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(file: Path, backfill: bool, source: str | None, fmt: str | None, quiet: bool) -> None:
+def ingest(
+    file: Path,
+    backfill: bool,
+    source: str | None,
+    fmt: str | None,
+    per_message: int | None,
+    quiet: bool,
+) -> None:
     """Enqueue the tickets of a CSV or JSONL FILE for triage.
 
-    Bad rows are reported with their line number; the others still go in.
+    Bad rows are reported with their line number; the others still go in. Tickets travel
+    in groups (--per-message): each still ends as its own decision or failure row.
     """
     settings = _settings()
     summary = ingest_file(
-        settings, file, backfill=backfill, source=source, fmt=fmt, progress=not quiet
+        settings,
+        file,
+        backfill=backfill,
+        source=source,
+        fmt=fmt,
+        progress=not quiet,
+        per_message=per_message,
     )
     if summary["enqueued"] == 0 and summary["rejected"]:
         sys.exit(1)
@@ -121,6 +141,7 @@ def ingest_file(
     source: str | None = None,
     fmt: str | None = None,
     progress: bool = True,
+    per_message: int | None = None,
 ) -> dict[str, int]:
     from tqdm import tqdm
 
@@ -148,7 +169,12 @@ def ingest_file(
     bar = tqdm(desc="enqueue", unit="ticket", disable=not progress, file=sys.stderr)
     try:
         ticket: Ticket
-        for ticket in publish(app, good_rows(), mode="backfill" if backfill else "route"):
+        for ticket in publish(
+            app,
+            good_rows(),
+            mode="backfill" if backfill else "route",
+            per_message=per_message or settings.batch_size,
+        ):
             del ticket
             sent += 1
             bar.update(1)

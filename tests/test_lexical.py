@@ -137,7 +137,7 @@ def test_fusion_pool_and_alpha() -> None:
     assert np.argmax(fuse(dense, lexical, 0.2)[0]) == 3
 
 
-def test_decide_ranks_by_fusion_and_routes_by_the_top_candidates_cosine() -> None:
+def test_decide_ranks_by_fusion_and_merges_only_into_the_top_ranked() -> None:
     me = TicketKey("t", "new")
     a, b = TicketKey("t", "a"), TicketKey("t", "b")
     c = TicketKey("t", "c")
@@ -147,12 +147,14 @@ def test_decide_ranks_by_fusion_and_routes_by_the_top_candidates_cosine() -> Non
     dense_only = decide([me], vectors, stored, **kwargs)[0]  # type: ignore[arg-type]
     assert dense_only is not None and dense_only.route == "duplicate"
     assert [m.key for m in dense_only.matches] == [a, b]
-    # b shares the rare identifiers: fused first, and the route reads b's cosine (suggest).
+    # b shares the rare identifiers: fused first. Its cosine misses the duplicate threshold,
+    # so nothing is merged; a (0.86) is still shown, so the ticket is suggested.
     hybrid = decide(
         [me], vectors, stored, lexical=[{a: 1.0, b: 12.0}], alpha=0.7, pool=20, **kwargs
     )[0]  # type: ignore[arg-type]
     assert hybrid is not None and [m.key for m in hybrid.matches] == [b, a]
-    assert hybrid.score == pytest.approx(0.84) and hybrid.route == "suggest"
+    assert hybrid.route == "suggest" and hybrid.score == pytest.approx(0.86)
+    assert hybrid.canonical == me
 
 
 # --- the worker's path ------------------------------------------------------------------------

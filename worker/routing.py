@@ -44,6 +44,23 @@ class Thresholds:
             return "suggest"
         return "manual"
 
+    def route_shown(self, scores: Sequence[float]) -> tuple[Route, float | None]:
+        """Route from the cosines of the matches a ticket is shown, best-ranked first.
+
+        ``duplicate`` when the top-ranked match reaches the duplicate threshold: that is
+        the ticket it would be merged into. Otherwise ``suggest`` when any shown match
+        reaches the suggest threshold, since the agent sees it; else ``manual``. The score
+        is the cosine that decided. With dense ranking the top-ranked match is the most
+        similar, so this is ``route(top cosine)``; with hybrid ranking a lexical match may
+        rank above a closer one, and the closer one still earns a suggestion.
+        """
+        if not scores:
+            return "manual", None  # no history yet
+        if scores[0] >= self.duplicate:
+            return "duplicate", scores[0]
+        best = max(scores)
+        return ("suggest" if best >= self.suggest else "manual"), best
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -115,8 +132,9 @@ def decide(
         else:
             ranked.sort(key=lambda nb: -nb.score)
         matches = tuple(ranked[:top_k])
-        score = matches[0].score if matches else None
-        route = per_ticket[i].route(score) if reasons[i] is None else "manual"
+        route, score = per_ticket[i].route_shown([m.score for m in matches])
+        if reasons[i] is not None:
+            route = "manual"
         canonical = matches[0].canonical if route == "duplicate" and matches else keys[i]
         outcomes.append(Outcome(keys[i], route, score, matches, canonical, reasons[i]))
     return outcomes

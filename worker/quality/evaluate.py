@@ -279,26 +279,30 @@ def route_metrics(
 ) -> dict[str, float | int | None]:
     """Precision and coverage of each route at the product's thresholds.
 
-    The candidates come from ``ranking`` (dense or fused scores); the route from the cosine
-    of the top candidate, as the worker does. Every query here has a true duplicate among
-    its candidates, so:
-    - duplicate: routed when top-1 cosine ≥ the duplicate threshold; precision = share of
-      those whose top-1 is a true duplicate; coverage = share of all queries routed
-      duplicate *with* a correct top-1 (duplicates the route catches);
-    - suggest: routed when the duplicate threshold is missed but top-1 cosine ≥ the suggest
-      threshold; correct when a true duplicate is among the top_k shown with cosine ≥ the
-      suggest threshold;
+    The candidates come from ``ranking`` (dense or fused scores); the route from their
+    cosines by ``Thresholds.route_shown``, as the worker does. Every query here has a true
+    duplicate among its candidates, so:
+    - duplicate: routed when the top-ranked cosine ≥ the duplicate threshold; precision =
+      share of those whose top-1 is a true duplicate; coverage = share of all queries
+      routed duplicate *with* a correct top-1 (duplicates the route catches);
+    - suggest: routed when that misses but a shown cosine ≥ the suggest threshold; correct
+      when a true duplicate is among the top_k shown with cosine ≥ the suggest threshold;
     - caught = duplicate-correct + suggest-correct: queries where an agent is shown the
       right ticket.
     """
     top = top_candidates(ranking, top_k)
     rows = np.arange(len(relevant))
     top_cos = cosine[rows[:, None], top]
-    best = top_cos[:, 0]
+    # Shown = ranked candidates (a pooled fusion ranks fewer than all; the worker shows no more).
+    shown = np.isfinite(ranking[rows[:, None], top]) & np.isfinite(top_cos)
     top_ok = np.array([[j in rel for j in row] for row, rel in zip(top, relevant, strict=True)])
-    top_ok &= np.isfinite(top_cos)
-    dup = best >= thresholds.duplicate
-    sug = ~dup & (best >= thresholds.suggest)
+    top_ok &= shown
+    routes = [
+        thresholds.route_shown([float(c) for c in cos[ok]])[0]
+        for cos, ok in zip(top_cos, shown, strict=True)
+    ]
+    dup = np.array([r == "duplicate" for r in routes], dtype=bool)
+    sug = np.array([r == "suggest" for r in routes], dtype=bool)
     dup_ok = dup & top_ok[:, 0]
     sug_ok = sug & (top_ok & (top_cos >= thresholds.suggest)).any(axis=1)
     n = max(len(relevant), 1)
