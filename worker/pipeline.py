@@ -105,6 +105,24 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
     Raises a TransientError (embedder down, store or database unreachable) for the whole
     batch: nothing was written then, or only idempotent writes, so the caller retries.
     """
+    return finish_batch(prepare_batch(items, services), services)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after steps 1-2 (lookup, embedding), waiting for its critical section."""
+
+    items: Sequence[WorkItem]
+    results: dict[int, ItemResult]
+    first_of: dict[TicketKey, int]
+    todo: list[int]
+    texts: dict[int, str]
+    vectors: dict[int, np.ndarray]
+
+
+def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatch:
+    """Steps 1-2, outside the lock: the worker's batcher runs them for the next batch while
+    the previous one is in its critical section (the model and the stores overlap)."""
     results: dict[int, ItemResult] = {}
     first_of: dict[TicketKey, int] = {}
     unique: list[int] = []
@@ -146,16 +164,23 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
     for i, err in rejected.items():
         results[i] = ItemResult("failed", error=err)
     todo = [i for i in needs_vector if i not in rejected]
+    return PreparedBatch(items, results, first_of, todo, texts, vectors)
 
-    if todo:
+
+def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
+    """Step 3: the critical section, then one result per item, in order."""
+    items, results = batch.items, batch.results
+    if batch.todo:
         with services.lock():
             if services.before_decide is not None:
                 services.before_decide()
-            results.update(_decide_and_store(items, todo, texts, vectors, services))
+            results.update(
+                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services)
+            )
 
     for i, item in enumerate(items):
         if i not in results:  # a repeated key: same result as its first occurrence
-            results[i] = results[first_of[item.ticket.key]]
+            results[i] = results[batch.first_of[item.ticket.key]]
     return [results[i] for i in range(len(items))]
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,8 @@ from worker.pipeline import (
     Services,
     ThresholdSource,
     WorkItem,
-    triage_batch,
+    finish_batch,
+    prepare_batch,
 )
 from worker.routing import Thresholds
 from worker.store import open_store
@@ -98,11 +99,12 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.uses_chroma_server:
         services.before_decide = lambda: _follow_switch(settings, services)
 
-    def process(items: Sequence[WorkItem]) -> list[ItemResult]:
-        return triage_batch(items, services)
-
+    # Two stages: the next batch is embedded while this one is in its critical section.
     batcher: Batcher[WorkItem, ItemResult] = Batcher(
-        process, max_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000
+        lambda items: prepare_batch(items, services),
+        finish=lambda prepared: finish_batch(prepared, services),
+        max_size=settings.batch_size,
+        max_wait_s=settings.batch_wait_ms / 1000,
     )
     logger.info(
         "triage runtime ready: embedder %s, store %s, database %s",
