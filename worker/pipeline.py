@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -97,6 +98,8 @@ class Services:
     lexical: LexicalIndex | None = None
     hybrid_alpha: float = DEFAULT_ALPHA
     hybrid_pool: int = DEFAULT_POOL
+    # Vectors by content (VectorCache below); None: every text is embedded.
+    vector_cache: VectorCache | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -204,7 +207,52 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
     return Outcome(key, d.route, d.score, matches, canonical, d.reason)  # type: ignore[arg-type]
 
 
+class VectorCache:
+    """The vectors of recently embedded texts, by content: a ticket retried after a
+    transient error (database or store down in its critical section), re-imported under
+    another key, or sent twice by a helpdesk is not embedded again. Per process, bounded,
+    least recently used first out; only ever holds this process's model's vectors."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+
+    @staticmethod
+    def key(text: str, subject: str | None) -> str:
+        return content_hash(f"{subject or ''}\x00{text}")
+
+    def get(self, key: str) -> np.ndarray | None:
+        vector = self._vectors.get(key)
+        if vector is not None:
+            self._vectors.move_to_end(key)
+            self.hits += 1
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        self._vectors[key] = vector
+        self._vectors.move_to_end(key)
+        while len(self._vectors) > self.max_entries:
+            self._vectors.popitem(last=False)
+
+
 def _embed(
+    indices: list[int], texts: dict[int, str], subjects: dict[int, str | None], services: Services
+) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
+    cache = services.vector_cache
+    if cache is None:
+        return _embed_uncached(indices, texts, subjects, services)
+    keys = {i: cache.key(texts[i], subjects[i]) for i in indices}
+    cached = {i: v for i in indices if (v := cache.get(keys[i])) is not None}
+    vectors, rejected = _embed_uncached(
+        [i for i in indices if i not in cached], texts, subjects, services
+    )
+    for i, vector in vectors.items():
+        cache.put(keys[i], vector)
+    return {**cached, **vectors}, rejected
+
+
+def _embed_uncached(
     indices: list[int], texts: dict[int, str], subjects: dict[int, str | None], services: Services
 ) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
     if not indices:

@@ -31,6 +31,7 @@ from worker.pipeline import (
     ItemResult,
     Services,
     ThresholdSource,
+    VectorCache,
     WorkItem,
     finish_batch,
     prepare_batch,
@@ -94,6 +95,7 @@ def build_runtime(settings: Settings) -> Runtime:
         lexical=lexical,
         hybrid_alpha=settings.hybrid_alpha,
         hybrid_pool=settings.hybrid_pool,
+        vector_cache=VectorCache(),
     )
 
     if settings.uses_chroma_server:
