@@ -114,6 +114,7 @@ def create_api(settings: Settings) -> FastAPI:
         description="Signed helpdesk webhooks in; duplicate / suggest / manual decisions out.",
     )
     api.state.settings, api.state.engine, api.state.intake = settings, engine, intake
+    api.state.gate = gate
 
     # --- errors: every one a JSON answer naming the problem ------------------------------
 
