@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -532,3 +533,74 @@ def test_fixture_payloads_stay_far_below_the_depth_limit() -> None:
 
     depths = {p.name: json_depth(p.read_bytes()) for p in (FIXTURES / "webhooks").glob("*.json")}
     assert depths and max(depths.values()) <= 8, depths
+
+
+# --- the dependency audit (.ci/audit.py) against a local stand-in for PyPI's JSON API --------
+
+FAKE_PYPI = {
+    "good": {"info": {"version": "1.0"}, "releases": {"1.0": [{}]}, "vulnerabilities": []},
+    "bad": {
+        "info": {"version": "2.0"},
+        "releases": {"2.0": [{}]},
+        "vulnerabilities": [{"id": "PYSEC-2099-1", "fixed_in": ["2.1"]}],
+    },
+    "old": {"info": {"version": "3.0"}, "releases": {"2.0": [{}], "3.0": [{}]}},
+    "pulled": {
+        "info": {"version": "1.1"},
+        "releases": {"1.0": [{"yanked": True, "yanked_reason": "CVE-2099-2"}], "1.1": [{}]},
+    },
+}
+
+
+@pytest.fixture
+def fake_pypi() -> Iterator[str]:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.strip("/").split("/")[1]
+            body = json.dumps(FAKE_PYPI[name]).encode() if name in FAKE_PYPI else b"{}"
+            self.send_response(200 if name in FAKE_PYPI else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/pypi"
+    server.shutdown()
+    server.server_close()
+
+
+def _audit(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "audit.py"), "--pypi-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_audit_fails_on_a_known_vulnerability_or_a_yanked_release(
+    fake_pypi: str, tmp_path: Path
+) -> None:
+    pins = ["--package", "good==1.0", "--package", "bad==2.0", "--package", "old==2.0"]
+    out = _audit(fake_pypi, *pins, "--package", "pulled==1.0")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL      bad 2.0: PYSEC-2099-1 (fixed in 2.1)" in out.stdout
+    assert "FAIL      pulled 1.0: release yanked (CVE-2099-2)" in out.stdout
+    assert "unaudited old 2.0: not the latest release (3.0)" in out.stdout
+    assert "2 problem(s)" in out.stdout
+
+    ignore = tmp_path / "ignore.txt"
+    ignore.write_text("PYSEC-2099-1  # no fix we can take yet; look again 2027-01\n")
+    accepted = _audit(fake_pypi, *pins, "--ignore-file", str(ignore))
+    assert accepted.returncode == 0, accepted.stdout
+    assert "ignored   bad 2.0: PYSEC-2099-1" in accepted.stdout
+    strict = _audit(fake_pypi, *pins, "--ignore-file", str(ignore), "--strict")
+    assert strict.returncode == 1  # `old` could not be audited
