@@ -59,11 +59,12 @@ class QueueGate:
         now = time.monotonic()
         with self._lock:
             if now - self._read_at >= self.cache_s:
+                self._read_at = now
                 try:
                     self._depth = self.depth()
                 except redis.RedisError:
-                    return None
-                self._read_at = now
+                    # Cached too: a Redis that hangs must not cost every request a timeout.
+                    self._depth = 0
             depth = self._depth
         return depth if depth >= self.max_depth else None
 
