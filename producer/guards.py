@@ -4,14 +4,13 @@
   ``LLEN`` + ``HLEN``) at most once per ``cache_s`` per process, not once per request.
 - :class:`RateLimiter`: a per-source budget (GCRA, one Lua script call), kept in Redis so
   that every `triage serve` process behind a load balancer shares it.
-- :func:`json_depth`: the nesting depth of a JSON text, found with two regular-expression
-  passes (C speed) before ``json.loads`` builds anything.
+- :func:`json_depth`: the nesting depth of a JSON text, found before ``json.loads`` builds
+  anything: one regular-expression pass drops the strings, numpy counts the brackets.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import re
 import threading
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 logger = logging.getLogger(__name__)
@@ -155,17 +155,21 @@ def token_source(token: str) -> str:
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(rb"[\[\]{}]")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+# A JSON string, as an "unrolled loop" (no alternation per character): ~40x faster than
+# "(?:[^"\\]|\\.)*" on a 1 MiB string (bench/guards.py).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in ``raw`` (brackets inside strings do not
     count). Exact for valid JSON; for broken JSON a number the parser then refuses anyway."""
-    brackets = _BRACKET.findall(_STRING.sub(b"", raw))
-    steps = (_DEPTH_STEP[b[0]] for b in brackets)
-    return max(itertools.accumulate(steps, initial=0))
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max(initial=0))
 
 
 __all__ = [
