@@ -625,3 +625,24 @@ def test_audit_fails_on_a_known_vulnerability_or_a_yanked_release(
     assert "ignored   bad 2.0: PYSEC-2099-1" in accepted.stdout
     strict = _audit(fake_pypi, *pins, "--ignore-file", str(ignore), "--strict")
     assert strict.returncode == 1  # `old` could not be audited
+
+
+def test_the_example_env_file_cannot_go_live() -> None:
+    # Copying .env.example unchanged must stop the stack at start, each secret named.
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    with pytest.raises(SettingsError) as exc:
+        load_settings(
+            env="production",
+            database_url=f"postgresql+psycopg://triage:{values['POSTGRES_PASSWORD']}@pg/triage",
+            webhook_secrets=json.loads(values["TRIAGE_WEBHOOK_SECRETS"]),
+            api_tokens=json.loads(values["TRIAGE_API_TOKENS"]),
+        )
+    for named in ("'github'", "'zendesk'", "TRIAGE_API_TOKENS: token 2", "TRIAGE_DATABASE_URL"):
+        assert named in str(exc.value)
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = (ROOT / ignore).read_text(encoding="utf-8").splitlines()
+        assert ".env" in lines, f"{ignore} must keep .env (secrets) out"
