@@ -358,6 +358,33 @@ def test_rate_limit_per_source_holds_across_serve_processes(
     r.delete(*keys)
 
 
+def test_rate_limit_holds_across_two_real_serve_processes(
+    make_settings: Callable[..., Settings], sqlite_url: str, tmp_path: Path
+) -> None:
+    with private_redis(tmp_path) as url:
+        settings = make_settings(
+            redis_url=url,
+            database_url=sqlite_url,
+            queue="rl",
+            api_tokens={"reader": ["read"]},
+            rate_limit_per_s=0.2,
+            rate_limit_burst=4,
+        )
+        one = ServeProcess(settings, tmp_path / "serve1.log")
+        two = ServeProcess(settings, tmp_path / "serve2.log")
+        try:
+            read = {"Authorization": "Bearer reader"}
+            answers = [
+                requests.get(f"{s.url}/v1/decisions", headers=read, timeout=10)
+                for s in (one, two, one, two, one)
+            ]
+        finally:
+            one.stop()
+            two.stop()
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 429]
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 5
+
+
 # --- read-API tokens: every route x every scope ------------------------------------------------
 
 # Routes that take a bearer token, and the scope each needs. Any other route must be listed
