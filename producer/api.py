@@ -330,8 +330,9 @@ def create_api(settings: Settings) -> FastAPI:
             except SignatureError as exc:
                 metrics.rejected(vendor, "signature")
                 raise ApiError(401, str(exc)) from None
-            # After the signature: forged requests cannot spend a helpdesk's budget.
-            limit(f"hook:{vendor}", f"the {vendor} webhook")
+            # After the signature: forged requests cannot spend a helpdesk's budget. In a
+            # thread: a Redis call must not hold the event loop.
+            await run_in_threadpool(limit, f"hook:{vendor}", f"the {vendor} webhook")
             payload = parse_json(raw, vendor)
             try:
                 delivery = adapt(vendor, payload, request.headers, received_at=datetime.now(UTC))
