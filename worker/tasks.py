@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.signals import worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
@@ -61,7 +62,7 @@ def triage_ticket(self: Task, message: dict[str, Any], mode: str = "route") -> s
         return result.status
     except (TransientError, TimeoutError) as exc:  # TimeoutError: the batch took too long
         if self.request.retries >= settings.max_retries:
-            return _dead_letter(self, message, exc, attempts, "gave up after retries: ")
+            return _dead_letter(self, message, exc, attempts, "gave up after retries: ", mode)
         countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
         logger.warning(
             "ticket %s: %s; retry %d/%d in %.1f s",
@@ -71,17 +72,19 @@ def triage_ticket(self: Task, message: dict[str, Any], mode: str = "route") -> s
             settings.max_retries,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        _retry(self, exc, countdown)
     except (PermanentError, FatalError, ValueError) as exc:
-        return _dead_letter(self, message, exc, attempts, "")
+        return _dead_letter(self, message, exc, attempts, "", mode)
     except Exception as exc:
         # A bug, not the ticket's fault; still, an unhandled exception would ack the message
         # and lose the ticket. Dead-letter it with the traceback logged, for a re-drive.
         logger.exception("unexpected error triaging %s", _key_text(message))
-        return _dead_letter(self, message, exc, attempts, "unexpected error: ")
+        return _dead_letter(self, message, exc, attempts, "unexpected error: ", mode)
 
 
-def _dead_letter(task: Task, message: Any, exc: BaseException, attempts: int, prefix: str) -> str:
+def _dead_letter(
+    task: Task, message: Any, exc: BaseException, attempts: int, prefix: str, mode: str
+) -> str:
     key = _key(message)
     reason = f"{prefix}{exc}"
     logger.error("ticket %s failed permanently (%s): %s", key, type(exc).__name__, reason)
@@ -95,18 +98,37 @@ def _dead_letter(task: Task, message: Any, exc: BaseException, attempts: int, pr
                 reason=reason,
                 attempts=attempts,
                 payload=message if isinstance(message, dict) else {"raw": repr(message)},
+                # `triage redrive` re-publishes with this mode: history stays history.
+                mode=mode if mode in ("route", "backfill") else "route",
             )
             session.commit()
     except Exception as db_exc:
         # The failure row is the ticket's last trace: never ack without it. The database is
         # what failed, so try again later, for as long as it takes.
         logger.error("could not record the failure of %s: %s; retrying", key, db_exc)
-        raise task.retry(
-            exc=db_exc,
-            countdown=backoff_s(task.request.retries, get_runtime().settings.retry_backoff_max_s),
+        _retry(
+            task,
+            db_exc,
+            backoff_s(task.request.retries, get_runtime().settings.retry_backoff_max_s),
             max_retries=None,
-        ) from db_exc
+        )
     return "failed"
+
+
+def _retry(task: Task, exc: BaseException, countdown: float, **options: Any) -> NoReturn:
+    """Task.retry, except that a retry which cannot be published never drops the message.
+
+    Celery publishes the retry as a new message, and if that publish fails (Redis down or
+    restarting) it rejects the original WITHOUT requeue: the ticket would be gone (measured:
+    a batch of 16 lost in tests/faults/test_redis.py). Requeue it instead; if Redis is still
+    unreachable the reject fails too and the message stays unacked, so the visibility
+    timeout brings it back.
+    """
+    try:
+        raise task.retry(exc=exc, countdown=countdown, **options)
+    except Reject as rejected:
+        logger.warning("could not publish the retry (%s); requeueing the message", rejected.reason)
+        raise Reject(rejected.reason, requeue=True) from exc
 
 
 def _key(message: Any) -> TicketKey:
