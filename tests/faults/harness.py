@@ -361,6 +361,25 @@ def wait_accounted(engine: Any, sent: list[TicketKey], timeout: float, what: str
     return wait_until(lambda: tally(engine, sent).lost == 0, timeout, what)
 
 
+def wait_settled(
+    engine: Any, sent: list[TicketKey], depth: Callable[[], int], quiet_s: float, timeout: float
+) -> float:
+    """Seconds until the last sent ticket got its row: returns once all have one, or once the
+    broker has held nothing for quiet_s with no new row (what is missing then never comes)."""
+    start = last_change = time.monotonic()
+    seen = -1
+    while True:
+        now = time.monotonic()
+        t = tally(engine, sent)
+        if t.accounted != seen:
+            seen, last_change = t.accounted, now
+        if t.lost == 0 or (now - last_change > quiet_s and depth() == 0):
+            return last_change - start
+        if now - start > timeout:
+            raise AssertionError(f"no settled state after {timeout:.0f} s: {t}")
+        time.sleep(0.2)
+
+
 def report(scenario: str, t: Tally, recovery_s: float | None, **extra: Any) -> dict[str, Any]:
     """Print the scenario's line and append it to the results file (JSON lines)."""
     line: dict[str, Any] = {

@@ -21,7 +21,7 @@ from tests.faults.harness import (
     report,
     scale,
     tally,
-    wait_accounted,
+    wait_settled,
     wait_until,
 )
 
@@ -59,14 +59,15 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
 
     started = time.monotonic()
     workers.append(start_worker(settings))
-    try:
-        recovery_s: float | None = wait_accounted(
-            fault_env.engine, sent, RECOVERY_BOUND_S, "recovery"
-        )
-    except AssertionError as exc:
-        # Not all accounted for: fine to analyse below only if Redis holds nothing more.
-        recovery_s = None
-        assert fault_env.queue_depth() == 0, f"{exc}; broker: {fault_env.redis_state()}"
+    # The last kill's unacked tickets come back after the visibility timeout: a quiet
+    # broker for longer than that means whatever is still missing is gone.
+    recovery_s = wait_settled(
+        fault_env.engine,
+        sent,
+        fault_env.queue_depth,
+        settings.visibility_timeout_s + 5,
+        RECOVERY_BOUND_S + 60,
+    )
     # Redeliveries of already-decided tickets may still be in flight: let them drain.
     wait_until(lambda: fault_env.queue_depth() == 0, 60, "the queue to drain")
     result = tally(fault_env.engine, sent)
@@ -84,6 +85,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert result.doubled == 0 and result.failed == 0, result
     assert kills_mid_run == N_KILLS, "a kill came after the backlog was done: test nothing"
     assert vectors == result.decided  # no vector lost, no phantom
+    assert recovery_s < RECOVERY_BOUND_S, f"recovery took {recovery_s:.0f} s"
     if result.lost:
         lost = missing(fault_env.engine, sent)
         seen = [k for k in lost if any(f"{k.as_id()}:" in w.log() for w in workers)]
