@@ -20,6 +20,7 @@ from tests.faults.harness import (
     tally,
     wait_until,
 )
+from worker.tickets import TicketKey
 
 RECOVERY_BOUND_S = 90
 N_TICKETS = scale(300, 1000)
@@ -80,12 +81,19 @@ def test_redis_connections_dropped(fault_env: FaultEnv, start_worker: StartWorke
 @pytest.mark.timeout(scale(300, 900))
 def test_redis_restarted_with_aof(fault_env: FaultEnv, start_worker: StartWorker) -> None:
     settings = fault_env.settings()
-    sent = fault_env.publish(settings, make_tickets(N_TICKETS))
     worker = start_worker(settings)
     restarts, down_s = scale((1, 3.0), (3, 10.0))
-    for _ in range(restarts):
+    tickets = make_tickets(N_TICKETS)
+    share = N_TICKETS // restarts
+    sent: list[TicketKey] = []
+    for i in range(restarts):
+        # Each restart hits a fresh backlog: part of it decided, the rest queued or unacked.
+        part = tickets[i * share : None if i == restarts - 1 else (i + 1) * share]
         done = tally(fault_env.engine, sent).accounted
-        wait_until(lambda d=done: tally(fault_env.engine, sent).accounted > d + 20, 60, "progress")
+        sent += fault_env.publish(settings, part)
+        wait_until(
+            lambda d=done, s=sent: tally(fault_env.engine, s).accounted > d + 20, 60, "progress"
+        )
         # SIGKILL: no shutdown save; the queue and the unacked messages must come back from
         # the AOF alone (appendfsync everysec, as in docker-compose).
         fault_env.redis.kill()
