@@ -3,6 +3,7 @@ Ollama per test, and a builder for the worker's settings pointing at them."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,13 +23,16 @@ from tests.faults.harness import (
     PrivateRedis,
     Tally,
     TcpProxy,
+    missing,
     tally,
-    wait_accounted,
+    wait_settled,
     wait_until,
 )
 from tests.ollama_fake import FakeOllama
 from worker import db, migrate
 from worker.tickets import Ticket, TicketKey
+
+StartWorker = Callable[..., WorkerProcess]
 
 
 @dataclass
@@ -100,15 +104,15 @@ class FaultEnv:
     def recover(
         self, sent: list[TicketKey], fault_end: float, bound_s: float
     ) -> tuple[Tally, float]:
-        """Wait until every sent ticket has its row (a little past the bound, so a slow
-        recovery is measured, then refused by the caller), let redeliveries drain, count."""
-        try:
-            wait_accounted(self.engine, sent, bound_s + 60, "recovery")
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}; {tally(self.engine, sent)}; broker: {self.redis_state()}"
-            ) from None
-        recovery_s = time.monotonic() - fault_end
+        """Wait until every sent ticket has its row, or the broker has been empty for longer
+        than the visibility timeout (a missing ticket then never comes); count. The wait
+        runs a minute past the bound, so a slow recovery is measured, then refused."""
+        called = time.monotonic()
+        settled_s = wait_settled(
+            self.engine, sent, self.queue_depth, VISIBILITY_TIMEOUT_MAX_S + 5, bound_s + 60
+        )
+        # Until the last ticket got its row (which is now, unless some never come).
+        recovery_s = called + settled_s - fault_end
         wait_until(lambda: self.queue_depth() == 0, 60, "the queue to drain")
         return tally(self.engine, sent), recovery_s
 
@@ -144,9 +148,65 @@ def fault_env(
         drop()
 
 
+class Supervisor:
+    """A restart policy, as docker-compose and Kubernetes give the worker: start it again
+    when it exits. (A broker connection drop can kill a Celery worker with kombu's
+    "Unrecoverable error: AttributeError ... 'hostname'", upstream kombu#582's traceback.)"""
+
+    def __init__(self, start: StartWorker, settings: Settings) -> None:
+        self.workers = [start(settings)]
+        self._start, self._settings = start, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def restarts(self) -> int:
+        return len(self.workers) - 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.workers[-1].proc.poll() is not None:
+                self.workers.append(self._start(self._settings, ready=False))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def supervise(start_worker: StartWorker) -> Iterator[Callable[[Settings], Supervisor]]:
+    """Supervisors stopped before start_worker's teardown stops their workers."""
+    started: list[Supervisor] = []
+
+    def make(settings: Settings) -> Supervisor:
+        started.append(Supervisor(start_worker, settings))
+        return started[-1]
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+# The longest visibility timeout these tests use: a broker empty for longer holds nothing more.
+VISIBILITY_TIMEOUT_MAX_S = 30
+
+
+def xfail_if_lost_unreceived(
+    result: Tally, env: FaultEnv, sent: list[TicketKey], workers: list[WorkerProcess]
+) -> None:
+    """Known limitation (README "Fault tests"): kombu takes a message with BRPOP and records
+    it as unacked in a second command; a worker or a Redis killed, or a connection cut,
+    between the two loses that message. Such a ticket was never received by any worker.
+    A ticket lost after a worker received it is a bug of ours: that fails."""
+    if not result.lost:
+        return
+    lost = missing(env.engine, sent)
+    seen = [k for k in lost if any(f"{k.as_id()}:" in w.log() for w in workers)]
+    assert not seen, f"received by a worker, then lost: {seen}"
+    pytest.xfail(f"{len(lost)} ticket(s) lost in kombu's BRPOP-to-unacked window: {lost}")
+
+
 def unchanged_redeliveries(workers: list[WorkerProcess]) -> int:
     """Tasks that found their ticket already decided: redeliveries absorbed, not re-decided."""
     return sum(w.log().count(": 'unchanged'") for w in workers)
-
-
-StartWorker = Callable[..., WorkerProcess]

@@ -14,10 +14,14 @@ import time
 import pytest
 
 from tests.conftest import WorkerProcess
-from tests.faults.conftest import FaultEnv, StartWorker, unchanged_redeliveries
+from tests.faults.conftest import (
+    FaultEnv,
+    StartWorker,
+    unchanged_redeliveries,
+    xfail_if_lost_unreceived,
+)
 from tests.faults.harness import (
     make_tickets,
-    missing,
     report,
     scale,
     tally,
@@ -86,11 +90,4 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert kills_mid_run == N_KILLS, "a kill came after the backlog was done: test nothing"
     assert vectors == result.decided  # no vector lost, no phantom
     assert recovery_s < RECOVERY_BOUND_S, f"recovery took {recovery_s:.0f} s"
-    if result.lost:
-        lost = missing(fault_env.engine, sent)
-        seen = [k for k in lost if any(f"{k.as_id()}:" in w.log() for w in workers)]
-        # A ticket a worker had received (logged) and then lost would be our bug: fail.
-        assert not seen, f"received, then lost: {seen}"
-        # Never received by any worker: popped by BRPOP and gone with the killed process
-        # before kombu recorded it as unacked (README "Fault tests": known limitation).
-        pytest.xfail(f"{len(lost)} ticket(s) lost in kombu's BRPOP-to-unacked window: {lost}")
+    xfail_if_lost_unreceived(result, fault_env, sent, workers)
