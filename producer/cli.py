@@ -334,6 +334,83 @@ def _clip(text: str, width: int) -> str:
 
 
 @cli.command()
+@click.option("--source", default=None, help="Only tickets of this source.")
+@click.option(
+    "--reason", default=None, help="Only failures whose reason or error type contains this."
+)
+@click.option(
+    "--since", default=None, help="Only failures since: a duration (30m, 2h, 7d) or an ISO date."
+)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="At most N tickets.")
+@click.option("--dry-run", is_flag=True, help="List what would be re-driven; change nothing.")
+@click.option(
+    "--include-pending",
+    is_flag=True,
+    help="Also re-publish tickets re-driven before and not yet decided or failed again.",
+)
+def redrive(
+    source: str | None,
+    reason: str | None,
+    since: str | None,
+    limit: int | None,
+    dry_run: bool,
+    include_pending: bool,
+) -> None:
+    """Publish failed tickets (the failure table) to the queue again.
+
+    Each re-driven ticket is decided once: its failure row is marked re-driven, deleted when
+    the worker decides it, rewritten if it fails again; triage_redrives keeps the audit
+    trail. Exit code 1 if a ticket could not be re-driven (no stored text) or Redis refused.
+    """
+    from config.celery_app import create_app
+    from producer.enqueue import BrokerUnavailable, publish
+    from worker import db, migrate
+    from worker.redrive import parse_since
+    from worker.redrive import redrive as run_redrive
+
+    settings = _settings()
+    try:
+        since_at = parse_since(since) if since else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    engine = db.make_engine(settings.database_url)
+    try:
+        migrate.require_current(engine)
+    except RuntimeError as exc:
+        click.echo(f"triage redrive: {exc}", err=True)
+        sys.exit(1)
+    app = create_app(settings)
+    try:
+        report = run_redrive(
+            engine,
+            lambda tickets, mode: publish(app, tickets, mode=mode),
+            source=source,
+            reason=reason,
+            since=since_at,
+            limit=limit,
+            dry_run=dry_run,
+            include_pending=include_pending,
+        )
+    except BrokerUnavailable as exc:
+        click.echo(f"triage redrive: {exc} (nothing marked re-driven that was not sent)", err=True)
+        sys.exit(1)
+    for item in report.items:
+        detail = f"  ({item.detail})" if item.detail else ""
+        click.echo(
+            f"{item.status:<16} {item.key}  [{item.mode}] {item.error_type}: "
+            f"{_clip(item.reason, 80)}{detail}"
+        )
+    verb = "would publish" if dry_run else "published"
+    click.echo(
+        f"{report.count('would publish' if dry_run else 'published')} {verb} on queue "
+        f"{settings.queue!r}, {report.count('already decided')} already decided, "
+        f"{len(report.unavailable)} unavailable",
+        err=True,
+    )
+    sys.exit(1 if report.unavailable else 0)
+
+
+@cli.command()
 def doctor() -> None:
     """Check Redis, the database, Chroma and the embedder; print their versions."""
     from worker.report import doctor_checks

@@ -88,7 +88,7 @@ def read(engine: Engine, sql: str) -> list[dict[str, Any]]:
 
 
 def test_migration_creates_and_drops_the_views(database_url: str, engine: Engine) -> None:
-    assert migrate.head_revision() == "0004"
+    assert migrate.head_revision() >= "0004"
     assert set(inspect(engine).get_view_names()) >= VIEWS
     cfg = migrate._config(database_url)
     with engine.begin() as conn:

@@ -143,6 +143,29 @@ class FailureRow(Base):
     # The message as received, so `triage redrive` can enqueue it again unchanged.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # The task's mode: a re-driven history ticket ('backfill') is stored again, not routed.
+    mode: Mapped[str] = mapped_column(String(16), default="route", server_default="route")
+    # Set by `triage redrive` when it re-publishes the ticket; cleared if it fails again.
+    redriven_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    redrive_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class RedriveRow(Base):
+    """One re-drive of one failed ticket (`triage redrive`): kept after the ticket is decided
+    and its failure row deleted, so what failed, why, and when it was sent again stays known."""
+
+    __tablename__ = "triage_redrives"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    error_type: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    redriven_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # 'published', or 'already decided' (a stale failure row, removed without a publish).
+    outcome: Mapped[str] = mapped_column(String(32))
 
 
 # --- engine ------------------------------------------------------------------------------
@@ -297,8 +320,13 @@ def record_failure(
     reason: str,
     attempts: int,
     payload: dict[str, Any],
+    mode: str = "route",
 ) -> None:
-    """Dead-letter one ticket, unless it has been decided meanwhile (then it did not fail)."""
+    """Dead-letter one ticket, unless it has been decided meanwhile (then it did not fail).
+
+    A re-driven ticket that fails again gets its row back as not re-driven (redriven_at
+    cleared), keeping its redrive_count.
+    """
     decided = session.scalar(
         select(DecisionRow.id).where(
             (DecisionRow.source == key.source) & (DecisionRow.ticket_id == key.ticket_id)
@@ -314,13 +342,16 @@ def record_failure(
         "attempts": attempts,
         "payload": payload,
         "failed_at": datetime.now(UTC),
+        "mode": mode,
+        "redriven_at": None,
     }
     stmt = _insert(session)(FailureRow).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["source", "ticket_id"],
         set_={
             k: stmt.excluded[k]
-            for k in ("error_type", "reason", "attempts", "payload", "failed_at")
-        },
+            for k in ("error_type", "reason", "attempts", "payload", "failed_at", "mode")
+        }
+        | {"redriven_at": None},
     )
     session.execute(stmt)

@@ -41,9 +41,12 @@ from worker.store import open_store
 
 logger = logging.getLogger(__name__)
 
-# The critical section (query + decide + write) takes milliseconds; a lock held longer
-# than this belongs to a dead worker and expires so that the others go on.
-LOCK_TTL_S = 60
+# The critical section (query + decide + write) takes milliseconds. Its holder renews the
+# lock every LOCK_RENEW_S while alive, so a killed holder's lock expires within LOCK_TTL_S
+# and the other workers go on (a fixed 60 s TTL stalled every worker for a minute after a
+# SIGKILL mid-section: tests/faults/test_kill.py), while a slow but live section keeps it.
+LOCK_TTL_S = 10
+LOCK_RENEW_S = 3
 LOCK_WAIT_S = 30
 
 
@@ -161,8 +164,12 @@ def _follow_switch(settings: Settings, services: Services) -> None:
 def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]
     @contextlib.contextmanager
     def locked() -> Iterator[None]:
+        # thread_local=False: the renewing thread must see the token this thread acquired.
         lock = client.lock(
-            f"triage:decide:{name}", timeout=LOCK_TTL_S, blocking_timeout=LOCK_WAIT_S
+            f"triage:decide:{name}",
+            timeout=LOCK_TTL_S,
+            blocking_timeout=LOCK_WAIT_S,
+            thread_local=False,
         )
         try:
             acquired = lock.acquire()
@@ -170,9 +177,22 @@ def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]
             raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
         if not acquired:
             raise LockTimeout(f"decision lock {name!r} not acquired within {LOCK_WAIT_S} s")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(LOCK_RENEW_S):
+                try:
+                    lock.reacquire()
+                except (LockError, RedisError):
+                    return  # expired or Redis gone: the section's writes are idempotent anyway
+
+        renewer = threading.Thread(target=renew, name="decision-lock-renew", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            done.set()
+            renewer.join()
             with contextlib.suppress(LockError, RedisError):
                 lock.release()
 

@@ -15,9 +15,10 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.signals import worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
@@ -97,7 +98,7 @@ def _triage_messages(
             if mode not in ("route", "backfill"):
                 raise ValueError(f"unknown mode {mode!r}")
         except Exception as exc:
-            statuses[n] = _settle_error(task, message, exc, attempts)
+            statuses[n] = _settle_error(task, message, exc, attempts, mode)
             continue
         pending.append((n, runtime.batcher.submit(WorkItem(ticket, mode))))  # type: ignore[arg-type]
 
@@ -113,14 +114,14 @@ def _triage_messages(
         except (TransientError, TimeoutError) as exc:  # TimeoutError: the batch took too long
             transient.append((n, exc))
         except Exception as exc:
-            statuses[n] = _settle_error(task, message, exc, attempts)
+            statuses[n] = _settle_error(task, message, exc, attempts, mode)
 
     if transient:
         first = transient[0][1]
         if task.request.retries >= settings.max_retries:
             for n, err in transient:
                 statuses[n] = _dead_letter(
-                    task, messages[n], err, attempts, "gave up after retries: "
+                    task, messages[n], err, attempts, "gave up after retries: ", mode
                 )
         else:
             countdown = backoff_s(task.request.retries, settings.retry_backoff_max_s)
@@ -134,21 +135,23 @@ def _triage_messages(
                 countdown,
             )
             rest = [messages[n] for n, _ in transient]
-            raise task.retry(args=retry_args(rest), exc=first, countdown=countdown) from first
+            _retry(task, first, countdown, args=retry_args(rest))
     return [statuses[n] for n in range(len(messages))]
 
 
-def _settle_error(task: Task, message: Any, exc: Exception, attempts: int) -> str:
+def _settle_error(task: Task, message: Any, exc: Exception, attempts: int, mode: str) -> str:
     """Dead-letter a ticket whose error no retry can cure. Nothing escapes from here: an
     exception out of the task would ack the message and lose its tickets."""
     if isinstance(exc, PermanentError | FatalError | ValueError):
-        return _dead_letter(task, message, exc, attempts, "")
+        return _dead_letter(task, message, exc, attempts, "", mode)
     # A bug, not the ticket's fault; dead-lettered with the traceback logged, for a re-drive.
     logger.error("unexpected error triaging %s", _key_text(message), exc_info=exc)
-    return _dead_letter(task, message, exc, attempts, "unexpected error: ")
+    return _dead_letter(task, message, exc, attempts, "unexpected error: ", mode)
 
 
-def _dead_letter(task: Task, message: Any, exc: BaseException, attempts: int, prefix: str) -> str:
+def _dead_letter(
+    task: Task, message: Any, exc: BaseException, attempts: int, prefix: str, mode: str
+) -> str:
     key = _key(message)
     reason = f"{prefix}{exc}"
     logger.error("ticket %s failed permanently (%s): %s", key, type(exc).__name__, reason)
@@ -162,18 +165,37 @@ def _dead_letter(task: Task, message: Any, exc: BaseException, attempts: int, pr
                 reason=reason,
                 attempts=attempts,
                 payload=message if isinstance(message, dict) else {"raw": repr(message)},
+                # `triage redrive` re-publishes with this mode: history stays history.
+                mode=mode if mode in ("route", "backfill") else "route",
             )
             session.commit()
     except Exception as db_exc:
         # The failure row is the ticket's last trace: never ack without it. The database is
         # what failed, so try again later, for as long as it takes.
         logger.error("could not record the failure of %s: %s; retrying", key, db_exc)
-        raise task.retry(
-            exc=db_exc,
-            countdown=backoff_s(task.request.retries, get_runtime().settings.retry_backoff_max_s),
+        _retry(
+            task,
+            db_exc,
+            backoff_s(task.request.retries, get_runtime().settings.retry_backoff_max_s),
             max_retries=None,
-        ) from db_exc
+        )
     return "failed"
+
+
+def _retry(task: Task, exc: BaseException, countdown: float, **options: Any) -> NoReturn:
+    """Task.retry, except that a retry which cannot be published never drops the message.
+
+    Celery publishes the retry as a new message, and if that publish fails (Redis down or
+    restarting) it rejects the original WITHOUT requeue: the ticket would be gone (measured:
+    a batch of 16 lost in tests/faults/test_redis.py). Requeue it instead; if Redis is still
+    unreachable the reject fails too and the message stays unacked, so the visibility
+    timeout brings it back.
+    """
+    try:
+        raise task.retry(exc=exc, countdown=countdown, **options)
+    except Reject as rejected:
+        logger.warning("could not publish the retry (%s); requeueing the message", rejected.reason)
+        raise Reject(rejected.reason, requeue=True) from exc
 
 
 def _key(message: Any) -> TicketKey:
