@@ -75,10 +75,12 @@ class FaultEnv:
         self.proxies.append(p)
         return p
 
-    def publish(self, settings: Settings, tickets: list[Ticket]) -> list[TicketKey]:
+    def publish(
+        self, settings: Settings, tickets: list[Ticket], per_message: int = 1
+    ) -> list[TicketKey]:
         app = create_app(settings)
         try:
-            sent = [t.key for t in publish(app, tickets)]
+            sent = [t.key for t in publish(app, tickets, per_message=per_message)]
         finally:
             app.close()
         assert len(sent) == len(tickets)

@@ -34,12 +34,14 @@ RECOVERY_BOUND_S = 120
 
 
 @pytest.mark.timeout(scale(300, 1800))
+# 1: one ticket per message (webhooks); 32: grouped messages (file ingest's default).
+@pytest.mark.parametrize("per_message", [1, 32])
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(
-    fault_env: FaultEnv, start_worker: StartWorker
+    fault_env: FaultEnv, start_worker: StartWorker, per_message: int
 ) -> None:
     settings = fault_env.settings()
     tickets = make_tickets(N_TICKETS)
-    sent = fault_env.publish(settings, tickets)
+    sent = fault_env.publish(settings, tickets, per_message)
     rng = random.Random(20261127)
     # Random kill points spread over the run (by tickets done), each shifted by a random
     # fraction of a batch: mid-embedding, mid-write, between the SQL write and the ack.
@@ -77,7 +79,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     result = tally(fault_env.engine, sent)
     vectors = fault_env.chroma.count(settings.chroma_collection)
     report(
-        "worker SIGKILL",
+        "worker SIGKILL" + ("" if per_message == 1 else f", {per_message} tickets per message"),
         result,
         recovery_s,
         kills=N_KILLS,
