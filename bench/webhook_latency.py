@@ -70,6 +70,7 @@ def main() -> None:
             TRIAGE_QUEUE=f"latency-{uuid.uuid4().hex[:8]}",
             TRIAGE_WEBHOOK_SECRETS=json.dumps({"github": [SECRET]}),
             TRIAGE_LOG_LEVEL="WARNING",
+            TRIAGE_ENV="development",  # its signing secret is a short fixed string
         )
         engine = db.make_engine(env["TRIAGE_DATABASE_URL"])
         migrate.upgrade(engine)

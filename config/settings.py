@@ -11,13 +11,69 @@ Nothing here is read at import time: entry points (CLI, Celery app, tests) call
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TRIAGE_"
+
+# Fields whose values are secrets: never shown by repr(), str() or a validation error.
+SECRET_FIELDS = frozenset({"webhook_secrets", "api_tokens"})
+# URL fields that may carry a password (user:password@host): shown with it masked.
+URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url"})
+# Shortest signing secret or bearer token accepted outside development: 16 random
+# characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
+MIN_SECRET_CHARS = 16
+# Values that ship in documentation and examples (this README, docker-compose, vendors'
+# docs) or are guessed first. Compared case-insensitively, ignoring - and _.
+WEAK_SECRETS = frozenset(
+    {
+        "changeme",
+        "secret",
+        "password",
+        "passwd",
+        "admin",
+        "default",
+        "example",
+        "test",
+        "testsecret",
+        "token",
+        "demo",
+        "12345678",
+        "123456",
+        "letmein",
+        "postgres",
+        "triage",
+        "mysecret",
+        "yoursecret",
+        "supersecret",
+        "webhooksecret",
+        "benchsecret",
+        "rotatednewsecret",
+    }
+)
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", url)
+
+
+def _weak(secret: str) -> str | None:
+    """Why this secret must not be used outside development, or None."""
+    folded = re.sub(r"[-_\s]", "", secret.lower())
+    if folded in WEAK_SECRETS or "changeme" in folded:
+        return "is a well-known default or example value"
+    if "<" in secret and ">" in secret:
+        return "is a placeholder from the documentation"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    return None
 
 
 class SettingsError(Exception):
@@ -32,6 +88,10 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
     )
+
+    # `production` (the default: safest when nobody says) refuses short, default and example
+    # secrets; `development` accepts them, for tests and local trials.
+    env: Literal["development", "production"] = "production"
 
     # --- services ---------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and lock")
@@ -73,6 +133,12 @@ class Settings(BaseSettings):
     # Language-coverage guard: a ticket with a larger share of tokens unknown to the model
     # is routed `manual`, never matched on noise (worker/coverage.py has the measurements).
     max_unknown_ratio: float = Field(0.3, ge=0.0, le=1.0)
+    # Hybrid ranking (worker/hybrid.py): weight of the dense score when fused with BM25 over
+    # a pool of the best candidates by each. Measured by `triage evaluate` (QUALITY.md):
+    # 0.7 with a pool of 20 lifts Recall@10 on GitBugs SeaMonkey 0.853 -> 0.893. 1 turns
+    # the lexical index off (dense ranking only; no BM25 index held in memory).
+    hybrid_alpha: float = Field(0.7, ge=0.0, le=1.0)
+    hybrid_pool: int = Field(20, ge=1, le=1000)
 
     # --- batching and delivery ----------------------------------------------------------
     # 32 short tickets embed in ~0.13 s locally: big enough to amortise the call, small
@@ -109,6 +175,19 @@ class Settings(BaseSettings):
     # How long a delivery id is remembered, so a redelivered webhook adds no second ticket
     # (GitHub allows manual redelivery for 3 days).
     dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # Backpressure: above this many messages waiting (the queue plus messages workers hold
+    # unacked, e.g. retries waiting out an embedding outage), webhooks answer 503 with
+    # Retry-After and `triage ingest` waits. A message is ~1-3 KB in Redis, so the default
+    # bounds the backlog to a few hundred MB while covering hours of a helpdesk's traffic.
+    max_queue_depth: int = Field(100_000, ge=1)
+    # Deepest JSON nesting accepted: vendor payloads nest < 10 levels; json.loads itself
+    # fails with a RecursionError near 1,000, so refuse long before that.
+    max_json_depth: int = Field(32, ge=2, le=500)
+    # Rate limit per source (per helpdesk on /v1/hooks, per bearer token elsewhere), shared
+    # by every `triage serve` process through Redis: a sustained rate (requests per second;
+    # 0 = off) and the burst allowed on top of it.
+    rate_limit_per_s: float = Field(50.0, ge=0)
+    rate_limit_burst: int = Field(200, ge=1)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
@@ -125,7 +204,41 @@ class Settings(BaseSettings):
                 "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "
                 "waits inside the worker unacked and would otherwise be redelivered twice"
             )
+        if self.env == "production":
+            self._refuse_weak_secrets()
         return self
+
+    def _refuse_weak_secrets(self) -> None:
+        problems = []
+        for vendor, secrets in self.webhook_secrets.items():
+            for i, secret in enumerate(secrets):
+                why = _weak(secret)
+                if why:
+                    problems.append(f"TRIAGE_WEBHOOK_SECRETS: secret {i + 1} of {vendor!r} {why}")
+        for i, token in enumerate(self.api_tokens):
+            why = _weak(token)
+            if why:
+                problems.append(f"TRIAGE_API_TOKENS: token {i + 1} {why}")
+        for name in ("database_url", "redis_url"):
+            match = _URL_PASSWORD.search(getattr(self, name))
+            if match and match.group(2) and _weak(match.group(2)):
+                problems.append(f"TRIAGE_{name.upper()}: the password {_weak(match.group(2))}")
+        if problems:
+            raise ValueError(
+                "; ".join(problems)
+                + " (refused because TRIAGE_ENV=production; use long random values, or set "
+                "TRIAGE_ENV=development for local trials)"
+            )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Settings get printed in tracebacks, debuggers and logs: never with the secrets.
+        for name, value in super().__repr_args__():
+            if name in SECRET_FIELDS and isinstance(value, dict):
+                yield name, {k if name == "webhook_secrets" else "***": "***" for k in value}
+            elif name in URL_FIELDS and isinstance(value, str):
+                yield name, mask_url(value)
+            else:
+                yield name, value
 
     @property
     def uses_chroma_server(self) -> bool:
@@ -138,7 +251,8 @@ def _describe(error: ValidationError) -> str:
         loc = [str(part) for part in err["loc"]]
         name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
         value = err.get("input")
-        shown = "" if loc == [] or isinstance(value, dict) else f" (got {value!r})"
+        secret = bool(loc) and loc[0] in SECRET_FIELDS | URL_FIELDS
+        shown = "" if loc == [] or secret or isinstance(value, dict) else f" (got {value!r})"
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}{shown}" if loc else message)
     return "invalid settings:\n  " + "\n  ".join(lines)

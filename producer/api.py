@@ -11,8 +11,9 @@
 Every answer is JSON with a ``detail`` that names the problem: 400/422 for malformed input
 (the field named), 401 for a missing or wrong signature or token, 403 for a token without
 the scope, 413 for a body over TRIAGE_MAX_BODY_BYTES, 415 for a content type other than
-JSON, 503 with Retry-After when Redis is unreachable. 202 only once the ticket is on the
-queue. Never a stack trace.
+JSON, 429 with Retry-After over a source's rate limit (TRIAGE_RATE_LIMIT_PER_S), 503 with
+Retry-After when Redis is unreachable or the backlog is at TRIAGE_MAX_QUEUE_DEPTH. 202 only
+once the ticket is on the queue. Never a stack trace.
 """
 
 import hmac
@@ -36,6 +37,7 @@ from config.settings import Settings
 from producer import readapi
 from producer.dashboard import mount_dashboard
 from producer.enqueue import BrokerUnavailable
+from producer.guards import QueueGate, RateLimiter, json_depth, token_source
 from producer.intake import Intake
 from producer.metrics import Metrics
 from producer.webhooks import (
@@ -98,12 +100,21 @@ def create_api(settings: Settings) -> FastAPI:
         create_celery(settings), client, queue=settings.queue, dedupe_ttl_s=settings.dedupe_ttl_s
     )
     metrics = Metrics(engine, intake)
+    gate = QueueGate(client, settings.queue, settings.max_queue_depth)
+    # Namespaced by queue: deployments (or tests) sharing one Redis keep separate budgets.
+    limiter = RateLimiter(
+        client,
+        namespace=settings.queue,
+        rate=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+    )
     api = FastAPI(
         title="ticket-triage",
         version="0.1.0",
         description="Signed helpdesk webhooks in; duplicate / suggest / manual decisions out.",
     )
     api.state.settings, api.state.engine, api.state.intake = settings, engine, intake
+    api.state.gate = gate
 
     # --- errors: every one a JSON answer naming the problem ------------------------------
 
@@ -149,9 +160,23 @@ def create_api(settings: Settings) -> FastAPI:
                 raise ApiError(401, "invalid bearer token", {"WWW-Authenticate": "Bearer"})
             if scope not in scopes:
                 raise ApiError(403, f"this token lacks the {scope!r} scope")
+            limit(token_source(token), "this token")
             return token
 
         return check
+
+    def limit(source: str, who: str) -> None:
+        verdict = limiter.check(source)
+        if not verdict.allowed:
+            metrics.rejected(
+                source.removeprefix("hook:") if "hook:" in source else "api", "rate_limited"
+            )
+            raise ApiError(
+                429,
+                f"rate limit of {who} exceeded ({settings.rate_limit_per_s:g}/s, burst "
+                f"{settings.rate_limit_burst}): retry in {verdict.retry_after_s} s",
+                {"Retry-After": str(verdict.retry_after_s)},
+            )
 
     # --- body reading shared by the ingest endpoints --------------------------------------
 
@@ -174,6 +199,15 @@ def create_api(settings: Settings) -> FastAPI:
         return b"".join(chunks)
 
     def parse_json(raw: bytes, source: str) -> Any:
+        # Before json.loads: it recurses per level and fails near 1,000 with RecursionError.
+        depth = json_depth(raw)
+        if depth > settings.max_json_depth:
+            metrics.rejected(source, "too_deep")
+            raise ApiError(
+                400,
+                f"body is nested {depth} levels deep; at most {settings.max_json_depth} "
+                "(TRIAGE_MAX_JSON_DEPTH)",
+            )
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -188,6 +222,15 @@ def create_api(settings: Settings) -> FastAPI:
             ) from None
 
     async def enqueue(tickets: list[Ticket], source: str, delivery_id: str | None) -> JSONResponse:
+        backlog = await run_in_threadpool(gate.full)
+        if backlog is not None:
+            metrics.rejected(source, "queue_full")
+            logger.warning("backlog %d >= TRIAGE_MAX_QUEUE_DEPTH: refusing %s", backlog, source)
+            raise ApiError(
+                503,
+                f"{backlog} tickets are waiting (limit {settings.max_queue_depth}): retry later",
+                {"Retry-After": RETRY_AFTER_S},
+            )
         try:
             accepted = await run_in_threadpool(intake.accept, tickets, delivery_id=delivery_id)
         except BrokerUnavailable as exc:
@@ -228,7 +271,7 @@ def create_api(settings: Settings) -> FastAPI:
                 },
             }
         },
-        responses={400: {}, 401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+        responses={400: {}, 401: {}, 403: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
     )
     async def ingest_tickets(
         request: Request, _: Annotated[str, Depends(require("ingest"))]
@@ -287,6 +330,9 @@ def create_api(settings: Settings) -> FastAPI:
             except SignatureError as exc:
                 metrics.rejected(vendor, "signature")
                 raise ApiError(401, str(exc)) from None
+            # After the signature: forged requests cannot spend a helpdesk's budget. In a
+            # thread: a Redis call must not hold the event loop.
+            await run_in_threadpool(limit, f"hook:{vendor}", f"the {vendor} webhook")
             payload = parse_json(raw, vendor)
             try:
                 delivery = adapt(vendor, payload, request.headers, received_at=datetime.now(UTC))
@@ -321,7 +367,7 @@ def create_api(settings: Settings) -> FastAPI:
             tags=["webhooks"],
             status_code=202,
             response_model=IngestOut,
-            responses={200: {}, 400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+            responses={200: {}, 400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 429: {}, 503: {}},
             openapi_extra={
                 "requestBody": {
                     "required": True,

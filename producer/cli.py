@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from config.settings import Settings, SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings, mask_url
 
 logger = logging.getLogger("triage")
 
@@ -99,15 +99,45 @@ def serve(host: str, port: int) -> None:
     default=None,
     help="Default: from the file name.",
 )
+@click.option(
+    "--per-message",
+    type=click.IntRange(min=1, max=1024),
+    default=None,
+    help="Tickets carried by one queue message (default: TRIAGE_BATCH_SIZE; 1 = one each).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(file: Path, backfill: bool, source: str | None, fmt: str | None, quiet: bool) -> None:
+@click.option(
+    "--max-wait",
+    default=3600,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait, in all, while the queue is at TRIAGE_MAX_QUEUE_DEPTH.",
+)
+def ingest(
+    file: Path,
+    backfill: bool,
+    source: str | None,
+    fmt: str | None,
+    per_message: int | None,
+    quiet: bool,
+    max_wait: float,
+) -> None:
     """Enqueue the tickets of a CSV or JSONL FILE for triage.
 
-    Bad rows are reported with their line number; the others still go in.
+    Bad rows are reported with their line number; the others still go in. Tickets travel
+    in groups (--per-message): each still ends as its own decision or failure row. While
+    the backlog is at TRIAGE_MAX_QUEUE_DEPTH the import pauses until workers drain it.
     """
     settings = _settings()
     summary = ingest_file(
-        settings, file, backfill=backfill, source=source, fmt=fmt, progress=not quiet
+        settings,
+        file,
+        backfill=backfill,
+        source=source,
+        fmt=fmt,
+        progress=not quiet,
+        per_message=per_message,
+        max_wait_s=max_wait,
     )
     if summary["enqueued"] == 0 and summary["rejected"]:
         sys.exit(1)
@@ -121,11 +151,15 @@ def ingest_file(
     source: str | None = None,
     fmt: str | None = None,
     progress: bool = True,
+    per_message: int | None = None,
+    max_wait_s: float = 3600,
 ) -> dict[str, int]:
+    import redis
     from tqdm import tqdm
 
     from config.celery_app import create_app
-    from producer.enqueue import BrokerUnavailable, publish
+    from producer.enqueue import PUBLISH_BATCH, BrokerUnavailable, publish
+    from producer.guards import QueueFull, QueueGate, wait_for_room
     from producer.importer import RowError, detect_format, read_tickets
     from worker.tickets import Ticket
 
@@ -143,19 +177,56 @@ def ingest_file(
             else:
                 yield row
 
+    per_message = per_message or settings.batch_size
+    gate = QueueGate(
+        redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+        settings.queue,
+        # The limit counts messages; each of ours carries per_message tickets, so the
+        # backlog we wait on stays about TRIAGE_MAX_QUEUE_DEPTH tickets.
+        max(1, settings.max_queue_depth // per_message),
+        cache_s=0,
+    )
+
+    def waiting(depth: int) -> None:
+        tqdm.write(
+            f"triage ingest: {depth} messages waiting (TRIAGE_MAX_QUEUE_DEPTH="
+            f"{settings.max_queue_depth}); pausing until the workers catch up",
+            file=sys.stderr,
+        )
+
+    def with_backpressure(rows: Any) -> Any:
+        # Looked at once per publish batch: the batch before it has been flushed by then.
+        for i, row in enumerate(rows):
+            if i % PUBLISH_BATCH == 0:
+                try:
+                    wait_for_room(gate, max_wait_s=max_wait_s, on_wait=waiting)
+                except redis.RedisError as exc:
+                    where = mask_url(settings.redis_url)
+                    raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
+            yield row
+
     app = create_app(settings)
     sent = 0
     bar = tqdm(desc="enqueue", unit="ticket", disable=not progress, file=sys.stderr)
     try:
         ticket: Ticket
-        for ticket in publish(app, good_rows(), mode="backfill" if backfill else "route"):
+        for ticket in publish(
+            app,
+            with_backpressure(good_rows()),
+            mode="backfill" if backfill else "route",
+            per_message=per_message,
+        ):
             del ticket
             sent += 1
             bar.update(1)
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, QueueFull) as exc:
         bar.close()
         click.echo(f"triage ingest: {exc}", err=True)
-        click.echo(f"  enqueued before the error: {sent}", err=True)
+        click.echo(
+            f"  enqueued before the error: {sent}; running the same file again is safe "
+            "(a ticket already decided is not decided twice)",
+            err=True,
+        )
         sys.exit(1)
     finally:
         bar.close()

@@ -1,13 +1,16 @@
-"""Put tickets on the Redis queue: one Celery message per ticket, pipelined.
+"""Put tickets on the Redis queue, pipelined: one Celery message per ticket (webhooks), or
+one per group of tickets for file ingest (``per_message``), where the broker's per-message
+cost would otherwise be a quarter of the worker's CPU (BENCHMARKS.md).
 
-Messages name the task (``triage.ticket``) instead of importing it, so producers never
-load the worker's model or clients.
+Messages name the task (``triage.ticket`` / ``triage.tickets``) instead of importing it, so
+producers never load the worker's model or clients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from itertools import islice
+from typing import Any, Literal
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -15,6 +18,7 @@ from kombu.exceptions import OperationalError
 from worker.tickets import Ticket
 
 TASK_NAME = "triage.ticket"
+MANY_TASK_NAME = "triage.tickets"
 # kombu 5.7's Producer.batch pipelines publishes: ≈2,100 vs ≈850 messages/s one by one
 # (../shared/reference/celery-redis.md §4).
 PUBLISH_BATCH = 500
@@ -31,22 +35,40 @@ def publish(
     mode: Literal["route", "backfill"] = "route",
     queue: str | None = None,
     retry_policy: dict[str, float] | None = None,
+    per_message: int = 1,
 ) -> Iterator[Ticket]:
-    """Publish each ticket; yield it once it is handed to the broker (for progress)."""
+    """Publish the tickets, ``per_message`` to a message; yield each once it is handed to
+    the broker (for progress)."""
+
+    def batched(items: Iterable[Ticket], n: int) -> Iterator[list[Ticket]]:  # itertools' in 3.12
+        it = iter(items)
+        while group := list(islice(it, n)):
+            yield group
+
+    if per_message < 1:
+        raise ValueError(f"per_message must be at least 1, not {per_message}")
     queue = queue or app.conf.task_default_queue
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-            for ticket in tickets:
+            for group in batched(tickets, per_message):
+                first = group[0]
+                # The task id names the (first) ticket: Flower and logs show which it is.
+                task_id = f"{first.key.as_id()}:{first.received_at.timestamp():.6f}"
+                args: list[Any]
+                if per_message == 1:
+                    name, args = TASK_NAME, [first.to_message(), mode]
+                else:
+                    name, args = MANY_TASK_NAME, [[t.to_message() for t in group], mode]
+                    task_id += f"+{len(group) - 1}"
                 app.send_task(
-                    TASK_NAME,
-                    args=[ticket.to_message(), mode],
+                    name,
+                    args=args,
                     queue=queue,
                     producer=producer,
-                    # The task id is the ticket key: Flower and logs show which ticket it is.
-                    task_id=f"{ticket.key.as_id()}:{ticket.received_at.timestamp():.6f}",
+                    task_id=task_id,
                     retry=True,
                     retry_policy=retry_policy,
                 )
-                yield ticket
+                yield from group
     except (OperationalError, OSError) as exc:
         raise BrokerUnavailable(f"cannot publish to Redis at {app.conf.broker_url}: {exc}") from exc

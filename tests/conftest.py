@@ -120,6 +120,8 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
             "redis_url": redis_url,
             "chroma_path": tmp_path / "chroma",
             "batch_wait_ms": 100,
+            # Tests use short, readable tokens and secrets, which production refuses.
+            "env": "development",
         }
         base.update(overrides)
         return load_settings(**base)

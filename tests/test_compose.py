@@ -143,6 +143,46 @@ def test_redis_appends_to_a_volume(services: dict[str, dict[str, Any]]) -> None:
     assert argv[argv.index("--appendonly") + 1] == "yes"
     mounts = [str(v).split(":")[1] for v in redis.get("volumes", []) if ":" in str(v)]
     assert "/data" in mounts, "the AOF file must live on a volume (/data)"
+    assert argv[argv.index("--appendfsync") + 1] == "everysec"
+
+
+def _option(argv: list[str], name: str) -> str:
+    assert name in argv, f"redis command has no {name}: {argv}"
+    return argv[argv.index(name) + 1]
+
+
+_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _bytes(size: str) -> int:
+    text = str(size).lower().removesuffix("b")
+    return int(float(text[:-1]) * _UNITS[text[-1]]) if text[-1] in _UNITS else int(text)
+
+
+def test_redis_refuses_writes_rather_than_evicting_tickets(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Any other policy may evict queued messages (lost tickets) when memory runs out; and
+    # maxmemory must sit below the container limit, or the kernel kills Redis first.
+    argv = _argv(services["redis"]["command"])
+    assert _option(argv, "--maxmemory-policy") == "noeviction"
+    limit = services["redis"]["deploy"]["resources"]["limits"]["memory"]
+    assert _bytes(_option(argv, "--maxmemory")) < _bytes(limit)
+
+
+def test_every_service_has_cpu_and_memory_limits(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in sorted(services.items()):
+        limits = ((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        assert float(limits.get("cpus", 0)) > 0, f"{name} has no CPU limit"
+        assert _bytes(limits.get("memory", "0")) >= 128 * 1024**2, f"{name}: memory limit"
+    assert _bytes(services["worker"]["deploy"]["resources"]["limits"]["memory"]) >= 1024**3
+
+
+def test_app_services_run_in_production_mode(services: dict[str, dict[str, Any]]) -> None:
+    # production refuses example secrets (the README's `change-me`) at start
+    for name in sorted(APP_SERVICES):
+        assert _env(services[name]).get("TRIAGE_ENV") == "production", name
+        assert "no-new-privileges:true" in services[name].get("security_opt", []), name
 
 
 def test_every_long_running_service_has_a_healthcheck(
@@ -268,6 +308,27 @@ def test_data_services_sit_on_internal_networks_only(compose: dict[str, Any]) ->
         for net in _networks(compose["services"][name]):
             spec = networks.get(net) or {}
             assert spec.get("internal") is True, f"{name} is on non-internal network {net!r}"
+
+
+def test_only_the_http_api_is_reachable_from_outside(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    internal = {
+        n for n, spec in (compose.get("networks") or {}).items() if (spec or {}).get("internal")
+    }
+    # Redis, Chroma, PostgreSQL and Ollama: on the internal network, no port published or
+    # exposed. (Ollama is also on `edge`, for its model download only: no port there.)
+    for name in sorted(DATA_SERVICES | {"ollama"}):
+        svc = services[name]
+        assert set(_networks(svc)) & internal, f"{name} is not on an internal network"
+        assert not svc.get("ports") and not svc.get("expose"), f"{name} publishes a port"
+        assert svc.get("network_mode") is None, f"{name} uses network_mode"
+    world = [
+        (name, str(p))
+        for name, svc in services.items()
+        for p in svc.get("ports", [])
+        if not str(p).startswith("127.0.0.1:")
+    ]
+    assert world == [("producer", "8000:8000")], world
 
 
 def test_flower_watches_the_same_broker(services: dict[str, dict[str, Any]]) -> None:

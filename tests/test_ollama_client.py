@@ -602,3 +602,20 @@ def test_close_leaves_a_callers_session_open(ollama: FakeOllama) -> None:
         client.close()
         client.embed(["a"])  # still usable: the session belongs to the caller
         assert len(ollama.requests) == 1
+
+
+def test_a_password_in_the_ollama_url_never_reaches_errors_or_logs(
+    make_client: MakeClient, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reverse proxy with basic auth in front of Ollama: the URL carries a password.
+    url = ollama.url.replace("http://", "http://triage:s3cret-proxy-pass@")
+    client = make_client(base_url=url)
+    ollama.push(Fault(body=b'{"embeddings": "not a list"}'))
+    with caplog.at_level(logging.DEBUG), pytest.raises(EmbedderProtocolError) as failed:
+        client.embed(["hello"])
+    assert "s3cret-proxy-pass" not in str(failed.value)
+    assert "s3cret-proxy-pass" not in caplog.text
+    assert "s3cret-proxy-pass" not in json.dumps(client.describe())
+    with pytest.raises(ValueError) as bad:
+        OllamaEmbedder(base_url="ftp://u:s3cret-proxy-pass@host:1", model="all-minilm")
+    assert "s3cret-proxy-pass" not in str(bad.value)

@@ -159,3 +159,34 @@ def test_poison_ticket_fails_alone_and_its_batch_mates_are_decided(
         routes = {d.ticket_id: d.route for d in s.scalars(select(db.DecisionRow))}
     engine.dispose()
     assert routes == {"G1": "manual", "G2": "duplicate"}
+
+
+def test_a_grouped_message_retries_only_its_tickets_that_met_a_transient_error(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ollama: FakeOllama,
+    tmp_path: Path,
+) -> None:
+    # Four tickets in one message, batches of two: the first batch's embedding call meets
+    # four busy answers (all of the client's own attempts), the second batch goes through.
+    settings = _settings(make_settings, sqlite_url, queue_name, ollama, batch_size=2)
+    worker = start_worker(settings)
+    before = len(ollama.calls())
+    ollama.push(*[Fault.busy()] * 4)
+    f = tmp_path / "four.csv"
+    f.write_text(
+        "id,content\n"
+        "A1,The invoice PDF download button does nothing in Firefox\n"
+        "A2,Password reset emails never arrive\n"
+        "A3,The mobile app crashes when I open settings\n"
+        "A4,Dark mode makes the table headers unreadable\n"
+    )
+    ingest(settings, f, "--per-message", "4")
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 4, 90, "all four decisions")
+    assert "2 ticket(s), first e2e:A1" in worker.log()
+    inputs = [len(r.body["input"]) for r in ollama.calls()[before:] if r.body]
+    # 4 busy attempts of batch 1, batch 2, then the retry carrying batch 1's two tickets only.
+    assert inputs == [2, 2, 2, 2, 2, 2], inputs
+    assert _failures(sqlite_url) == []

@@ -14,7 +14,7 @@ from worker import db
 from worker.embedding import Embedder, Vectors
 from worker.embedding.local import LocalEmbedder
 from worker.errors import EmbeddingRejected
-from worker.pipeline import Services, WorkItem, triage_batch
+from worker.pipeline import Services, VectorCache, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.store import VectorStore
 from worker.tickets import Ticket, TicketKey
@@ -306,3 +306,19 @@ def test_malformed_html_does_not_fail_the_batch(services: Services) -> None:
     odd = t("h1", "<p>The export page</p><![foo[ crashes with a blank screen")
     res = triage_batch([WorkItem(t("1", CRASH)), WorkItem(odd), WorkItem(t("3", CRASH2))], services)
     assert [r.status for r in res] == ["manual", "manual", "duplicate"]
+
+
+def test_vector_cache_spares_the_model_a_text_it_has_embedded(services: Services) -> None:
+    services.vector_cache = VectorCache(max_entries=2)
+    triage_batch([WorkItem(t("1", CRASH, subject="Login")), WorkItem(t("2", REFUND))], services)
+    # The same subject and body under another key (a helpdesk sending it twice): no call.
+    [again] = triage_batch([WorkItem(t("3", CRASH, subject="Login"))], services)
+    assert services.embedder.calls == [3]  # type: ignore[attr-defined]  # 2 texts + 1 subject
+    assert again.status == "duplicate" and again.outcome is not None
+    assert again.outcome.score == pytest.approx(1.0, abs=1e-5)
+    # Another subject is another vector; the cache holds 2, least recently used out.
+    triage_batch([WorkItem(t("4", CRASH, subject="Other")), WorkItem(t("5", SHIPPING))], services)
+    assert services.embedder.calls == [3, 3]  # type: ignore[attr-defined]
+    triage_batch([WorkItem(t("6", REFUND))], services)  # evicted: embedded again
+    assert services.embedder.calls == [3, 3, 1]  # type: ignore[attr-defined]
+    assert services.vector_cache.hits == 1

@@ -74,3 +74,13 @@ def test_top_k_caps_and_orders_matches() -> None:
     out = decide([k("q")], vecs, stored, decide_mask=[True], thresholds=TH, top_k=2)
     assert out[0] is not None
     assert [m.score for m in out[0].matches] == [0.9, 0.7]
+
+
+def test_route_shown_merges_only_into_the_top_ranked_match() -> None:
+    t = Thresholds(0.85, 0.70)
+    assert t.route_shown([]) == ("manual", None)
+    assert t.route_shown([0.9, 0.95]) == ("duplicate", 0.9)
+    assert t.route_shown([0.6, 0.9]) == ("suggest", 0.9)  # a closer match ranked lower
+    assert t.route_shown([0.6, 0.65]) == ("manual", 0.65)
+    for top in (0.1, 0.72, 0.86):  # dense ranking: the same as routing the top cosine
+        assert t.route_shown([top, top - 0.05]) == (t.route(top), top)

@@ -85,10 +85,12 @@ def test_worker_triages_a_file_once_and_only_once(
     )
     wait_for(lambda: "batch of 12: 12 decided" in worker.log(), 30, "the batch log line")
 
-    # The same file again: no new row, nothing re-decided, nobody matched with itself.
-    ingest(settings, TICKETS)
+    # The same file again, one ticket per message this time: no new row, nothing
+    # re-decided, nobody matched with itself.
+    ingest(settings, TICKETS, "--per-message", "1")
     wait_for(lambda: "unchanged" in worker.log(), 60, "the redelivered tickets")
-    wait_for(lambda: worker.log().count("succeeded") >= 2 * N_TICKETS, 60, "all tasks")
+    # The file went as one message of 12 the first time, as 12 messages the second.
+    wait_for(lambda: worker.log().count("succeeded") >= 1 + N_TICKETS, 60, "all tasks")
     second = decisions(database_url)
     assert n_rows(database_url, db.DecisionRow) == N_TICKETS
     assert n_rows(database_url, db.TicketRow) == N_TICKETS
@@ -150,3 +152,36 @@ def test_worker_refuses_a_bad_thresholds_file(
     )
     assert worker.wait_exit() == 1
     assert "TRIAGE_THRESHOLDS_FILE" in worker.log() and "suggest" in worker.log()
+
+
+def test_a_bad_ticket_in_a_grouped_message_fails_alone(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    from config.celery_app import create_app
+    from producer.enqueue import MANY_TASK_NAME
+    from worker.tickets import Ticket
+
+    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    start_worker(settings)
+    good = [
+        Ticket(source="grp", ticket_id=f"G{i}", body=f"Ticket number {i} about the login page")
+        for i in range(3)
+    ]
+    # A producer bug, not a user's row: the importer would have refused it.
+    bad = {"source": "grp", "ticket_id": "BAD", "body": 42}
+    messages = [good[0].to_message(), bad, good[1].to_message(), good[2].to_message()]
+    create_app(settings).send_task(MANY_TASK_NAME, args=[messages, "route"], queue=queue_name)
+    wait_for(
+        lambda: n_rows(sqlite_url, db.DecisionRow) == 3 and n_rows(sqlite_url, db.FailureRow) == 1,
+        60,
+        "three decisions and one failure",
+    )
+    assert set(decisions(sqlite_url)) == {"G0", "G1", "G2"}
+    engine = db.make_engine(sqlite_url)
+    with Session(engine) as s:
+        (failure,) = s.scalars(select(db.FailureRow))
+    engine.dispose()
+    assert failure.ticket_id == "BAD" and failure.payload == bad

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,37 @@ Result = TypeVar("Result")
 
 
 class Batcher(Generic[Item, Result]):
+    """Collects items into batches and runs ``process`` on each, in arrival order.
+
+    With ``finish``, processing has two stages run by two threads: ``process`` (stage 1,
+    here: text preparation and embedding) hands its output to ``finish`` (stage 2: the
+    critical section with the stores). Stage 1 of the next batch then runs while stage 2
+    of the current one does, so the model and the stores overlap instead of taking turns;
+    batches still finish one at a time, in order, so decisions stay sequential.
+    """
+
     def __init__(
         self,
-        process: Callable[[Sequence[Item]], Sequence[Result]],
+        process: Callable[[Sequence[Item]], Any],
         *,
         max_size: int,
         max_wait_s: float,
         name: str = "batcher",
+        finish: Callable[[Any], Sequence[Result]] | None = None,
     ) -> None:
         self._process = process
+        self._finish = finish
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._inbox: queue.SimpleQueue[tuple[Item, Future[Result]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # One prepared batch at most waits for stage 2: more would only hold vectors longer.
+        self._handoff: queue.Queue[tuple[list[tuple[Item, Future[Result]]], Any] | None] = (
+            queue.Queue(maxsize=1)
+        )
+        self._finisher = threading.Thread(
+            target=self._run_finish, name=f"{name}-finish", daemon=True
+        )
         self._started = False
         self._start_lock = threading.Lock()
         self.batches = 0  # counters for logs and tests
@@ -60,6 +78,8 @@ class Batcher(Generic[Item, Result]):
         with self._start_lock:
             if not self._started:
                 self._thread.start()
+                if self._finish is not None:
+                    self._finisher.start()
                 self._started = True
         fut: Future[Result] = Future()
         self._inbox.put((item, fut))
@@ -69,6 +89,8 @@ class Batcher(Generic[Item, Result]):
         self._inbox.put(None)
         if self._started:
             self._thread.join(timeout=30)
+            if self._finish is not None:
+                self._finisher.join(timeout=30)
 
     def _collect(self) -> list[tuple[Item, Future[Result]]] | None:
         first = self._inbox.get()
@@ -96,19 +118,46 @@ class Batcher(Generic[Item, Result]):
         while True:
             batch = self._collect()
             if batch is None:
+                if self._finish is not None:
+                    self._handoff.put(None)
                 return
             items = [item for item, _ in batch]
             try:
-                results = self._process(items)
-                if len(results) != len(items):
-                    raise RuntimeError(f"batch gave {len(results)} results for {len(items)} items")
+                output = self._process(items)
             except BaseException as exc:  # every waiting task must hear about it
-                logger.warning("batch of %d failed: %s", len(items), exc)
-                for _, fut in batch:
-                    fut.set_exception(exc)
+                self._fail(batch, exc)
                 continue
-            finally:
-                self.batches += 1
-                self.items += len(items)
-            for (_, fut), result in zip(batch, results, strict=True):
-                fut.set_result(result)
+            if self._finish is None:
+                self._deliver(batch, output)
+            else:
+                self._handoff.put((batch, output))
+
+    def _run_finish(self) -> None:
+        assert self._finish is not None
+        while True:
+            handed = self._handoff.get()
+            if handed is None:
+                return
+            batch, prepared = handed
+            try:
+                results = self._finish(prepared)
+            except BaseException as exc:
+                self._fail(batch, exc)
+                continue
+            self._deliver(batch, results)
+
+    def _deliver(self, batch: list[tuple[Item, Future[Result]]], results: Sequence[Result]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        if len(results) != len(batch):
+            self._fail(
+                batch, RuntimeError(f"batch gave {len(results)} results for {len(batch)} items")
+            )
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            fut.set_result(result)
+
+    def _fail(self, batch: list[tuple[Item, Future[Result]]], exc: BaseException) -> None:
+        logger.warning("batch of %d failed: %s", len(batch), exc)
+        for _, fut in batch:
+            fut.set_exception(exc)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -34,6 +35,8 @@ from sqlalchemy.orm import Session
 from worker import db
 from worker.embedding import Embedder, Vectors
 from worker.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
+from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
+from worker.lexical import LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -90,6 +93,13 @@ class Services:
     # Called inside the critical section before the store is read: lets a worker sharing a
     # Chroma server follow a `triage reindex` switch (worker/runtime.py).
     before_decide: Callable[[], None] | None = None
+    # Hybrid ranking (worker/hybrid.py): this process's BM25 index of the stored tickets,
+    # None for dense ranking only.
+    lexical: LexicalIndex | None = None
+    hybrid_alpha: float = DEFAULT_ALPHA
+    hybrid_pool: int = DEFAULT_POOL
+    # Vectors by content (VectorCache below); None: every text is embedded.
+    vector_cache: VectorCache | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -98,6 +108,24 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
     Raises a TransientError (embedder down, store or database unreachable) for the whole
     batch: nothing was written then, or only idempotent writes, so the caller retries.
     """
+    return finish_batch(prepare_batch(items, services), services)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after steps 1-2 (lookup, embedding), waiting for its critical section."""
+
+    items: Sequence[WorkItem]
+    results: dict[int, ItemResult]
+    first_of: dict[TicketKey, int]
+    todo: list[int]
+    texts: dict[int, str]
+    vectors: dict[int, np.ndarray]
+
+
+def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatch:
+    """Steps 1-2, outside the lock: the worker's batcher runs them for the next batch while
+    the previous one is in its critical section (the model and the stores overlap)."""
     results: dict[int, ItemResult] = {}
     first_of: dict[TicketKey, int] = {}
     unique: list[int] = []
@@ -139,16 +167,23 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
     for i, err in rejected.items():
         results[i] = ItemResult("failed", error=err)
     todo = [i for i in needs_vector if i not in rejected]
+    return PreparedBatch(items, results, first_of, todo, texts, vectors)
 
-    if todo:
+
+def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
+    """Step 3: the critical section, then one result per item, in order."""
+    items, results = batch.items, batch.results
+    if batch.todo:
         with services.lock():
             if services.before_decide is not None:
                 services.before_decide()
-            results.update(_decide_and_store(items, todo, texts, vectors, services))
+            results.update(
+                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services)
+            )
 
     for i, item in enumerate(items):
         if i not in results:  # a repeated key: same result as its first occurrence
-            results[i] = results[first_of[item.ticket.key]]
+            results[i] = results[batch.first_of[item.ticket.key]]
     return [results[i] for i in range(len(items))]
 
 
@@ -172,7 +207,52 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
     return Outcome(key, d.route, d.score, matches, canonical, d.reason)  # type: ignore[arg-type]
 
 
+class VectorCache:
+    """The vectors of recently embedded texts, by content: a ticket retried after a
+    transient error (database or store down in its critical section), re-imported under
+    another key, or sent twice by a helpdesk is not embedded again. Per process, bounded,
+    least recently used first out; only ever holds this process's model's vectors."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+
+    @staticmethod
+    def key(text: str, subject: str | None) -> str:
+        return content_hash(f"{subject or ''}\x00{text}")
+
+    def get(self, key: str) -> np.ndarray | None:
+        vector = self._vectors.get(key)
+        if vector is not None:
+            self._vectors.move_to_end(key)
+            self.hits += 1
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        self._vectors[key] = vector
+        self._vectors.move_to_end(key)
+        while len(self._vectors) > self.max_entries:
+            self._vectors.popitem(last=False)
+
+
 def _embed(
+    indices: list[int], texts: dict[int, str], subjects: dict[int, str | None], services: Services
+) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
+    cache = services.vector_cache
+    if cache is None:
+        return _embed_uncached(indices, texts, subjects, services)
+    keys = {i: cache.key(texts[i], subjects[i]) for i in indices}
+    cached = {i: v for i in indices if (v := cache.get(keys[i])) is not None}
+    vectors, rejected = _embed_uncached(
+        [i for i in indices if i not in cached], texts, subjects, services
+    )
+    for i, vector in vectors.items():
+        cache.put(keys[i], vector)
+    return {**cached, **vectors}, rejected
+
+
+def _embed_uncached(
     indices: list[int], texts: dict[int, str], subjects: dict[int, str | None], services: Services
 ) -> tuple[dict[int, np.ndarray], dict[int, TriageError]]:
     if not indices:
@@ -230,8 +310,14 @@ def _decide_and_store(
     )
     routed_vectors = fresh_vectors[np.asarray(to_route, dtype=bool)] if fresh else fresh_vectors
     # +1: a ticket stored as history and now routed finds itself first; it is skipped.
-    stored_iter = iter(services.store.query(routed_vectors, services.top_k + 1))
+    depth = services.top_k + 1
+    if services.lexical is not None:
+        depth = max(depth, services.hybrid_pool + 1)
+    stored_iter = iter(services.store.query(routed_vectors, depth))
     stored = [next(stored_iter) if r else [] for r in to_route]
+    lexical = None
+    if services.lexical is not None:
+        lexical = _lexical_side(items, fresh, to_route, fresh_vectors, stored, services)
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     ratios: list[float | None] = [None] * len(fresh)
     reasons: list[str | None] = [None] * len(fresh)
@@ -246,6 +332,9 @@ def _decide_and_store(
         thresholds=thresholds,
         top_k=services.top_k,
         unreadable=reasons,
+        lexical=lexical,
+        alpha=services.hybrid_alpha,
+        pool=services.hybrid_pool,
     )
 
     now = datetime.now(UTC)
@@ -300,6 +389,56 @@ def _decide_and_store(
         len(repair),
     )
     return results
+
+
+def _lexical_side(
+    items: Sequence[WorkItem],
+    fresh: list[int],
+    to_route: list[bool],
+    vectors: Vectors,
+    stored: list[list[Neighbour]],
+    services: Services,
+) -> list[dict[TicketKey, float]]:
+    """BM25 scores of each routed ticket's candidates; lexical-only candidates join ``stored``.
+
+    The index first catches up with what other workers stored (we hold the decision
+    lock, so nobody writes meanwhile). The batch's tickets then enter it in order, so
+    ticket n is scored against the stored tickets and its earlier batch-mates, as routing
+    compares it. Candidates found only by BM25 get their vector from the store (one call
+    for the batch) and their cosine computed here; one without a vector yet is skipped.
+    """
+    index = services.lexical
+    assert index is not None
+    index.refresh(services.engine)
+    scores_of: list[dict[TicketKey, float]] = []
+    wanted: dict[int, list[TicketKey]] = {}
+    for n, i in enumerate(fresh):
+        ticket = items[i].ticket
+        text = lexical_text(ticket.subject, ticket.body)
+        if to_route[n]:
+            scores = index.scores(text)
+            top = [
+                index.keys[p] for p in index.top(scores, services.hybrid_pool, exclude=ticket.key)
+            ]
+            known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
+            scores_of.append(
+                {
+                    key: float(scores[pos])
+                    for key in known.union(top)
+                    if (pos := index.position(key)) is not None
+                }
+            )
+            wanted[n] = [key for key in top if key not in known]
+        else:
+            scores_of.append({})
+        index.add(ticket.key, text)
+    fetched = services.store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
+    for n, keys in wanted.items():
+        for key in keys:
+            if key in fetched:
+                vector, neighbour = fetched[key]
+                stored[n].append(replace(neighbour, score=float(vector @ vectors[n])))
+    return scores_of
 
 
 def vector_meta(

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
+from config.settings import Settings, mask_url
 from worker import db, migrate
 
 
@@ -96,10 +96,10 @@ def doctor_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
         yield (
             "redis",
             True,
-            f"{settings.redis_url}: redis {info['redis_version']}, queue {settings.queue!r} holds {depth}",
+            f"{mask_url(settings.redis_url)}: redis {info['redis_version']}, queue {settings.queue!r} holds {depth}",
         )
     except Exception as exc:
-        yield "redis", False, f"{settings.redis_url}: {exc}"
+        yield "redis", False, f"{mask_url(settings.redis_url)}: {exc}"
 
     try:
         engine = db.make_engine(settings.database_url)
@@ -118,7 +118,7 @@ def doctor_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
         )
         engine.dispose()
     except Exception as exc:
-        yield "database", False, f"{settings.database_url}: {exc}"
+        yield "database", False, f"{mask_url(settings.database_url)}: {exc}"
 
     from worker.embedding import make_embedder
     from worker.errors import StoreLocked, TriageError

@@ -12,13 +12,14 @@ a possible chain).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from worker.embedding import Vectors
+from worker.hybrid import fuse
 from worker.store import Neighbour
 from worker.tickets import TicketKey
 
@@ -42,6 +43,23 @@ class Thresholds:
         if score >= self.suggest:
             return "suggest"
         return "manual"
+
+    def route_shown(self, scores: Sequence[float]) -> tuple[Route, float | None]:
+        """Route from the cosines of the matches a ticket is shown, best-ranked first.
+
+        ``duplicate`` when the top-ranked match reaches the duplicate threshold: that is
+        the ticket it would be merged into. Otherwise ``suggest`` when any shown match
+        reaches the suggest threshold, since the agent sees it; else ``manual``. The score
+        is the cosine that decided. With dense ranking the top-ranked match is the most
+        similar, so this is ``route(top cosine)``; with hybrid ranking a lexical match may
+        rank above a closer one, and the closer one still earns a suggestion.
+        """
+        if not scores:
+            return "manual", None  # no history yet
+        if scores[0] >= self.duplicate:
+            return "duplicate", scores[0]
+        best = max(scores)
+        return ("suggest" if best >= self.suggest else "manual"), best
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,9 @@ def decide(
     thresholds: Thresholds | Sequence[Thresholds],
     top_k: int,
     unreadable: Sequence[str | None] | None = None,
+    lexical: Sequence[Mapping[TicketKey, float]] | None = None,
+    alpha: float = 1.0,
+    pool: int | None = None,
 ) -> list[Outcome | None]:
     """Decide, in order, every ticket whose ``decide_mask`` is true.
 
@@ -76,6 +97,10 @@ def decide(
     is one pair for all, or one per ticket (per-queue thresholds). ``unreadable[i]``, when
     set, is why ticket i cannot be read by the model: it is routed `manual` with that
     reason, and neither it nor any stored unreadable ticket is ever offered as a match.
+    ``lexical[i]``, when given, holds ticket i's BM25 score of its candidates (stored and
+    earlier in the batch; a missing key scores 0): candidates are then ranked by
+    worker.hybrid.fuse with ``alpha`` over a ``pool``, and the route reads the cosine of the
+    top-ranked one. Matches always carry their cosine.
     Returns one Outcome per decided ticket, None for the others.
     """
     per_ticket = (
@@ -101,9 +126,26 @@ def decide(
         if not decide_mask[i]:
             outcomes.append(None)
             continue
-        matches = tuple(sorted(candidates.values(), key=lambda nb: -nb.score)[:top_k])
-        score = matches[0].score if matches else None
-        route = per_ticket[i].route(score) if reasons[i] is None else "manual"
+        ranked = list(candidates.values())
+        if lexical is not None and alpha < 1 and ranked:
+            ranked = _hybrid_order(ranked, lexical[i], alpha, pool)
+        else:
+            ranked.sort(key=lambda nb: -nb.score)
+        matches = tuple(ranked[:top_k])
+        route, score = per_ticket[i].route_shown([m.score for m in matches])
+        if reasons[i] is not None:
+            route = "manual"
         canonical = matches[0].canonical if route == "duplicate" and matches else keys[i]
         outcomes.append(Outcome(keys[i], route, score, matches, canonical, reasons[i]))
     return outcomes
+
+
+def _hybrid_order(
+    candidates: list[Neighbour], lexical: Mapping[TicketKey, float], alpha: float, pool: int | None
+) -> list[Neighbour]:
+    """Candidates in fused order (best first), those outside the pool left out."""
+    dense = np.array([[nb.score for nb in candidates]], dtype=np.float32)
+    bm25 = np.array([[lexical.get(nb.key, 0.0) for nb in candidates]], dtype=np.float32)
+    fused = fuse(dense, bm25, alpha, pool)[0]
+    order = np.argsort(-fused, kind="stable")
+    return [candidates[int(j)] for j in order if np.isfinite(fused[j])]

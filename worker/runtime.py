@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,10 @@ from worker.pipeline import (
     ItemResult,
     Services,
     ThresholdSource,
+    VectorCache,
     WorkItem,
-    triage_batch,
+    finish_batch,
+    prepare_batch,
 )
 from worker.routing import Thresholds
 from worker.store import open_store
@@ -77,6 +79,13 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
+    lexical = None
+    if settings.hybrid_alpha < 1:
+        from worker.lexical import LexicalIndex
+
+        # Catch up with the stored tickets now, not in the first batch's critical section.
+        lexical = LexicalIndex()
+        lexical.refresh(engine)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
@@ -86,16 +95,21 @@ def build_runtime(settings: Settings) -> Runtime:
         subject_weight=settings.subject_weight,
         top_k=settings.top_k,
         lock=lock,
+        lexical=lexical,
+        hybrid_alpha=settings.hybrid_alpha,
+        hybrid_pool=settings.hybrid_pool,
+        vector_cache=VectorCache(),
     )
 
     if settings.uses_chroma_server:
         services.before_decide = lambda: _follow_switch(settings, services)
 
-    def process(items: Sequence[WorkItem]) -> list[ItemResult]:
-        return triage_batch(items, services)
-
+    # Two stages: the next batch is embedded while this one is in its critical section.
     batcher: Batcher[WorkItem, ItemResult] = Batcher(
-        process, max_size=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000
+        lambda items: prepare_batch(items, services),
+        finish=lambda prepared: finish_batch(prepared, services),
+        max_size=settings.batch_size,
+        max_wait_s=settings.batch_wait_ms / 1000,
     )
     logger.info(
         "triage runtime ready: embedder %s, store %s, database %s",

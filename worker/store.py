@@ -175,20 +175,39 @@ class VectorStore:
             n_results=k,
             include=["distances", "metadatas"],
         )
-        out: list[list[Neighbour]] = []
-        for ids, dists, metas in zip(res["ids"], res["distances"], res["metadatas"], strict=True):
-            row = []
-            for id_, dist, meta in zip(ids, dists, metas, strict=True):
-                key = TicketKey.from_id(id_)
-                canonical = TicketKey(
-                    str(meta.get("canonical_source", key.source)),
-                    str(meta.get("canonical_ticket_id", key.ticket_id)),
-                )
-                route = str(meta.get("route", "manual"))
-                readable = bool(meta.get("readable", True))
-                row.append(Neighbour(key, float(1.0 - dist), canonical, route, readable))
-            out.append(row)
-        return out
+        return [
+            [
+                _neighbour(id_, float(1.0 - dist), meta)
+                for id_, dist, meta in zip(ids, dists, metas, strict=True)
+            ]
+            for ids, dists, metas in zip(
+                res["ids"], res["distances"], res["metadatas"], strict=True
+            )
+        ]
+
+    def fetch(self, keys: Sequence[TicketKey]) -> dict[TicketKey, tuple[np.ndarray, Neighbour]]:
+        """The stored vector and metadata of each key that has one (one call).
+
+        For candidates found by another route than this store's nearest-neighbour search
+        (hybrid ranking's lexical side): the caller computes their cosine itself; the
+        Neighbour's score is a placeholder 0.
+        """
+        if not keys:
+            return {}
+        got = self._guard(
+            self._collection.get,
+            ids=[k.as_id() for k in keys],
+            include=["embeddings", "metadatas"],
+        )
+        return {
+            TicketKey.from_id(id_): (
+                np.asarray(vector, dtype=np.float32),
+                _neighbour(id_, 0.0, meta),
+            )
+            for id_, vector, meta in zip(
+                got["ids"], got["embeddings"], got["metadatas"], strict=True
+            )
+        }
 
     def upsert(
         self, keys: Sequence[TicketKey], vectors: Vectors, metadatas: Sequence[dict[str, Any]]
@@ -224,6 +243,18 @@ class VectorStore:
             raise StoreUnavailable(
                 f"Chroma {fn.__name__} failed at {self.location}: {exc}"
             ) from exc
+
+
+def _neighbour(id_: str, score: float, meta: dict[str, Any] | None) -> Neighbour:
+    key = TicketKey.from_id(id_)
+    meta = meta or {}
+    canonical = TicketKey(
+        str(meta.get("canonical_source", key.source)),
+        str(meta.get("canonical_ticket_id", key.ticket_id)),
+    )
+    route = str(meta.get("route", "manual"))
+    readable = bool(meta.get("readable", True))
+    return Neighbour(key, score, canonical, route, readable)
 
 
 def _lock_store(path: Path) -> IO[str]:

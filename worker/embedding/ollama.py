@@ -32,6 +32,7 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
+from config.settings import mask_url
 from worker.embedding.base import Vectors
 from worker.errors import (
     EmbedderProtocolError,
@@ -102,7 +103,7 @@ class OllamaEmbedder:
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"Ollama URL must be http(s)://host:port, got {base_url!r}")
+            raise ValueError(f"Ollama URL must be http(s)://host:port, got {mask_url(base_url)!r}")
         if not model:
             raise ValueError("an Ollama model name is required")
         if timeout_s <= 0 or connect_timeout_s <= 0:
@@ -115,6 +116,8 @@ class OllamaEmbedder:
             raise ValueError(f"dimension must be positive, got {dimension}")
 
         self.base_url = base_url.rstrip("/")
+        # What messages and logs name: the URL with any password masked.
+        self.where = mask_url(self.base_url)
         self.model = model
         self.model_id = f"ollama:{model}"
         # (connect, read): a dead host fails fast on connect, while the read timeout covers
@@ -178,7 +181,7 @@ class OllamaEmbedder:
         live = self._request("GET", "/")
         if not live.text.startswith("Ollama is running"):
             raise EmbedderProtocolError(
-                f"{self.base_url} answered GET / with {live.text[:80]!r}, not 'Ollama is "
+                f"{self.where} answered GET / with {live.text[:80]!r}, not 'Ollama is "
                 "running': TRIAGE_OLLAMA_URL does not point at an Ollama server"
             )
         version = self._fetch_version()
@@ -187,7 +190,7 @@ class OllamaEmbedder:
         if first:
             # Vectors change between Ollama versions (#7085, #14449): the version belongs in
             # the log next to the vectors it produced (ref "Client implications").
-            logger.info("Ollama %s at %s serves model %s", version, self.base_url, self.model)
+            logger.info("Ollama %s at %s serves model %s", version, self.where, self.model)
 
         ready = _json_object(
             self._request("POST", "/api/embed", {"model": self.model, "input": []}),
@@ -195,7 +198,7 @@ class OllamaEmbedder:
         )
         if ready.get("embeddings") != []:
             raise EmbedderProtocolError(
-                f"{self.base_url}: POST /api/embed with input [] should answer "
+                f"{self.where}: POST /api/embed with input [] should answer "
                 f"'embeddings': [], got {_preview(ready)}"
             )
         self._inspect_model()
@@ -213,7 +216,7 @@ class OllamaEmbedder:
         return {
             "engine": "ollama",
             "model_id": self.model_id,
-            "url": self.base_url,
+            "url": self.where,
             "model": self.model,
             "server_version": version,
             "dimension": dimension,
@@ -262,7 +265,7 @@ class OllamaEmbedder:
     # --- answer validation ----------------------------------------------------------------
 
     def _vectors(self, answer: dict[str, Any], expected: int) -> Vectors:
-        where = f"{self.base_url}/api/embed"
+        where = f"{self.where}/api/embed"
         rows = answer.get("embeddings")
         if not isinstance(rows, list):
             raise EmbedderProtocolError(f"{where}: no 'embeddings' list in {_preview(answer)}")
@@ -313,7 +316,7 @@ class OllamaEmbedder:
                 self._dimension = width
             logger.info("Ollama model %s: %s dimensions (from /api/show)", self.model, width)
         if self._dimension is None:  # pragma: no cover - embed() sets it or raises
-            raise EmbedderProtocolError(f"{self.base_url}: could not learn the vector size")
+            raise EmbedderProtocolError(f"{self.where}: could not learn the vector size")
         return self._dimension
 
     def _show(self) -> dict[str, Any] | None:
@@ -323,7 +326,7 @@ class OllamaEmbedder:
             shown = self._request("POST", "/api/show", {"model": self.model, "name": self.model})
             return _json_object(shown, "POST /api/show")
         except (EmbedderProtocolError, EmbeddingRejected) as exc:
-            logger.debug("POST %s/api/show unusable: %s", self.base_url, exc)
+            logger.debug("POST %s/api/show unusable: %s", self.where, exc)
             return None
 
     def _inspect_model(self) -> None:
@@ -338,7 +341,7 @@ class OllamaEmbedder:
         capabilities = shown.get("capabilities")
         if isinstance(capabilities, list) and "embedding" not in capabilities:
             raise ModelNotAvailable(
-                f"Ollama model {self.model!r} at {self.base_url} is not an embedding model "
+                f"Ollama model {self.model!r} at {self.where} is not an embedding model "
                 f"(capabilities: {capabilities}); set TRIAGE_OLLAMA_MODEL to one, e.g. all-minilm"
             )
         width = _embedding_length(shown)
@@ -351,7 +354,7 @@ class OllamaEmbedder:
         version = answer.get("version")
         if not isinstance(version, str):
             raise EmbedderProtocolError(
-                f"{self.base_url}/api/version: no 'version' string in {_preview(answer)}"
+                f"{self.where}/api/version: no 'version' string in {_preview(answer)}"
             )
         self._server_version = version
         return version
@@ -363,7 +366,7 @@ class OllamaEmbedder:
     ) -> requests.Response:
         """One call with up to ``max_attempts`` attempts; returns a 2xx response or raises."""
         url = f"{self.base_url}{path}"
-        what = f"{method} {url}"
+        what = f"{method} {self.where}{path}"
         for attempt in range(1, self._max_attempts + 1):
             try:
                 response = self._session.request(method, url, json=body, timeout=self._timeout)

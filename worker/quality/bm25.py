@@ -1,8 +1,7 @@
-"""The lexical baseline: BM25 (bm25s, Lucene variant, k1 = 1.5, b = 0.75) over ``\\w+`` tokens.
-
-Tokens are ``\\w+`` runs, lowercased. CJK ideographs are split one per token: ``\\w+``
-would otherwise make a whole Chinese sentence a single token and BM25 would only ever
-match exact copies (the usual character-unigram practice for Chinese retrieval).
+"""The lexical baseline: BM25 (bm25s, Lucene variant, k1 = 1.5, b = 0.75) over the tokens of
+the worker's own lexical index (worker/lexical.tokenize: ``\\w+`` runs, lowercased, CJK one
+character per token). tests/test_lexical.py checks the worker's incremental index against
+this one.
 
 Stopword removal is optional (``stopwords=True``, bm25s' English list) and off by default,
 so that the baseline stays the plain one the issue quotes; measured, it moved Recall@10 by
@@ -12,7 +11,6 @@ PyStemmer for it, a dependency not worth adding for a baseline.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import bm25s
@@ -20,18 +18,15 @@ import numpy as np
 import numpy.typing as npt
 from bm25s.stopwords import STOPWORDS_EN
 
-_CJK = (
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs (+ extension A, compatibility)
-    "\u3040-\u30ff\uac00-\ud7af"  # kana, hangul syllables
-)
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+from worker import lexical
+
 _STOPWORDS = frozenset(STOPWORDS_EN)
 
 Scores = npt.NDArray[np.float32]
 
 
 def tokenize(text: str, *, stopwords: bool = False) -> list[str]:
-    tokens = _TOKEN.findall(text.lower())
+    tokens = lexical.tokenize(text)
     if stopwords:
         tokens = [t for t in tokens if t not in _STOPWORDS]
     return tokens

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from worker.embedding import Embedder
+from worker.lexical import LEXICAL_STEPS
 from worker.quality.datasets import (
     PAIR_FORMATS,
     STS_NEGATIVE,
@@ -67,7 +68,8 @@ def run_retrieval(
     hybrid: bool = False,
     ablation: bool = False,
     stopwords: bool = False,
-    bm25_steps: tuple[str, ...] = (),
+    bm25_steps: tuple[str, ...] = LEXICAL_STEPS,
+    product: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``variant`` (and the BM25 baseline, fusion, ablation when asked)."""
     items = [(r.summary, r.description) for r in data.reports]
@@ -76,12 +78,20 @@ def run_retrieval(
     vectors = embed_reports(cache, variant, items)
     # BM25 reads the whole text (it has no 256-token window), prepared by its own steps:
     # measured, the embedding's steps hurt it (URLs carry issue keys and file names that
-    # match lexically), so by default it gets the raw subject + body.
+    # match lexically), so by default it gets what the worker's lexical index reads.
     lexical = Variant("bm25", steps=bm25_steps)
     texts = [lexical.text(s, d) for s, d in items]
     results = [
         evaluate_protocol(
-            p, vectors, texts, thresholds, top_k, bm25=True, hybrid=hybrid, stopwords=stopwords
+            p,
+            vectors,
+            texts,
+            thresholds,
+            top_k,
+            bm25=True,
+            hybrid=hybrid,
+            stopwords=stopwords,
+            product=product,
         )
         for p in protocols
     ]
@@ -96,6 +106,7 @@ def run_retrieval(
         "links_in_corpus": len(data.links),
         "variant": {"name": variant.name, "description": variant.describe()},
         "bm25": {"stopwords": stopwords, "steps": list(bm25_steps)},
+        "hybrid": None if product is None else {"alpha": product[0], "pool": product[1]},
         "results": results,
     }
     if ablation:
@@ -178,6 +189,14 @@ def retrieval_markdown(report: dict[str, Any], settings_info: dict[str, Any]) ->
         f"- BM25: bm25s (Lucene, k1 1.5, b 0.75), `\\w+` lowercased tokens, stopwords "
         f"{'removed' if report['bm25']['stopwords'] else 'kept'}, text steps "
         f"{'+'.join(report['bm25']['steps']) or 'none'}",
+        "- hybrid: "
+        + (
+            "off (TRIAGE_HYBRID_ALPHA=1)"
+            if not report.get("hybrid")
+            else f"the worker's ranking: score fusion α {report['hybrid']['alpha']} over a pool "
+            f"of the {report['hybrid']['pool']} best by cosine + the "
+            f"{report['hybrid']['pool']} best by BM25 (worker/hybrid.py)"
+        ),
         "",
     ]
     for result in report["results"]:
@@ -351,6 +370,8 @@ def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
         "duplicate_threshold": settings.duplicate_threshold,
         "suggest_threshold": settings.suggest_threshold,
         "top_k": settings.top_k,
+        "hybrid_alpha": settings.hybrid_alpha,
+        "hybrid_pool": settings.hybrid_pool,
     }
     return embedder, thresholds, settings.top_k, info
 
@@ -370,6 +391,8 @@ def _parse_steps(value: str) -> tuple[str, ...]:
         return DEFAULT_STEPS
     if value == "none":
         return ()
+    if value == "lexical":
+        return LEXICAL_STEPS
     try:
         return resolve_steps(s.strip() for s in value.split(",") if s.strip())
     except ValueError as exc:
@@ -420,9 +443,10 @@ def evaluate() -> None:
 @click.option("--bm25-stopwords", is_flag=True, help="Drop English stopwords for BM25.")
 @click.option(
     "--bm25-steps",
-    default="none",
+    default="lexical",
     show_default=True,
-    help="Text steps for the BM25 side (same syntax as --steps).",
+    help="Text steps for the BM25 side (same syntax as --steps; `lexical` = what the "
+    "worker's lexical index reads).",
 )
 @click.option(
     "--limit", type=click.IntRange(min=2), default=None, help="Only the N earliest reports."
@@ -478,6 +502,7 @@ def retrieval(
         ablation=ablation,
         stopwords=bm25_stopwords,
         bm25_steps=_parse_steps(bm25_steps),
+        product=(info["hybrid_alpha"], info["hybrid_pool"]) if info["hybrid_alpha"] < 1 else None,
     )
     report["settings"] = info
     report["fusion_alphas"] = list(FUSION_ALPHAS) if hybrid else []

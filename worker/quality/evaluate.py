@@ -25,6 +25,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from worker.embedding import Embedder, Vectors
+from worker.hybrid import fuse
 from worker.quality.bm25 import BM25Index
 from worker.quality.datasets import Pair, RetrievalSet
 from worker.routing import Thresholds
@@ -278,26 +279,30 @@ def route_metrics(
 ) -> dict[str, float | int | None]:
     """Precision and coverage of each route at the product's thresholds.
 
-    The candidates come from ``ranking`` (dense or fused scores); the route from the cosine
-    of the top candidate, as the worker does. Every query here has a true duplicate among
-    its candidates, so:
-    - duplicate: routed when top-1 cosine ≥ the duplicate threshold; precision = share of
-      those whose top-1 is a true duplicate; coverage = share of all queries routed
-      duplicate *with* a correct top-1 (duplicates the route catches);
-    - suggest: routed when the duplicate threshold is missed but top-1 cosine ≥ the suggest
-      threshold; correct when a true duplicate is among the top_k shown with cosine ≥ the
-      suggest threshold;
+    The candidates come from ``ranking`` (dense or fused scores); the route from their
+    cosines by ``Thresholds.route_shown``, as the worker does. Every query here has a true
+    duplicate among its candidates, so:
+    - duplicate: routed when the top-ranked cosine ≥ the duplicate threshold; precision =
+      share of those whose top-1 is a true duplicate; coverage = share of all queries
+      routed duplicate *with* a correct top-1 (duplicates the route catches);
+    - suggest: routed when that misses but a shown cosine ≥ the suggest threshold; correct
+      when a true duplicate is among the top_k shown with cosine ≥ the suggest threshold;
     - caught = duplicate-correct + suggest-correct: queries where an agent is shown the
       right ticket.
     """
     top = top_candidates(ranking, top_k)
     rows = np.arange(len(relevant))
     top_cos = cosine[rows[:, None], top]
-    best = top_cos[:, 0]
+    # Shown = ranked candidates (a pooled fusion ranks fewer than all; the worker shows no more).
+    shown = np.isfinite(ranking[rows[:, None], top]) & np.isfinite(top_cos)
     top_ok = np.array([[j in rel for j in row] for row, rel in zip(top, relevant, strict=True)])
-    top_ok &= np.isfinite(top_cos)
-    dup = best >= thresholds.duplicate
-    sug = ~dup & (best >= thresholds.suggest)
+    top_ok &= shown
+    routes = [
+        thresholds.route_shown([float(c) for c in cos[ok]])[0]
+        for cos, ok in zip(top_cos, shown, strict=True)
+    ]
+    dup = np.array([r == "duplicate" for r in routes], dtype=bool)
+    sug = np.array([r == "suggest" for r in routes], dtype=bool)
     dup_ok = dup & top_ok[:, 0]
     sug_ok = sug & (top_ok & (top_cos >= thresholds.suggest)).any(axis=1)
     n = max(len(relevant), 1)
@@ -362,20 +367,9 @@ def rrf_fusion(*score_sets: Matrix, k: int = RRF_K) -> Matrix:
     return np.where(candidate, fused, -np.inf).astype(np.float32)
 
 
-def minmax_rows(scores: Matrix) -> Matrix:
-    """Scale each row's candidate scores to [0, 1] (a constant row becomes 0)."""
-    finite = np.isfinite(scores)
-    lo = np.where(finite, scores, np.inf).min(axis=1, keepdims=True)
-    hi = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1)
-    scaled = np.where(finite, (scores - lo) / span, -np.inf)
-    return scaled.astype(np.float32)
-
-
 def score_fusion(dense: Matrix, lexical: Matrix, alpha: float) -> Matrix:
-    """alpha · dense + (1 - alpha) · BM25, each min-max scaled over the query's candidates."""
-    fused = alpha * minmax_rows(dense) + (1 - alpha) * minmax_rows(lexical)
-    return np.where(np.isfinite(dense), fused, -np.inf).astype(np.float32)
+    """alpha · dense + (1 - alpha) · BM25, each min-max scaled over all the query's candidates."""
+    return fuse(dense, lexical, alpha)
 
 
 @dataclass
@@ -397,15 +391,27 @@ def evaluate_protocol(
     bm25: bool = True,
     hybrid: bool = False,
     stopwords: bool = False,
+    product: tuple[float, int] | None = None,
 ) -> RetrievalResult:
+    """Dense, BM25 and fusion rankings for ``protocol``.
+
+    ``product`` = the worker's (alpha, pool): the ``hybrid`` method is then ranked exactly
+    as the worker ranks (worker/hybrid.fuse over the same pool), so its numbers are the
+    product's, not an idealised fusion over every candidate.
+    """
     dense = dense_scores(vectors, protocol)
     result = RetrievalResult(protocol.name, len(protocol.queries))
     rel = protocol.relevant
     result.methods["dense"] = ranking_metrics(first_relevant_ranks(dense, rel))
     result.routes["dense"] = route_metrics(dense, dense, rel, thresholds, top_k)
-    if bm25 or hybrid:
+    if bm25 or hybrid or product:
         lexical = bm25_scores(texts, protocol, stopwords=stopwords)
         result.methods["bm25"] = ranking_metrics(first_relevant_ranks(lexical, rel))
+    if product is not None:
+        alpha, pool = product
+        fused = fuse(dense, lexical, alpha, pool)
+        result.methods["hybrid"] = ranking_metrics(first_relevant_ranks(fused, rel))
+        result.routes["hybrid"] = route_metrics(fused, dense, rel, thresholds, top_k)
     if hybrid:
         fused = rrf_fusion(dense, lexical)
         result.methods["rrf"] = ranking_metrics(first_relevant_ranks(fused, rel))

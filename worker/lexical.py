@@ -1,0 +1,178 @@
+"""The lexical half of hybrid ranking: an incremental BM25 index over the stored tickets.
+
+Why it exists: measured on GitBugs (QUALITY.md), dense and lexical rankings miss
+different duplicates; fusing them lifts Recall@10 over either alone. Bug reports share
+exact identifiers (class names, error codes, file names) that a 256-token English
+sentence model blurs, and BM25 catches those.
+
+The index lives in each worker process's memory and is derived data, like the vectors:
+SQL's ``triage_tickets`` holds every ticket, and :meth:`LexicalIndex.refresh` reads the
+rows added since the last call (by id), so every worker process sees the tickets the
+others stored. It is refreshed inside the decision lock, where no other writer runs.
+
+Scoring is BM25 as Lucene (and bm25s, the library ``triage evaluate`` uses for its
+baseline) computes it: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), term weight
+tf / (tf + k1 · (1 - b + b · dl / avgdl)), summed over the query's tokens (a repeated
+query token counts each time). tests/test_lexical.py checks it against bm25s.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from worker.text import prepare_text
+from worker.tickets import TicketKey
+
+logger = logging.getLogger(__name__)
+
+Scores = npt.NDArray[np.float32]
+
+_CJK = (
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs (+ extension A, compatibility)
+    "\u3040-\u30ff\uac00-\ud7af"  # kana, hangul syllables
+)
+# ``\w+`` runs, lowercased; CJK split one character per token, since ``\w+`` would make a
+# whole Chinese sentence one token that only an exact copy matches.
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+
+# What BM25 reads: subject + body with HTML reduced to text, and nothing else removed.
+# Measured (QUALITY.md): the embedding's URL stripping hurts BM25, since URLs carry issue
+# keys and file names that match exactly; and BM25 has no 256-token window to fit.
+LEXICAL_STEPS = ("html",)
+# Rows read per SQL round trip when the index catches up with the table.
+_REFRESH_CHUNK = 5000
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def lexical_text(subject: str | None, body: str) -> str:
+    return prepare_text(subject, body, LEXICAL_STEPS)
+
+
+class LexicalIndex:
+    """BM25 over tickets added one at a time; positions are stable, so scores are arrays."""
+
+    def __init__(self, *, k1: float = 1.5, b: float = 0.75) -> None:
+        self.k1 = k1
+        self.b = b
+        self.keys: list[TicketKey] = []
+        self._position: dict[TicketKey, int] = {}
+        self._lengths = array("f")
+        self._total_length = 0
+        # term -> (document positions, term frequencies): compact arrays, not dicts, so a
+        # hundred thousand tickets cost tens of MB rather than a GB of Python objects.
+        self._postings: dict[str, tuple[array[int], array[float]]] = {}
+        # The highest triage_tickets.id already read by refresh().
+        self.watermark = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._position
+
+    def position(self, key: TicketKey) -> int | None:
+        return self._position.get(key)
+
+    def add(self, key: TicketKey, text: str) -> bool:
+        """Index ``text`` under ``key``; False (nothing changes) when the key is indexed.
+
+        Tickets are keyed like everywhere else: a redelivered or re-imported ticket is
+        never counted twice in the document frequencies.
+        """
+        if key in self._position:
+            return False
+        # An empty ticket still takes a position (and length 1, as bm25s gives it).
+        tokens = tokenize(text) or [""]
+        doc = len(self.keys)
+        self.keys.append(key)
+        self._position[key] = doc
+        self._lengths.append(len(tokens))
+        self._total_length += len(tokens)
+        for term, tf in Counter(tokens).items():
+            posting = self._postings.get(term)
+            if posting is None:
+                posting = self._postings[term] = (array("i"), array("f"))
+            posting[0].append(doc)
+            posting[1].append(tf)
+        return True
+
+    def scores(self, query: str) -> Scores:
+        """BM25 of every indexed ticket for ``query``, by position."""
+        n = len(self.keys)
+        out = np.zeros(n, dtype=np.float32)
+        if n == 0:
+            return out
+        lengths = np.frombuffer(self._lengths, dtype=np.float32)
+        norm = self.k1 * (1 - self.b + self.b * lengths / (self._total_length / n))
+        for term, times in Counter(tokenize(query)).items():
+            posting = self._postings.get(term)
+            if posting is None:
+                continue
+            docs = np.frombuffer(posting[0], dtype=np.int32)
+            tf = np.frombuffer(posting[1], dtype=np.float32)
+            idf = np.log1p((n - len(docs) + 0.5) / (len(docs) + 0.5))
+            out[docs] += times * idf * tf / (tf + norm[docs])
+        return out
+
+    def top(self, scores: Scores, m: int, *, exclude: TicketKey | None = None) -> list[int]:
+        """Positions of the ``m`` best-scoring tickets (score > 0), best first."""
+        if m <= 0 or len(scores) == 0:
+            return []
+        skip = self._position.get(exclude) if exclude is not None else None
+        if skip is not None:
+            scores = scores.copy()
+            scores[skip] = 0.0
+        m = min(m, len(scores))
+        best = np.argpartition(-scores, m - 1)[:m]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [int(p) for p in best if scores[p] > 0]
+
+    def refresh(self, engine: Engine) -> int:
+        """Index the tickets stored in SQL since the last refresh; returns how many."""
+        from worker.db import TicketRow
+
+        added = 0
+        with Session(engine) as session:
+            while True:
+                rows = session.execute(
+                    select(
+                        TicketRow.id,
+                        TicketRow.source,
+                        TicketRow.ticket_id,
+                        TicketRow.subject,
+                        TicketRow.body,
+                    )
+                    .where(TicketRow.id > self.watermark)
+                    .order_by(TicketRow.id)
+                    .limit(_REFRESH_CHUNK)
+                ).all()
+                for row in rows:
+                    key = TicketKey(row.source, row.ticket_id)
+                    added += self.add(key, lexical_text(row.subject, row.body))
+                if rows:
+                    self.watermark = int(rows[-1].id)
+                if len(rows) < _REFRESH_CHUNK:
+                    break
+        if added > 1000:
+            logger.info("lexical index: %d tickets added, %d in all", added, len(self))
+        return added
+
+
+def build_index(texts: Sequence[str]) -> LexicalIndex:
+    """An index of ``texts`` at positions 0..n-1 (for evaluation; keys are synthetic)."""
+    index = LexicalIndex()
+    for i, text in enumerate(texts):
+        index.add(TicketKey("eval", str(i)), text)
+    return index
