@@ -186,7 +186,7 @@ def _retry(task: Task, exc: BaseException, countdown: float, **options: Any) -> 
     """Task.retry, except that a retry which cannot be published never drops the message.
 
     Celery publishes the retry as a new message, and if that publish fails (Redis down or
-    restarting) it rejects the original WITHOUT requeue: the ticket would be gone (measured:
+    restarting) it rejects the original WITHOUT requeue: the tickets would be gone (measured:
     a batch of 16 lost in tests/faults/test_redis.py). Requeue it instead; if Redis is still
     unreachable the reject fails too and the message stays unacked, so the visibility
     timeout brings it back.
