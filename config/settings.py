@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     # Backoff doubles from 1 s up to this cap; 10 retries capped at 60 s ride out a
     # several-minute embedding outage before a ticket is dead-lettered.
     retry_backoff_max_s: int = Field(60, ge=1)
+    # The ledger sweep (worker/ledger.py) publishes again a ticket lost in transit (kombu's
+    # fetch window): every this many seconds one worker looks, while the queue is empty,
+    # at tickets with no sign of life for TRIAGE_LEDGER_SILENCE_S. Unset, the silence is
+    # the longest a live ticket can go unseen: visibility timeout + backoff cap + 180 s
+    # (a batch's own wait); a shorter one only costs re-sends the worker absorbs.
+    ledger_sweep_s: float = Field(30.0, gt=0)
+    ledger_silence_s: float | None = Field(None, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- HTTP service (`triage serve`) ----------------------------------------------------
@@ -243,6 +250,12 @@ class Settings(BaseSettings):
     @property
     def uses_chroma_server(self) -> bool:
         return bool(self.chroma_url)
+
+    @property
+    def ledger_silence(self) -> float:
+        if self.ledger_silence_s is not None:
+            return self.ledger_silence_s
+        return self.visibility_timeout_s + self.retry_backoff_max_s + 180.0
 
 
 def _describe(error: ValidationError) -> str:

@@ -161,6 +161,7 @@ def ingest_file(
     from producer.enqueue import PUBLISH_BATCH, BrokerUnavailable, publish
     from producer.guards import QueueFull, QueueGate, wait_for_room
     from producer.importer import RowError, detect_format, read_tickets
+    from worker.ledger import Ledger
     from worker.tickets import Ticket
 
     try:
@@ -178,8 +179,9 @@ def ingest_file(
                 yield row
 
     per_message = per_message or settings.batch_size
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
     gate = QueueGate(
-        redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+        client,
         settings.queue,
         # The limit counts messages; each of ours carries per_message tickets, so the
         # backlog we wait on stays about TRIAGE_MAX_QUEUE_DEPTH tickets.
@@ -215,6 +217,7 @@ def ingest_file(
             with_backpressure(good_rows()),
             mode="backfill" if backfill else "route",
             per_message=per_message,
+            ledger=Ledger(client, settings.queue),
         ):
             del ticket
             sent += 1
@@ -362,9 +365,12 @@ def redrive(
     the worker decides it, rewritten if it fails again; triage_redrives keeps the audit
     trail. Exit code 1 if a ticket could not be re-driven (no stored text) or Redis refused.
     """
+    import redis
+
     from config.celery_app import create_app
     from producer.enqueue import BrokerUnavailable, publish
     from worker import db, migrate
+    from worker.ledger import Ledger
     from worker.redrive import parse_since
     from worker.redrive import redrive as run_redrive
 
@@ -380,10 +386,11 @@ def redrive(
         click.echo(f"triage redrive: {exc}", err=True)
         sys.exit(1)
     app = create_app(settings)
+    ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
     try:
         report = run_redrive(
             engine,
-            lambda tickets, mode: publish(app, tickets, mode=mode),
+            lambda tickets, mode: publish(app, tickets, mode=mode, ledger=ledger),
             source=source,
             reason=reason,
             since=since_at,

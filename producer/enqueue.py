@@ -12,9 +12,11 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any, Literal
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from worker.ledger import Ledger
 from worker.tickets import Ticket
 
 TASK_NAME = "triage.ticket"
@@ -36,39 +38,61 @@ def publish(
     queue: str | None = None,
     retry_policy: dict[str, float] | None = None,
     per_message: int = 1,
+    ledger: Ledger | None = None,
 ) -> Iterator[Ticket]:
     """Publish the tickets, ``per_message`` to a message; yield each once it is handed to
-    the broker (for progress)."""
-
-    def batched(items: Iterable[Ticket], n: int) -> Iterator[list[Ticket]]:  # itertools' in 3.12
-        it = iter(items)
-        while group := list(islice(it, n)):
-            yield group
+    the broker (for progress). With a ``ledger`` (every producer of the product passes
+    one), each chunk is written to it first: a message lost in transit is then published
+    again by the workers' sweep (worker/ledger.py)."""
 
     if per_message < 1:
         raise ValueError(f"per_message must be at least 1, not {per_message}")
     queue = queue or app.conf.task_default_queue
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-            for group in batched(tickets, per_message):
-                first = group[0]
-                # The task id names the (first) ticket: Flower and logs show which it is.
-                task_id = f"{first.key.as_id()}:{first.received_at.timestamp():.6f}"
-                args: list[Any]
-                if per_message == 1:
-                    name, args = TASK_NAME, [first.to_message(), mode]
-                else:
-                    name, args = MANY_TASK_NAME, [[t.to_message() for t in group], mode]
-                    task_id += f"+{len(group) - 1}"
-                app.send_task(
-                    name,
-                    args=args,
-                    queue=queue,
-                    producer=producer,
-                    task_id=task_id,
-                    retry=True,
-                    retry_policy=retry_policy,
-                )
-                yield from group
+            for chunk in _batched(tickets, per_message * max(1, PUBLISH_BATCH // per_message)):
+                if ledger is not None:
+                    try:
+                        ledger.record(chunk, mode)
+                    except redis.RedisError as exc:
+                        raise BrokerUnavailable(f"cannot record tickets in Redis: {exc}") from exc
+                yield from _send(app, producer, chunk, mode, queue, retry_policy, per_message)
     except (OperationalError, OSError) as exc:
         raise BrokerUnavailable(f"cannot publish to Redis at {app.conf.broker_url}: {exc}") from exc
+
+
+def _send(
+    app: Celery,
+    producer: Any,
+    tickets: list[Ticket],
+    mode: str,
+    queue: str,
+    retry_policy: dict[str, float] | None,
+    per_message: int,
+) -> Iterator[Ticket]:
+    for group in _batched(tickets, per_message):
+        first = group[0]
+        # The task id names the (first) ticket: Flower and logs show which it is.
+        task_id = f"{first.key.as_id()}:{first.received_at.timestamp():.6f}"
+        args: list[Any]
+        if per_message == 1:
+            name, args = TASK_NAME, [first.to_message(), mode]
+        else:
+            name, args = MANY_TASK_NAME, [[t.to_message() for t in group], mode]
+            task_id += f"+{len(group) - 1}"
+        app.send_task(
+            name,
+            args=args,
+            queue=queue,
+            producer=producer,
+            task_id=task_id,
+            retry=True,
+            retry_policy=retry_policy,
+        )
+        yield from group
+
+
+def _batched(items: Iterable[Ticket], n: int) -> Iterator[list[Ticket]]:  # itertools' in 3.12
+    it = iter(items)
+    while group := list(islice(it, n)):
+        yield group

@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 
 from producer.enqueue import BrokerUnavailable, publish
+from worker.ledger import Ledger
 from worker.tickets import Ticket
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Intake:
         self.redis = client
         self.queue = queue
         self.ttl = dedupe_ttl_s
+        self.ledger = Ledger(client, queue)
 
     def _delivery_key(self, source: str, delivery_id: str) -> str:
         return f"{_PREFIX}:delivery:{source}:{delivery_id}"
@@ -62,7 +64,9 @@ class Intake:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         fresh = [t for t, s in zip(tickets, seen, strict=True) if s is None]
         if fresh:
-            for _ in publish(self.app, fresh, queue=self.queue, retry_policy=FAST_FAIL):
+            for _ in publish(
+                self.app, fresh, queue=self.queue, retry_policy=FAST_FAIL, ledger=self.ledger
+            ):
                 pass
             self._remember(fresh, source, delivery_id)
         fresh_keys = {t.key for t in fresh}

@@ -110,7 +110,7 @@ def queue_name(redis_url: str) -> Iterator[str]:
     name = f"triage-test-{uuid.uuid4().hex[:8]}"
     yield name
     client = redis.Redis.from_url(redis_url)
-    client.delete(name)
+    client.delete(name, f"triage:ledger:{name}", f"triage:ledger:{name}:payload")
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.exceptions import LockError, RedisError
+from sqlalchemy import Engine
 
 from config.settings import Settings, load_settings
 from worker import migrate
@@ -26,9 +28,11 @@ from worker.coverage import CoverageGuard
 from worker.db import make_engine
 from worker.embedding import make_embedder
 from worker.errors import ConfigError, LockTimeout, ModelMismatch, StoreUnavailable
+from worker.ledger import Ledger
 from worker.pipeline import (
     DECISION_LOCK,
     ItemResult,
+    PreparedBatch,
     Services,
     ThresholdSource,
     VectorCache,
@@ -55,11 +59,70 @@ class Runtime:
     settings: Settings
     services: Services
     batcher: Batcher[WorkItem, ItemResult]
+    ledger: Ledger
+    sweeper: LedgerSweeper | None = None
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.batcher.stop()
         self.services.store.close()
         self.services.engine.dispose()
+
+
+def quietly(what: str, fn: Callable[..., None], *args: Any) -> None:
+    """A ledger call that fails is only logged: the ledger is the safety net, not the path."""
+    try:
+        fn(*args)
+    except RedisError as exc:
+        logger.warning("ledger %s failed: %s", what, exc)
+
+
+class LedgerSweeper:
+    """Runs the ledger sweep every TRIAGE_LEDGER_SWEEP_S in this process; a Redis key makes
+    it one sweep per period across all worker processes."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, engine: Engine) -> None:
+        self.settings, self.ledger, self.engine = settings, ledger, engine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-sweep", daemon=True)
+        self._app: Any = None
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _republish(self, tickets: list[Any], mode: str) -> Any:
+        from config.celery_app import create_app
+        from producer.enqueue import publish
+
+        if self._app is None:
+            self._app = create_app(self.settings)
+        return publish(self._app, tickets, mode=mode, queue=self.settings.queue)  # type: ignore[arg-type]
+
+    def sweep_once(self) -> None:
+        period = max(1, int(self.settings.ledger_sweep_s))
+        claim = f"triage:ledger-sweep:{self.settings.queue}"
+        if not self.ledger.redis.set(claim, os.getpid(), nx=True, ex=period):
+            return  # another worker sweeps this period
+        result = self.ledger.sweep(
+            self.engine, self._republish, silent_for_s=self.settings.ledger_silence
+        )
+        if result.looked_at:
+            logger.info(
+                "ledger sweep: %d silent, %d settled, %d published again",
+                result.looked_at,
+                result.resolved,
+                result.republished,
+            )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.ledger_sweep_s):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # never let the safety net take the worker down
+                logger.warning("ledger sweep failed: %s", exc)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -104,10 +167,26 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.uses_chroma_server:
         services.before_decide = lambda: _follow_switch(settings, services)
 
+    ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
+
+    def prepare(items: Sequence[WorkItem]) -> PreparedBatch:
+        quietly("touch", ledger.touch, [item.ticket.key for item in items])
+        return prepare_batch(items, services)
+
+    def finish(prepared: PreparedBatch) -> list[ItemResult]:
+        results = finish_batch(prepared, services)
+        settled = [
+            item.ticket.key
+            for item, result in zip(prepared.items, results, strict=True)
+            if result.error is None
+        ]
+        quietly("clear", ledger.clear, settled)
+        return results
+
     # Two stages: the next batch is embedded while this one is in its critical section.
     batcher: Batcher[WorkItem, ItemResult] = Batcher(
-        lambda items: prepare_batch(items, services),
-        finish=lambda prepared: finish_batch(prepared, services),
+        prepare,
+        finish=finish,
         max_size=settings.batch_size,
         max_wait_s=settings.batch_wait_ms / 1000,
     )
@@ -117,7 +196,7 @@ def build_runtime(settings: Settings) -> Runtime:
         store.location,
         engine.url.render_as_string(),
     )
-    return Runtime(settings, services, batcher)
+    return Runtime(settings, services, batcher, ledger)
 
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
@@ -211,6 +290,8 @@ def get_runtime() -> Runtime:
         if _runtime is None or _runtime_pid != os.getpid():
             _runtime = build_runtime(load_settings())
             _runtime_pid = os.getpid()
+            r = _runtime
+            r.sweeper = LedgerSweeper(r.settings, r.ledger, r.services.engine)
         return _runtime
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from worker import db
 from worker.errors import FatalError, PermanentError, TransientError
 from worker.pipeline import ItemResult, WorkItem
-from worker.runtime import close_runtime, get_runtime
+from worker.runtime import close_runtime, get_runtime, quietly
 from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ def _triage_messages(
                 countdown,
             )
             rest = [messages[n] for n, _ in transient]
+            # Alive, waiting out its countdown: the ledger sweep must not re-send it.
+            quietly("touch", runtime.ledger.touch, [_key(m) for m in rest])
             _retry(task, first, countdown, args=retry_args(rest))
     return [statuses[n] for n in range(len(messages))]
 
@@ -169,6 +171,7 @@ def _dead_letter(
                 mode=mode if mode in ("route", "backfill") else "route",
             )
             session.commit()
+        quietly("clear", get_runtime().ledger.clear, [key])
     except Exception as db_exc:
         # The failure row is the ticket's last trace: never ack without it. The database is
         # what failed, so try again later, for as long as it takes.

@@ -18,7 +18,7 @@ from tests.faults.conftest import (
     FaultEnv,
     StartWorker,
     unchanged_redeliveries,
-    xfail_if_lost_unreceived,
+    assert_nothing_lost,
 )
 from tests.faults.harness import (
     make_tickets,
@@ -92,4 +92,4 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert kills_mid_run == N_KILLS, "a kill came after the backlog was done: test nothing"
     assert vectors == result.decided  # no vector lost, no phantom
     assert recovery_s < RECOVERY_BOUND_S, f"recovery took {recovery_s:.0f} s"
-    xfail_if_lost_unreceived(result, fault_env, sent, workers)
+    assert_nothing_lost(result, fault_env, sent, workers)

@@ -22,7 +22,7 @@ from tests.faults.conftest import (
     FaultEnv,
     Supervisor,
     unchanged_redeliveries,
-    xfail_if_lost_unreceived,
+    assert_nothing_lost,
 )
 from tests.faults.harness import (
     make_tickets,
@@ -62,7 +62,7 @@ def _finish(
     assert vectors == result.decided
     assert recovery_s < RECOVERY_BOUND_S, f"recovery took {recovery_s:.0f} s"
     # Redis killed or a connection cut while a BRPOP reply is in flight: kombu's window.
-    xfail_if_lost_unreceived(result, fault_env, sent, workers)
+    assert_nothing_lost(result, fault_env, sent, workers)
 
 
 @pytest.mark.timeout(scale(300, 900))

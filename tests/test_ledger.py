@@ -1,0 +1,103 @@
+"""The ledger of accepted tickets: a ticket lost in kombu's fetch window is published again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from sqlalchemy.orm import Session
+
+from config.celery_app import create_app
+from config.settings import Settings
+from producer.enqueue import publish
+from tests.conftest import WorkerProcess, wait_for
+from tests.test_worker_e2e import decisions, n_rows
+from worker import db
+from worker.ledger import Ledger
+from worker.tickets import Ticket, TicketKey
+
+
+def tickets(*ids: str) -> list[Ticket]:
+    return [
+        Ticket(source="ledger", ticket_id=i, body=f"Ticket {i}: the export button is greyed out")
+        for i in ids
+    ]
+
+
+@pytest.fixture
+def ledger(redis_url: str, queue_name: str) -> Iterator[Ledger]:
+    client = redis.Redis.from_url(redis_url)
+    yield Ledger(client, queue_name)
+    client.close()
+
+
+def test_record_touch_clear(ledger: Ledger) -> None:
+    ledger.record(tickets("1", "2"), "route")
+    assert ledger.size() == 2
+    ledger.touch([TicketKey("ledger", "1"), TicketKey("ledger", "nobody")])
+    assert ledger.size() == 2  # touching never creates an entry
+    ledger.clear([TicketKey("ledger", "1")])
+    assert ledger.size() == 1
+    assert ledger.redis.hkeys(ledger.payloads) == [b"ledger:2"]
+
+
+def test_sweep_clears_the_settled_and_republishes_the_lost(ledger: Ledger, sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    ledger.record(tickets("decided", "lost", "fresh"), "backfill")
+    # "decided" got its row in SQL, but the worker's clear never reached Redis.
+    with Session(engine) as session:
+        row = db.ticket_values(tickets("decided")[0], content_hash="h", backfill=True, model="m")
+        db.save_batch(session, [row], [])
+        session.commit()
+    ledger.touch([TicketKey("ledger", "fresh")])  # a worker holds it right now
+    sent: list[tuple[list[str], str]] = []
+
+    def republish(batch: list[Ticket], mode: str) -> Iterator[Ticket]:
+        sent.append(([t.ticket_id for t in batch], mode))
+        yield from batch
+
+    ledger.redis.rpush(ledger.queue, b"a message still waiting")
+    assert ledger.sweep(engine, republish, silent_for_s=0).skipped == "the queue is not empty"
+    ledger.redis.delete(ledger.queue)
+
+    # Recorded (or touched) just now: not silent for 5 s yet.
+    result = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 4)
+    assert result.looked_at == 0 and sent == []
+    ledger.redis.zadd(ledger.times, {"ledger:fresh": time.time() + 3})  # touched 3 s later
+    result = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 6)
+    assert (result.looked_at, result.resolved, result.republished) == (2, 1, 1)
+    assert sent == [(["lost"], "backfill")]  # the mode it was accepted with
+    # Republished entries got a new sign of life: the next sweep does not send them again.
+    again = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 1)
+    assert again.looked_at == 0 and len(sent) == 1
+    assert ledger.size() == 2
+    engine.dispose()
+
+
+def test_a_ticket_lost_in_transit_is_decided_after_the_sweep(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ledger: Ledger,
+) -> None:
+    settings = make_settings(
+        database_url=sqlite_url, queue=queue_name, ledger_sweep_s=1, ledger_silence_s=3
+    )
+    app = create_app(settings)
+    list(publish(app, tickets("a", "b"), queue=queue_name, ledger=ledger))
+    # What a worker killed between kombu's BRPOP and its unacked record does: the message
+    # leaves the queue and is nowhere any more (kombu pops from the right end).
+    assert ledger.redis.rpop(queue_name) is not None
+    assert ledger.redis.llen(queue_name) == 1 and ledger.size() == 2
+    started = datetime.now(UTC)
+    worker = start_worker(settings)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2, 60, "both decisions")
+    assert set(decisions(sqlite_url)) == {"a", "b"}
+    wait_for(lambda: ledger.size() == 0, 10, "an empty ledger")
+    assert "published again" in worker.log()
+    assert (datetime.now(UTC) - started).total_seconds() < 45
+    app.close()
