@@ -17,8 +17,8 @@ from tests.conftest import WorkerProcess
 from tests.faults.conftest import (
     FaultEnv,
     StartWorker,
-    unchanged_redeliveries,
     assert_nothing_lost,
+    unchanged_redeliveries,
 )
 from tests.faults.harness import (
     make_tickets,

@@ -21,8 +21,8 @@ from config.settings import Settings
 from tests.faults.conftest import (
     FaultEnv,
     Supervisor,
-    unchanged_redeliveries,
     assert_nothing_lost,
+    unchanged_redeliveries,
 )
 from tests.faults.harness import (
     make_tickets,
