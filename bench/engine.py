@@ -127,17 +127,25 @@ def worker_main(kind: str, src: str, model_dir: str, sets: dict[str, Path], out_
             break
         batch_texts = texts[cmd["set"]]
         call = cmd["call_size"] or len(batch_texts)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         parts = [
             np.asarray(embed(batch_texts[i : i + call]), dtype=np.float32)
             for i in range(0, len(batch_texts), call)
         ]
         seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - c0  # every thread of this process
         key = cmd["set"]
         if key not in saved:
             np.save(out_dir / f"{key}.npy", np.concatenate(parts))
             saved.add(key)
-        _answer({"seconds": seconds, "texts": len(batch_texts), **_rss_mib()})
+        _answer(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "texts": len(batch_texts),
+                **_rss_mib(),
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +163,7 @@ class Engine:
     err: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
     rates: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     rss: dict[str, float] = field(default_factory=dict)
 
     def start(self, model_dir: str, sets: dict[str, Path], tmp: Path) -> None:
@@ -212,7 +221,9 @@ class Engine:
         self.proc.stdin.flush()
         answer = self._read()
         rate = answer["texts"] / answer["seconds"]
-        self.rates.setdefault(f"{set_name}/{call_size or 'all'}", []).append(rate)
+        key = f"{set_name}/{call_size or 'all'}"
+        self.rates.setdefault(key, []).append(rate)
+        self.cpu_ms.setdefault(key, []).append(1000 * answer["cpu_seconds"] / answer["texts"])
         self.rss = {"rss_mib": answer["rss_mib"], "peak_rss_mib": answer["peak_rss_mib"]}
         return float(rate)
 
@@ -428,7 +439,10 @@ def main() -> None:
 
         st = next((e for e in engines if e.kind == "st"), None)
         report["engines"] = {}
-        print("\nmedian texts/s (ratio to sentence-transformers; % of the fp32 compute limit):")
+        print(
+            "\nmedian texts/s (ratio of medians to sentence-transformers, median of the per-run "
+            "ratios; CPU core-ms per text; % of the fp32 compute limit):"
+        )
         for engine in engines:
             med = {k: statistics.median(v) for k, v in engine.rates.items()}
             entry: dict[str, Any] = {
@@ -438,6 +452,7 @@ def main() -> None:
                 "cold_start_s": engine.info["cold_start_s"],
                 "runs": engine.rates,
                 "median": med,
+                "cpu_ms_per_text": {k: statistics.median(v) for k, v in engine.cpu_ms.items()},
                 **engine.rss,
             }
             cells = []
@@ -447,11 +462,12 @@ def main() -> None:
                 ratio = ""
                 if st is not None and engine is not st:
                     r = value / statistics.median(st.rates[key])
+                    paired = paired_ratio(engine.rates[key], st.rates[key])
                     entry.setdefault("ratio_to_st", {})[key] = r
-                    ratio = f" {r:.2f}x,"
-                cells.append(
-                    f"{key} {value:.1f} ({ratio} {100 * value / limit:.0f}%)".replace("( ", "(")
-                )
+                    entry.setdefault("paired_ratio_to_st", {})[key] = paired
+                    ratio = f"{r:.2f}x, {paired:.2f}x; "
+                cpu = statistics.median(engine.cpu_ms[key])
+                cells.append(f"{key} {value:.1f} ({ratio}{cpu:.2f} ms; {100 * value / limit:.0f}%)")
             agree: dict[str, dict[str, float]] = {}
             for name in texts:
                 mine = np.load(engine.out_dir / f"{name}.npy") if engine.out_dir else None
@@ -468,6 +484,16 @@ def main() -> None:
                     for k, v in agree.items()
                 )
             )
+        local = engines[0]
+        for other in engines[1:]:
+            if other.kind != "local":
+                continue
+            ratios = {k: paired_ratio(local.rates[k], other.rates[k]) for k in local.rates}
+            report["engines"][other.label]["local_paired_ratio"] = ratios
+            print(
+                f"  local / {other.label} (median of per-run ratios): "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+            )
         if st is None and args.reference.exists():
             report["reference_agreement"] = reference_agreement(args.reference, model_dir)
             print(
@@ -476,6 +502,11 @@ def main() -> None:
 
         if args.json:
             args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def paired_ratio(mine: list[float], theirs: list[float]) -> float:
+    """Median of run-by-run ratios: each run's passes ran back to back, under the same load."""
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
 
 
 def reference_agreement(path: Path, model_dir: str) -> dict[str, float]:
