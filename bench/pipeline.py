@@ -256,24 +256,16 @@ def main() -> None:
     for run in range(args.runs):
         # Interleaved so that the machine's background load hits every variant alike.
         results["engine"].append(engine_alone(texts, args.batch_size))
-        results["routed"].append(
-            pipeline(
-                tickets,
-                backfill=False,
-                redis_url=args.redis_url,
-                batch=args.batch_size,
-                profile=args.profile,
+        for variant in ("routed", "backfill"):
+            results[variant].append(
+                pipeline(
+                    tickets,
+                    backfill=variant == "backfill",
+                    redis_url=args.redis_url,
+                    batch=args.batch_size,
+                    profile=args.profile,
+                )
             )
-        )
-        results["backfill"].append(
-            pipeline(
-                tickets,
-                backfill=True,
-                redis_url=args.redis_url,
-                batch=args.batch_size,
-                profile=args.profile,
-            )
-        )
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(
