@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,14 @@ def load(path: Path, n: int) -> list[Ticket]:
     if path.name.endswith(".tsv.gz"):  # STS-B: short single sentences, ticket-title length
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-            rows = [{"id": f"{r['sid']}-{i}", "body": r["sentence1"]} for i, r in enumerate(reader)]
+            pairs = list(reader)
+        # First sentences first (the recorded 2,000-ticket runs), then the second ones: the
+        # set holds 8,628 pairs, so 10,000 tickets need both.
+        rows = [
+            {"id": f"{r['sid']}-{i}-{col[-1]}", "body": r[col]}
+            for col in ("sentence1", "sentence2")
+            for i, r in enumerate(pairs)
+        ]
     else:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = (
@@ -66,18 +74,36 @@ def load(path: Path, n: int) -> list[Ticket]:
     return out
 
 
+CPU: dict[str, list[float]] = {}  # core-ms per ticket, by variant (where the time goes)
+PUBLISH: dict[str, list[float]] = {}  # seconds the producer took to publish, by variant
+
+
 def engine_alone(texts: list[str], batch: int) -> float:
     from worker.embedding.local import LocalEmbedder
 
     emb = LocalEmbedder()
     emb.embed(texts[:8])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(texts), batch):
         emb.embed(texts[i : i + batch])
+    CPU.setdefault("engine", []).append((time.process_time() - c0) * 1000 / len(texts))
     return len(texts) / (time.perf_counter() - t0)
 
 
-def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pipeline(
+    tickets: list[Ticket],
+    *,
+    backfill: bool,
+    redis_url: str,
+    batch: int,
+    profile: Path | None = None,
+) -> float:
     from config.celery_app import create_app
     from producer.enqueue import publish
 
@@ -100,6 +126,7 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
         engine = db.make_engine(settings.database_url)
         migrate.upgrade(engine)
         log = Path(tmp) / "worker.log"
+        variant = "backfill" if backfill else "routed"
         with log.open("wb") as fh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
@@ -114,11 +141,24 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
                         raise SystemExit(log.read_text())
                     time.sleep(0.1)
                 table = db.TicketRow if backfill else db.DecisionRow
+                spy = None
+                if profile is not None:
+                    # Where the worker's time goes: py-spy samples its running threads.
+                    profile.mkdir(parents=True, exist_ok=True)
+                    spy = subprocess.Popen(
+                        ["py-spy", "record", "--pid", str(proc.pid), "--rate", "100",
+                         "--format", "raw", "--nonblocking", "--output",
+                         str(profile / f"{variant}-{len(tickets)}-{uuid.uuid4().hex[:6]}.txt")],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                cpu0 = cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
                 for _ in publish(
                     create_app(settings), tickets, mode="backfill" if backfill else "route"
                 ):
                     pass
+                PUBLISH.setdefault(variant, []).append(time.perf_counter() - t0)
                 while True:
                     with Session(engine) as s:
                         done = int(s.scalar(select(func.count()).select_from(table)) or 0)
@@ -127,6 +167,12 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
                         break
                     time.sleep(0.05)
                 elapsed = time.perf_counter() - t0
+                CPU.setdefault(variant, []).append(
+                    (cpu_seconds(proc.pid) - cpu0) * 1000 / len(tickets)
+                )
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
             finally:
                 proc.terminate()
                 proc.wait(60)
@@ -134,6 +180,39 @@ def pipeline(tickets: list[Ticket], *, backfill: bool, redis_url: str, batch: in
         if failed:
             print(f"  warning: {failed} tickets failed", file=sys.stderr)
         return len(tickets) / elapsed
+
+
+# Frames that name a stage, matched from the innermost frame outwards: the first match wins.
+STAGES = (
+    ("embedding (onnxruntime + tokenizer)", ("worker/embedding/", "onnxruntime", "tokenizers")),
+    ("Chroma", ("chromadb",)),
+    ("SQL", ("sqlalchemy", "sqlite3", "psycopg", "alembic")),
+    ("Celery + Redis", ("celery/", "kombu/", "redis/", "billiard/", "amqp/", "vine/")),
+    ("text preparation", ("worker/text.py", "bs4/", "html/")),
+    ("routing + pipeline", ("worker/",)),
+)
+
+
+def profile_summary(path: Path) -> dict[str, float]:
+    """Share of the worker's sampled running time per stage, from py-spy's collapsed stacks."""
+    counts: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")[::-1]
+        stage = next(
+            (
+                name
+                for frame in frames
+                for name, marks in STAGES
+                if any(mark in frame for mark in marks)
+            ),
+            "other",
+        )
+        counts[stage] = counts.get(stage, 0) + int(n)
+    total = sum(counts.values()) or 1
+    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -148,6 +227,12 @@ def main() -> None:
         "--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the worker with py-spy (pip install py-spy) into DIR, collapsed stacks",
+    )
     args = ap.parse_args()
 
     tickets = load(args.data, args.n)
@@ -171,12 +256,16 @@ def main() -> None:
     for run in range(args.runs):
         # Interleaved so that the machine's background load hits every variant alike.
         results["engine"].append(engine_alone(texts, args.batch_size))
-        results["routed"].append(
-            pipeline(tickets, backfill=False, redis_url=args.redis_url, batch=args.batch_size)
-        )
-        results["backfill"].append(
-            pipeline(tickets, backfill=True, redis_url=args.redis_url, batch=args.batch_size)
-        )
+        for variant in ("routed", "backfill"):
+            results[variant].append(
+                pipeline(
+                    tickets,
+                    backfill=variant == "backfill",
+                    redis_url=args.redis_url,
+                    batch=args.batch_size,
+                    profile=args.profile,
+                )
+            )
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(
@@ -184,6 +273,22 @@ def main() -> None:
         f"({med['routed'] / med['engine']:.2f}x engine), backfill {med['backfill']:.1f} "
         f"({med['backfill'] / med['engine']:.2f}x engine)"
     )
+    cpu_med = {k: statistics.median(v) for k, v in CPU.items()}
+    publish_med = {k: statistics.median(v) for k, v in PUBLISH.items()}
+    print(
+        "median CPU per ticket (core-ms): engine alone "
+        f"{cpu_med['engine']:.1f}; worker process routed {cpu_med['routed']:.1f}, backfill "
+        f"{cpu_med['backfill']:.1f}; publishing took {publish_med['routed']:.1f} s routed, "
+        f"{publish_med['backfill']:.1f} s backfill"
+    )
+    profiles = {}
+    if args.profile:
+        for file in sorted(args.profile.glob("*.txt")):
+            profiles[file.name] = profile_summary(file)
+            print(
+                f"worker profile {file.name}: "
+                + ", ".join(f"{k} {100 * v:.0f}%" for k, v in profiles[file.name].items())
+            )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -193,6 +298,9 @@ def main() -> None:
                     "n": len(tickets),
                     "runs": results,
                     "median": med,
+                    "cpu_ms_per_ticket": CPU,
+                    "publish_s": PUBLISH,
+                    "profile_share": profiles,
                 },
                 indent=2,
             )

@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--rate", type=float, default=20.0, help="webhooks per second")
     ap.add_argument(
+        "--batch-wait-ms", type=int, help="the worker's TRIAGE_BATCH_WAIT_MS (default: its own)"
+    )
+    ap.add_argument(
         "--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = ap.parse_args()
@@ -71,6 +74,11 @@ def main() -> None:
             TRIAGE_WEBHOOK_SECRETS=json.dumps({"github": [SECRET]}),
             TRIAGE_LOG_LEVEL="WARNING",
             TRIAGE_ENV="development",  # its signing secret is a short fixed string
+            **(
+                {"TRIAGE_BATCH_WAIT_MS": str(args.batch_wait_ms)}
+                if args.batch_wait_ms is not None
+                else {}
+            ),
         )
         engine = db.make_engine(env["TRIAGE_DATABASE_URL"])
         migrate.upgrade(engine)
@@ -104,6 +112,9 @@ def main() -> None:
             session = requests.Session()
             sent: dict[str, float] = {}
             http_ms: list[float] = []
+            # A fresh repository name per run: the intake remembers ticket keys in Redis for
+            # TRIAGE_DEDUPE_TTL_S, so a rerun with the same keys would be answered "duplicate".
+            repo = f"bench/helpdesk-{uuid.uuid4().hex[:8]}"
             start = time.perf_counter()
             for i, row in enumerate(rows):
                 due = start + i / args.rate
@@ -117,7 +128,7 @@ def main() -> None:
                         "created_at": row["created_at"],
                         "labels": [],
                     },
-                    "repository": {"full_name": "bench/helpdesk"},
+                    "repository": {"full_name": repo},
                 }
                 body = json.dumps(payload).encode()
                 sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -134,7 +145,7 @@ def main() -> None:
                 )
                 http_ms.append((time.time() - t0) * 1000)
                 assert r.status_code == 202, r.text
-                sent[f"bench/helpdesk#{i + 1}"] = t0
+                sent[f"{repo}#{i + 1}"] = t0
             deadline = time.time() + 120
             while True:
                 with Session(engine) as s:
@@ -155,7 +166,7 @@ def main() -> None:
             for tid, at in got.items()
         ]
         print(
-            f"machine: {os.cpu_count()} cores; {len(rows)} webhooks at {args.rate}/s, one worker (batch wait default), {datetime.now(UTC):%Y-%m-%d}"
+            f"machine: {os.cpu_count()} cores; {len(rows)} webhooks at {args.rate}/s, one worker (batch wait {'default' if args.batch_wait_ms is None else f'{args.batch_wait_ms} ms'}), {datetime.now(UTC):%Y-%m-%d}"
         )
         print(f"decided {len(lat)}/{len(sent)}")
         print(

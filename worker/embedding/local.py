@@ -11,6 +11,7 @@ to be shipped or kept in step with the weights.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import threading
@@ -44,13 +45,14 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 DEFAULT_MAX_SEQ_LENGTH = 256
 # Texts are sorted by token count and run in sub-batches of at most this many texts …
 MAX_SUB_BATCH = 64
-# … and at most this many padded tokens (rows × longest row). Measured on the 2-core dev VM
-# (AMD EPYC, AVX-512, 2 MB L2 per core), graph-only throughput peaks at 256–1,024 tokens per
-# run (≈ 18k tokens/s) and falls to 8–14k at 4,096+, where activations and the [rows, heads,
-# seq, seq] attention scores no longer stay in cache. End to end, a 512-token budget beat 4,096
-# by ≈ 10 % on 500 short tickets, ≈ 40 % on calls of 64 short tickets and ≈ 20 % on 256-token
-# texts (2 per run); 256 was worse again (per-run overhead).
+# … and at most this many real tokens. The graph runs packed (see onnx_bert): every dense
+# layer sees only real tokens, so this budget is the work per run, whatever the padding.
+# Measured on the 2-core dev VM, graph-only throughput peaks at 256–1,024 tokens per run and
+# falls at 4,096+, where activations no longer stay in cache; with the packed graph, 512 beat
+# 256 and 1,024 on calls of 32 short tickets and on all 2,000 at once (BENCHMARKS.md).
 MAX_SUB_BATCH_TOKENS = 512
+# Attention alone still runs padded ([rows, heads, seq, seq] scores): cap rows × longest row.
+MAX_PADDED_TOKENS = 2048
 
 
 def packaged_model_dir() -> Path:
@@ -193,6 +195,11 @@ class LocalEmbedder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: the worker runs Chroma, Celery and
+        # SQL between embeddings, and spinning threads took cores from them (and from
+        # anything else on the machine). Measured on calls of 32 short tickets on a loaded
+        # 2-core VM: 1.16x the texts/s with spinning off (BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: the worker log is not ORT's
         try:
             return ort.InferenceSession(
@@ -208,9 +215,10 @@ class LocalEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts`` as unit vectors, in order, truncating each at ``max_seq_length``.
 
-        Texts are sorted by token count and run in sub-batches padded to their own longest
-        text: with one ticket batch mixing short and long texts, padding everything to the
-        longest would multiply the work (measured: unsorted batches of 64 cost ≈ 40 % more).
+        Texts are sorted by token count and run in sub-batches of similar length, packed:
+        the dense layers see only real tokens and only attention is padded, to each
+        sub-batch's longest text. Padding a call of 32 short tickets to its longest costs
+        ≈ 40 % more work; packing measured 1.3–1.4x the texts/s on such calls (BENCHMARKS.md).
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single str")
@@ -257,28 +265,37 @@ class LocalEmbedder:
         order = np.argsort(lengths, kind="stable")
         start = 0
         while start < len(order):
-            stop = start + 1
-            # Ascending order: the row just added is the longest, so rows × it is the cost.
+            stop, tokens = start + 1, int(lengths[order[start]])
+            # Ascending order: the row just added is the longest, so rows × it is the padded size.
             while (
                 stop < len(order)
                 and stop - start < MAX_SUB_BATCH
-                and (stop - start + 1) * lengths[order[stop]] <= MAX_SUB_BATCH_TOKENS
+                and tokens + lengths[order[stop]] <= MAX_SUB_BATCH_TOKENS
+                and (stop - start + 1) * lengths[order[stop]] <= MAX_PADDED_TOKENS
             ):
+                tokens += int(lengths[order[stop]])
                 stop += 1
             yield order[start:stop]
             start = stop
 
     def _run(self, encodings: list[Encoding], seq_len: int) -> Vectors:
-        ids = np.zeros((len(encodings), seq_len), dtype=np.int64)
-        mask = np.zeros((len(encodings), seq_len), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            ids[row, :n] = encoding.ids
-            mask[row, :n] = 1
+        # The graph takes the batch packed (real tokens only, for every dense layer) plus the
+        # index maps between packed rows and padded [rows, seq_len] slots (for attention).
+        counts = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        slots = np.arange(seq_len, dtype=np.int64)
+        real = slots < counts[:, None]
+        starts = np.cumsum(counts) - counts
+        inputs = {
+            "input_ids": np.fromiter(
+                itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(counts.sum())
+            ),
+            "position_ids": np.broadcast_to(slots, real.shape)[real],
+            "attention_mask": real.astype(np.int64),
+            "unpack_index": np.where(real, starts[:, None] + slots, 0).ravel(),
+            "pack_index": np.flatnonzero(real).astype(np.int64),
+        }
         try:
-            (vectors,) = self._session.run(
-                ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
-            )
+            (vectors,) = self._session.run(["sentence_embedding"], inputs)
         except Exception as exc:  # onnxruntime's pybind errors (e.g. out of memory)
             raise EmbedderUnavailable(f"onnxruntime run failed: {exc}") from exc
         return np.asarray(vectors, dtype=np.float32)

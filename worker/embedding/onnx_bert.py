@@ -4,15 +4,25 @@ Why build the graph by hand: exporting it with torch needs ≈ 1.2 GB of package
 ``onnx`` package alone (≈ 26 MB) can describe the same computation from the safetensors
 weights (../shared/reference/embedding-engines.md). The graph uses only default-domain ops of
 opset 17 (``LayerNormalization`` exists from 17 on) so any onnxruntime can run it; the
-session's own optimiser fuses what it can at load time. Measured with onnxruntime 1.32: each
-bias Add + GELU becomes a BiasGelu; Add + LayerNormalization does not become
-SkipLayerNormalization (that fusion wants a fixed sequence length, and ours is dynamic), and
+session's own optimiser fuses what it can at load time. Measured with onnxruntime 1.32 on
+the packed graph below: each MatMul + bias Add on [tokens, hidden] becomes one Gemm, the
+GELU one Gelu node; Add + LayerNormalization does not become SkipLayerNormalization, and
 attention stays as plain MatMul / Softmax nodes.
+
+The batch is packed: the dense layers (QKV, attention output, FFN, LayerNorms: ≈ 95 % of
+the FLOPs for ticket-length texts) run on the real tokens only, as [tokens, hidden]; just
+the attention itself is done per text, on a padded [batch, seq] view gathered with
+``unpack_index`` and gathered back with ``pack_index``. Padding no longer costs dense work,
+so a batch of mixed lengths costs what its real tokens cost.
 
 The graph computes exactly what sentence-transformers does for a BERT model followed by mean
 pooling and L2 normalisation:
 
-    inputs   input_ids, attention_mask        int64 [batch, seq]
+    inputs   input_ids, position_ids          int64 [tokens]   every real token, text by text
+             attention_mask                   int64 [batch, seq]
+             unpack_index                     int64 [batch·seq] padded slot -> token row
+                                                               (any valid row for a pad slot)
+             pack_index                       int64 [tokens]   token row -> padded slot
     output   sentence_embedding               float32 [batch, hidden], unit length
 
 Token-type ids are not an input: sentence-transformers passes all zeros for one sentence,
@@ -284,9 +294,14 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
         positions = positions + weights[token_type_name][0]
     position_table = g.const("position_embeddings", positions)
 
-    seq_len = g.op("Slice", [g.op("Shape", ["input_ids"]), g.ints([1]), g.ints([2])])
-    position_rows = g.op("Slice", [position_table, g.ints([0]), seq_len, g.ints([0])])
-    x = g.op("Add", [g.op("Gather", [word_table, "input_ids"]), position_rows])
+    # Packed: one row per real token of the whole batch, [tokens, hidden].
+    x = g.op(
+        "Add",
+        [
+            g.op("Gather", [word_table, "input_ids"]),
+            g.op("Gather", [position_table, "position_ids"]),
+        ],
+    )
     x = layer_norm(g, x, "embeddings.LayerNorm")
 
     # --- additive attention mask, [batch, 1, 1, seq] ------------------------------------------
@@ -297,7 +312,9 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
     mask_bias = g.op("Unsqueeze", [mask_bias, g.ints([1, 2])])
 
     split_heads = g.ints([0, 0, heads, head_dim])
-    merge_heads = g.ints([0, 0, hidden])
+    # [batch, seq] + [3·hidden]: the padded shape of a packed [tokens, 3·hidden] after unpacking.
+    padded_qkv = g.op("Concat", [g.op("Shape", ["attention_mask"]), g.ints([3 * hidden])], axis=0)
+    flat = g.ints([-1, hidden])
     inv_sqrt = 1.0 / math.sqrt(head_dim)
 
     # --- encoder layers ---------------------------------------------------------------------
@@ -323,6 +340,9 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
             "Add",
             [g.op("MatMul", [x, g.const(p + "qkv.weight", qkv_w)]), g.const(p + "qkv.bias", qkv_b)],
         )
+        # Attention is per text, so it alone runs padded: unpack [tokens, 3·hidden] to
+        # [batch, seq, 3·hidden] (pad slots repeat a real token and are masked out as keys).
+        qkv = g.op("Reshape", [g.op("Gather", [qkv, "unpack_index"], axis=0), padded_qkv])
         q, k, v = g.split(qkv, [hidden] * 3)
         q = g.op("Transpose", [g.op("Reshape", [q, split_heads])], perm=[0, 2, 1, 3])
         k = g.op("Transpose", [g.op("Reshape", [k, split_heads])], perm=[0, 2, 3, 1])
@@ -330,7 +350,8 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
         scores = g.op("Add", [g.op("MatMul", [q, k]), mask_bias])
         probs = g.op("Softmax", [scores], axis=-1)
         context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
-        context = g.op("Reshape", [context, merge_heads])
+        # Back to packed rows: pad slots' outputs are dropped here.
+        context = g.op("Gather", [g.op("Reshape", [context, flat]), "pack_index"], axis=0)
         attn = linear(g, context, p + "attention.output.dense", hidden, hidden)
         x = layer_norm(g, g.op("Add", [attn, x]), p + "attention.output.LayerNorm")
 
@@ -344,6 +365,8 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
         x = layer_norm(g, g.op("Add", [out, x]), p + "output.LayerNorm")
 
     # --- mean pooling over real tokens, then L2 normalisation ---------------------------------
+    padded = g.op("Concat", [g.op("Shape", ["attention_mask"]), g.ints([hidden])], axis=0)
+    x = g.op("Reshape", [g.op("Gather", [x, "unpack_index"], axis=0), padded])
     # [batch, 1, seq] @ [batch, seq, hidden] sums the unmasked token vectors in one MatMul.
     summed = g.op("MatMul", [g.op("Unsqueeze", [mask, g.ints([1])]), x])
     summed = g.op("Squeeze", [summed, g.ints([1])])
@@ -357,8 +380,11 @@ def build_bert_onnx(config: BertConfig, weights: dict[str, Array]) -> onnx.Model
         g.nodes,
         "sentence_bert",
         inputs=[
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["tokens"]),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["tokens"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("unpack_index", TensorProto.INT64, ["batch_x_seq"]),
+            helper.make_tensor_value_info("pack_index", TensorProto.INT64, ["tokens"]),
         ],
         outputs=[
             helper.make_tensor_value_info(

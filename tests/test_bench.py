@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark harness: each bench/ script runs on a tiny input and prints
+(and writes) well-formed results. No timing is asserted: speed is what the scripts measure,
+on purpose-sized inputs, never what a test checks (BENCHMARKS.md holds the figures)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+ST_PYTHON = BENCH / ".venv-st" / "bin" / "python"
+
+
+def run(*args: str | Path, timeout: float = 240) -> str:
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{args[0]} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_text_sets_are_committed_and_fixed() -> None:
+    short = (BENCH / "texts" / "short.txt").read_text(encoding="utf-8").splitlines()
+    long = (BENCH / "texts" / "long.txt").read_text(encoding="utf-8").splitlines()
+    assert len(short) == 2000 and all(t.strip() for t in short)
+    assert len(long) == 200 and all(len(t) >= 1000 for t in long)
+
+
+def test_engine_local_only(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    stdout = run(
+        BENCH / "engine.py", "--runs", "2", "-n", "6", "--call-size", "4,0", "--no-st",
+        "--json", out,
+    )  # fmt: skip
+    assert "sentence-transformers: not run: --no-st" in stdout
+    report = json.loads(out.read_text())
+    assert report["sets"]["short"]["texts"] == 6 and report["sets"]["long"]["texts"] == 6
+    # The long set runs at the model's full 256 tokens.
+    assert report["sets"]["long"]["tokens"] == 6 * 256
+    local = report["engines"]["local"]
+    assert set(local["median"]) == {"short/4", "short/all", "long/4", "long/all"}
+    assert all(len(v) == 2 and all(positive(x) for x in v) for v in local["runs"].values())
+    assert positive(local["cold_start_s"]) and positive(local["peak_rss_mib"])
+    # Without sentence-transformers the agreement comes from its recorded embeddings.
+    ref = report["reference_agreement"]
+    assert ref["texts"] == 60 and ref["min_cosine"] > 0.9999
+
+
+def test_engine_against_sentence_transformers(tmp_path: Path) -> None:
+    if not ST_PYTHON.exists():
+        pytest.skip(
+            f"{ST_PYTHON} does not exist: sentence-transformers + torch (≈ 1.4 GB) live only in "
+            "the optional benchmark venv that bench/README.md creates, never in the product's"
+        )
+    out = tmp_path / "engine.json"
+    stdout = run(
+        BENCH / "engine.py", "--runs", "1", "-n", "8", "--call-size", "8", "--sets", "short",
+        "--json", out,
+    )  # fmt: skip
+    assert "ratio of medians to sentence-transformers" in stdout
+    report = json.loads(out.read_text())
+    local = report["engines"]["local"]
+    assert positive(local["ratio_to_st"]["short/8"])
+    assert local["agreement_with_st"]["short"]["min_cosine"] > 0.9999
+    assert "sentence-transformers" in report["engines"]
+
+
+def test_scale(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    stdout = run(
+        BENCH / "scale.py", "--sizes", "300,600", "--queries", "10", "--ingest-batch", "100",
+        "--json", out,
+    )  # fmt: skip
+    assert "600 stored" in stdout
+    report = json.loads(out.read_text())
+    assert [r["stored"] for r in report["rows"]] == [300, 600]
+    assert not report["stopped_early"]
+    for row in report["rows"]:
+        for key in ("ingest_vectors_s", "query1_p50_ms", "query1_p99_ms", "query32_p50_ms"):
+            assert positive(row[key]), key
+        assert row["query1_p50_ms"] <= row["query1_p99_ms"]
+        assert positive(row["rss_mib"]) and positive(row["disk_mib"])
+
+
+def test_pipeline(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "pipeline.json"
+    stdout = run(
+        BENCH / "pipeline.py", "--data", ROOT / "producer" / "samples" / "demo_tickets.csv",
+        "-n", "12", "--runs", "1", "--batch-size", "4", "--redis-url", redis_url, "--json", out,
+    )  # fmt: skip
+    assert "x engine" in stdout
+    report = json.loads(out.read_text())
+    assert report["n"] == 12
+    for variant in ("engine", "routed", "backfill"):
+        assert positive(report["median"][variant]), variant
+        assert positive(report["cpu_ms_per_ticket"][variant][0]), variant
+
+
+def test_webhook_latency(redis_url: str) -> None:
+    stdout = run(BENCH / "webhook_latency.py", "-n", "6", "--rate", "20", "--redis-url", redis_url)
+    assert "decided 6/6" in stdout
+    assert "p99" in stdout
+
+
+def test_heldout_calibration() -> None:
+    quality = ROOT / "tests" / "fixtures" / "quality"
+    stdout = run(
+        BENCH / "heldout_calibration.py", "--corpus", quality / "hadoop_bugs.csv",
+        "--links", quality / "hadoop_bugs-combined.csv",
+    )  # fmt: skip
+    assert "held-out" in stdout.lower()
