@@ -103,9 +103,14 @@ def pipeline(
     redis_url: str,
     batch: int,
     profile: Path | None = None,
+    per_message: int | None = None,
+    hybrid_alpha: float | None = None,
 ) -> float:
+    import redis
+
     from config.celery_app import create_app
     from producer.enqueue import publish
+    from worker.ledger import Ledger
 
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
@@ -116,6 +121,8 @@ def pipeline(
             TRIAGE_QUEUE=f"bench-{uuid.uuid4().hex[:8]}",
             TRIAGE_BATCH_SIZE=str(batch),
         )
+        if hybrid_alpha is not None:
+            env["TRIAGE_HYBRID_ALPHA"] = str(hybrid_alpha)
         settings = load_settings(
             redis_url=redis_url,
             database_url=env["TRIAGE_DATABASE_URL"],
@@ -154,8 +161,13 @@ def pipeline(
                     )  # fmt: skip
                 cpu0 = cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
+                # As `triage ingest` publishes: grouped messages, each chunk in the ledger.
                 for _ in publish(
-                    create_app(settings), tickets, mode="backfill" if backfill else "route"
+                    create_app(settings),
+                    tickets,
+                    mode="backfill" if backfill else "route",
+                    per_message=per_message or batch,
+                    ledger=Ledger(redis.Redis.from_url(redis_url), settings.queue),
                 ):
                     pass
                 PUBLISH.setdefault(variant, []).append(time.perf_counter() - t0)
@@ -228,6 +240,15 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path)
     ap.add_argument(
+        "--per-message",
+        type=int,
+        default=None,
+        help="tickets per queue message (default: the batch size, as `triage ingest`; 1: one each)",
+    )
+    ap.add_argument(
+        "--hybrid-alpha", type=float, default=None, help="TRIAGE_HYBRID_ALPHA for the worker"
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -250,7 +271,9 @@ def main() -> None:
     )
     print(f"machine: {os.cpu_count()} cores, {cpu}; python {platform.python_version()}; {versions}")
     print(
-        f"data: {len(tickets)} tickets from {args.data}, batch {args.batch_size}, {args.runs} run(s)"
+        f"data: {len(tickets)} tickets from {args.data}, batch {args.batch_size}, {args.runs} "
+        f"run(s), {args.per_message or args.batch_size} per message, hybrid alpha "
+        f"{'default' if args.hybrid_alpha is None else args.hybrid_alpha}"
     )
     results: dict[str, list[float]] = {"engine": [], "routed": [], "backfill": []}
     for run in range(args.runs):
@@ -264,6 +287,8 @@ def main() -> None:
                     redis_url=args.redis_url,
                     batch=args.batch_size,
                     profile=args.profile,
+                    per_message=args.per_message,
+                    hybrid_alpha=args.hybrid_alpha,
                 )
             )
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))

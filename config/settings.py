@@ -144,8 +144,10 @@ class Settings(BaseSettings):
     # 32 short tickets embed in ~0.13 s locally: big enough to amortise the call, small
     # enough that a batch is well inside the visibility timeout.
     batch_size: int = Field(32, ge=1, le=1024)
-    # A lone ticket waits at most this long for batch-mates before it is embedded alone.
-    batch_wait_ms: int = Field(200, ge=0, le=60_000)
+    # A lone ticket waits at most this long for batch-mates before it is embedded alone. It
+    # is most of a webhook's latency at low rates (BENCHMARKS.md: p99 130 ms at 20/s with
+    # 50, 447-572 ms with 200); at high rates batches fill to batch_size before it runs out.
+    batch_wait_ms: int = Field(50, ge=0, le=60_000)
     queue: str = Field("triage", pattern=r"^[A-Za-z0-9._-]+$")
     # Redis redelivers an unacked message after this many seconds. It must exceed the
     # longest time a message sits in a worker (prefetch wait + retry countdown + batch);
