@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Vectors kept in memory for fetch(): ≈ 1.6 KB each with metadata, so ≈ 160 MB at most.
+FETCH_CACHE_SIZE = 100_000
 # chromadb rejects larger write batches ("Batch size of 6000 is greater than max batch size of 5461").
 MAX_WRITE_BATCH = 5000
 
@@ -56,11 +59,26 @@ class Neighbour:
 class VectorStore:
     """A Chroma collection of ticket vectors, checked to hold this model's vectors."""
 
-    def __init__(self, client: Any, collection: Any, *, location: str, lock: IO[str] | None):
+    def __init__(
+        self,
+        client: Any,
+        collection: Any,
+        *,
+        location: str,
+        lock: IO[str] | None,
+        cache_size: int = FETCH_CACHE_SIZE,
+    ):
         self._client = client
         self._collection = collection
         self.location = location
         self._lock = lock
+        # Vectors this process wrote or fetched, by key: hybrid ranking fetches the vectors
+        # of BM25-only candidates every batch, and a Chroma `get` costs ≈ 0.8 ms per ticket
+        # (QUALITY.md). A key's vector and metadata never change within a collection
+        # (decisions are final; a repair re-stores the same), so nothing goes stale; a
+        # re-index opens another VectorStore.
+        self._cache: OrderedDict[TicketKey, tuple[np.ndarray, Neighbour]] = OrderedDict()
+        self._cache_size = cache_size
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -192,22 +210,28 @@ class VectorStore:
         (hybrid ranking's lexical side): the caller computes their cosine itself; the
         Neighbour's score is a placeholder 0.
         """
-        if not keys:
-            return {}
+        out = {k: hit for k in keys if (hit := self._cache.get(k)) is not None}
+        for key in out:
+            self._cache.move_to_end(key)
+        missing = [k for k in keys if k not in out]
+        if not missing:
+            return out
         got = self._guard(
             self._collection.get,
-            ids=[k.as_id() for k in keys],
+            ids=[k.as_id() for k in missing],
             include=["embeddings", "metadatas"],
         )
-        return {
-            TicketKey.from_id(id_): (
-                np.asarray(vector, dtype=np.float32),
-                _neighbour(id_, 0.0, meta),
-            )
-            for id_, vector, meta in zip(
-                got["ids"], got["embeddings"], got["metadatas"], strict=True
-            )
-        }
+        for id_, vector, meta in zip(got["ids"], got["embeddings"], got["metadatas"], strict=True):
+            key = TicketKey.from_id(id_)
+            out[key] = (np.asarray(vector, dtype=np.float32), _neighbour(id_, 0.0, meta))
+            self._remember(key, out[key])
+        return out
+
+    def _remember(self, key: TicketKey, entry: tuple[np.ndarray, Neighbour]) -> None:
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def upsert(
         self, keys: Sequence[TicketKey], vectors: Vectors, metadatas: Sequence[dict[str, Any]]
@@ -220,6 +244,9 @@ class VectorStore:
                 embeddings=np.asarray(vectors[start:end], dtype=np.float32),
                 metadatas=list(metadatas[start:end]),
             )
+        for key, vector, meta in zip(keys, vectors, metadatas, strict=True):
+            entry = (np.asarray(vector, dtype=np.float32), _neighbour(key.as_id(), 0.0, meta))
+            self._remember(key, entry)
 
     @property
     def collection_name(self) -> str:
