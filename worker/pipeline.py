@@ -401,15 +401,15 @@ def _lexical_side(
 ) -> list[dict[TicketKey, float]]:
     """BM25 scores of each routed ticket's candidates; lexical-only candidates join ``stored``.
 
-    The index first catches up with what other workers stored (we hold the decision
-    lock, so nobody writes meanwhile). The batch's tickets then enter it in order, so
+    The index holds every stored ticket: this process adds its own here, and where other
+    processes write too (a Chroma server) ``Services.before_decide`` catches it up from SQL
+    under the decision lock (worker/runtime.py). The batch's tickets enter it in order, so
     ticket n is scored against the stored tickets and its earlier batch-mates, as routing
     compares it. Candidates found only by BM25 get their vector from the store (one call
     for the batch) and their cosine computed here; one without a vector yet is skipped.
     """
     index = services.lexical
     assert index is not None
-    index.refresh(services.engine)
     scores_of: list[dict[TicketKey, float]] = []
     wanted: dict[int, list[TicketKey]] = {}
     for n, i in enumerate(fresh):

@@ -165,7 +165,15 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
     if settings.uses_chroma_server:
-        services.before_decide = lambda: _follow_switch(settings, services)
+
+        def before_decide() -> None:
+            _follow_switch(settings, services)
+            # Other workers store tickets too: one SQL read of the rows added since the last
+            # batch. With the embedded store this process is the only writer and needs none.
+            if services.lexical is not None:
+                services.lexical.refresh(engine)
+
+        services.before_decide = before_decide
 
     ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
 
