@@ -201,7 +201,7 @@ def _insert(session: Session) -> Any:
     raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
-def _key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
+def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
     return tuple_(model.source, model.ticket_id).in_([tuple(k) for k in keys])
 
 
@@ -226,7 +226,7 @@ def known_tickets(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey
             (DecisionRow.source == TicketRow.source)
             & (DecisionRow.ticket_id == TicketRow.ticket_id),
         )
-        .where(_key_filter(TicketRow, keys))
+        .where(key_filter(TicketRow, keys))
     ).all()
     return {TicketKey(s, t): KnownTicket(bool(b), d) for s, t, b, d in rows}
 
@@ -235,7 +235,7 @@ def tickets_by_key(session: Session, keys: Iterable[TicketKey]) -> dict[TicketKe
     keys = list(keys)
     if not keys:
         return {}
-    rows = session.scalars(select(TicketRow).where(_key_filter(TicketRow, keys)))
+    rows = session.scalars(select(TicketRow).where(key_filter(TicketRow, keys)))
     return {TicketKey(r.source, r.ticket_id): r for r in rows}
 
 
@@ -290,7 +290,7 @@ def save_batch(
         )
     done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
     if done:
-        session.execute(delete(FailureRow).where(_key_filter(FailureRow, done)))
+        session.execute(delete(FailureRow).where(key_filter(FailureRow, done)))
 
 
 ACTIVE_COLLECTION = "active_collection"
