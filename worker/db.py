@@ -79,12 +79,21 @@ class DecisionRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     ticket_id: Mapped[str] = mapped_column(String(255))
     route: Mapped[str] = mapped_column(String(16), index=True)
+    # The cosine of the matched ticket; the route is the thresholds' rule applied to it.
     score: Mapped[float | None] = mapped_column(Float)
+    # The matched ticket: the first of ``matches``, the top-ranked candidate.
     matched_source: Mapped[str | None] = mapped_column(String(64))
     matched_ticket_id: Mapped[str | None] = mapped_column(String(255))
     canonical_source: Mapped[str] = mapped_column(String(64))
     canonical_ticket_id: Mapped[str] = mapped_column(String(255), index=True)
+    # Up to top_k candidates in the order ``ranked_by`` put them, each with its cosine
+    # (``score``) and, under hybrid ranking, its ``fused_score``.
     matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # 'hybrid' (dense + BM25 fusion) or 'cosine'; null on rows decided before it was recorded.
+    ranked_by: Mapped[str | None] = mapped_column(String(16))
+    # The matched ticket's fused score under hybrid ranking: it orders one ticket's
+    # candidates and is not comparable across tickets (thresholds apply to ``score``).
+    fused_score: Mapped[float | None] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(200))
     duplicate_threshold: Mapped[float] = mapped_column(Float)
     suggest_threshold: Mapped[float] = mapped_column(Float)

@@ -201,10 +201,24 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
     key = TicketKey(d.source, d.ticket_id)
     canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
     matches = tuple(
-        Neighbour(TicketKey(m["source"], m["ticket_id"]), m["score"], canonical, "")
+        Neighbour(
+            TicketKey(m["source"], m["ticket_id"]),
+            m["score"],
+            canonical,
+            "",
+            fused=m.get("fused_score"),
+        )
         for m in d.matches
     )
-    return Outcome(key, d.route, d.score, matches, canonical, d.reason)  # type: ignore[arg-type]
+    return Outcome(
+        key,
+        d.route,  # type: ignore[arg-type]
+        d.score,
+        matches,
+        canonical,
+        d.reason,
+        "hybrid" if d.ranked_by == "hybrid" else "cosine",
+    )
 
 
 class VectorCache:
@@ -472,10 +486,9 @@ def _decision_values(
         "matched_ticket_id": best.key.ticket_id if best else None,
         "canonical_source": outcome.canonical.source,
         "canonical_ticket_id": outcome.canonical.ticket_id,
-        "matches": [
-            {"source": m.key.source, "ticket_id": m.key.ticket_id, "score": round(m.score, 6)}
-            for m in outcome.matches
-        ],
+        "matches": [_match_values(m) for m in outcome.matches],
+        "ranked_by": outcome.ranked_by,
+        "fused_score": None if best is None or best.fused is None else round(best.fused, 6),
         "model": model,
         "duplicate_threshold": thresholds.duplicate,
         "suggest_threshold": thresholds.suggest,
@@ -487,6 +500,17 @@ def _decision_values(
         "unknown_ratio": None if unknown_ratio is None else round(unknown_ratio, 4),
         "reason": outcome.reason,
     }
+
+
+def _match_values(m: Neighbour) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "source": m.key.source,
+        "ticket_id": m.key.ticket_id,
+        "score": round(m.score, 6),
+    }
+    if m.fused is not None:
+        values["fused_score"] = round(m.fused, 6)
+    return values
 
 
 def _sql(fn: Callable[[Session], Any], engine: Engine, *, commit: bool = False) -> Any:

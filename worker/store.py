@@ -54,6 +54,9 @@ class Neighbour:
     route: str
     # False for a ticket the model could not read (coverage guard): never offered as a match.
     readable: bool = True
+    # Its fused dense + BM25 score when hybrid ranking placed it (worker/hybrid.py): only
+    # comparable with the other candidates of the same ticket; None under cosine ranking.
+    fused: float | None = None
 
 
 class VectorStore:
