@@ -6,6 +6,7 @@ Tables (schema owned by the Alembic migrations in ``worker/migrations``):
   be rebuilt from SQL (re-index, model change, lost store).
 - ``triage_decisions``: one row per routed ticket; the stable surface dashboards query.
 - ``triage_failures``: tickets that will not succeed on retry, with the reason.
+- ``triage_decision_fence``: the decision lock's fencing token (worker/decision_lock.py).
 
 Every write is keyed by ``(source, ticket_id)`` and idempotent: a redelivered ticket
 never adds a row, and a decision, once made, is never rewritten (later tickets may
@@ -119,6 +120,17 @@ class IndexStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DecisionFenceRow(Base):
+    """The fencing token of a decision lock (worker/decision_lock.py): one row per lock,
+    incremented by each holder on entry; a commit checks that the row still has its token."""
+
+    __tablename__ = "triage_decision_fence"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class FeedbackRow(Base):
     """An agent confirming or vetoing a `duplicate` / `suggest` decision; one per agent."""
 
@@ -201,8 +213,11 @@ def make_engine(url: str) -> Engine:
 
 
 def _insert(session: Session) -> Any:
+    return dialect_insert(session.get_bind().dialect.name)
+
+
+def dialect_insert(name: str) -> Any:
     """The dialect's INSERT that supports ON CONFLICT (SQLite ≥ 3.24 and PostgreSQL)."""
-    name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":

@@ -44,6 +44,7 @@ from worker.tickets import Ticket, TicketKey
 
 if TYPE_CHECKING:
     from worker.coverage import CoverageGuard
+    from worker.decision_lock import Section
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,12 @@ class Services:
     engine: Engine
     thresholds: ThresholdSource
     top_k: int
-    # Serialises the critical section across worker processes (a Redis lock when several
-    # processes share a Chroma server); a no-op when one process owns the embedded store.
-    lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+    # Serialises the critical section across worker processes when several share a Chroma
+    # server (worker/decision_lock.py: a Redis lock and a SQL fence; it yields the section
+    # whose commit is fenced); a no-op yielding None when one process owns the embedded store.
+    lock: Callable[[], AbstractContextManager[Section | None]] = field(
+        default=contextlib.nullcontext
+    )
     # Weight of the subject's own vector in a ticket's vector (worker/text.embed_tickets).
     subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
@@ -174,11 +178,11 @@ def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
     """Step 3: the critical section, then one result per item, in order."""
     items, results = batch.items, batch.results
     if batch.todo:
-        with services.lock():
+        with services.lock() as section:
             if services.before_decide is not None:
                 services.before_decide()
             results.update(
-                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services)
+                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services, section)
             )
 
     for i, item in enumerate(items):
@@ -305,6 +309,7 @@ def _decide_and_store(
     texts: dict[int, str],
     vectors: dict[int, np.ndarray],
     services: Services,
+    section: Section | None = None,
 ) -> dict[int, ItemResult]:
     keys = [items[i].ticket.key for i in todo]
     # Re-read inside the lock: another worker may have decided one of these meanwhile.
@@ -385,16 +390,22 @@ def _decide_and_store(
             )
         results[i] = ItemResult("unchanged", outcome)
 
-    def write(session: Session) -> None:
-        db.save_batch(session, ticket_rows, decision_rows)
+    # Fenced: if this section's lock was lost and another holder decided meanwhile, nothing
+    # is written and the batch is retried on a fresh view (DecisionLockLost, transient).
+    with section.committing() if section is not None else contextlib.nullcontext(None) as check:
 
-    _sql(write, services.engine, commit=True)
-    order = fresh + repair
-    services.store.upsert(
-        [items[i].ticket.key for i in order],
-        np.stack([vectors[i] for i in order]).astype(np.float32),
-        [meta[i] for i in order],
-    )
+        def write(session: Session) -> None:
+            if check is not None:
+                check(session)
+            db.save_batch(session, ticket_rows, decision_rows)
+
+        _sql(write, services.engine, commit=True)
+        order = fresh + repair
+        services.store.upsert(
+            [items[i].ticket.key for i in order],
+            np.stack([vectors[i] for i in order]).astype(np.float32),
+            [meta[i] for i in order],
+        )
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
         len(todo),

@@ -12,13 +12,14 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from config.settings import Settings, load_settings
@@ -26,8 +27,9 @@ from worker import migrate
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
 from worker.db import make_engine
+from worker.decision_lock import DecisionLock, Section
 from worker.embedding import make_embedder
-from worker.errors import ConfigError, LockTimeout, ModelMismatch, StoreUnavailable
+from worker.errors import ConfigError, ModelMismatch, StoreUnavailable
 from worker.ledger import Ledger
 from worker.pipeline import (
     DECISION_LOCK,
@@ -44,14 +46,6 @@ from worker.routing import Thresholds
 from worker.store import open_store
 
 logger = logging.getLogger(__name__)
-
-# The critical section (query + decide + write) takes milliseconds. Its holder renews the
-# lock every LOCK_RENEW_S while alive, so a killed holder's lock expires within LOCK_TTL_S
-# and the other workers go on (a fixed 60 s TTL stalled every worker for a minute after a
-# SIGKILL mid-section: tests/faults/test_kill.py), while a slow but live section keeps it.
-LOCK_TTL_S = 10
-LOCK_RENEW_S = 3
-LOCK_WAIT_S = 30
 
 
 @dataclass
@@ -133,10 +127,15 @@ def build_runtime(settings: Settings) -> Runtime:
     from worker.reindex import active_collection
 
     store = open_store(settings, embedder, active_collection(engine, settings))
-    lock = contextlib.nullcontext
+    lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
-        lock = redis_lock(redis.Redis.from_url(settings.redis_url), DECISION_LOCK)
+        lock = DecisionLock(
+            redis.Redis.from_url(settings.redis_url),
+            engine,
+            DECISION_LOCK,
+            ttl_s=settings.decision_lock_ttl_s,
+        )
     thresholds: ThresholdSource = Thresholds(
         settings.duplicate_threshold, settings.suggest_threshold
     )
@@ -246,44 +245,6 @@ def _follow_switch(settings: Settings, services: Services) -> None:
     old, services.store = services.store, new
     old.close()
     logger.info("switched to collection %s", active)
-
-
-def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]
-    @contextlib.contextmanager
-    def locked() -> Iterator[None]:
-        # thread_local=False: the renewing thread must see the token this thread acquired.
-        lock = client.lock(
-            f"triage:decide:{name}",
-            timeout=LOCK_TTL_S,
-            blocking_timeout=LOCK_WAIT_S,
-            thread_local=False,
-        )
-        try:
-            acquired = lock.acquire()
-        except RedisError as exc:
-            raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
-        if not acquired:
-            raise LockTimeout(f"decision lock {name!r} not acquired within {LOCK_WAIT_S} s")
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(LOCK_RENEW_S):
-                try:
-                    lock.reacquire()
-                except (LockError, RedisError):
-                    return  # expired or Redis gone: the section's writes are idempotent anyway
-
-        renewer = threading.Thread(target=renew, name="decision-lock-renew", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
-            with contextlib.suppress(LockError, RedisError):
-                lock.release()
-
-    return locked
 
 
 _runtime: Runtime | None = None
