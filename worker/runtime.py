@@ -11,10 +11,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,22 @@ class Runtime:
     batcher: Batcher[WorkItem, ItemResult]
     ledger: Ledger
     sweeper: LedgerSweeper | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # When this process last finished a critical section (its worker heartbeat shows it).
+    last_batch_at: datetime | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """What this worker's heartbeat tells readers (worker/heartbeat.py)."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queue": self.settings.queue,
+            "model": self.services.embedder.model_id,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "last_batch_at": None
+            if self.last_batch_at is None
+            else self.last_batch_at.isoformat(timespec="seconds"),
+        }
 
     def close(self) -> None:
         if self.sweeper is not None:
@@ -182,6 +200,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
     def finish(prepared: PreparedBatch) -> list[ItemResult]:
         results = finish_batch(prepared, services)
+        runtime.last_batch_at = datetime.now(UTC)
         settled = [
             item.ticket.key
             for item, result in zip(prepared.items, results, strict=True)
@@ -203,7 +222,8 @@ def build_runtime(settings: Settings) -> Runtime:
         store.location,
         engine.url.render_as_string(),
     )
-    return Runtime(settings, services, batcher, ledger)
+    runtime = Runtime(settings, services, batcher, ledger)
+    return runtime
 
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:

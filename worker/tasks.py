@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, NoReturn
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import heartbeat_sent, worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
 from worker import db
 from worker.errors import FatalError, PermanentError, TransientError
+from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import close_runtime, get_runtime, quietly
 from worker.tickets import Ticket, TicketKey
@@ -228,6 +231,36 @@ def _start_runtime(**_: Any) -> None:
         os._exit(1)
 
 
+_heartbeat: HeartbeatWriter | None = None
+_heartbeat_lock = threading.Lock()
+
+
+@heartbeat_sent.connect
+def _beat(sender: Any = None, **_: Any) -> None:
+    """The consumer's event heartbeat (every 2 s while connected): this worker's beat in
+    Redis for readiness and `triage doctor` (worker/liveness.py)."""
+    global _heartbeat
+    try:
+        with _heartbeat_lock:
+            if _heartbeat is None:
+                runtime = get_runtime()
+                settings = runtime.settings
+                client = redis.Redis.from_url(
+                    settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+                )
+                name = getattr(getattr(sender, "eventer", None), "hostname", None)
+                _heartbeat = HeartbeatWriter(
+                    client, settings.queue, name or f"pid{os.getpid()}", runtime.facts
+                )
+            writer = _heartbeat
+        writer.pulse()
+    except Exception as exc:  # never into the consumer's loop
+        logger.warning("worker heartbeat failed: %r", exc)
+
+
 @worker_shutdown.connect
 def _stop_runtime(**_: Any) -> None:
+    with _heartbeat_lock:
+        if _heartbeat is not None:
+            _heartbeat.stop()
     close_runtime()
