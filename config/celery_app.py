@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
+from config.broker import TRANSPORT
 from config.settings import Settings, SettingsError, load_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {}
+    if urlsplit(settings.redis_url).scheme == "redis":
+        # kombu's Redis transport with the fix that keeps a worker alive through a Redis
+        # restart under load (config/broker.py). rediss:// keeps kombu's own, for its TLS.
+        transport["broker_transport"] = TRANSPORT
     return {
         "broker_url": settings.redis_url,
+        **transport,
         "broker_connection_retry_on_startup": True,
         # Results go to SQL; nobody reads Celery results.
         "task_ignore_result": True,
