@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -104,6 +105,9 @@ class Services:
     hybrid_pool: int = DEFAULT_POOL
     # Vectors by content (VectorCache below); None: every text is embedded.
     vector_cache: VectorCache | None = None
+    # This process's own section: the batch's and a search's use of the store and of the
+    # lexical index (whose arrays a reader must not hold while a batch appends to them).
+    local_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -178,7 +182,7 @@ def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
     """Step 3: the critical section, then one result per item, in order."""
     items, results = batch.items, batch.results
     if batch.todo:
-        with services.lock() as section:
+        with services.local_lock, services.lock() as section:
             if services.before_decide is not None:
                 services.before_decide()
             results.update(
@@ -441,29 +445,52 @@ def _lexical_side(
         ticket = items[i].ticket
         text = lexical_text(ticket.subject, ticket.body)
         if to_route[n]:
-            scores = index.scores(text)
-            top = [
-                index.keys[p] for p in index.top(scores, services.hybrid_pool, exclude=ticket.key)
-            ]
             known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
-            scores_of.append(
-                {
-                    key: float(scores[pos])
-                    for key in known.union(top)
-                    if (pos := index.position(key)) is not None
-                }
+            scores, wanted[n] = lexical_scores(
+                index, text, known, services.hybrid_pool, exclude=ticket.key
             )
-            wanted[n] = [key for key in top if key not in known]
+            scores_of.append(scores)
         else:
             scores_of.append({})
         index.add(ticket.key, text)
-    fetched = services.store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
+    add_lexical_only(services.store, wanted, vectors, stored)
+    return scores_of
+
+
+def lexical_scores(
+    index: LexicalIndex,
+    text: str,
+    known: set[TicketKey],
+    pool: int,
+    *,
+    exclude: TicketKey | None = None,
+) -> tuple[dict[TicketKey, float], list[TicketKey]]:
+    """BM25 of one query's candidates: those ``known`` (from the dense side) and the
+    ``pool`` best by BM25; and the latter that are not known (they need their vector)."""
+    scores = index.scores(text)
+    top = [index.keys[p] for p in index.top(scores, pool, exclude=exclude)]
+    by_key = {
+        key: float(scores[pos])
+        for key in known.union(top)
+        if (pos := index.position(key)) is not None
+    }
+    return by_key, [key for key in top if key not in known]
+
+
+def add_lexical_only(
+    store: VectorStore,
+    wanted: dict[int, list[TicketKey]],
+    vectors: Vectors,
+    stored: list[list[Neighbour]],
+) -> None:
+    """Candidates found by BM25 alone join query n's ``stored`` with their cosine to
+    ``vectors[n]``, from their stored vectors (one call); one without a vector is skipped."""
+    fetched = store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
     for n, keys in wanted.items():
         for key in keys:
             if key in fetched:
                 vector, neighbour = fetched[key]
                 stored[n].append(replace(neighbour, score=float(vector @ vectors[n])))
-    return scores_of
 
 
 def vector_meta(

@@ -61,6 +61,11 @@ class Runtime:
     # When this process last finished a critical section (its worker heartbeat shows it).
     last_batch_at: datetime | None = None
 
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's client of the broker's Redis (the ledger's)."""
+        return self.ledger.redis
+
     def facts(self) -> dict[str, Any]:
         """What this worker's heartbeat tells readers (worker/heartbeat.py)."""
         return {

@@ -16,19 +16,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.signals import heartbeat_sent, worker_init, worker_shutdown
+from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
+from config.celery_app import SEARCH_TASK, search_queue
 from worker import db
 from worker.errors import FatalError, PermanentError, TransientError
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import close_runtime, get_runtime, quietly
+from worker.search import search, send_reply
 from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
@@ -142,6 +145,35 @@ def _triage_messages(
             quietly("touch", runtime.ledger.touch, [_key(m) for m in rest])
             _retry(task, first, countdown, args=retry_args(rest))
     return [statuses[n] for n in range(len(messages))]
+
+
+@shared_task(
+    name=SEARCH_TASK,
+    bind=True,
+    acks_late=False,  # a request lost with its worker only times out on the asking side
+    ignore_result=True,
+    max_retries=0,
+)
+def triage_search(self: Task, reply_to: str, text: str, k: int = 5) -> None:
+    """`triage search`: rank the stored tickets for ``text`` as this worker ranks a ticket
+    (worker/search.py) and put the answer on ``reply_to``, where the command waits."""
+    runtime = get_runtime()
+    payload: dict[str, Any]
+    try:
+        answer = search(runtime.services, str(text), max(1, min(int(k), 100)))
+        answer = replace(answer, answered_by=self.request.hostname)
+        payload = {"ok": True, "answer": answer.to_json()}
+    except Exception as exc:  # the asker gets the reason, whatever it is
+        logger.warning("search failed: %r", exc)
+        payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    send_reply(runtime.redis, reply_to, payload)
+
+
+@celeryd_after_setup.connect
+def _consume_search_requests(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Every worker also consumes its queue's search requests, whatever `-Q` it was given."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(search_queue(instance.app.conf.task_default_queue))
 
 
 def _settle_error(task: Task, message: Any, exc: Exception, attempts: int, mode: str) -> str:
