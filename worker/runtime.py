@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from worker.coverage import CoverageGuard
 from worker.db import make_engine
 from worker.decision_lock import DecisionLock, Section
 from worker.embedding import make_embedder
-from worker.errors import ConfigError, ModelMismatch, StoreUnavailable
+from worker.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
 from worker.ledger import Ledger
 from worker.pipeline import (
     DECISION_LOCK,
@@ -45,9 +46,12 @@ from worker.pipeline import (
     prepare_batch,
 )
 from worker.routing import Thresholds
-from worker.store import open_store
+from worker.store import embedder_digest, open_store
 
 logger = logging.getLogger(__name__)
+
+# How often a worker asks its embedder whether the model behind its name changed.
+DIGEST_CHECK_S = 60.0
 
 
 @dataclass
@@ -199,8 +203,11 @@ def build_runtime(settings: Settings) -> Runtime:
 
     ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
 
+    digest_watch = DigestWatch(services)
+
     def prepare(items: Sequence[WorkItem]) -> PreparedBatch:
         quietly("touch", ledger.touch, [item.ticket.key for item in items])
+        digest_watch.check()
         return prepare_batch(items, services)
 
     def finish(prepared: PreparedBatch) -> list[ItemResult]:
@@ -248,6 +255,46 @@ def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
         "thresholds from %s: default %s, %d queue(s)", path, table.default, len(table.queues)
     )
     return table
+
+
+class DigestWatch:
+    """Stops this worker when its embedder's model changes under the same name.
+
+    An Ollama tag can be pulled again while the worker runs; Ollama then serves the new
+    model at once, and its vectors would land in a collection recorded with the old one's
+    digest (worker/store.py refuses that collection at the next start). Checked before a
+    batch is embedded, at most every ``interval_s``.
+    """
+
+    def __init__(self, services: Services, interval_s: float = DIGEST_CHECK_S) -> None:
+        self.services, self.interval_s = services, interval_s
+        self._next = time.monotonic() + interval_s
+
+    def check(self) -> None:
+        now = time.monotonic()
+        recorded = self.services.store.model_digest
+        if recorded is None or now < self._next:
+            return
+        self._next = now + self.interval_s
+        try:
+            current = embedder_digest(self.services.embedder)
+        except TriageError as exc:  # the embedding call right after will say more
+            logger.debug("model digest not checked: %s", exc)
+            return
+        if current is None or current == recorded:
+            return
+        logger.critical(
+            "embedding model %s changed under its name (digest %s, the collection's %s); "
+            "stopping this worker: run `triage reindex`",
+            self.services.embedder.model_id,
+            current[:12],
+            recorded[:12],
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise StoreUnavailable(
+            f"the model behind {self.services.embedder.model_id!r} changed (digest "
+            f"{current[:12]}…, collection {recorded[:12]}…)"
+        )
 
 
 def _follow_switch(settings: Settings, services: Services) -> None:
