@@ -177,9 +177,12 @@ class Fence:
 
     def _lock_timeout(self, conn: Connection) -> None:
         if self._postgres:
-            # Bound the wait for a row another holder keeps locked; bound parameters are
-            # not accepted by SET, so the value is formatted from a number.
-            conn.execute(text(f"SET LOCAL lock_timeout = '{int(self.wait_s * 1000)}ms'"))
+            # Bound the wait for a row another holder keeps locked (this transaction only:
+            # set_config's third argument is SET LOCAL, and it takes a bound value).
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :ms, true)"),
+                {"ms": f"{int(self.wait_s * 1000)}ms"},
+            )
 
 
 def _lock_not_available(exc: DBAPIError) -> bool:
