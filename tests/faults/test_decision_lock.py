@@ -38,6 +38,12 @@ def _decisions(fault_env: FaultEnv) -> dict[str, db.DecisionRow]:
         return {d.ticket_id: d for d in s.scalars(select(db.DecisionRow))}
 
 
+def _fence(fault_env: FaultEnv) -> int:
+    with Session(fault_env.engine) as s:
+        row = s.get(db.DecisionFenceRow, DECISION_LOCK)
+        return 0 if row is None else row.token
+
+
 @pytest.mark.timeout(300)
 def test_a_section_that_lost_its_lock_gives_its_batch_back(
     fault_env: FaultEnv, start_worker: StartWorker
@@ -59,12 +65,14 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
     wait_until(lambda: fault_env.chroma.count("tickets") == 2, 30, "the warm-up vectors")
     wait_until(lambda: redis.exists(LOCK_KEY) == 0, 30, "the warm-up sections to end")
     chroma = fault_env.chroma.proc.pid
+    claimed = _fence(fault_env)
 
     os.kill(chroma, signal.SIGSTOP)
     try:
         sent = fault_env.publish(settings_a, [Ticket(source="lock", ticket_id="X", body=TWIN_TEXT)])
-        wait_until(lambda: redis.exists(LOCK_KEY) == 1, 60, "worker A in its section")
-        # The section's SQL steps take milliseconds; then A waits on the stopped store.
+        # A holds the lock and has claimed the fence: its section has begun.
+        wait_until(lambda: _fence(fault_env) == claimed + 1, 60, "worker A in its section")
+        # Its SQL reads take milliseconds; then A waits on the stopped store.
         time.sleep(1.0)
         assert redis.exists(LOCK_KEY) == 1, "worker A left its section with the store stopped"
         os.kill(worker_a.proc.pid, signal.SIGSTOP)
@@ -90,9 +98,11 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
     result = tally(fault_env.engine, sent)
     assert (result.decided, result.failed, result.doubled) == (2, 0, 0), result
     assert fault_env.chroma.count("tickets") == 4  # two warm-up tickets and the twins
-    assert "claimed by a later holder" in worker_a.log(), worker_a.log()[-3000:]
-    assert "claimed by a later holder" not in worker_b.log()
-    with Session(fault_env.engine) as s:
-        fence = s.get(db.DecisionFenceRow, DECISION_LOCK)
-    # Claimed by the two warm-up sections, A's lost one, B's, and A's retry.
-    assert fence is not None and fence.token >= 5
+    # A's lost section raised DecisionLockLost (its renewal saw the lock gone, or the fence
+    # was claimed) and its ticket was retried; B's never did.
+    assert "retry: Retry in" in worker_a.log() and "DecisionLockLost" in worker_a.log(), (
+        worker_a.log()[-3000:]
+    )
+    assert "DecisionLockLost" not in worker_b.log()
+    # Claimed by A's lost section, B's, and A's retry.
+    assert _fence(fault_env) >= claimed + 3
