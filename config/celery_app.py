@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
+from config.broker import TRANSPORT
 from config.settings import Settings, SettingsError, load_settings
+
+SEARCH_TASK = "triage.search"
+
+
+def search_queue(queue: str) -> str:
+    """The queue of search requests answered by the workers of ``queue``."""
+    return f"{queue}.search"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {}
+    if urlsplit(settings.redis_url).scheme == "redis":
+        # kombu's Redis transport with the fix that keeps a worker alive through a Redis
+        # restart under load (config/broker.py). rediss:// keeps kombu's own, for its TLS.
+        transport["broker_transport"] = TRANSPORT
     return {
         "broker_url": settings.redis_url,
+        **transport,
         "broker_connection_retry_on_startup": True,
         # Results go to SQL; nobody reads Celery results.
         "task_ignore_result": True,
@@ -26,8 +41,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
-        "task_queues": [Queue(settings.queue)],
-        "task_routes": {"triage.*": {"queue": settings.queue}},
+        # Tickets, and a small queue of `triage search` requests that every worker also
+        # consumes (worker/tasks.py): a search never waits behind a backlog of tickets,
+        # and the backlog's depth (backpressure, the ledger sweep) counts tickets only.
+        "task_queues": [Queue(settings.queue), Queue(search_queue(settings.queue))],
+        "task_routes": {
+            SEARCH_TASK: {"queue": search_queue(settings.queue)},
+            "triage.*": {"queue": settings.queue},
+        },
         # At-least-once: a message is acked only after its ticket is decided or
         # dead-lettered; a killed worker's tickets come back (writes are idempotent).
         "task_acks_late": True,

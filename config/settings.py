@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     # (a batch's own wait); a shorter one only costs re-sends the worker absorbs.
     ledger_sweep_s: float = Field(30.0, gt=0)
     ledger_silence_s: float | None = Field(None, gt=0)
+    # The decision lock of workers sharing a Chroma server (worker/decision_lock.py): its
+    # holder renews it every third of this while alive, so a dead holder's lock frees
+    # within it; a paused holder that outlives it is stopped by the SQL fence.
+    decision_lock_ttl_s: float = Field(10.0, ge=1.0, le=300.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- HTTP service (`triage serve`) ----------------------------------------------------

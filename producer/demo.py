@@ -132,6 +132,13 @@ def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
     rows = _table(engine, keys)
     print_rows(rows, "table")
     counts = Counter(r["route"] for r in rows)
+    rule = (
+        f"duplicate at {settings.duplicate_threshold:.2f} or more, suggest at "
+        f"{settings.suggest_threshold:.2f} or more, else manual"
+        if settings.thresholds_file is None
+        else f"by the thresholds in {settings.thresholds_file}"
+    )
+    click.echo(f"cosine: similarity to `matched`, the top-ranked earlier ticket; route: {rule}")
     click.echo("")
     click.echo(
         "routes: "
@@ -249,8 +256,8 @@ def _table(engine: Engine, keys: list[TicketKey]) -> list[dict[str, object]]:
                 {
                     "ticket": d.ticket_id,
                     "route": d.route,
-                    "score": d.score,
                     "matched": d.matched_ticket_id,
+                    "cosine": d.score,
                     "canonical": d.canonical_ticket_id if d.route == "duplicate" else None,
                     "subject": d.subject,
                 }
@@ -260,8 +267,8 @@ def _table(engine: Engine, keys: list[TicketKey]) -> list[dict[str, object]]:
                 {
                     "ticket": f.ticket_id,
                     "route": "failed",
-                    "score": None,
                     "matched": None,
+                    "cosine": None,
                     "canonical": None,
                     "subject": f.reason,
                 }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
@@ -20,19 +20,35 @@ from worker import db, migrate
 class Match(BaseModel):
     source: str
     ticket_id: str
-    score: float
+    score: float = Field(description="cosine similarity to the decided ticket")
+    fused_score: float | None = Field(
+        None,
+        description="dense + BM25 score that ranked it (hybrid ranking only); orders this "
+        "decision's matches, not comparable across decisions",
+    )
 
 
 class DecisionOut(BaseModel):
     source: str
     ticket_id: str
-    route: Literal["duplicate", "suggest", "manual"]
-    score: float | None
+    route: Literal["duplicate", "suggest", "manual"] = Field(
+        description="the thresholds' rule applied to score"
+    )
+    score: float | None = Field(
+        description="cosine similarity of the matched ticket; null when nothing was stored yet"
+    )
     matched_source: str | None
-    matched_ticket_id: str | None
+    matched_ticket_id: str | None = Field(description="the first of matches")
     canonical_source: str
     canonical_ticket_id: str
-    matches: list[Match]
+    matches: list[Match] = Field(description="the similar tickets, in ranked_by order")
+    ranked_by: Literal["hybrid", "cosine"] | None = Field(
+        description="what ordered matches: hybrid (dense + BM25 fusion) or cosine alone; "
+        "null for decisions made before it was recorded"
+    )
+    fused_score: float | None = Field(
+        description="the matched ticket's fused score under hybrid ranking"
+    )
     model: str
     duplicate_threshold: float
     suggest_threshold: float

@@ -10,6 +10,9 @@ input, then embed):
   "prompt_eval_count"}``, the three counters ``omitempty`` (``include_counters=False``
   leaves them out, as the docs' batch example does)
 - ``POST /api/show`` → ``details``, ``parameters``, ``model_info`` and ``capabilities``
+- ``GET``/``HEAD /api/tags`` → ``{"models": [{"name", "model", "modified_at", "size",
+  "digest", "details"}]}`` for the pulled models (ref §4); :meth:`FakeOllama.pull` puts
+  another model (another digest) under a tag, as ``ollama pull`` of an updated tag does
 - another method on those routes → 405 ``405 method not allowed``; another path → 404
   text/plain ``404 page not found``
 
@@ -162,6 +165,8 @@ class FakeOllama:
         show_model_info: bool = True,
     ) -> None:
         self.models = {_full_name(m) for m in models}
+        #: Tag → the digest of the model under it (sha256 hex; ref §4, §6).
+        self.digests = {m: _digest(m) for m in self.models}
         self.version = version
         self.dimension = dimension
         self.include_counters = include_counters
@@ -214,6 +219,15 @@ class FakeOllama:
         return [
             r for r in self.requests if r.path == path and (method is None or r.method == method)
         ]
+
+    def pull(self, model: str, content: str = "another build") -> str:
+        """Put another model under tag ``model`` (``ollama pull`` of an updated tag);
+        returns its digest. Vectors are not changed: only the digest tells."""
+        name = _full_name(model)
+        with self._lock:
+            self.models.add(name)
+            self.digests[name] = _digest(f"{name}\n{content}")
+            return self.digests[name]
 
     def vector_for(self, text: str) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The unit float32 vector this server answers for ``text``."""
@@ -271,6 +285,7 @@ class FakeOllama:
             "/api/version": (("GET", "HEAD"), lambda _: (200, {"version": self.version})),
             "/api/embed": (("POST",), self._embed),
             "/api/show": (("POST",), self._show),
+            "/api/tags": (("GET", "HEAD"), lambda _: (200, self._tags())),
         }
         if path not in routes:
             return 404, TEXT, b"404 page not found"
@@ -330,6 +345,31 @@ class FakeOllama:
                 "prompt_eval_count": total_tokens,
             }
         return 200, answer
+
+    def _tags(self) -> dict[str, Any]:
+        """The pulled models as ``GET /api/tags`` lists them (ref §4's real example)."""
+        with self._lock:
+            digests = dict(self.digests)
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": "2025-07-29T09:31:19.089668004Z",
+                    "size": 45960996,
+                    "digest": digests[name],
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": "bert",
+                        "families": ["bert"],
+                        "parameter_size": "23M",
+                        "quantization_level": "F16",
+                    },
+                }
+                for name in sorted(digests)
+            ]
+        }
 
     def _show(self, raw: bytes) -> tuple[int, Any]:
         request, problem = _decode(raw, "ShowRequest", {"model": str, "name": str})
@@ -443,6 +483,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(payload)
+
+
+def _digest(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def _full_name(model: str) -> str:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
@@ -17,6 +18,7 @@ from tests.conftest import WorkerProcess, wait_for
 from tests.test_worker_e2e import decisions, n_rows
 from worker import db
 from worker.ledger import Ledger
+from worker.redrive import redrive
 from worker.tickets import Ticket, TicketKey
 
 
@@ -101,3 +103,92 @@ def test_a_ticket_lost_in_transit_is_decided_after_the_sweep(
     assert "published again" in worker.log()
     assert (datetime.now(UTC) - started).total_seconds() < 45
     app.close()
+
+
+def _fail(engine: Engine, ticket: Ticket, mode: str = "route") -> None:
+    """The failure row a dead-lettered ticket leaves (what the worker writes)."""
+    with Session(engine) as session:
+        db.record_failure(
+            session,
+            key=ticket.key,
+            error_type="EmbedderUnavailable",
+            reason="the embedding service was down",
+            attempts=11,
+            payload=ticket.to_message(),
+            mode=mode,
+        )
+        session.commit()
+
+
+def test_sweep_settles_an_entry_by_what_it_asked_for(ledger: Ledger, sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    history, redriven, failed_again, stored = tickets("history", "redriven", "again", "stored")
+    # "history" was stored as history, then sent for routing: its ticket row is no decision.
+    # "redriven" failed, then `triage redrive` sent it: its failure row is older than that.
+    # "stored" (history) got its ticket row; "again" failed after it was sent: both settled.
+    with Session(engine) as session:
+        rows = [
+            db.ticket_values(t, content_hash="h", backfill=True, model="m")
+            for t in (history, stored)
+        ]
+        db.save_batch(session, rows, [])
+        session.commit()
+    _fail(engine, redriven)
+    time.sleep(0.01)
+    ledger.record([history, redriven, failed_again], "route")
+    ledger.record([stored], "backfill")
+    time.sleep(0.01)
+    _fail(engine, failed_again)
+    sent: list[tuple[list[str], str]] = []
+
+    def republish(batch: list[Ticket], mode: str) -> Iterator[Ticket]:
+        sent.append((sorted(t.ticket_id for t in batch), mode))
+        yield from batch
+
+    result = ledger.sweep(engine, republish, silent_for_s=0, now=time.time() + 1)
+    assert (result.looked_at, result.resolved, result.republished) == (4, 2, 2)
+    assert sent == [(["history", "redriven"], "route")]
+    assert sorted(ledger.redis.hkeys(ledger.payloads)) == [b"ledger:history", b"ledger:redriven"]
+    engine.dispose()
+
+
+def test_redriven_and_history_then_routed_tickets_lost_in_transit_are_decided(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+    ledger: Ledger,
+) -> None:
+    settings = make_settings(
+        database_url=sqlite_url, queue=queue_name, ledger_sweep_s=1, ledger_silence_s=3
+    )
+    engine = db.make_engine(sqlite_url)
+    app = create_app(settings)
+    history, failed = tickets("history", "failed")
+    # History first, stored by a real worker; then that worker stops (it owns the store).
+    first = start_worker(settings)
+    list(publish(app, [history], mode="backfill", queue=queue_name, ledger=ledger))
+    wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == 1, 60, "the history row")
+    first.stop()
+    wait_for(lambda: ledger.size() == 0, 10, "an empty ledger")
+
+    # A ticket that failed for good, re-driven; and the history ticket, sent for routing.
+    _fail(engine, failed)
+    report = redrive(
+        engine, lambda batch, mode: publish(app, batch, mode=mode, queue=queue_name, ledger=ledger)
+    )
+    assert report.count("published") == 1
+    list(publish(app, [history], mode="route", queue=queue_name, ledger=ledger))
+    # Both messages are lost in kombu's fetch window (see above).
+    assert ledger.redis.rpop(queue_name) is not None
+    assert ledger.redis.rpop(queue_name) is not None
+    assert ledger.redis.llen(queue_name) == 0 and ledger.size() == 2
+
+    worker = start_worker(settings)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2, 60, "both decisions")
+    assert set(decisions(sqlite_url)) == {"history", "failed"}
+    assert n_rows(sqlite_url, db.FailureRow) == 0
+    wait_for(lambda: ledger.size() == 0, 10, "an empty ledger")
+    assert "published again" in worker.log()
+    app.close()
+    engine.dispose()

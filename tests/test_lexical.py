@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import db
@@ -148,12 +149,12 @@ def test_decide_ranks_by_fusion_and_merges_only_into_the_top_ranked() -> None:
     assert dense_only is not None and dense_only.route == "duplicate"
     assert [m.key for m in dense_only.matches] == [a, b]
     # b shares the rare identifiers: fused first. Its cosine misses the duplicate threshold,
-    # so nothing is merged; a (0.86) is still shown, so the ticket is suggested.
+    # so nothing is merged: the ticket is suggested on b's cosine, a is shown second.
     hybrid = decide(
         [me], vectors, stored, lexical=[{a: 1.0, b: 12.0}], alpha=0.7, pool=20, **kwargs
     )[0]  # type: ignore[arg-type]
     assert hybrid is not None and [m.key for m in hybrid.matches] == [b, a]
-    assert hybrid.route == "suggest" and hybrid.score == pytest.approx(0.86)
+    assert hybrid.route == "suggest" and hybrid.score == pytest.approx(0.84)
     assert hybrid.canonical == me
 
 
@@ -173,7 +174,7 @@ def make_services(tmp_path: Path, database_url: str) -> Iterator[object]:
     opened: list[Services] = []
     embedder = LocalEmbedder()
 
-    def make(alpha: float, name: str) -> Services:
+    def make(alpha: float, name: str, pool: int = 1) -> Services:
         store = VectorStore.open(
             model_id=embedder.model_id,
             dimension=embedder.dimension,
@@ -188,7 +189,7 @@ def make_services(tmp_path: Path, database_url: str) -> Iterator[object]:
             top_k=2,
             lexical=LexicalIndex() if alpha < 1 else None,
             hybrid_alpha=alpha,
-            hybrid_pool=1,
+            hybrid_pool=pool,
         )
         opened.append(services)
         return services
@@ -249,3 +250,41 @@ def test_batch_mates_are_scored_lexically_in_order(make_services) -> None:  # ty
     assert first.outcome is not None and first.outcome.matches == ()  # nothing earlier
     assert second.outcome is not None
     assert [m.key.ticket_id for m in second.outcome.matches] == ["1"]
+
+
+def test_the_decision_row_names_scores_and_routes_on_the_same_ticket(make_services) -> None:  # type: ignore[no-untyped-def]
+    from producer.readapi import DecisionOut, get_decision
+
+    services = make_services(0.7, "chroma-row", pool=20)
+    history = [*CRASHES, RARE, "I was charged twice for my March subscription."]
+    triage_batch(
+        [
+            WorkItem(Ticket(source="t", ticket_id=f"h{i}", body=text), "backfill")
+            for i, text in enumerate(history)
+        ],
+        services,
+    )
+    query = Ticket(
+        source="t", ticket_id="q", body="The app crashes at login, error QX-99172 zarbolith"
+    )
+    [result] = triage_batch([WorkItem(query)], services)
+    assert result.outcome is not None
+    cosines = [m.score for m in result.outcome.matches]
+    # The rare identifiers rank their ticket above the crash reports, which are closer.
+    assert result.outcome.matches[0].key == TicketKey("t", "h3")
+    assert cosines[0] < max(cosines)
+    with Session(services.engine) as session:
+        row = session.scalars(select(db.DecisionRow).where(db.DecisionRow.ticket_id == "q")).one()
+    first = row.matches[0]
+    assert (row.matched_source, row.matched_ticket_id) == (first["source"], first["ticket_id"])
+    assert row.matched_ticket_id == "h3"
+    assert row.score == first["score"] == pytest.approx(cosines[0], abs=1e-5)
+    assert row.route == Thresholds(0.85, 0.70).route(row.score)
+    assert row.ranked_by == "hybrid" and row.fused_score == first["fused_score"]
+    assert [m["fused_score"] for m in row.matches] == sorted(
+        (m["fused_score"] for m in row.matches), reverse=True
+    )
+    out = get_decision(services.engine, "t", "q")
+    assert isinstance(out, DecisionOut)
+    assert (out.score, out.matched_ticket_id, out.ranked_by) == (row.score, "h3", "hybrid")
+    assert out.fused_score == row.fused_score and out.matches[0].fused_score == row.fused_score

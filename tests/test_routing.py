@@ -76,11 +76,39 @@ def test_top_k_caps_and_orders_matches() -> None:
     assert [m.score for m in out[0].matches] == [0.9, 0.7]
 
 
-def test_route_shown_merges_only_into_the_top_ranked_match() -> None:
-    t = Thresholds(0.85, 0.70)
-    assert t.route_shown([]) == ("manual", None)
-    assert t.route_shown([0.9, 0.95]) == ("duplicate", 0.9)
-    assert t.route_shown([0.6, 0.9]) == ("suggest", 0.9)  # a closer match ranked lower
-    assert t.route_shown([0.6, 0.65]) == ("manual", 0.65)
-    for top in (0.1, 0.72, 0.86):  # dense ranking: the same as routing the top cosine
-        assert t.route_shown([top, top - 0.05]) == (t.route(top), top)
+def test_hybrid_ranking_routes_on_the_cosine_of_the_ticket_it_ranks_first() -> None:
+    """A lexical match ranked above a closer one: the row names it, scores it and routes
+    on it; the closer one is still shown, second."""
+    me, lexical_match, closer, far = k("new"), k("lexical"), k("closer"), k("far")
+    stored = [
+        [
+            Neighbour(closer, 0.80, closer, "manual"),
+            Neighbour(lexical_match, 0.65, lexical_match, "manual"),
+            Neighbour(far, 0.10, far, "manual"),
+        ]
+    ]
+    vectors = _unit([1, 0, 0])
+    [out] = decide(
+        [me],
+        vectors,
+        stored,
+        decide_mask=[True],
+        thresholds=TH,
+        top_k=5,
+        lexical=[{lexical_match: 20.0, closer: 0.5}],
+        alpha=0.7,
+        pool=20,
+    )
+    assert out is not None and out.ranked_by == "hybrid"
+    assert [m.key for m in out.matches] == [lexical_match, closer, far]
+    assert out.best is not None and out.best.key == lexical_match
+    assert out.score == out.best.score == 0.65
+    assert out.route == TH.route(0.65) == "manual" and out.canonical == me
+    fused = [m.fused for m in out.matches]
+    assert None not in fused and fused == sorted(fused, reverse=True)  # type: ignore[type-var]
+
+    # Cosine ranking over the same candidates: the closer one first, suggested.
+    [dense] = decide([me], vectors, stored, decide_mask=[True], thresholds=TH, top_k=5)
+    assert dense is not None and dense.ranked_by == "cosine"
+    assert dense.best is not None and dense.best.key == closer and dense.best.fused is None
+    assert (dense.route, dense.score) == ("suggest", 0.80)

@@ -6,6 +6,7 @@ Tables (schema owned by the Alembic migrations in ``worker/migrations``):
   be rebuilt from SQL (re-index, model change, lost store).
 - ``triage_decisions``: one row per routed ticket; the stable surface dashboards query.
 - ``triage_failures``: tickets that will not succeed on retry, with the reason.
+- ``triage_decision_fence``: the decision lock's fencing token (worker/decision_lock.py).
 
 Every write is keyed by ``(source, ticket_id)`` and idempotent: a redelivered ticket
 never adds a row, and a decision, once made, is never rewritten (later tickets may
@@ -79,12 +80,21 @@ class DecisionRow(Base):
     source: Mapped[str] = mapped_column(String(64))
     ticket_id: Mapped[str] = mapped_column(String(255))
     route: Mapped[str] = mapped_column(String(16), index=True)
+    # The cosine of the matched ticket; the route is the thresholds' rule applied to it.
     score: Mapped[float | None] = mapped_column(Float)
+    # The matched ticket: the first of ``matches``, the top-ranked candidate.
     matched_source: Mapped[str | None] = mapped_column(String(64))
     matched_ticket_id: Mapped[str | None] = mapped_column(String(255))
     canonical_source: Mapped[str] = mapped_column(String(64))
     canonical_ticket_id: Mapped[str] = mapped_column(String(255), index=True)
+    # Up to top_k candidates in the order ``ranked_by`` put them, each with its cosine
+    # (``score``) and, under hybrid ranking, its ``fused_score``.
     matches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # 'hybrid' (dense + BM25 fusion) or 'cosine'; null on rows decided before it was recorded.
+    ranked_by: Mapped[str | None] = mapped_column(String(16))
+    # The matched ticket's fused score under hybrid ranking: it orders one ticket's
+    # candidates and is not comparable across tickets (thresholds apply to ``score``).
+    fused_score: Mapped[float | None] = mapped_column(Float)
     model: Mapped[str] = mapped_column(String(200))
     duplicate_threshold: Mapped[float] = mapped_column(Float)
     suggest_threshold: Mapped[float] = mapped_column(Float)
@@ -108,6 +118,17 @@ class IndexStateRow(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DecisionFenceRow(Base):
+    """The fencing token of a decision lock (worker/decision_lock.py): one row per lock,
+    incremented by each holder on entry; a commit checks that the row still has its token."""
+
+    __tablename__ = "triage_decision_fence"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class FeedbackRow(Base):
@@ -192,8 +213,11 @@ def make_engine(url: str) -> Engine:
 
 
 def _insert(session: Session) -> Any:
+    return dialect_insert(session.get_bind().dialect.name)
+
+
+def dialect_insert(name: str) -> Any:
     """The dialect's INSERT that supports ON CONFLICT (SQLite ≥ 3.24 and PostgreSQL)."""
-    name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":
@@ -201,7 +225,7 @@ def _insert(session: Session) -> Any:
     raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
-def _key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
+def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
     return tuple_(model.source, model.ticket_id).in_([tuple(k) for k in keys])
 
 
@@ -226,7 +250,7 @@ def known_tickets(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey
             (DecisionRow.source == TicketRow.source)
             & (DecisionRow.ticket_id == TicketRow.ticket_id),
         )
-        .where(_key_filter(TicketRow, keys))
+        .where(key_filter(TicketRow, keys))
     ).all()
     return {TicketKey(s, t): KnownTicket(bool(b), d) for s, t, b, d in rows}
 
@@ -235,7 +259,7 @@ def tickets_by_key(session: Session, keys: Iterable[TicketKey]) -> dict[TicketKe
     keys = list(keys)
     if not keys:
         return {}
-    rows = session.scalars(select(TicketRow).where(_key_filter(TicketRow, keys)))
+    rows = session.scalars(select(TicketRow).where(key_filter(TicketRow, keys)))
     return {TicketKey(r.source, r.ticket_id): r for r in rows}
 
 
@@ -290,7 +314,7 @@ def save_batch(
         )
     done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
     if done:
-        session.execute(delete(FailureRow).where(_key_filter(FailureRow, done)))
+        session.execute(delete(FailureRow).where(key_filter(FailureRow, done)))
 
 
 ACTIVE_COLLECTION = "active_collection"

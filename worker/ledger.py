@@ -6,14 +6,19 @@ only then records it as unacked; a worker killed between the two, or a Redis kil
 brings it back. About 1 ticket in 2,000 under repeated SIGKILLs.
 
 So every ticket a producer accepts is also written here, in Redis, before it is published:
-a sorted set ``key -> last sign of life`` and a hash ``key -> [message, mode]``. A worker
+a sorted set ``key -> last sign of life`` and a hash ``key -> [message, mode, recorded at]``. A worker
 touches the entries of each batch it takes (one call per batch) and clears them once the
 ticket has its row in SQL (one call per batch; a dead-lettered ticket clears its own). The
 sweep, run by one worker at a time, looks at entries with no sign of life for longer than
 a message can legitimately be in flight, and only while the queue is empty (a ticket
-still waiting in it is not lost): those with a row in SQL are cleared, the others were lost
-in transit and are published again. A ticket published twice is absorbed by the worker
-(decisions are keyed by ticket), so the sweep errs on the side of publishing.
+still waiting in it is not lost): those whose entry SQL has settled are cleared, the others
+were lost in transit and are published again. An entry is settled by what it asked for: a
+ticket sent for routing by its decision, history (``backfill``) by its ticket row, either
+by a failure row written after the entry was recorded. Any row is not enough: a re-driven
+ticket keeps its (older) failure row until it is decided, and a ticket stored as history
+and later sent for routing already has its ticket row. A ticket published twice is
+absorbed by the worker (decisions are keyed by ticket), so the sweep errs on the side of
+publishing.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from worker.db import DecisionRow, FailureRow, TicketRow, key_filter
 from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
@@ -54,8 +61,9 @@ class Ledger:
         self.times = f"triage:ledger:{queue}"
         self.payloads = f"triage:ledger:{queue}:payload"
 
-    def record(self, tickets: Sequence[Ticket], mode: str) -> None:
+    def record(self, tickets: Iterable[Ticket], mode: str) -> None:
         """Before the publish: these tickets are accepted (one round trip)."""
+        tickets = list(tickets)
         if not tickets:
             return
         now = time.time()
@@ -63,7 +71,7 @@ class Ledger:
         pipe.zadd(self.times, {t.key.as_id(): now for t in tickets})
         pipe.hset(
             self.payloads,
-            mapping={t.key.as_id(): json.dumps([t.to_message(), mode]) for t in tickets},
+            mapping={t.key.as_id(): json.dumps([t.to_message(), mode, now]) for t in tickets},
         )
         pipe.execute()
 
@@ -93,26 +101,38 @@ class Ledger:
         if int(self.redis.llen(self.queue)) > 0:  # type: ignore[arg-type]
             return SweepResult(skipped="the queue is not empty")
         cutoff = (now or time.time()) - silent_for_s
-        stale = [
-            TicketKey.from_id(raw.decode() if isinstance(raw, bytes) else str(raw))
-            for raw in self.redis.zrangebyscore(self.times, "-inf", cutoff, 0, SWEEP_LIMIT)  # type: ignore[union-attr]
-        ]
+        silent: Any = self.redis.zrangebyscore(
+            self.times, "-inf", cutoff, 0, SWEEP_LIMIT, withscores=True
+        )
+        stale: dict[TicketKey, float] = {
+            TicketKey.from_id(raw.decode() if isinstance(raw, bytes) else str(raw)): float(score)
+            for raw, score in silent
+        }
         if not stale:
             return SweepResult()
-        done = _settled_in_sql(engine, stale)
+        raw = self.redis.hmget(self.payloads, [k.as_id() for k in stale])
+        entries: dict[TicketKey, Entry] = {}
+        for key, entry in zip(stale, raw, strict=True):  # type: ignore[arg-type]
+            if entry is None:
+                logger.error("ledger: no payload for silent ticket %s; dropping the entry", key)
+                self.clear([key])
+                continue
+            fields: list[Any] = json.loads(entry)
+            message, mode, *rest = fields
+            # An entry written without its time: its last sign of life is the safe stand-in
+            # (no earlier than the record, so fewer failure rows count as its outcome).
+            recorded = float(rest[0]) if rest else stale[key]
+            entries[key] = Entry(message, mode, recorded)
+        done = settled_in_sql(engine, entries)
         self.clear(done)
-        lost = [k for k in stale if k not in done]
+        lost = [k for k in entries if k not in done]
         republished = 0
         if lost:
-            raw = self.redis.hmget(self.payloads, [k.as_id() for k in lost])
             by_mode: dict[str, list[Ticket]] = {}
-            for key, entry in zip(lost, raw, strict=True):  # type: ignore[arg-type]
-                if entry is None:
-                    logger.error("ledger: no payload for lost ticket %s; dropping the entry", key)
-                    self.clear([key])
-                    continue
-                message, mode = json.loads(entry)
-                by_mode.setdefault(mode, []).append(Ticket.from_message(message))
+            for key in lost:
+                by_mode.setdefault(entries[key].mode, []).append(
+                    Ticket.from_message(entries[key].message)
+                )
             for mode, tickets in by_mode.items():
                 # A fresh sign of life first: a sweep running meanwhile must not send it too.
                 self.touch(t.key for t in tickets)
@@ -122,22 +142,49 @@ class Ledger:
                 republished,
                 ", ".join(str(k) for k in lost[:10]),
             )
-        return SweepResult(len(stale), len(done), republished)
+        return SweepResult(len(entries), len(done), republished)
 
 
-def _settled_in_sql(engine: Engine, keys: Sequence[TicketKey]) -> set[TicketKey]:
-    """Keys with a ticket row (decided or stored as history) or a failure row."""
-    from worker.db import FailureRow, TicketRow
+@dataclass(frozen=True)
+class Entry:
+    """One ledger entry: the message as accepted, what it asks for, when it was recorded."""
 
-    found: set[TicketKey] = set()
-    sources = {k.source for k in keys}
-    ids = {k.ticket_id for k in keys}
+    message: dict[str, Any]
+    mode: str  # "route": a decision; "backfill": a ticket row (history)
+    recorded_at: float  # Unix time
+
+
+def settled_in_sql(engine: Engine, entries: Mapping[TicketKey, Entry]) -> set[TicketKey]:
+    """The keys whose entry SQL has settled: a routed ticket by its decision, history by its
+    ticket row, and either by a failure row written after the entry was recorded (a failure
+    row from before is what a re-drive is trying to cure; it stays until the decision)."""
+    keys = list(entries)
+    if not keys:
+        return set()
     with Session(engine) as session:
-        for model in (TicketRow, FailureRow):
-            rows = session.execute(
-                select(model.source, model.ticket_id).where(
-                    model.source.in_(sources) & model.ticket_id.in_(ids)
+        decided, stored = _keys(session, DecisionRow, keys), _keys(session, TicketRow, keys)
+        failed = {
+            TicketKey(r.source, r.ticket_id): _utc(r.failed_at)
+            for r in session.execute(
+                select(FailureRow.source, FailureRow.ticket_id, FailureRow.failed_at).where(
+                    key_filter(FailureRow, keys)
                 )
             )
-            found.update(TicketKey(r.source, r.ticket_id) for r in rows)
-    return found & set(keys)
+        }
+    done: set[TicketKey] = set()
+    for key, entry in entries.items():
+        wanted = stored if entry.mode == "backfill" else decided
+        failed_at = failed.get(key)
+        if key in wanted or (failed_at is not None and failed_at.timestamp() > entry.recorded_at):
+            done.add(key)
+    return done
+
+
+def _keys(session: Session, model: Any, keys: list[TicketKey]) -> set[TicketKey]:
+    query = select(model.source, model.ticket_id).where(key_filter(model, keys))
+    return {TicketKey(s, t) for s, t in session.execute(query)}
+
+
+def _utc(when: datetime) -> datetime:
+    # SQLite gives back naive datetimes; they were written in UTC.
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -44,6 +45,7 @@ from worker.tickets import Ticket, TicketKey
 
 if TYPE_CHECKING:
     from worker.coverage import CoverageGuard
+    from worker.decision_lock import Section
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +85,12 @@ class Services:
     engine: Engine
     thresholds: ThresholdSource
     top_k: int
-    # Serialises the critical section across worker processes (a Redis lock when several
-    # processes share a Chroma server); a no-op when one process owns the embedded store.
-    lock: Callable[[], AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+    # Serialises the critical section across worker processes when several share a Chroma
+    # server (worker/decision_lock.py: a Redis lock and a SQL fence; it yields the section
+    # whose commit is fenced); a no-op yielding None when one process owns the embedded store.
+    lock: Callable[[], AbstractContextManager[Section | None]] = field(
+        default=contextlib.nullcontext
+    )
     # Weight of the subject's own vector in a ticket's vector (worker/text.embed_tickets).
     subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
@@ -100,6 +105,9 @@ class Services:
     hybrid_pool: int = DEFAULT_POOL
     # Vectors by content (VectorCache below); None: every text is embedded.
     vector_cache: VectorCache | None = None
+    # This process's own section: the batch's and a search's use of the store and of the
+    # lexical index (whose arrays a reader must not hold while a batch appends to them).
+    local_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -174,11 +182,11 @@ def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
     """Step 3: the critical section, then one result per item, in order."""
     items, results = batch.items, batch.results
     if batch.todo:
-        with services.lock():
+        with services.local_lock, services.lock() as section:
             if services.before_decide is not None:
                 services.before_decide()
             results.update(
-                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services)
+                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services, section)
             )
 
     for i, item in enumerate(items):
@@ -201,10 +209,24 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
     key = TicketKey(d.source, d.ticket_id)
     canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
     matches = tuple(
-        Neighbour(TicketKey(m["source"], m["ticket_id"]), m["score"], canonical, "")
+        Neighbour(
+            TicketKey(m["source"], m["ticket_id"]),
+            m["score"],
+            canonical,
+            "",
+            fused=m.get("fused_score"),
+        )
         for m in d.matches
     )
-    return Outcome(key, d.route, d.score, matches, canonical, d.reason)  # type: ignore[arg-type]
+    return Outcome(
+        key,
+        d.route,  # type: ignore[arg-type]
+        d.score,
+        matches,
+        canonical,
+        d.reason,
+        "hybrid" if d.ranked_by == "hybrid" else "cosine",
+    )
 
 
 class VectorCache:
@@ -291,6 +313,7 @@ def _decide_and_store(
     texts: dict[int, str],
     vectors: dict[int, np.ndarray],
     services: Services,
+    section: Section | None = None,
 ) -> dict[int, ItemResult]:
     keys = [items[i].ticket.key for i in todo]
     # Re-read inside the lock: another worker may have decided one of these meanwhile.
@@ -371,16 +394,22 @@ def _decide_and_store(
             )
         results[i] = ItemResult("unchanged", outcome)
 
-    def write(session: Session) -> None:
-        db.save_batch(session, ticket_rows, decision_rows)
+    # Fenced: if this section's lock was lost and another holder decided meanwhile, nothing
+    # is written and the batch is retried on a fresh view (DecisionLockLost, transient).
+    with section.committing() if section is not None else contextlib.nullcontext(None) as check:
 
-    _sql(write, services.engine, commit=True)
-    order = fresh + repair
-    services.store.upsert(
-        [items[i].ticket.key for i in order],
-        np.stack([vectors[i] for i in order]).astype(np.float32),
-        [meta[i] for i in order],
-    )
+        def write(session: Session) -> None:
+            if check is not None:
+                check(session)
+            db.save_batch(session, ticket_rows, decision_rows)
+
+        _sql(write, services.engine, commit=True)
+        order = fresh + repair
+        services.store.upsert(
+            [items[i].ticket.key for i in order],
+            np.stack([vectors[i] for i in order]).astype(np.float32),
+            [meta[i] for i in order],
+        )
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
         len(todo),
@@ -416,29 +445,52 @@ def _lexical_side(
         ticket = items[i].ticket
         text = lexical_text(ticket.subject, ticket.body)
         if to_route[n]:
-            scores = index.scores(text)
-            top = [
-                index.keys[p] for p in index.top(scores, services.hybrid_pool, exclude=ticket.key)
-            ]
             known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
-            scores_of.append(
-                {
-                    key: float(scores[pos])
-                    for key in known.union(top)
-                    if (pos := index.position(key)) is not None
-                }
+            scores, wanted[n] = lexical_scores(
+                index, text, known, services.hybrid_pool, exclude=ticket.key
             )
-            wanted[n] = [key for key in top if key not in known]
+            scores_of.append(scores)
         else:
             scores_of.append({})
         index.add(ticket.key, text)
-    fetched = services.store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
+    add_lexical_only(services.store, wanted, vectors, stored)
+    return scores_of
+
+
+def lexical_scores(
+    index: LexicalIndex,
+    text: str,
+    known: set[TicketKey],
+    pool: int,
+    *,
+    exclude: TicketKey | None = None,
+) -> tuple[dict[TicketKey, float], list[TicketKey]]:
+    """BM25 of one query's candidates: those ``known`` (from the dense side) and the
+    ``pool`` best by BM25; and the latter that are not known (they need their vector)."""
+    scores = index.scores(text)
+    top = [index.keys[p] for p in index.top(scores, pool, exclude=exclude)]
+    by_key = {
+        key: float(scores[pos])
+        for key in known.union(top)
+        if (pos := index.position(key)) is not None
+    }
+    return by_key, [key for key in top if key not in known]
+
+
+def add_lexical_only(
+    store: VectorStore,
+    wanted: dict[int, list[TicketKey]],
+    vectors: Vectors,
+    stored: list[list[Neighbour]],
+) -> None:
+    """Candidates found by BM25 alone join query n's ``stored`` with their cosine to
+    ``vectors[n]``, from their stored vectors (one call); one without a vector is skipped."""
+    fetched = store.fetch(list(dict.fromkeys(k for ks in wanted.values() for k in ks)))
     for n, keys in wanted.items():
         for key in keys:
             if key in fetched:
                 vector, neighbour = fetched[key]
                 stored[n].append(replace(neighbour, score=float(vector @ vectors[n])))
-    return scores_of
 
 
 def vector_meta(
@@ -472,10 +524,9 @@ def _decision_values(
         "matched_ticket_id": best.key.ticket_id if best else None,
         "canonical_source": outcome.canonical.source,
         "canonical_ticket_id": outcome.canonical.ticket_id,
-        "matches": [
-            {"source": m.key.source, "ticket_id": m.key.ticket_id, "score": round(m.score, 6)}
-            for m in outcome.matches
-        ],
+        "matches": [_match_values(m) for m in outcome.matches],
+        "ranked_by": outcome.ranked_by,
+        "fused_score": None if best is None or best.fused is None else round(best.fused, 6),
         "model": model,
         "duplicate_threshold": thresholds.duplicate,
         "suggest_threshold": thresholds.suggest,
@@ -487,6 +538,17 @@ def _decision_values(
         "unknown_ratio": None if unknown_ratio is None else round(unknown_ratio, 4),
         "reason": outcome.reason,
     }
+
+
+def _match_values(m: Neighbour) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "source": m.key.source,
+        "ticket_id": m.key.ticket_id,
+        "score": round(m.score, 6),
+    }
+    if m.fused is not None:
+        values["fused_score"] = round(m.fused, 6)
+    return values
 
 
 def _sql(fn: Callable[[Session], Any], engine: Engine, *, commit: bool = False) -> Any:

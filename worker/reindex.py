@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from worker import db
 from worker.coverage import CoverageGuard
+from worker.decision_lock import DecisionLock
 from worker.embedding import Embedder
 from worker.pipeline import DECISION_LOCK, vector_meta
 from worker.store import VectorStore, open_store
@@ -137,15 +138,22 @@ def reindex(
             progress(len(rows))
         lock: Any = contextlib.nullcontext()
         if settings.uses_chroma_server:
-            # Stop workers' critical sections for the catch-up and the switch.
+            # Stop workers' critical sections for the catch-up and the switch: the workers'
+            # own lock, whose fence also stops a section that outlived its lock from
+            # committing into the old collection after the catch-up read past it.
             client = redis.Redis.from_url(settings.redis_url)
-            lock = client.lock(DECISION_LOCK, timeout=300, blocking_timeout=60)
-        with lock:
+            lock = DecisionLock(
+                client, engine, DECISION_LOCK, ttl_s=settings.decision_lock_ttl_s, wait_s=60
+            )()
+        with lock as section:
             for rows in _rows(engine, last_id):
                 _index(rows, embedder, store, guard, settings.subject_weight)
                 count += len(rows)
                 progress(len(rows))
-            with Session(engine) as session:
+            fenced = section.committing() if section is not None else contextlib.nullcontext()
+            with fenced as check, Session(engine) as session:
+                if check is not None:
+                    check(session)
                 db.set_state(session, db.ACTIVE_COLLECTION, new)
                 session.commit()
     finally:

@@ -1,6 +1,6 @@
 """Routing: from similarity scores to `duplicate` / `suggest` / `manual`. Pure functions.
 
-Sequential semantics (design.md §5.2): a batch is decided as if its tickets arrived one
+Sequential semantics: a batch is decided as if its tickets arrived one
 at a time, in order. Ticket *i* is compared with everything stored before the batch
 (the vector store's neighbours) and with tickets 0..i-1 of the same batch, never with
 itself or with later tickets.
@@ -13,7 +13,7 @@ a possible chain).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -44,32 +44,24 @@ class Thresholds:
             return "suggest"
         return "manual"
 
-    def route_shown(self, scores: Sequence[float]) -> tuple[Route, float | None]:
-        """Route from the cosines of the matches a ticket is shown, best-ranked first.
 
-        ``duplicate`` when the top-ranked match reaches the duplicate threshold: that is
-        the ticket it would be merged into. Otherwise ``suggest`` when any shown match
-        reaches the suggest threshold, since the agent sees it; else ``manual``. The score
-        is the cosine that decided. With dense ranking the top-ranked match is the most
-        similar, so this is ``route(top cosine)``; with hybrid ranking a lexical match may
-        rank above a closer one, and the closer one still earns a suggestion.
-        """
-        if not scores:
-            return "manual", None  # no history yet
-        if scores[0] >= self.duplicate:
-            return "duplicate", scores[0]
-        best = max(scores)
-        return ("suggest" if best >= self.suggest else "manual"), best
+RankedBy = Literal["hybrid", "cosine"]
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """One routed ticket. ``matches`` are in the order the agent reads them (``ranked_by``:
+    fused dense + BM25, or cosine alone); the first is the matched ticket, ``score`` is its
+    cosine, and the route is ``Thresholds.route(score)``: a row never routes on one ticket
+    and names another, and its score always says why it has its route."""
+
     key: TicketKey
     route: Route
-    score: float | None
-    matches: tuple[Neighbour, ...]  # best first, at most top_k
+    score: float | None  # the cosine of matches[0]; None when there is no match
+    matches: tuple[Neighbour, ...]  # best-ranked first, at most top_k
     canonical: TicketKey
     reason: str | None = None  # set when the route is not the score's (coverage guard)
+    ranked_by: RankedBy = "cosine"
 
     @property
     def best(self) -> Neighbour | None:
@@ -99,8 +91,9 @@ def decide(
     reason, and neither it nor any stored unreadable ticket is ever offered as a match.
     ``lexical[i]``, when given, holds ticket i's BM25 score of its candidates (stored and
     earlier in the batch; a missing key scores 0): candidates are then ranked by
-    worker.hybrid.fuse with ``alpha`` over a ``pool``, and the route reads the cosine of the
-    top-ranked one. Matches always carry their cosine.
+    worker.hybrid.fuse with ``alpha`` over a ``pool`` (each match carries its fused score
+    too). The route reads the cosine of the top-ranked match only. Matches always carry
+    their cosine.
     Returns one Outcome per decided ticket, None for the others.
     """
     per_ticket = (
@@ -108,6 +101,7 @@ def decide(
     )
     reasons = list(unreadable) if unreadable is not None else [None] * len(keys)
     n = len(keys)
+    hybrid = lexical is not None and alpha < 1
     # One matrix product for all in-batch pairs: vectors are unit-length, so dot = cosine.
     within = np.asarray(vectors, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
     outcomes: list[Outcome | None] = []
@@ -127,25 +121,39 @@ def decide(
             outcomes.append(None)
             continue
         ranked = list(candidates.values())
-        if lexical is not None and alpha < 1 and ranked:
+        if hybrid and lexical is not None:
             ranked = _hybrid_order(ranked, lexical[i], alpha, pool)
         else:
             ranked.sort(key=lambda nb: -nb.score)
         matches = tuple(ranked[:top_k])
-        route, score = per_ticket[i].route_shown([m.score for m in matches])
-        if reasons[i] is not None:
-            route = "manual"
-        canonical = matches[0].canonical if route == "duplicate" and matches else keys[i]
-        outcomes.append(Outcome(keys[i], route, score, matches, canonical, reasons[i]))
+        score = matches[0].score if matches else None
+        route = per_ticket[i].route(score) if reasons[i] is None else "manual"
+        canonical = matches[0].canonical if route == "duplicate" else keys[i]
+        outcomes.append(
+            Outcome(
+                keys[i],
+                route,
+                score,
+                matches,
+                canonical,
+                reasons[i],
+                "hybrid" if hybrid else "cosine",
+            )
+        )
     return outcomes
 
 
 def _hybrid_order(
     candidates: list[Neighbour], lexical: Mapping[TicketKey, float], alpha: float, pool: int | None
 ) -> list[Neighbour]:
-    """Candidates in fused order (best first), those outside the pool left out."""
+    """Candidates in fused order (best first), each with its fused score; those outside the
+    pool left out."""
+    if not candidates:
+        return []
     dense = np.array([[nb.score for nb in candidates]], dtype=np.float32)
     bm25 = np.array([[lexical.get(nb.key, 0.0) for nb in candidates]], dtype=np.float32)
     fused = fuse(dense, bm25, alpha, pool)[0]
     order = np.argsort(-fused, kind="stable")
-    return [candidates[int(j)] for j in order if np.isfinite(fused[j])]
+    return [
+        replace(candidates[int(j)], fused=float(fused[j])) for j in order if np.isfinite(fused[j])
+    ]

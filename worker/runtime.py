@@ -11,14 +11,18 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from config.settings import Settings, load_settings
@@ -26,8 +30,9 @@ from worker import migrate
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
 from worker.db import make_engine
+from worker.decision_lock import DecisionLock, Section
 from worker.embedding import make_embedder
-from worker.errors import ConfigError, LockTimeout, ModelMismatch, StoreUnavailable
+from worker.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
 from worker.ledger import Ledger
 from worker.pipeline import (
     DECISION_LOCK,
@@ -41,17 +46,12 @@ from worker.pipeline import (
     prepare_batch,
 )
 from worker.routing import Thresholds
-from worker.store import open_store
+from worker.store import embedder_digest, open_store
 
 logger = logging.getLogger(__name__)
 
-# The critical section (query + decide + write) takes milliseconds. Its holder renews the
-# lock every LOCK_RENEW_S while alive, so a killed holder's lock expires within LOCK_TTL_S
-# and the other workers go on (a fixed 60 s TTL stalled every worker for a minute after a
-# SIGKILL mid-section: tests/faults/test_kill.py), while a slow but live section keeps it.
-LOCK_TTL_S = 10
-LOCK_RENEW_S = 3
-LOCK_WAIT_S = 30
+# How often a worker asks its embedder whether the model behind its name changed.
+DIGEST_CHECK_S = 60.0
 
 
 @dataclass
@@ -61,6 +61,27 @@ class Runtime:
     batcher: Batcher[WorkItem, ItemResult]
     ledger: Ledger
     sweeper: LedgerSweeper | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # When this process last finished a critical section (its worker heartbeat shows it).
+    last_batch_at: datetime | None = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        """This process's client of the broker's Redis (the ledger's)."""
+        return self.ledger.redis
+
+    def facts(self) -> dict[str, Any]:
+        """What this worker's heartbeat tells readers (worker/heartbeat.py)."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queue": self.settings.queue,
+            "model": self.services.embedder.model_id,
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "last_batch_at": None
+            if self.last_batch_at is None
+            else self.last_batch_at.isoformat(timespec="seconds"),
+        }
 
     def close(self) -> None:
         if self.sweeper is not None:
@@ -133,10 +154,15 @@ def build_runtime(settings: Settings) -> Runtime:
     from worker.reindex import active_collection
 
     store = open_store(settings, embedder, active_collection(engine, settings))
-    lock = contextlib.nullcontext
+    lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
-        lock = redis_lock(redis.Redis.from_url(settings.redis_url), DECISION_LOCK)
+        lock = DecisionLock(
+            redis.Redis.from_url(settings.redis_url),
+            engine,
+            DECISION_LOCK,
+            ttl_s=settings.decision_lock_ttl_s,
+        )
     thresholds: ThresholdSource = Thresholds(
         settings.duplicate_threshold, settings.suggest_threshold
     )
@@ -177,12 +203,16 @@ def build_runtime(settings: Settings) -> Runtime:
 
     ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
 
+    digest_watch = DigestWatch(services)
+
     def prepare(items: Sequence[WorkItem]) -> PreparedBatch:
         quietly("touch", ledger.touch, [item.ticket.key for item in items])
+        digest_watch.check()
         return prepare_batch(items, services)
 
     def finish(prepared: PreparedBatch) -> list[ItemResult]:
         results = finish_batch(prepared, services)
+        runtime.last_batch_at = datetime.now(UTC)
         settled = [
             item.ticket.key
             for item, result in zip(prepared.items, results, strict=True)
@@ -204,7 +234,8 @@ def build_runtime(settings: Settings) -> Runtime:
         store.location,
         engine.url.render_as_string(),
     )
-    return Runtime(settings, services, batcher, ledger)
+    runtime = Runtime(settings, services, batcher, ledger)
+    return runtime
 
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
@@ -224,6 +255,46 @@ def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
         "thresholds from %s: default %s, %d queue(s)", path, table.default, len(table.queues)
     )
     return table
+
+
+class DigestWatch:
+    """Stops this worker when its embedder's model changes under the same name.
+
+    An Ollama tag can be pulled again while the worker runs; Ollama then serves the new
+    model at once, and its vectors would land in a collection recorded with the old one's
+    digest (worker/store.py refuses that collection at the next start). Checked before a
+    batch is embedded, at most every ``interval_s``.
+    """
+
+    def __init__(self, services: Services, interval_s: float = DIGEST_CHECK_S) -> None:
+        self.services, self.interval_s = services, interval_s
+        self._next = time.monotonic() + interval_s
+
+    def check(self) -> None:
+        now = time.monotonic()
+        recorded = self.services.store.model_digest
+        if recorded is None or now < self._next:
+            return
+        self._next = now + self.interval_s
+        try:
+            current = embedder_digest(self.services.embedder)
+        except TriageError as exc:  # the embedding call right after will say more
+            logger.debug("model digest not checked: %s", exc)
+            return
+        if current is None or current == recorded:
+            return
+        logger.critical(
+            "embedding model %s changed under its name (digest %s, the collection's %s); "
+            "stopping this worker: run `triage reindex`",
+            self.services.embedder.model_id,
+            current[:12],
+            recorded[:12],
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise StoreUnavailable(
+            f"the model behind {self.services.embedder.model_id!r} changed (digest "
+            f"{current[:12]}…, collection {recorded[:12]}…)"
+        )
 
 
 def _follow_switch(settings: Settings, services: Services) -> None:
@@ -246,44 +317,6 @@ def _follow_switch(settings: Settings, services: Services) -> None:
     old, services.store = services.store, new
     old.close()
     logger.info("switched to collection %s", active)
-
-
-def redis_lock(client: redis.Redis, name: str):  # type: ignore[no-untyped-def]
-    @contextlib.contextmanager
-    def locked() -> Iterator[None]:
-        # thread_local=False: the renewing thread must see the token this thread acquired.
-        lock = client.lock(
-            f"triage:decide:{name}",
-            timeout=LOCK_TTL_S,
-            blocking_timeout=LOCK_WAIT_S,
-            thread_local=False,
-        )
-        try:
-            acquired = lock.acquire()
-        except RedisError as exc:
-            raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
-        if not acquired:
-            raise LockTimeout(f"decision lock {name!r} not acquired within {LOCK_WAIT_S} s")
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(LOCK_RENEW_S):
-                try:
-                    lock.reacquire()
-                except (LockError, RedisError):
-                    return  # expired or Redis gone: the section's writes are idempotent anyway
-
-        renewer = threading.Thread(target=renew, name="decision-lock-renew", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
-            with contextlib.suppress(LockError, RedisError):
-                lock.release()
-
-    return locked
 
 
 _runtime: Runtime | None = None

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Collection metadata: the digest of the model behind a tag (worker/embedding/ollama.py).
+MODEL_DIGEST = "model_digest"
 # Vectors kept in memory for fetch(): ≈ 1.6 KB each with metadata, so ≈ 160 MB at most.
 FETCH_CACHE_SIZE = 100_000
 # chromadb rejects larger write batches ("Batch size of 6000 is greater than max batch size of 5461").
@@ -54,6 +56,9 @@ class Neighbour:
     route: str
     # False for a ticket the model could not read (coverage guard): never offered as a match.
     readable: bool = True
+    # Its fused dense + BM25 score when hybrid ranking placed it (worker/hybrid.py): only
+    # comparable with the other candidates of the same ticket; None under cosine ranking.
+    fused: float | None = None
 
 
 class VectorStore:
@@ -92,7 +97,11 @@ class VectorStore:
         path: Path | None = None,
         url: str | None = None,
         recipe: str = "",
+        digest: str | None = None,
     ) -> VectorStore:
+        """``digest``: the model's own digest where the backend has one (Ollama's, for a
+        tag): recorded with a new collection, and a collection recorded with another one
+        is refused like another model."""
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -123,6 +132,7 @@ class VectorStore:
                     "distance": "cosine",
                     "schema_version": SCHEMA_VERSION,
                     "recipe": recipe,
+                    **({MODEL_DIGEST: digest} if digest else {}),
                 },
                 embedding_function=None,
             )
@@ -134,17 +144,31 @@ class VectorStore:
             raise StoreUnavailable(f"cannot open Chroma at {url or path}: {exc}") from exc
         store = cls(client, col, location=location, lock=lock)
         try:
-            store._verify(model_id=model_id, dimension=dimension, recipe=recipe)
+            store._verify(model_id=model_id, dimension=dimension, recipe=recipe, digest=digest)
         except ModelMismatch:
             store.close()
             raise
         return store
 
-    def _verify(self, *, model_id: str, dimension: int, recipe: str = "") -> None:
+    @property
+    def model_digest(self) -> str | None:
+        """The model digest recorded with the collection (None: not recorded)."""
+        value = (self._collection.metadata or {}).get(MODEL_DIGEST)
+        return str(value) if value else None
+
+    def _verify(
+        self, *, model_id: str, dimension: int, recipe: str = "", digest: str | None = None
+    ) -> None:
         col = self._collection
         space = (col.configuration or {}).get("hnsw", {}).get("space")
         meta = col.metadata or {}
         problems = []
+        recorded = meta.get(MODEL_DIGEST)
+        if digest and recorded and recorded != digest:
+            problems.append(
+                f"{model_id!r} digest {str(recorded)[:12]}… (the tag now names digest "
+                f"{digest[:12]}…: another model was pulled under it)"
+            )
         if space != "cosine":
             problems.append(f"distance {space!r} (needs 'cosine')")
         if meta.get("model_id") != model_id:
@@ -155,6 +179,18 @@ class VectorStore:
             # Same model, other text preparation (e.g. TRIAGE_SUBJECT_WEIGHT): not comparable either.
             problems.append(
                 f"embedding recipe {meta.get('recipe', '')!r} (this worker: {recipe!r})"
+            )
+        if digest and not recorded and not problems and meta.get("model_id") == model_id:
+            # A collection from before digests were recorded: its vectors are this tag's
+            # as far as anyone knows; from now on the tag must keep this digest.
+            self._guard(col.modify, metadata={**meta, MODEL_DIGEST: digest})
+            logger.info("collection %s: recorded model digest %s", col.name, digest[:12])
+        elif recorded and not digest:
+            logger.warning(
+                "collection %s records model digest %s, but the embedder reports none: "
+                "cannot check that the tag still names that model",
+                col.name,
+                str(recorded)[:12],
             )
         if problems:
             raise ModelMismatch(
@@ -320,7 +356,14 @@ def open_store(
         path=settings.chroma_path,
         url=settings.chroma_url,
         recipe=f"subject_weight={settings.subject_weight:g}",
+        digest=embedder_digest(embedder),
     )
+
+
+def embedder_digest(embedder: Embedder) -> str | None:
+    """The model digest of an embedder that has one (Ollama's ``model_digest()``)."""
+    digest = getattr(embedder, "model_digest", None)
+    return digest() if callable(digest) else None
 
 
 @contextlib.contextmanager

@@ -12,20 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, NoReturn
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
+from config.celery_app import SEARCH_TASK, search_queue
 from worker import db
 from worker.errors import FatalError, PermanentError, TransientError
+from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import close_runtime, get_runtime, quietly
+from worker.search import search, send_reply
 from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
@@ -141,6 +147,35 @@ def _triage_messages(
     return [statuses[n] for n in range(len(messages))]
 
 
+@shared_task(
+    name=SEARCH_TASK,
+    bind=True,
+    acks_late=False,  # a request lost with its worker only times out on the asking side
+    ignore_result=True,
+    max_retries=0,
+)
+def triage_search(self: Task, reply_to: str, text: str, k: int = 5) -> None:
+    """`triage search`: rank the stored tickets for ``text`` as this worker ranks a ticket
+    (worker/search.py) and put the answer on ``reply_to``, where the command waits."""
+    runtime = get_runtime()
+    payload: dict[str, Any]
+    try:
+        answer = search(runtime.services, str(text), max(1, min(int(k), 100)))
+        answer = replace(answer, answered_by=self.request.hostname)
+        payload = {"ok": True, "answer": answer.to_json()}
+    except Exception as exc:  # the asker gets the reason, whatever it is
+        logger.warning("search failed: %r", exc)
+        payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    send_reply(runtime.redis, reply_to, payload)
+
+
+@celeryd_after_setup.connect
+def _consume_search_requests(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Every worker also consumes its queue's search requests, whatever `-Q` it was given."""
+    if instance is not None:
+        instance.app.amqp.queues.select_add(search_queue(instance.app.conf.task_default_queue))
+
+
 def _settle_error(task: Task, message: Any, exc: Exception, attempts: int, mode: str) -> str:
     """Dead-letter a ticket whose error no retry can cure. Nothing escapes from here: an
     exception out of the task would ack the message and lose its tickets."""
@@ -228,6 +263,36 @@ def _start_runtime(**_: Any) -> None:
         os._exit(1)
 
 
+_heartbeat: HeartbeatWriter | None = None
+_heartbeat_lock = threading.Lock()
+
+
+@heartbeat_sent.connect
+def _beat(sender: Any = None, **_: Any) -> None:
+    """The consumer's event heartbeat (every 2 s while connected): this worker's beat in
+    Redis for readiness and `triage doctor` (worker/liveness.py)."""
+    global _heartbeat
+    try:
+        with _heartbeat_lock:
+            if _heartbeat is None:
+                runtime = get_runtime()
+                settings = runtime.settings
+                client = redis.Redis.from_url(
+                    settings.redis_url, socket_timeout=1, socket_connect_timeout=1
+                )
+                name = getattr(getattr(sender, "eventer", None), "hostname", None)
+                _heartbeat = HeartbeatWriter(
+                    client, settings.queue, name or f"pid{os.getpid()}", runtime.facts
+                )
+            writer = _heartbeat
+        writer.pulse()
+    except Exception as exc:  # never into the consumer's loop
+        logger.warning("worker heartbeat failed: %r", exc)
+
+
 @worker_shutdown.connect
 def _stop_runtime(**_: Any) -> None:
+    with _heartbeat_lock:
+        if _heartbeat is not None:
+            _heartbeat.stop()
     close_runtime()

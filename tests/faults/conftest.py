@@ -164,8 +164,7 @@ def fault_env(
 
 class Supervisor:
     """A restart policy, as docker-compose and Kubernetes give the worker: start it again
-    when it exits. (A broker connection drop can kill a Celery worker with kombu's
-    "Unrecoverable error: AttributeError ... 'hostname'", upstream kombu#582's traceback.)"""
+    when it exits, and count the restarts (a broker outage must need none: config/broker.py)."""
 
     def __init__(self, start: StartWorker, settings: Settings) -> None:
         self.workers = [start(settings)]

@@ -34,7 +34,7 @@ def test_second_process_on_the_embedded_store_is_refused(
     sent += fault_env.publish(settings, tickets[100:])
     assert intruder.wait_exit() == 1
     assert "already open in another process" in intruder.log()
-    # A CLI command on the same store, and this very process: refused the same way.
+    # `triage search` does not open the store: the owner answers it, while it works.
     search = subprocess.run(
         [sys.executable, "-m", "producer.cli", "search", "parcel tracking"],
         cwd=ROOT,
@@ -43,7 +43,8 @@ def test_second_process_on_the_embedded_store_is_refused(
         text=True,
         timeout=120,
     )
-    assert search.returncode == 1 and "already open in another process" in search.stderr
+    assert search.returncode == 0 and "answered by worker" in search.stderr, search.stderr
+    # This very process opening it: refused the same way as the second worker.
     with pytest.raises(StoreLocked, match="TRIAGE_CHROMA_URL"):
         open_store(settings, make_embedder(settings))
 
@@ -57,7 +58,7 @@ def test_second_process_on_the_embedded_store_is_refused(
         "second process on embedded Chroma",
         result,
         recovery_s,
-        intruders_refused=3,
+        intruders_refused=2,
         vectors=vectors,
         total_s=round(time.monotonic() - started, 1),
     )

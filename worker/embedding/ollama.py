@@ -203,6 +203,29 @@ class OllamaEmbedder:
             )
         self._inspect_model()
 
+    def model_digest(self) -> str | None:
+        """The digest of the model the server has under this tag (``GET /api/tags``), or
+        None when the server does not list it.
+
+        A tag is a name, not a model: ``ollama pull`` or ``ollama create`` can put another
+        model under the same tag, whose vectors mean nothing next to the stored ones. The
+        vector store records the digest with its collection and refuses another one.
+        """
+        answer = _json_object(self._request("GET", "/api/tags"), "GET /api/tags")
+        models = answer.get("models")
+        if not isinstance(models, list):
+            raise EmbedderProtocolError(
+                f"{self.where}/api/tags: no 'models' list in {_preview(answer)}"
+            )
+        wanted = {self.model, _with_tag(self.model)}
+        for entry in models:
+            if not isinstance(entry, dict):
+                continue
+            if {entry.get("name"), entry.get("model")} & wanted:
+                digest = entry.get("digest")
+                return digest if isinstance(digest, str) and digest else None
+        return None
+
     def describe(self) -> dict[str, str]:
         """Never raises: an unreachable server shows as ``unavailable (<reason>)``."""
         try:
@@ -508,3 +531,8 @@ def _preview(answer: object) -> str:
 
 
 __all__ = ["DEFAULT_MAX_CHARS", "EMPTY_TEXT_STAND_IN", "OllamaEmbedder"]
+
+
+def _with_tag(model: str) -> str:
+    """``all-minilm`` is ``all-minilm:latest`` (a name without a tag means ``latest``)."""
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"

@@ -279,14 +279,15 @@ def route_metrics(
 ) -> dict[str, float | int | None]:
     """Precision and coverage of each route at the product's thresholds.
 
-    The candidates come from ``ranking`` (dense or fused scores); the route from their
-    cosines by ``Thresholds.route_shown``, as the worker does. Every query here has a true
-    duplicate among its candidates, so:
+    The candidates come from ``ranking`` (dense or fused scores); the route from the cosine
+    of the top-ranked one by ``Thresholds.route``, as the worker does. Every query here has
+    a true duplicate among its candidates, so:
     - duplicate: routed when the top-ranked cosine ≥ the duplicate threshold; precision =
       share of those whose top-1 is a true duplicate; coverage = share of all queries
       routed duplicate *with* a correct top-1 (duplicates the route catches);
-    - suggest: routed when that misses but a shown cosine ≥ the suggest threshold; correct
-      when a true duplicate is among the top_k shown with cosine ≥ the suggest threshold;
+    - suggest: routed when the top-ranked cosine ≥ the suggest threshold but below the
+      duplicate one; correct when a true duplicate is among the top_k shown with cosine ≥
+      the suggest threshold;
     - caught = duplicate-correct + suggest-correct: queries where an agent is shown the
       right ticket.
     """
@@ -298,7 +299,7 @@ def route_metrics(
     top_ok = np.array([[j in rel for j in row] for row, rel in zip(top, relevant, strict=True)])
     top_ok &= shown
     routes = [
-        thresholds.route_shown([float(c) for c in cos[ok]])[0]
+        thresholds.route(float(cos[ok][0]) if ok.any() else None)
         for cos, ok in zip(top_cos, shown, strict=True)
     ]
     dup = np.array([r == "duplicate" for r in routes], dtype=bool)

@@ -1,0 +1,87 @@
+"""The decision fence on SQLite and PostgreSQL: a stale holder cannot commit, and on
+PostgreSQL a new holder waits for the commit in progress (tests/faults/test_decision_lock.py
+runs the whole story with two worker processes)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import redis
+from sqlalchemy.orm import Session
+
+from worker import db
+from worker.decision_lock import DecisionLock, DecisionLockLost, Fence
+from worker.errors import LockTimeout
+
+
+def test_a_stale_token_cannot_commit(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+    fence = Fence(engine, "test", wait_s=2)
+    first, second = fence.claim(), fence.claim()
+    assert (first, second) == (1, 2)
+    with (
+        pytest.raises(DecisionLockLost, match="later holder"),
+        fence.committing(first) as check,
+        Session(engine) as session,
+    ):
+        check(session)
+    with fence.committing(second) as check, Session(engine) as session:
+        check(session)
+        session.commit()
+    # Another lock's fence is its own row.
+    assert Fence(engine, "other").claim() == 1
+    engine.dispose()
+
+
+def test_a_new_holder_waits_for_the_commit_in_progress(postgres_server: str) -> None:
+    from tests.conftest import _create_pg_database
+    from worker import migrate
+
+    url, drop = _create_pg_database(postgres_server)
+    engine = db.make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        fence = Fence(engine, "test", wait_s=1)
+        token = fence.claim()
+        errors: list[BaseException] = []
+        with fence.committing(token):
+            # A later holder's claim waits while this commit (and its vector upsert) runs...
+            claimer = threading.Thread(target=lambda: _claim(fence, errors))
+            claimer.start()
+            claimer.join(10)
+        assert len(errors) == 1 and isinstance(errors[0], LockTimeout), errors
+        # ... and goes through once it is over.
+        assert fence.claim() == token + 1
+    finally:
+        engine.dispose()
+        drop()
+
+
+def _claim(fence: Fence, errors: list[BaseException]) -> None:
+    try:
+        fence.claim()
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_the_lock_yields_a_fenced_section(redis_url: str, sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    lock = DecisionLock(client, engine, f"test-{uuid.uuid4().hex[:8]}", ttl_s=2, wait_s=1)
+    with lock() as section:
+        assert client.exists(lock.key) == 1
+        with pytest.raises(LockTimeout), lock():  # one holder at a time
+            pass
+        # Its lock expired and was taken by a later holder meanwhile (the fence claimed).
+        lock.fence.claim()
+        with (
+            pytest.raises(DecisionLockLost),
+            section.committing() as check,
+            Session(engine) as session,
+        ):
+            check(session)
+    assert client.exists(lock.key) == 0
+    client.close()
+    engine.dispose()

@@ -1,0 +1,250 @@
+"""The decision lock: one critical section at a time across processes sharing a Chroma server.
+
+Two parts, because a Redis lock alone cannot keep its promise. The Redis lock (renewed by
+a thread while its holder lives, expiring ``ttl_s`` after a holder dies) lets one process
+into the section at a time. But a live holder can lose it: paused longer than the TTL (a
+stop signal, a long GC or swap pause, a VM migration) or cut off from Redis while its
+renewals fail. It then still holds its view of what was decided, and would commit
+decisions made on that stale view after the next holder has decided meanwhile: two
+tickets that are each other's twin, both routed as originals. Checking "do I still hold
+the Redis key?" just before the commit leaves a window between the check and the commit.
+
+So the section is also fenced in SQL, where the decisions are written (the fencing-token
+scheme of Kleppmann, "How to do distributed locking", 2016). On entry the holder claims
+the fence: one row per lock in ``triage_decision_fence``, its token incremented and
+committed before anything decided is read. Its commit then runs only while that row still
+carries its token, checked inside the commit itself, so no later holder can claim between
+the check and the commit:
+
+- PostgreSQL: a second connection holds the fence row ``FOR UPDATE`` across the decision's
+  SQL commit *and* its Chroma upsert. A later holder's claim (an UPDATE of that row) waits
+  for both, so it reads the store only once the earlier batch's vectors are there; if it
+  waits longer than the lock wait it gives its batch back (a transient error, retried).
+- SQLite (several processes on one file): the commit transaction's first statement is a
+  conditional UPDATE of the fence row, which takes SQLite's write lock until the commit;
+  the Chroma upsert after it is not covered (PostgreSQL is the multi-process database).
+
+A holder whose token was taken raises :class:`DecisionLockLost` (transient): nothing of its
+batch was written, and the batch is retried on a fresh view. The token comes from the
+claim itself (an increment in SQL, not a Redis counter), so it stays monotonic when Redis
+restarts and loses its recent writes; the Redis lock only keeps sections from overlapping,
+the fence keeps a stale one from committing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis
+from redis.exceptions import LockError, RedisError
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from worker import db
+from worker.errors import LockTimeout, StoreUnavailable, TransientError
+
+logger = logging.getLogger(__name__)
+
+# How long a process waits for the lock (and for a PostgreSQL fence row held by a holder
+# finishing its commit) before it gives its batch back for a retry.
+LOCK_WAIT_S = 30
+# The critical section (query + decide + write) takes milliseconds; the TTL bounds how long
+# the other workers wait after a holder dies (a fixed 60 s stalled every worker for a
+# minute after a SIGKILL mid-section: tests/faults/test_kill.py).
+DEFAULT_TTL_S = 10.0
+
+
+class DecisionLockLost(TransientError):
+    """Another process claimed the decision fence since this one did: nothing was written."""
+
+
+#: Run inside the commit transaction, before its writes; raises DecisionLockLost.
+FenceCheck = Callable[[Session], None]
+
+
+def _no_check(_: Session) -> None:
+    return None
+
+
+@dataclass
+class Section:
+    """One holder's stay in the critical section: its fence token and whether its Redis
+    lock is known to be lost (renewal found another owner)."""
+
+    fence: Fence
+    token: int
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[FenceCheck]:
+        """Around the decision's SQL commit and its Chroma upsert: raises DecisionLockLost
+        if a later holder has claimed the fence; yields the check to run first inside the
+        commit transaction."""
+        if self.lost.is_set():
+            raise DecisionLockLost("the decision lock expired during the section (renewal failed)")
+        with self.fence.committing(self.token) as check:
+            yield check
+
+
+class Fence:
+    """The fence row of one lock in ``triage_decision_fence``."""
+
+    def __init__(self, engine: Engine, name: str, *, wait_s: float = LOCK_WAIT_S) -> None:
+        self.engine, self.name, self.wait_s = engine, name, wait_s
+
+    @property
+    def _postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def claim(self) -> int:
+        """Take the next token, committed: every commit of an earlier holder after this
+        fails. On PostgreSQL this waits (up to ``wait_s``) for an earlier holder that is
+        committing, so its writes are all visible once the claim returns."""
+        table = db.DecisionFenceRow.__table__
+        try:
+            with self.engine.begin() as conn:
+                self._lock_timeout(conn)
+                insert = db.dialect_insert(conn.dialect.name)(table).values(
+                    name=self.name, token=1, claimed_at=datetime.now(UTC)
+                )
+                stmt = insert.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"token": table.c.token + 1, "claimed_at": insert.excluded.claimed_at},
+                ).returning(table.c.token)
+                return int(conn.execute(stmt).scalar_one())
+        except DBAPIError as exc:
+            if _lock_not_available(exc):
+                raise LockTimeout(
+                    f"decision fence {self.name!r}: an earlier holder is still committing after "
+                    f"{self.wait_s:g} s"
+                ) from exc
+            raise StoreUnavailable(f"database error claiming the decision fence: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database error claiming the decision fence: {exc}") from exc
+
+    @contextlib.contextmanager
+    def committing(self, token: int) -> Iterator[FenceCheck]:
+        if not self._postgres:
+            yield self._check_in_transaction(token)
+            return
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database error checking the decision fence: {exc}") from exc
+        with conn:
+            try:
+                conn.begin()
+                self._lock_timeout(conn)
+                current = conn.scalar(
+                    select(db.DecisionFenceRow.token)
+                    .where(db.DecisionFenceRow.name == self.name)
+                    .with_for_update()
+                )
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(
+                    f"database error checking the decision fence: {exc}"
+                ) from exc
+            if current != token:
+                raise DecisionLockLost(
+                    f"decision fence {self.name!r} claimed by a later holder (token {current}, "
+                    f"this section's {token}): the batch is retried"
+                )
+            # Held until the block ends (the decision committed and its vectors stored):
+            # a later holder's claim waits for it. Rolled back: this connection wrote nothing.
+            yield _no_check
+
+    def _check_in_transaction(self, token: int) -> FenceCheck:
+        def check(session: Session) -> None:
+            row = db.DecisionFenceRow
+            result = session.execute(
+                update(row)
+                .where(row.name == self.name, row.token == token)
+                .values(token=row.token)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise DecisionLockLost(
+                    f"decision fence {self.name!r} claimed by a later holder: the batch is retried"
+                )
+
+        return check
+
+    def _lock_timeout(self, conn: Connection) -> None:
+        if self._postgres:
+            # Bound the wait for a row another holder keeps locked (this transaction only:
+            # set_config's third argument is SET LOCAL, and it takes a bound value).
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :ms, true)"),
+                {"ms": f"{int(self.wait_s * 1000)}ms"},
+            )
+
+
+def _lock_not_available(exc: DBAPIError) -> bool:
+    # PostgreSQL's lock_not_available (55P03) when lock_timeout runs out.
+    return getattr(exc.orig, "sqlstate", None) == "55P03"
+
+
+class DecisionLock:
+    """``with lock() as section:`` the Redis lock, renewed while held, and the SQL fence."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: Engine,
+        name: str,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        wait_s: float = LOCK_WAIT_S,
+    ) -> None:
+        self.client, self.name = client, name
+        self.ttl_s, self.wait_s = ttl_s, wait_s
+        self.fence = Fence(engine, name, wait_s=wait_s)
+
+    @property
+    def key(self) -> str:
+        return f"triage:decide:{self.name}"
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[Section]:
+        # thread_local=False: the renewing thread must see the token this thread acquired.
+        lock = self.client.lock(
+            self.key, timeout=self.ttl_s, blocking_timeout=self.wait_s, thread_local=False
+        )
+        try:
+            acquired = lock.acquire()
+        except RedisError as exc:
+            raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
+        if not acquired:
+            raise LockTimeout(f"decision lock {self.name!r} not acquired within {self.wait_s} s")
+        done = threading.Event()
+        lost = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.ttl_s / 3):
+                try:
+                    lock.reacquire()
+                except LockError:
+                    # Expired and perhaps taken: the fence stops this section's commit.
+                    logger.warning("decision lock %r expired during the section", self.name)
+                    lost.set()
+                    return
+                except RedisError as exc:
+                    # Redis unreachable: the lock may still be ours; try again, and let the
+                    # fence decide if it was not.
+                    logger.warning("decision lock %r: renewal failed: %s", self.name, exc)
+
+        renewer = threading.Thread(target=renew, name="decision-lock-renew", daemon=True)
+        renewer.start()
+        try:
+            yield Section(self.fence, self.fence.claim(), lost)
+        finally:
+            done.set()
+            renewer.join()
+            with contextlib.suppress(LockError, RedisError):
+                lock.release()
