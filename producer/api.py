@@ -21,8 +21,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import redis
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +40,7 @@ from producer import readapi
 from producer.dashboard import mount_dashboard
 from producer.enqueue import BrokerUnavailable
 from producer.guards import QueueGate, RateLimiter, json_depth, token_source
+from producer.health import Readiness
 from producer.intake import Intake
 from producer.metrics import Metrics
 from producer.webhooks import (
@@ -54,6 +57,10 @@ from worker.tickets import Ticket
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "30"
+# Bodies parsed and adapted at once; the rest wait their turn on the event loop, holding no
+# thread. Two: the machine's cores, and the GIL lets no more run anyway.
+CPU_WORKERS = 2
+T = TypeVar("T")
 Scope = Literal["ingest", "read", "feedback"]
 
 
@@ -86,6 +93,11 @@ class IngestOut(BaseModel):
     tickets: list[AcceptedOut]
 
 
+class ReadyOut(BaseModel):
+    ready: bool
+    reason: str = Field(examples=["ok", "redis unreachable"])
+
+
 class FeedbackIn(BaseModel):
     verdict: Literal["confirm", "veto"]
     agent: str = Field(min_length=1, max_length=200)
@@ -115,6 +127,9 @@ def create_api(settings: Settings) -> FastAPI:
     )
     api.state.settings, api.state.engine, api.state.intake = settings, engine, intake
     api.state.gate = gate
+    readiness = Readiness(settings)
+    api.state.readiness = readiness
+    cpu_limiter = anyio.CapacityLimiter(CPU_WORKERS)
 
     # --- errors: every one a JSON answer naming the problem ------------------------------
 
@@ -210,16 +225,61 @@ def create_api(settings: Settings) -> FastAPI:
             )
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             metrics.rejected(source, "bad_json")
-            where = (
-                f" at line {exc.lineno} column {exc.colno}"
-                if isinstance(exc, json.JSONDecodeError)
-                else ""
-            )
             raise ApiError(
-                400, f"body is not valid JSON{where}: {getattr(exc, 'msg', exc)}"
+                400, f"body is not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
+        except UnicodeDecodeError as exc:
+            metrics.rejected(source, "bad_json")
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        except ValueError:
+            # Python refuses to read an integer of more than sys.get_int_max_str_digits()
+            # (4,300) digits, an attack on int() that is no ticket's business either.
+            metrics.rejected(source, "bad_json")
+            raise ApiError(400, "body is not valid JSON: a number has too many digits") from None
+
+    def canonical_tickets(raw: bytes) -> list[Ticket]:
+        """The tickets of an ingest body, or ApiError naming every problem (CPU: off the loop)."""
+        payload = parse_json(raw, "api")
+        items = payload if isinstance(payload, list) else [payload]
+        if not items or len(items) > 1000:
+            raise ApiError(
+                422, [{"loc": ["body"], "msg": "expected 1 to 1000 tickets", "type": "value_error"}]
+            )
+        now = datetime.now(UTC)
+        tickets, errors = [], []
+        for i, item in enumerate(items):
+            loc: list[Any] = ["body", i] if isinstance(payload, list) else ["body"]
+            try:
+                parsed = TicketIn.model_validate(item)
+                tickets.append(Ticket(**parsed.model_dump(), received_at=now))
+            except ValidationError as exc:
+                errors += [
+                    {"loc": loc + list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                    for e in exc.errors()
+                ]
+        if errors:
+            metrics.rejected("api", "invalid")
+            raise ApiError(422, errors)
+        if len({t.source for t in tickets}) > 1:
+            raise ApiError(
+                422,
+                [
+                    {
+                        "loc": ["body"],
+                        "msg": "all tickets of one request must share a source",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        return tickets
+
+    async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy work (JSON parsing, validation, HTML to text) in a thread of its own
+        small pool: the event loop keeps answering (health probes, other requests), and at
+        most CPU_WORKERS bodies are worked on at once whatever arrives."""
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=cpu_limiter)
 
     async def enqueue(tickets: list[Ticket], source: str, delivery_id: str | None) -> JSONResponse:
         backlog = await run_in_threadpool(gate.full)
@@ -278,42 +338,11 @@ def create_api(settings: Settings) -> FastAPI:
     ) -> JSONResponse:
         """Queue canonical tickets (one object or a list of up to 1000)."""
         raw = await raw_json_body(request, "api")
-        payload = parse_json(raw, "api")
-        items = payload if isinstance(payload, list) else [payload]
-        if not items or len(items) > 1000:
-            raise ApiError(
-                422, [{"loc": ["body"], "msg": "expected 1 to 1000 tickets", "type": "value_error"}]
-            )
-        now = datetime.now(UTC)
-        tickets, errors = [], []
-        for i, item in enumerate(items):
-            loc: list[Any] = ["body", i] if isinstance(payload, list) else ["body"]
-            try:
-                parsed = TicketIn.model_validate(item)
-                tickets.append(Ticket(**parsed.model_dump(), received_at=now))
-            except ValidationError as exc:
-                errors += [
-                    {"loc": loc + list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                    for e in exc.errors()
-                ]
-        if errors:
-            metrics.rejected("api", "invalid")
-            raise ApiError(422, errors)
-        by_source: dict[str, list[Ticket]] = {}
-        for t in tickets:
-            by_source.setdefault(t.source, []).append(t)
-        if len(by_source) > 1:
-            raise ApiError(
-                422,
-                [
-                    {
-                        "loc": ["body"],
-                        "msg": "all tickets of one request must share a source",
-                        "type": "value_error",
-                    }
-                ],
-            )
+        tickets = await off_loop(canonical_tickets, raw)
         return await enqueue(tickets, tickets[0].source, None)
+
+    def vendor_delivery(vendor: str, raw: bytes, headers: Any) -> Any:
+        return adapt(vendor, parse_json(raw, vendor), headers, received_at=datetime.now(UTC))
 
     def vendor_endpoint(vendor: str) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def receive(request: Request) -> JSONResponse:
@@ -333,9 +362,8 @@ def create_api(settings: Settings) -> FastAPI:
             # After the signature: forged requests cannot spend a helpdesk's budget. In a
             # thread: a Redis call must not hold the event loop.
             await run_in_threadpool(limit, f"hook:{vendor}", f"the {vendor} webhook")
-            payload = parse_json(raw, vendor)
             try:
-                delivery = adapt(vendor, payload, request.headers, received_at=datetime.now(UTC))
+                delivery = await off_loop(vendor_delivery, vendor, raw, request.headers)
             except IgnoredEvent as exc:
                 return JSONResponse({"ignored": str(exc)}, status_code=200)
             except PayloadError as exc:
@@ -460,16 +488,26 @@ def create_api(settings: Settings) -> FastAPI:
     # --- operations ------------------------------------------------------------------------
 
     @api.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers. No I/O at all, and on the event loop itself, so it
+        answers while Redis or the database hang and every request thread is taken."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["ops"], responses={503: {}})
-    def readyz() -> JSONResponse:
-        """Readiness: Redis, the database (and its schema) and the embedder configuration."""
-        checks = readapi.readiness(settings, engine, client)
-        ok = all(c["ok"] for c in checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    @api.get("/readyz", tags=["ops"], response_model=ReadyOut, responses={503: {}})
+    async def readyz() -> JSONResponse:
+        """Readiness for load balancers: Redis, the database (and its schema) and the
+        embedder configuration. Only ready or not and a short reason; the detail is
+        `/v1/status` (read token). Checked at most every 2 s, each check within 1 s."""
+        ready, reason = await readiness.open_answer()
+        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+
+    @api.get("/v1/status", tags=["ops"], responses={503: {}})
+    async def status(_: Annotated[str, Depends(require("read"))]) -> JSONResponse:
+        """Every readiness check with its detail (URLs masked): Redis, the database, the
+        embedder, the queue, and the workers consuming it (a missing worker does not make
+        the service unready: tickets wait in the queue)."""
+        answer = await readiness.status()
+        return JSONResponse(answer, status_code=200 if answer["ready"] else 503)
 
     @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     def prometheus() -> Response:

@@ -419,14 +419,15 @@ def redrive(
 
 @cli.command()
 def doctor() -> None:
-    """Check Redis, the database, Chroma and the embedder; print their versions."""
-    from worker.report import doctor_checks
+    """Check Redis, the queue and its workers, the database, the embedder and Chroma; print
+    their versions. Exit code 1 if any is not ready (no live worker is only a warning)."""
+    from producer.health import doctor_checks, doctor_line
 
     settings = _settings()
     ok = True
-    for name, good, detail in doctor_checks(settings):
-        ok &= good
-        click.echo(f"{'ok ' if good else 'BAD'}  {name:<10} {detail}")
+    for check in doctor_checks(settings):
+        ok &= check.ok or check.warning
+        click.echo(doctor_line(check))
     sys.exit(0 if ok else 1)
 
 

@@ -5,14 +5,14 @@
 - :class:`RateLimiter`: a per-source budget (GCRA, one Lua script call), kept in Redis so
   that every `triage serve` process behind a load balancer shares it.
 - :func:`json_depth`: the nesting depth of a JSON text, found before ``json.loads`` builds
-  anything: one regular-expression pass drops the strings, numpy counts the brackets.
+  anything: a few vectorised passes (numpy) find the strings and count the brackets
+  outside them, linear in the body whatever it holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -155,20 +155,34 @@ def token_source(token: str) -> str:
     return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-# A JSON string, as an "unrolled loop" (no alternation per character): ~40x faster than
-# "(?:[^"\\]|\\.)*" on a 1 MiB string (bench/guards.py).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPEN, _CLOSE = np.frombuffer(b"[{", dtype=np.uint8), np.frombuffer(b"]}", dtype=np.uint8)
 
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in ``raw`` (brackets inside strings do not
-    count). Exact for valid JSON; for broken JSON a number the parser then refuses anyway."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    if not brackets:
+    count). Exact for valid JSON; for broken JSON a number the parser then refuses anyway.
+
+    Linear in the body whatever it holds: each step below is one vectorised pass. (A regular
+    expression that skips strings backtracks quadratically on an unterminated string full of
+    escapes: 48 KB of ``\\"`` took 6.6 s, during which the event loop stood still.)
+    """
+    codes = np.frombuffer(raw, dtype=np.uint8)
+    if not codes.size:
         return 0
-    codes = np.frombuffer(brackets, dtype=np.uint8)
-    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    # A quote is escaped when an odd run of backslashes stands right before it: the run's
+    # length is the distance back to the last byte that is not a backslash.
+    index = np.arange(codes.size, dtype=np.int64)
+    last_other = np.maximum.accumulate(np.where(codes != _BACKSLASH, index, -1))
+    run_before = np.empty(codes.size, dtype=np.int64)
+    run_before[0] = 0
+    run_before[1:] = index[:-1] - last_other[:-1]
+    quotes = (codes == _QUOTE) & (run_before % 2 == 0)
+    # Inside a string: an odd number of real quotes so far (a closing quote counts as inside).
+    inside = (np.cumsum(quotes) % 2 == 1) | quotes
+    opening = np.isin(codes, _OPEN) & ~inside
+    closing = np.isin(codes, _CLOSE) & ~inside
+    steps = opening.astype(np.int64) - closing.astype(np.int64)
     return int(np.cumsum(steps).max(initial=0))
 
 

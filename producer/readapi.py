@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-import redis
 from pydantic import BaseModel
-from sqlalchemy import Engine, and_, func, or_, select, text
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
-from worker import db, migrate
+from worker import db
 
 
 class Match(BaseModel):
@@ -243,56 +240,3 @@ def save_feedback(
         route=route,
         created_at=now,
     )
-
-
-def readiness(settings: Settings, engine: Engine, client: redis.Redis) -> dict[str, dict[str, Any]]:
-    checks: dict[str, dict[str, Any]] = {}
-    try:
-        client.ping()
-        checks["redis"] = {"ok": True}
-    except redis.RedisError as exc:
-        checks["redis"] = {"ok": False, "error": str(exc)}
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        current, head = migrate.current_revision(engine), migrate.head_revision()
-        checks["database"] = {"ok": current == head, "schema": current, "expected": head}
-    except Exception as exc:
-        checks["database"] = {"ok": False, "error": str(exc).splitlines()[0]}
-    checks["embedder"] = _embedder_config(settings)
-    return checks
-
-
-def _embedder_config(settings: Settings) -> dict[str, Any]:
-    """The embedder's configuration is usable, without loading a model in the web process."""
-    if settings.embedder == "local":
-        from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
-        from worker.errors import TriageError
-
-        try:
-            folder = (
-                Path(settings.local_model_path)
-                if settings.local_model_path
-                else packaged_model_dir()
-            )
-        except TriageError as exc:
-            return {"ok": False, "embedder": "local", "error": str(exc)}
-        missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-        return {
-            "ok": not missing,
-            "embedder": "local",
-            "model_path": str(folder),
-            **({"missing": missing} if missing else {}),
-        }
-    import requests
-
-    try:
-        answer = requests.get(settings.ollama_url.rstrip("/") + "/", timeout=3)
-        return {
-            "ok": answer.ok,
-            "embedder": "ollama",
-            "url": settings.ollama_url,
-            "status": answer.status_code,
-        }
-    except requests.RequestException as exc:
-        return {"ok": False, "embedder": "ollama", "url": settings.ollama_url, "error": str(exc)}

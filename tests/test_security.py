@@ -394,6 +394,7 @@ SCOPED = {
     ("GET", "/v1/decisions/{source}/{ticket_id:path}"): "read",
     ("GET", "/v1/decisions"): "read",
     ("GET", "/v1/stats/routes"): "read",
+    ("GET", "/v1/status"): "read",
     ("POST", "/v1/decisions/{source}/{ticket_id:path}/feedback"): "feedback",
 }
 OPEN = {
