@@ -174,8 +174,13 @@ class Settings(BaseSettings):
     # A helpdesk without a secret here is refused (401): nothing unsigned gets in.
     webhook_secrets: dict[str, list[str]] = Field(default_factory=dict)
     # Bearer tokens of the HTTP API and their scopes (JSON), e.g.
-    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}.
-    api_tokens: dict[str, list[Literal["ingest", "read", "feedback"]]] = Field(default_factory=dict)
+    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}. `admin`, with
+    # `ingest`, may post tickets under a helpdesk's own source (zendesk, github, ...): the
+    # migration of that helpdesk's history, whose keys its later webhooks must match. Without
+    # it those sources are reserved for the signed webhook routes.
+    api_tokens: dict[str, list[Literal["ingest", "read", "feedback", "admin"]]] = Field(
+        default_factory=dict
+    )
     # Largest request body accepted. A Jira issue_created is ~11 KB, a GitHub one ~14 KB;
     # 1 MiB leaves room for long descriptions and refuses floods.
     max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
