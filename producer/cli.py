@@ -74,13 +74,12 @@ def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
 @click.option("--port", default=8000, show_default=True, help="TCP port.")
 def serve(host: str, port: int) -> None:
     """Run the HTTP service: helpdesk webhooks, ticket ingest, read API, health, metrics."""
-    import uvicorn
-
+    from producer import server
     from producer.api import create_api
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    uvicorn.run(create_api(settings), host=host, port=port, log_level=settings.log_level.lower())
+    server.run(create_api(settings), settings, host=host, port=port)
 
 
 # --- ingest --------------------------------------------------------------------------------

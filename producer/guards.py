@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
@@ -186,12 +187,78 @@ def json_depth(raw: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
+# Headers a request may carry once: a second copy is read as the first by one layer (a proxy,
+# a framework) and as the last by another, so a signature or a content type could be checked
+# on one value and acted on with the other.
+SINGLE_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"authorization",
+        b"x-zendesk-webhook-signature",
+        b"x-zendesk-webhook-signature-timestamp",
+        b"x-zendesk-webhook-invocation-id",
+        b"x-hub-signature-256",
+        b"x-hub-signature",
+        b"x-helpscout-signature",
+        b"x-helpscout-event",
+        b"x-webhook-token",
+        b"x-github-event",
+        b"x-github-delivery",
+        b"x-atlassian-webhook-identifier",
+        b"x-zammad-delivery",
+    }
+)
+
+
+def request_shape_problem(scope: dict[str, Any]) -> str | None:
+    """Why a request is refused (400) before any route sees it, or None.
+
+    - a NUL character in the path or the query: no id, filter or cursor holds one, and
+      PostgreSQL cannot even compare one (the query would fail as "database unavailable");
+    - a header of SINGLE_HEADERS sent more than once.
+    """
+    if "\x00" in scope.get("path", "") or _has_nul(scope.get("query_string", b"")):
+        return "the URL contains a NUL character (%00): no id or filter holds one"
+    seen: dict[bytes, int] = {}
+    for name, _ in scope.get("headers", ()):
+        lowered = bytes(name).lower()
+        if lowered in SINGLE_HEADERS:
+            seen[lowered] = seen.get(lowered, 0) + 1
+            if seen[lowered] == 2:
+                return f"header {lowered.decode()} is sent more than once: send it once"
+    return None
+
+
+def _has_nul(query: bytes) -> bool:
+    return b"\x00" in query or b"%00" in query
+
+
+class RequestShapeGuard:
+    """ASGI middleware: answers 400 with the reason of :func:`request_shape_problem`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            problem = request_shape_problem(scope)
+            if problem is not None:
+                from starlette.responses import JSONResponse
+
+                await JSONResponse({"detail": problem}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 __all__ = [
     "QueueFull",
     "QueueGate",
     "RateLimiter",
+    "RequestShapeGuard",
     "Verdict",
     "json_depth",
+    "request_shape_problem",
     "token_source",
     "wait_for_room",
 ]

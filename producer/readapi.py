@@ -112,16 +112,35 @@ def _encode_cursor(decided_at: datetime, row_id: int) -> str:
     ).decode()
 
 
+class BadQuery(ValueError):
+    """A query parameter the database cannot use (HTTP 422 naming ``param``)."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        self.param = param
+        super().__init__(problem)
+
+
+# Row ids are 64-bit signed integers in both databases.
+_MAX_ROW_ID = 2**63 - 1
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         ts, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromtimestamp(float(ts), UTC), int(row_id)
+        at, number = datetime.fromtimestamp(float(ts), UTC), int(row_id)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
-        raise ValueError("invalid cursor: pass the next_cursor of a previous page") from None
+        number = -1
+    if not 0 <= number <= _MAX_ROW_ID:
+        raise BadQuery("cursor", "invalid cursor: pass the next_cursor of a previous page")
+    return at, number
 
 
-def _naive_for(engine: Engine, value: datetime) -> datetime:
-    value = _utc(value).astimezone(UTC)
+def _naive_for(engine: Engine, value: datetime, param: str = "cursor") -> datetime:
+    try:
+        value = _utc(value).astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+14:00 is in year 0 in UTC: Python's datetime has no such year.
+        raise BadQuery(param, f"{param} is out of range once converted to UTC") from None
     # SQLite compares the stored text: drop the offset so both sides look alike.
     return value.replace(tzinfo=None) if engine.dialect.name == "sqlite" else value
 
@@ -143,9 +162,9 @@ def list_decisions(
     if queue:
         stmt = stmt.where(d.queue == queue)
     if since:
-        stmt = stmt.where(d.decided_at >= _naive_for(engine, since))
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
     if until:
-        stmt = stmt.where(d.decided_at < _naive_for(engine, until))
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
     if cursor:
         at, row_id = _decode_cursor(cursor)
         at_cmp = _naive_for(engine, at)
@@ -180,9 +199,9 @@ def route_counts(
         .order_by(key, d.route)
     )
     if since:
-        stmt = stmt.where(d.decided_at >= _naive_for(engine, since))
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
     if until:
-        stmt = stmt.where(d.decided_at < _naive_for(engine, until))
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
     if queue:
         stmt = stmt.where(d.queue == queue)
     with Session(engine) as s:

@@ -79,6 +79,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             webhook_secrets={v: [SECRET] for v in VENDORS},
             api_tokens=TOKENS,
             rate_limit_per_s=0,
+            header_timeout_s=2,
+            body_timeout_s=2,
         )
         serve = ServeProcess(settings, tmp / "serve.log")
         try:
@@ -394,3 +396,325 @@ def test_doctor_on_a_new_database_creates_nothing(tmp_path: Path, redis_url: str
         heartbeat.forget(client, queue, "w9@h9")
     assert alive.returncode == 0, alive.stdout
     assert re.search(r"^ok\s+workers\s+1 live: w9@h9", alive.stdout, re.M), alive.stdout
+
+
+# --- integrity --------------------------------------------------------------------------------
+
+
+def queue_length(served: Served) -> int:
+    return int(served.redis().llen(served.settings.queue))  # type: ignore[arg-type]
+
+
+def zendesk_ticket(ticket_id: str, subject: str) -> bytes:
+    return json.dumps(
+        {"ticket": {"id": ticket_id, "subject": subject, "description": "Printer on fire."}}
+    ).encode()
+
+
+def test_vendor_sources_are_reserved_for_their_signed_webhooks(served: Served) -> None:
+    squat = {"source": "zendesk", "ticket_id": "zd-9001", "subject": "attacker's text"}
+    refused = requests.post(served.url + "/v1/tickets", json=squat, headers=FEED)
+    assert refused.status_code == 403, refused.text
+    assert "reserved for the signed webhook /v1/hooks/zendesk" in refused.json()["detail"]
+    # the genuine signed delivery for that id is a new ticket, not a "duplicate"
+    body = zendesk_ticket("zd-9001", "Printer on fire")
+    genuine = requests.post(
+        served.url + "/v1/hooks/zendesk", data=body, headers=sign("zendesk", body)
+    )
+    assert genuine.status_code == 202 and genuine.json()["tickets"][0]["status"] == "accepted"
+    # migrating a helpdesk's history takes a token with the admin scope as well
+    history = {"source": "zendesk", "ticket_id": "zd-1", "subject": "old ticket", "body": "x"}
+    migrator = {**FEED, "Authorization": "Bearer migrator"}
+    moved = requests.post(served.url + "/v1/tickets", json=history, headers=migrator)
+    assert moved.status_code == 202, moved.text
+    other = requests.post(
+        served.url + "/v1/tickets", json={**squat, "source": "email"}, headers=FEED
+    )
+    assert other.status_code == 202  # any other source is the ingest token's to use
+
+
+def test_identical_deliveries_at_once_are_accepted_exactly_once(served: Served) -> None:
+    body = github_issue(777_001, "Twenty copies at once")
+    headers = sign("github", body, {"X-GitHub-Delivery": str(uuid.uuid4())})
+    before = queue_length(served)
+    accepted_before = _accepted(served, "github")
+    start = threading.Barrier(20)
+    answers: list[requests.Response] = []
+
+    def post() -> None:
+        start.wait()
+        answers.append(requests.post(served.url + "/v1/hooks/github", data=body, headers=headers))
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(202) == 1, statuses
+    assert set(statuses) <= {200, 202, 503}, statuses  # 503: "retry", never a false duplicate
+    assert queue_length(served) == before + 1
+    assert _accepted(served, "github") == accepted_before + 1
+
+
+def _accepted(served: Served, source: str) -> float:
+    for line in requests.get(served.url + "/metrics").text.splitlines():
+        if line.startswith(f'triage_tickets_accepted_total{{source="{source}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_control_characters_in_ids_are_refused_not_stripped(served: Served, tmp_path: Path) -> None:
+    nul = {"source": "email", "ticket_id": "nu\u0000l-X", "body": "first"}
+    r = requests.post(served.url + "/v1/tickets", json=nul, headers=FEED)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "ticket_id"]
+    tab = requests.post(
+        served.url + "/v1/tickets", json={**nul, "ticket_id": "nul-X\t"}, headers=FEED
+    )
+    assert tab.status_code == 422
+    ok = requests.post(served.url + "/v1/tickets", json={**nul, "ticket_id": "nul-X"}, headers=FEED)
+    assert ok.status_code == 202 and ok.json()["tickets"][0]["status"] == "accepted"
+    body = freshdesk_ticket("fd-nu\u0000l", "A description")
+    hook = requests.post(
+        served.url + "/v1/hooks/freshdesk", data=body, headers=sign("freshdesk", body)
+    )
+    assert hook.status_code == 422 and "U+0000" in json.dumps(hook.json())
+    # the file import refuses the row and goes on
+    from tests.test_cli import triage
+
+    rows = tmp_path / "t.jsonl"
+    rows.write_text(
+        json.dumps({"id": "nu\u0000l-Y", "body": "x"})
+        + "\n"
+        + json.dumps({"id": "ok-Y", "body": "y"})
+        + "\n"
+    )
+    env = {
+        "TRIAGE_REDIS_URL": served.settings.redis_url,
+        "TRIAGE_QUEUE": "hardening-import",
+        "TRIAGE_ENV": "development",
+    }
+    out = triage(tmp_path, "ingest", str(rows), "--quiet", env=env)
+    assert "line 1" in out.stderr and "U+0000" in out.stderr, out.stderr
+    assert "1 tickets enqueued" in out.stderr and "1 row(s) rejected" in out.stderr
+
+
+def test_a_github_delivery_without_its_delivery_header_is_400(served: Served) -> None:
+    body = github_issue(555_001)
+    headers = sign("github", body)
+    del headers["X-GitHub-Delivery"]
+    before = queue_length(served)
+    r = requests.post(served.url + "/v1/hooks/github", data=body, headers=headers)
+    assert r.status_code == 400 and "X-GitHub-Delivery" in r.json()["detail"], r.text
+    assert queue_length(served) == before
+
+
+def raw_request(served: Served, request: bytes, timeout: float = 10) -> bytes:
+    """Send bytes as they are (repeated headers and all); the server's answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", served.serve.port), timeout=timeout) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_header_sent_twice_is_refused(served: Served) -> None:
+    body = github_issue(555_002)
+    good = sign("github", body)
+    bad_sig = "sha256=" + "0" * 64
+    for name, values in (
+        ("X-Hub-Signature-256", [bad_sig, good["X-Hub-Signature-256"]]),
+        ("X-Hub-Signature-256", [good["X-Hub-Signature-256"], bad_sig]),
+        ("Content-Type", ["text/plain", "application/json"]),
+    ):
+        lines = [f"{k}: {v}" for k, v in good.items() if k != name]
+        lines += [f"{name}: {v}" for v in values]
+        request = (
+            "POST /v1/hooks/github HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + "".join(f"{line}\r\n" for line in lines)
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        answer = raw_request(served, request)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        assert name.lower().encode() in answer and b"more than once" in answer
+
+
+# --- wrong status codes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_served(
+    make_settings: Callable[..., Settings], database_url: str, tmp_path: Path
+) -> Iterator[ServeProcess]:
+    """`triage serve` on a migrated database of each kind (conftest: SQLite, PostgreSQL)."""
+    settings = make_settings(
+        database_url=database_url, queue=f"hardening-{uuid.uuid4().hex[:6]}", api_tokens=TOKENS
+    )
+    serve = ServeProcess(settings, tmp_path / "serve.log")
+    yield serve
+    serve.stop()
+
+
+AGENT = {"Authorization": "Bearer agent"}
+
+
+def test_impossible_values_are_4xx_on_every_database(read_served: ServeProcess) -> None:
+    url = read_served.url
+    huge = "1" * 5000
+    answers = {
+        "a 5,000-digit integer in a body": requests.post(
+            url + "/v1/tickets",
+            data=f'{{"source": "email", "ticket_id": {huge}}}',
+            headers=FEED,
+        ),
+        "a 5,000-digit integer in feedback": requests.post(
+            url + "/v1/decisions/email/x/feedback",
+            data=f'{{"verdict": "confirm", "agent": {huge}}}',
+            headers={**AGENT, "Content-Type": "application/json"},
+        ),
+        "a 5,000-digit limit": requests.get(url + "/v1/decisions?limit=" + huge, headers=READ),
+        "since before year 1 in UTC": requests.get(
+            url + "/v1/decisions",
+            params={"since": "0001-01-01T00:00:00+14:00"},
+            headers=READ,
+        ),
+        "until after year 9999 in UTC": requests.get(
+            url + "/v1/decisions",
+            params={"until": "9999-12-31T23:59:59-14:00"},
+            headers=READ,
+        ),
+        "stats since before year 1": requests.get(
+            url + "/v1/stats/routes",
+            params={"since": "0001-01-01T00:00:00+14:00"},
+            headers=READ,
+        ),
+        "a cursor past 64 bits": requests.get(
+            url + "/v1/decisions", params={"cursor": "MXw5MjIzMzcyMDM2ODU0Nzc1ODA4"}, headers=READ
+        ),
+        "NUL in a path": requests.get(url + "/v1/decisions/email/a%00b", headers=READ),
+        "NUL in a query": requests.get(url + "/v1/decisions?queue=a%00b", headers=READ),
+        "NUL in a feedback field": requests.post(
+            url + "/v1/decisions/email/x/feedback",
+            json={"verdict": "veto", "agent": "ana", "comment": "a\u0000b"},
+            headers=AGENT,
+        ),
+        "NUL in a feedback agent": requests.post(
+            url + "/v1/decisions/email/x/feedback",
+            json={"verdict": "veto", "agent": "a\u0000na"},
+            headers=AGENT,
+        ),
+    }
+    for what, answer in answers.items():
+        assert 400 <= answer.status_code < 500, (what, answer.status_code, answer.text)
+        assert "Retry-After" not in answer.headers, what  # it can never succeed: no retry
+        assert answer.json()["detail"], what
+    log = read_served.log()
+    assert "Traceback" not in log and "unexpected error" not in log
+
+
+def test_a_client_that_abandons_its_upload_is_one_info_line(served: Served) -> None:
+    import socket
+
+    before = served.serve.log()
+    with socket.create_connection(("127.0.0.1", served.serve.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer feeder\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            + b'{"source": "email", "body": "'
+            + b"x" * 1000
+        )
+        time.sleep(0.3)
+    wait_for(lambda: "disconnected" in served.serve.log()[len(before) :], 10, "the log line")
+    time.sleep(0.5)
+    new = served.serve.log()[len(before) :]
+    assert "Traceback" not in new and "unexpected error" not in new, new
+    assert new.count("client disconnected before its request was read") == 1, new
+    assert len(new) < 500, new
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+def test_metric_labels_stay_bounded_whatever_the_sources(served: Served) -> None:
+    for i in range(40):
+        ticket = {"source": f"src{i}-{uuid.uuid4().hex[:6]}", "ticket_id": "m1", "body": "x"}
+        assert requests.post(served.url + "/v1/tickets", json=ticket, headers=FEED).ok
+    metrics = requests.get(served.url + "/metrics").text
+    labels = {
+        line.split('source="')[1].split('"')[0]
+        for line in metrics.splitlines()
+        if line.startswith("triage_tickets_accepted_total{")
+    }
+    assert "other" in labels, labels
+    assert len(labels) <= 20 + 7 + 1, labels  # first 20 others, the helpdesks and "api", "other"
+
+
+def test_slow_clients_are_cut_off(served: Served) -> None:
+    import socket
+
+    # 50 connections that never finish their headers, one that trickles its body
+    slow = []
+    for _ in range(50):
+        conn = socket.create_connection(("127.0.0.1", served.serve.port), timeout=10)
+        conn.sendall(b"GET /v1/decisions HTTP/1.1\r\nHost: x\r\n")
+        slow.append(conn)
+    trickle = socket.create_connection(("127.0.0.1", served.serve.port), timeout=10)
+    trickle.sendall(
+        b"POST /v1/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer feeder\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    try:
+        assert probe(served.url).seconds < PROBE_BOUND_S  # served meanwhile
+        time.sleep(served.settings.header_timeout_s + 2)  # the deadline (2 s here), and margin
+        for conn in slow:
+            answer = conn.recv(1000)  # the server's 408, then the end of the stream
+            assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer
+            while answer:
+                answer = conn.recv(1000)
+        body_answer = trickle.recv(10_000)
+        assert body_answer.startswith(b"HTTP/1.1 408"), body_answer
+        assert b"TRIAGE_BODY_TIMEOUT_S" in body_answer
+    finally:
+        for conn in [*slow, trickle]:
+            conn.close()
+
+
+def test_probes_answer_past_the_connection_limit(
+    make_settings: Callable[..., Settings], sqlite_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    settings = make_settings(
+        database_url=sqlite_url, queue="limit", api_tokens=TOKENS, max_connections=10
+    )
+    serve = ServeProcess(settings, tmp_path / "serve.log")
+    held = [socket.create_connection(("127.0.0.1", serve.port)) for _ in range(15)]
+    try:
+        for conn in held:
+            conn.sendall(b"GET /v1/decisions HTTP/1.1\r\n")
+        time.sleep(0.5)
+        assert requests.get(serve.url + "/healthz", timeout=5).status_code == 200
+        assert requests.get(serve.url + "/v1/decisions", headers=READ, timeout=5).status_code == 503
+    finally:
+        for conn in held:
+            conn.close()
+        serve.stop()
+
+
+def test_docs_are_served_without_a_cdn(served: Served) -> None:
+    import re as regex
+
+    page = requests.get(served.url + "/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    refs = regex.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", page.text)
+    urls = [a or b for a, b in refs]
+    assert urls, page.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url  # same origin only
+        asset = requests.get(served.url + url)
+        assert asset.status_code == 200 and len(asset.content) > 100, url
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    assert requests.get(served.url + "/redoc").status_code == 404  # ReDoc would need its CDN

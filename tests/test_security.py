@@ -85,6 +85,10 @@ def test_a_bad_secret_setting_is_named_but_never_echoed(var: str, raw: Any) -> N
         ({"api_tokens": {"secret": ["read"]}}, "well-known"),
         ({"database_url": "postgresql+psycopg://triage:change-me@db/triage"}, "DATABASE_URL"),
         ({"redis_url": "redis://:password@redis:6379/0"}, "TRIAGE_REDIS_URL"),
+        ({"webhook_secrets": {"github": [" " * 16]}}, "is only whitespace"),
+        ({"api_tokens": {"a" * 40: ["read"]}}, "fewer than 6 different characters"),
+        ({"webhook_secrets": {"zendesk": ["ab" * 12]}}, "fewer than 6 different characters"),
+        ({"redis_url": "redis://:xyzxyzxyzxyzxyzxyz@redis:6379/0"}, "TRIAGE_REDIS_URL"),
     ],
 )
 def test_weak_or_example_secrets_are_refused_in_production(
@@ -94,7 +98,7 @@ def test_weak_or_example_secrets_are_refused_in_production(
         load_settings(env="production", **overrides)
     message = str(exc.value)
     assert named in message and "TRIAGE_ENV=production" in message
-    for secret in ("changeme", "Change-Me", "short-secret", "change-me", "'password'"):
+    for secret in ("changeme", "Change-Me", "short-secret", "change-me", "'password'", "a" * 16):
         assert secret not in message
     assert load_settings(env="development", **overrides)  # accepted for trials
 
@@ -108,10 +112,18 @@ def test_production_is_the_default_and_takes_strong_secrets(
     assert s.env == "production"
 
 
-def test_serve_refuses_to_start_on_a_default_secret() -> None:
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("changeme", "well-known"),
+        (" " * 16, "only whitespace"),
+        ("a" * 16, "fewer than 6 different characters"),
+    ],
+)
+def test_serve_refuses_to_start_on_a_default_secret(secret: str, why: str) -> None:
     env = {
         "PATH": "/usr/bin:/bin",
-        "TRIAGE_WEBHOOK_SECRETS": json.dumps({"github": ["changeme"]}),
+        "TRIAGE_WEBHOOK_SECRETS": json.dumps({"github": [secret]}),
         "TRIAGE_API_TOKENS": json.dumps({STRONG: ["read"]}),
     }
     out = subprocess.run(
@@ -123,8 +135,9 @@ def test_serve_refuses_to_start_on_a_default_secret() -> None:
         timeout=60,
     )
     assert out.returncode == 2, out.stderr
-    assert "TRIAGE_WEBHOOK_SECRETS" in out.stderr and "well-known" in out.stderr
-    assert "changeme" not in out.stderr and STRONG not in out.stderr + out.stdout
+    assert "TRIAGE_WEBHOOK_SECRETS" in out.stderr and why in out.stderr
+    assert STRONG not in out.stderr + out.stdout
+    assert secret not in out.stderr.replace("TRIAGE_WEBHOOK_SECRETS: secret 1", "")
 
 
 # --- a real `triage serve` and a real worker: bodies without a length, and the logs ------------
@@ -401,6 +414,7 @@ OPEN = {
     "/healthz": "liveness probe",
     "/readyz": "readiness probe",
     "/metrics": "Prometheus scrape (counts only)",
+    "/docs": "the API's documentation page (Swagger UI; no data)",
     **{f"/v1/hooks/{v}": "vendor signature" for v in ("zendesk", "github", "jira")},
     **{f"/v1/hooks/{v}": "vendor signature" for v in ("freshdesk", "zammad", "helpscout")},
     "/dashboard": "sign-in page; read token or cookie (tests/test_dashboard.py)",
