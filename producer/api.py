@@ -120,9 +120,15 @@ def create_api(settings: Settings) -> FastAPI:
     """Build the service; clients (Redis, database, Celery producer) belong to this app."""
     engine: Engine = make_engine(settings.database_url)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
-    intake = Intake(
-        create_celery(settings), client, queue=settings.queue, dedupe_ttl_s=settings.dedupe_ttl_s
-    )
+    publisher = create_celery(settings)
+    # kombu's Redis sockets have no timeout by default: a Redis that hangs (not down, just
+    # silent) would hold a publishing request, and its thread, until it answers again.
+    publisher.conf.broker_transport_options = {
+        **publisher.conf.broker_transport_options,
+        "socket_timeout": 3,
+        "socket_connect_timeout": 3,
+    }
+    intake = Intake(publisher, client, queue=settings.queue, dedupe_ttl_s=settings.dedupe_ttl_s)
     metrics = Metrics(engine, intake, known=(*VENDORS, "api"))
     gate = QueueGate(client, settings.queue, settings.max_queue_depth)
     # Namespaced by queue: deployments (or tests) sharing one Redis keep separate budgets.

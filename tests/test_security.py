@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings, SettingsError, load_settings
 from producer.api import create_api
 from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
+from tests.ollama_fake import FakeOllama
 from tests.services import ServeProcess, private_redis
 from tests.test_api import SECRET, vendor_request
 from tests.test_worker_e2e import n_rows
@@ -164,8 +165,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "freshdesk token": "fd" + secrets.token_hex(16),
         "read token": "rd" + secrets.token_hex(16),
         "ingest token": "in" + secrets.token_hex(16),
+        "ollama password": "ol" + secrets.token_hex(16),
     }
-    with private_redis(tmp, password=values["redis password"]) as url:
+    with private_redis(tmp, password=values["redis password"]) as url, FakeOllama() as ollama:
         database = f"sqlite:///{tmp / 'triage.db'}"
         engine = make_engine(database)
         migrate.upgrade(engine)
@@ -186,7 +188,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             api_tokens={values["read token"]: ["read"], values["ingest token"]: ["ingest"]},
         )
         worker = WorkerProcess(settings, tmp / "worker.log")
-        serve = ServeProcess(settings, tmp / "serve.log")
+        # serve checks an Ollama whose URL carries a password: shown masked, or not at all
+        with_password = ollama.url.replace("://", f"://triage:{values['ollama password']}@")
+        serve = ServeProcess(
+            settings.model_copy(update={"embedder": "ollama", "ollama_url": with_password}),
+            tmp / "serve.log",
+        )
         try:
             worker.wait_ready()
             yield Served(settings, serve, worker, values)
@@ -266,6 +273,54 @@ def test_secrets_never_reach_the_logs(served: Served) -> None:
     for where, text in logs.items():
         for what, value in v.items():
             assert value not in text, f"the {what} is in the {where} log"
+
+
+def _every_route(api: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route and mount of the app, path parameters filled in."""
+    from starlette.routing import Mount, Route
+
+    found = []
+    for route in api.routes:
+        if isinstance(route, Mount):
+            found.append(("GET", route.path + "/swagger-ui.css"))
+        elif isinstance(route, Route):
+            path = route.path.replace("{source}", "github").replace(
+                "{ticket_id:path}", "Codertocat/Hello-World%231"
+            )
+            found += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    return found
+
+
+def test_secrets_never_reach_a_response_body(served: Served) -> None:
+    url, v = served.serve.url, served.values
+    wait_for(lambda: requests.get(f"{url}/readyz").status_code == 200, 30, "serve ready")
+    routes = _every_route(create_api(served.settings))
+    assert len(routes) >= 20, routes
+    answers: list[requests.Response] = []
+    auths = [{}, {"Authorization": f"Bearer {v['read token']}"}]
+    auths.append({"Authorization": f"Bearer {v['ingest token']}"})
+    auths.append({"Authorization": f"Bearer {v['read token']}x"})  # almost right
+    for method, path in routes:
+        for auth in auths:
+            for body in (b"{}", b'{"source": "email", "ticket_id": "s-1", "body": "x"}', b"[}"):
+                headers = {"Content-Type": "application/json", **auth}
+                answers.append(
+                    requests.request(method, url + path, data=body, headers=headers, timeout=30)
+                )
+    signed_in = requests.Session()
+    signed_in.get(f"{url}/dashboard", params={"token": v["read token"]})
+    answers += [signed_in.get(f"{url}{p}") for p in ("/dashboard", "/dashboard/data")]
+    assert {a.status_code for a in answers} >= {200, 400, 401, 403, 404, 422}
+    for answer in answers:
+        for what, value in v.items():
+            assert value not in answer.text, (
+                f"the {what} is in {answer.request.method} {answer.url}"
+            )
+            for name, header in answer.headers.items():
+                assert value not in header, f"the {what} is in header {name} of {answer.url}"
+    status = requests.get(f"{url}/v1/status", headers=auths[1]).json()
+    assert status["checks"]["embedder"]["url"].startswith("http://triage:***@127.0.0.1")
+    assert status["checks"]["redis"]["url"].startswith("redis://:***@127.0.0.1")
 
 
 # --- JSON depth ----------------------------------------------------------------------------
