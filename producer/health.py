@@ -234,6 +234,10 @@ class Readiness:
     ) -> None:
         self.settings, self.timeout_s, self.cache_s = settings, timeout_s, cache_s
         self.client = redis_client(settings, timeout_s)
+        if settings.embedder == "local":
+            # Imported now, at start: it brings onnxruntime (~1.5 s), and the first check
+            # must not spend its one second on an import.
+            import worker.embedding.local  # noqa: F401
         self._executor = ThreadPoolExecutor(max_workers=5, thread_name_prefix="triage-ready")
         self._running: dict[str, Future[Check]] = {}
         self._cached: tuple[float, dict[str, Check]] | None = None

@@ -283,6 +283,11 @@ def _fuzz_operation(
     def fuzz(case: schemathesis.Case, replace: Any, key: tuple[str, str] | None) -> None:
         response = _send(base, case, replace, key)
         seen[name][response.status_code] += 1
+        if response.status_code == 503 and operation.path in ("/readyz", "/v1/status"):
+            # "not ready" is a documented answer (a check slower than 1 s on a busy machine
+            # counts as failed), not a server error
+            assert response.json()["ready"] is False
+            return
         case.validate_response(response, checks=[not_a_server_error])
 
     try:
@@ -304,7 +309,8 @@ def test_no_server_error_on_any_generated_input(fuzzed: ServeProcess) -> None:
     report = {name: dict(sorted(codes.items())) for name, codes in sorted(seen.items())}
     print("FUZZ", json.dumps({"examples_per_mode": EXAMPLES, "answers": report}))
     for name, codes in report.items():
-        assert not any(code >= 500 for code in codes), (name, codes)
+        allowed = {503} if name in ("GET /readyz", "GET /v1/status") else set()
+        assert not any(code >= 500 and code not in allowed for code in codes), (name, codes)
         reached = {code for code in codes if code not in (401, 403)}
         assert reached, f"{name} never got past authentication: {codes}"
         if "/hooks/" in name:

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -718,3 +719,39 @@ def test_docs_are_served_without_a_cdn(served: Served) -> None:
         assert asset.status_code == 200 and len(asset.content) > 100, url
     assert "cdn" not in page.text.lower() and "https://" not in page.text
     assert requests.get(served.url + "/redoc").status_code == 404  # ReDoc would need its CDN
+
+
+def test_status_and_doctor_see_a_real_worker(
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    queue_name: str,
+    start_worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    # The writer side (the worker beating while its consumer runs) is worker/liveness.py.
+    pytest.importorskip("worker.liveness", reason="the worker's heartbeat writer is not here")
+    from tests.test_cli import triage
+
+    settings = make_settings(database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS)
+    start_worker(settings)
+    serve = ServeProcess(settings, tmp_path / "serve.log")
+    try:
+
+        def workers() -> dict[str, Any]:
+            status = requests.get(serve.url + "/v1/status", headers=READ, timeout=10).json()
+            return status["checks"]["workers"]  # type: ignore[no-any-return]
+
+        wait_for(lambda: workers()["count"] == 1, 30, "the worker's heartbeat")
+        (one,) = workers()["workers"]
+        assert one["facts"]["queue"] == queue_name and one["age_s"] < 15
+    finally:
+        serve.stop()
+    env = {
+        "TRIAGE_REDIS_URL": settings.redis_url,
+        "TRIAGE_QUEUE": queue_name,
+        "TRIAGE_DATABASE_URL": sqlite_url,
+        "TRIAGE_CHROMA_PATH": str(settings.chroma_path),
+        "TRIAGE_ENV": "development",
+    }
+    out = triage(tmp_path, "doctor", env=env)
+    assert re.search(r"^ok\s+workers\s+1 live: ", out.stdout, re.M), out.stdout
