@@ -10,6 +10,9 @@ doors and not only the doors:
   exact bytes sent), with the vendor's event and delivery headers, and half of them are a
   vendor's real payload with one value replaced by generated JSON (the adapters' paths);
 - path parameters are half the time the key of a seeded decision (past the 404);
+- inputs that broke the service before are mixed in (a 5,000-digit integer, an
+  unterminated string of escapes, 120 KB of ``<a``, NUL in ids, dates out of range in UTC,
+  a cursor past 64 bits);
 - the run fails if an operation only ever answered 401/403, or answered a 5xx.
 
 Hypothesis drives it directly (schemathesis's pytest plugin does not run on pytest 9). CI
@@ -228,11 +231,40 @@ def mutated_payload(draw: st.DrawFn, vendor: str) -> Any:
     return body
 
 
+# Inputs that broke the service before (found by attacking it), mixed into the generated
+# ones: raw bodies (sent as they are, signed for webhooks), query values and path keys.
+HOSTILE_BODIES = [
+    b'{"source": "email", "ticket_id": ' + b"9" * 5000 + b', "body": "x"}',
+    b'{"verdict": "confirm", "agent": ' + b"9" * 5000 + b"}",
+    b'"' + b'\\"' * 5000,
+    b"[" * 5000 + b"]" * 5000,
+    b'{"source": "email", "ticket_id": "nu\\u0000l", "body": "x"}',
+    b'{"source": "zendesk", "ticket_id": "1", "body": "x"}',
+    b'{"freshdesk_webhook": {"ticket_id": 1, "ticket_description": "' + b"<a" * 20_000 + b'"}}',
+    b'{"verdict": "veto", "agent": "a\\u0000", "comment": "\\u0000"}',
+]
+EDGE_QUERY = st.fixed_dictionaries(
+    {},
+    optional={
+        "since": st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]),
+        "until": st.sampled_from(["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"]),
+        "cursor": st.sampled_from(["MXw5MjIzMzcyMDM2ODU0Nzc1ODA4", "MXwtMQ==", "bmFufDE="]),
+        "queue": st.sampled_from(["a\x00b", "\t"]),
+        "limit": st.sampled_from(["9" * 5000, "-1"]),
+    },
+)
+EDGE_KEYS = [("email", "nu\x00l"), ("email", "x" * 300), ("em\x00ail", "1")]
+
+
 # --- the fuzz ------------------------------------------------------------------------------------
 
 
 def _send(
-    base: str, case: schemathesis.Case, replace: Any, key: tuple[str, str] | None
+    base: str,
+    case: schemathesis.Case,
+    replace: Any,
+    key: tuple[str, str] | None,
+    query: dict[str, str] | None = None,
 ) -> requests.Response:
     """The case over HTTP: its body serialized here (so it can be signed), a bearer token
     with every scope, a seeded key in the path if ``key``, a vendor payload if ``replace``."""
@@ -245,7 +277,10 @@ def _send(
         suffix = "/feedback" if case.operation.path.endswith("/feedback") else ""
         url = f"{base}/v1/decisions/{source}/{requests.utils.quote(ticket_id, safe='')}{suffix}"
     data: bytes | None = None
-    if replace is not None:
+    if isinstance(replace, bytes):
+        data = replace
+        headers["Content-Type"] = "application/json"
+    elif replace is not None:
         data = json.dumps(replace).encode()
         headers["Content-Type"] = "application/json"
     elif "json" in kwargs:
@@ -259,8 +294,9 @@ def _send(
         content_type = headers.get("Content-Type", "application/json")
         headers |= signed_headers(vendor, data)
         headers["Content-Type"] = content_type  # negative cases keep their wrong one
+    params = {**(kwargs.get("params") or {}), **(query or {})}
     return requests.request(
-        kwargs["method"], url, params=kwargs.get("params"), data=data, headers=headers, timeout=60
+        kwargs["method"], url, params=params, data=data, headers=headers, timeout=60
     )
 
 
@@ -270,18 +306,27 @@ def _fuzz_operation(
     name = f"{operation.method.upper()} {operation.path}"
     vendor = operation.path.removeprefix("/v1/hooks/")
     body_override = mutated_payload(vendor) if vendor in VENDORS else st.nothing()
+    if operation.method.upper() == "POST":
+        body_override |= st.sampled_from(HOSTILE_BODIES)
     with_key = "{source}" in operation.path
+    with_query = operation.path in ("/v1/decisions", "/v1/stats/routes")
 
     @given(
         case=operation.as_strategy(generation_mode=mode),
         replace=st.one_of(st.none(), body_override),
-        key=st.one_of(st.none(), st.sampled_from(SEEDED)) if with_key else st.none(),
+        key=st.one_of(st.none(), st.sampled_from(SEEDED + EDGE_KEYS)) if with_key else st.none(),
+        query=st.one_of(st.none(), EDGE_QUERY) if with_query else st.none(),
     )
     @hsettings(
         max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )
-    def fuzz(case: schemathesis.Case, replace: Any, key: tuple[str, str] | None) -> None:
-        response = _send(base, case, replace, key)
+    def fuzz(
+        case: schemathesis.Case,
+        replace: Any,
+        key: tuple[str, str] | None,
+        query: dict[str, str] | None,
+    ) -> None:
+        response = _send(base, case, replace, key, query)
         seen[name][response.status_code] += 1
         if response.status_code == 503 and operation.path in ("/readyz", "/v1/status"):
             # "not ready" is a documented answer (a check slower than 1 s on a busy machine
