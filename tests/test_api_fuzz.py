@@ -21,14 +21,9 @@ size: 25 examples per operation and generation mode; ``TRIAGE_FUZZ=full``: 400.
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
-import hmac
 import json
 import os
-import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,6 +43,8 @@ from sqlalchemy.orm import Session
 
 from tests.conftest import FIXTURES
 from tests.services import ServeProcess, private_redis
+from tests.test_webhook_adapters import FIXTURE_FOR
+from tests.vendors import signed_headers
 from worker import db
 
 FULL = os.environ.get("TRIAGE_FUZZ") == "full"
@@ -55,14 +52,6 @@ EXAMPLES = 400 if FULL else 25
 SECRET = "fuzz-secret"
 TOKEN = "fuzz-token"
 VENDORS = ("zendesk", "github", "jira", "freshdesk", "zammad", "helpscout")
-FIXTURE_FOR = {
-    "zendesk": "zendesk_ticket_created.json",
-    "github": "github_issues_opened.json",
-    "jira": "jira_issue_created.json",
-    "freshdesk": "freshdesk_ticket_created.json",
-    "zammad": "zammad_ticket_created.json",
-    "helpscout": "helpscout_convo.created.json",
-}
 SEEDED = [("email", "seed-dup"), ("email", "seed-manual"), ("github", "acme/desk#7")]
 
 
@@ -160,37 +149,7 @@ def test_the_published_document_is_valid_openapi(fuzzed: ServeProcess) -> None:
         _resolve(document, ref)
 
 
-# --- signing, as each vendor does ----------------------------------------------------------------
-
-
-def signed_headers(vendor: str, body: bytes) -> dict[str, str]:
-    key = SECRET.encode()
-    h = {"Content-Type": "application/json"}
-    if vendor == "github":
-        h["X-Hub-Signature-256"] = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        h["X-GitHub-Event"] = "issues"
-        h["X-GitHub-Delivery"] = str(uuid.uuid4())
-    elif vendor == "jira":
-        h["X-Hub-Signature"] = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        h["X-Atlassian-Webhook-Identifier"] = str(uuid.uuid4())
-    elif vendor == "zammad":
-        h["X-Hub-Signature"] = "sha1=" + hmac.new(key, body, hashlib.sha1).hexdigest()
-        h["X-Zammad-Delivery"] = str(uuid.uuid4())
-    elif vendor == "helpscout":
-        h["X-HelpScout-Signature"] = base64.b64encode(
-            hmac.new(key, body, hashlib.sha1).digest()
-        ).decode()
-        h["X-HelpScout-Event"] = "convo.created"
-    elif vendor == "freshdesk":
-        h["X-Webhook-Token"] = SECRET
-    elif vendor == "zendesk":
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        h["X-Zendesk-Webhook-Signature-Timestamp"] = stamp
-        h["X-Zendesk-Webhook-Signature"] = base64.b64encode(
-            hmac.new(key, stamp.encode() + body, hashlib.sha256).digest()
-        ).decode()
-        h["X-Zendesk-Webhook-Invocation-Id"] = str(uuid.uuid4())
-    return h
+# --- vendor payloads, mutated ---------------------------------------------------------------------
 
 
 def _leaves(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -292,7 +251,7 @@ def _send(
     vendor = case.operation.path.removeprefix("/v1/hooks/")
     if vendor in VENDORS and data is not None:
         content_type = headers.get("Content-Type", "application/json")
-        headers |= signed_headers(vendor, data)
+        headers |= signed_headers(vendor, data, SECRET)
         headers["Content-Type"] = content_type  # negative cases keep their wrong one
     params = {**(kwargs.get("params") or {}), **(query or {})}
     return requests.request(

@@ -9,9 +9,6 @@ behind them), and the hostile requests themselves are answered 4xx or within a b
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -32,6 +29,7 @@ import requests
 from config.settings import Settings, load_settings
 from tests.conftest import wait_for
 from tests.services import ServeProcess, redis_server
+from tests.vendors import signed_headers
 from worker import heartbeat, migrate
 from worker.db import make_engine
 
@@ -95,30 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def sign(vendor: str, body: bytes, headers: dict[str, str] | None = None) -> dict[str, str]:
     """The headers ``vendor`` would send with ``body``, signed with SECRET."""
-    h = {"Content-Type": "application/json", **(headers or {})}
-    key = SECRET.encode()
-    if vendor == "github":
-        h["X-Hub-Signature-256"] = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        h.setdefault("X-GitHub-Event", "issues")
-        h.setdefault("X-GitHub-Delivery", str(uuid.uuid4()))
-    elif vendor == "jira":
-        h["X-Hub-Signature"] = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-    elif vendor == "zammad":
-        h["X-Hub-Signature"] = "sha1=" + hmac.new(key, body, hashlib.sha1).hexdigest()
-    elif vendor == "helpscout":
-        h["X-HelpScout-Signature"] = base64.b64encode(
-            hmac.new(key, body, hashlib.sha1).digest()
-        ).decode()
-        h.setdefault("X-HelpScout-Event", "convo.created")
-    elif vendor == "freshdesk":
-        h["X-Webhook-Token"] = SECRET
-    elif vendor == "zendesk":
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        h["X-Zendesk-Webhook-Signature-Timestamp"] = stamp
-        h["X-Zendesk-Webhook-Signature"] = base64.b64encode(
-            hmac.new(key, stamp.encode() + body, hashlib.sha256).digest()
-        ).decode()
-    return h
+    return signed_headers(vendor, body, SECRET, headers)
 
 
 def github_issue(number: int, title: str = "Printer jams on page two") -> bytes:
