@@ -28,6 +28,11 @@ URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url"}
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
+# A secret drawn at random uses many different characters: 16 random hex digits have at
+# least 6 different ones in all but ~1 draw in 20,000 (and `openssl rand -hex 32`, 64 digits,
+# practically always). Fewer means a pattern (16 spaces, "aaaa…", "abab…") that a guesser
+# tries early, whatever its length.
+MIN_DISTINCT_CHARS = 6
 # Values that ship in documentation and examples (this README, docker-compose, vendors'
 # docs) or are guessed first. Compared case-insensitively, ignoring - and _.
 WEAK_SECRETS = frozenset(
@@ -73,6 +78,13 @@ def _weak(secret: str) -> str | None:
         return "is a placeholder from the documentation"
     if len(secret) < MIN_SECRET_CHARS:
         return f"is shorter than {MIN_SECRET_CHARS} characters"
+    if not secret.strip():
+        return "is only whitespace"
+    if len(set(secret)) < MIN_DISTINCT_CHARS:
+        return (
+            f"uses fewer than {MIN_DISTINCT_CHARS} different characters (a pattern, not a "
+            "random value)"
+        )
     return None
 
 
@@ -178,8 +190,13 @@ class Settings(BaseSettings):
     # A helpdesk without a secret here is refused (401): nothing unsigned gets in.
     webhook_secrets: dict[str, list[str]] = Field(default_factory=dict)
     # Bearer tokens of the HTTP API and their scopes (JSON), e.g.
-    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}.
-    api_tokens: dict[str, list[Literal["ingest", "read", "feedback"]]] = Field(default_factory=dict)
+    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}. `admin`, with
+    # `ingest`, may post tickets under a helpdesk's own source (zendesk, github, ...): the
+    # migration of that helpdesk's history, whose keys its later webhooks must match. Without
+    # it those sources are reserved for the signed webhook routes.
+    api_tokens: dict[str, list[Literal["ingest", "read", "feedback", "admin"]]] = Field(
+        default_factory=dict
+    )
     # Largest request body accepted. A Jira issue_created is ~11 KB, a GitHub one ~14 KB;
     # 1 MiB leaves room for long descriptions and refuses floods.
     max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
@@ -196,6 +213,19 @@ class Settings(BaseSettings):
     # Deepest JSON nesting accepted: vendor payloads nest < 10 levels; json.loads itself
     # fails with a RecursionError near 1,000, so refuse long before that.
     max_json_depth: int = Field(32, ge=2, le=500)
+    # `triage serve` closes (408) a connection whose request headers are not complete this
+    # many seconds after it opened, or after the request's first byte: uvicorn alone waits
+    # forever, so 1,000 connections sending nothing would all stay open (producer/server.py).
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    # A connection idle between two requests is closed after this many seconds (uvicorn's
+    # timeout_keep_alive).
+    keep_alive_s: int = Field(5, ge=1, le=600)
+    # Open connections (or running requests) past which new requests get 503 at once
+    # (uvicorn's limit_concurrency): far below the process's file-descriptor limit.
+    max_connections: int = Field(1000, ge=10, le=100_000)
+    # A request body must arrive within this many seconds (408 after): a client that trickles
+    # its body byte by byte would otherwise hold a connection and a request indefinitely.
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
     # Rate limit per source (per helpdesk on /v1/hooks, per bearer token elsewhere), shared
     # by every `triage serve` process through Redis: a sustained rate (requests per second;
     # 0 = off) and the burst allowed on top of it.

@@ -74,13 +74,12 @@ def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
 @click.option("--port", default=8000, show_default=True, help="TCP port.")
 def serve(host: str, port: int) -> None:
     """Run the HTTP service: helpdesk webhooks, ticket ingest, read API, health, metrics."""
-    import uvicorn
-
+    from producer import server
     from producer.api import create_api
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    uvicorn.run(create_api(settings), host=host, port=port, log_level=settings.log_level.lower())
+    server.run(create_api(settings), settings, host=host, port=port)
 
 
 # --- ingest --------------------------------------------------------------------------------
@@ -538,14 +537,15 @@ def redrive(
 
 @cli.command()
 def doctor() -> None:
-    """Check Redis, the database, Chroma and the embedder; print their versions."""
-    from worker.report import doctor_checks
+    """Check Redis, the queue and its workers, the database, the embedder and Chroma; print
+    their versions. Exit code 1 if any is not ready (no live worker is only a warning)."""
+    from producer.health import doctor_checks, doctor_line
 
     settings = _settings()
     ok = True
-    for name, good, detail in doctor_checks(settings):
-        ok &= good
-        click.echo(f"{'ok ' if good else 'BAD'}  {name:<10} {detail}")
+    for check in doctor_checks(settings):
+        ok &= check.ok or check.warning
+        click.echo(doctor_line(check))
     sys.exit(0 if ok else 1)
 
 

@@ -7,8 +7,9 @@ SQL and Redis, so they are right whichever process decided and survive restarts.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -81,8 +82,18 @@ class _FromStores:
         yield depth
 
 
+# Sources other than the helpdesks that get a series of their own, first come first served
+# per process; later ones are counted as "other". The source comes from the client's body:
+# unbounded, every new one would be a new series in every scrape, for good.
+MAX_EXTRA_SOURCES = 20
+OTHER = "other"
+
+
 class Metrics:
-    def __init__(self, engine: Engine, intake: Intake) -> None:
+    def __init__(self, engine: Engine, intake: Intake, known: Iterable[str] = ()) -> None:
+        self._known = set(known)
+        self._extra: set[str] = set()
+        self._lock = threading.Lock()
         self.registry = CollectorRegistry()
         self._accepted = Counter(
             "triage_tickets_accepted",
@@ -98,12 +109,25 @@ class Metrics:
         )
         self.registry.register(_FromStores(engine, intake))  # type: ignore[arg-type]
 
+    def label(self, source: str) -> str:
+        """The source's label: a known source, one of the first MAX_EXTRA_SOURCES others, or
+        "other"."""
+        if source in self._known:
+            return source
+        with self._lock:
+            if source in self._extra:
+                return source
+            if len(self._extra) < MAX_EXTRA_SOURCES:
+                self._extra.add(source)
+                return source
+        return OTHER
+
     def accepted(self, source: str, n: int = 1) -> None:
         if n:
-            self._accepted.labels(source).inc(n)
+            self._accepted.labels(self.label(source)).inc(n)
 
     def rejected(self, source: str, reason: str) -> None:
-        self._rejected.labels(source, reason).inc()
+        self._rejected.labels(self.label(source), reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

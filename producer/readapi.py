@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-import redis
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, and_, func, or_, select, text
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
-from worker import db, migrate
+from worker import db
 
 
 class Match(BaseModel):
@@ -131,16 +128,35 @@ def _encode_cursor(decided_at: datetime, row_id: int) -> str:
     ).decode()
 
 
+class BadQuery(ValueError):
+    """A query parameter the database cannot use (HTTP 422 naming ``param``)."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        self.param = param
+        super().__init__(problem)
+
+
+# Row ids are 64-bit signed integers in both databases.
+_MAX_ROW_ID = 2**63 - 1
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         ts, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromtimestamp(float(ts), UTC), int(row_id)
+        at, number = datetime.fromtimestamp(float(ts), UTC), int(row_id)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
-        raise ValueError("invalid cursor: pass the next_cursor of a previous page") from None
+        number = -1
+    if not 0 <= number <= _MAX_ROW_ID:
+        raise BadQuery("cursor", "invalid cursor: pass the next_cursor of a previous page")
+    return at, number
 
 
-def _naive_for(engine: Engine, value: datetime) -> datetime:
-    value = _utc(value).astimezone(UTC)
+def _naive_for(engine: Engine, value: datetime, param: str = "cursor") -> datetime:
+    try:
+        value = _utc(value).astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+14:00 is in year 0 in UTC: Python's datetime has no such year.
+        raise BadQuery(param, f"{param} is out of range once converted to UTC") from None
     # SQLite compares the stored text: drop the offset so both sides look alike.
     return value.replace(tzinfo=None) if engine.dialect.name == "sqlite" else value
 
@@ -162,9 +178,9 @@ def list_decisions(
     if queue:
         stmt = stmt.where(d.queue == queue)
     if since:
-        stmt = stmt.where(d.decided_at >= _naive_for(engine, since))
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
     if until:
-        stmt = stmt.where(d.decided_at < _naive_for(engine, until))
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
     if cursor:
         at, row_id = _decode_cursor(cursor)
         at_cmp = _naive_for(engine, at)
@@ -199,9 +215,9 @@ def route_counts(
         .order_by(key, d.route)
     )
     if since:
-        stmt = stmt.where(d.decided_at >= _naive_for(engine, since))
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
     if until:
-        stmt = stmt.where(d.decided_at < _naive_for(engine, until))
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
     if queue:
         stmt = stmt.where(d.queue == queue)
     with Session(engine) as s:
@@ -259,56 +275,3 @@ def save_feedback(
         route=route,
         created_at=now,
     )
-
-
-def readiness(settings: Settings, engine: Engine, client: redis.Redis) -> dict[str, dict[str, Any]]:
-    checks: dict[str, dict[str, Any]] = {}
-    try:
-        client.ping()
-        checks["redis"] = {"ok": True}
-    except redis.RedisError as exc:
-        checks["redis"] = {"ok": False, "error": str(exc)}
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        current, head = migrate.current_revision(engine), migrate.head_revision()
-        checks["database"] = {"ok": current == head, "schema": current, "expected": head}
-    except Exception as exc:
-        checks["database"] = {"ok": False, "error": str(exc).splitlines()[0]}
-    checks["embedder"] = _embedder_config(settings)
-    return checks
-
-
-def _embedder_config(settings: Settings) -> dict[str, Any]:
-    """The embedder's configuration is usable, without loading a model in the web process."""
-    if settings.embedder == "local":
-        from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
-        from worker.errors import TriageError
-
-        try:
-            folder = (
-                Path(settings.local_model_path)
-                if settings.local_model_path
-                else packaged_model_dir()
-            )
-        except TriageError as exc:
-            return {"ok": False, "embedder": "local", "error": str(exc)}
-        missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-        return {
-            "ok": not missing,
-            "embedder": "local",
-            "model_path": str(folder),
-            **({"missing": missing} if missing else {}),
-        }
-    import requests
-
-    try:
-        answer = requests.get(settings.ollama_url.rstrip("/") + "/", timeout=3)
-        return {
-            "ok": answer.ok,
-            "embedder": "ollama",
-            "url": settings.ollama_url,
-            "status": answer.status_code,
-        }
-    except requests.RequestException as exc:
-        return {"ok": False, "embedder": "ollama", "url": settings.ollama_url, "error": str(exc)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,15 @@ def free_port() -> int:
 @contextmanager
 def private_redis(tmp_path: Path, *, password: str | None = None) -> Iterator[str]:
     """A redis-server on a free port; yields its URL (with the password, if one is set)."""
+    with redis_server(tmp_path, password=password) as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_server(
+    tmp_path: Path, *, password: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """private_redis, with its process (to stop and continue it: SIGSTOP / SIGCONT)."""
     binary = shutil.which("redis-server")
     if binary is None:
         reason = "redis-server is not installed (apt-get install redis-server)"
@@ -56,8 +66,9 @@ def private_redis(tmp_path: Path, *, password: str | None = None) -> Iterator[st
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise AssertionError(f"redis-server on {port} did not start") from None
                 time.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
+        proc.send_signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
         proc.terminate()
         proc.wait(10)
         log.close()
@@ -66,13 +77,13 @@ def private_redis(tmp_path: Path, *, password: str | None = None) -> Iterator[st
 class ServeProcess:
     """`triage serve` (uvicorn) in a child process, its output in ``log_path``."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             env=settings_env(settings),
             stdout=self._log,

@@ -124,3 +124,11 @@ def test_heldout_calibration() -> None:
         "--links", quality / "hadoop_bugs-combined.csv",
     )  # fmt: skip
     assert "held-out" in stdout.lower()
+
+
+def test_slow_clients(redis_url: str) -> None:
+    stdout = run(
+        BENCH / "slow_clients.py", "--connections", "5", "--wait", "1", "--redis-url", redis_url
+    )
+    assert "uvicorn      /healthz with 5 slow connections open" in stdout
+    assert "triage serve /healthz with 5 slow connections open" in stdout

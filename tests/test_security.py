@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings, SettingsError, load_settings
 from producer.api import create_api
 from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
+from tests.ollama_fake import FakeOllama
 from tests.services import ServeProcess, private_redis
 from tests.test_api import SECRET, vendor_request
 from tests.test_worker_e2e import n_rows
@@ -85,6 +86,10 @@ def test_a_bad_secret_setting_is_named_but_never_echoed(var: str, raw: Any) -> N
         ({"api_tokens": {"secret": ["read"]}}, "well-known"),
         ({"database_url": "postgresql+psycopg://triage:change-me@db/triage"}, "DATABASE_URL"),
         ({"redis_url": "redis://:password@redis:6379/0"}, "TRIAGE_REDIS_URL"),
+        ({"webhook_secrets": {"github": [" " * 16]}}, "is only whitespace"),
+        ({"api_tokens": {"a" * 40: ["read"]}}, "fewer than 6 different characters"),
+        ({"webhook_secrets": {"zendesk": ["ab" * 12]}}, "fewer than 6 different characters"),
+        ({"redis_url": "redis://:xyzxyzxyzxyzxyzxyz@redis:6379/0"}, "TRIAGE_REDIS_URL"),
     ],
 )
 def test_weak_or_example_secrets_are_refused_in_production(
@@ -94,7 +99,7 @@ def test_weak_or_example_secrets_are_refused_in_production(
         load_settings(env="production", **overrides)
     message = str(exc.value)
     assert named in message and "TRIAGE_ENV=production" in message
-    for secret in ("changeme", "Change-Me", "short-secret", "change-me", "'password'"):
+    for secret in ("changeme", "Change-Me", "short-secret", "change-me", "'password'", "a" * 16):
         assert secret not in message
     assert load_settings(env="development", **overrides)  # accepted for trials
 
@@ -108,10 +113,18 @@ def test_production_is_the_default_and_takes_strong_secrets(
     assert s.env == "production"
 
 
-def test_serve_refuses_to_start_on_a_default_secret() -> None:
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("changeme", "well-known"),
+        (" " * 16, "only whitespace"),
+        ("a" * 16, "fewer than 6 different characters"),
+    ],
+)
+def test_serve_refuses_to_start_on_a_default_secret(secret: str, why: str) -> None:
     env = {
         "PATH": "/usr/bin:/bin",
-        "TRIAGE_WEBHOOK_SECRETS": json.dumps({"github": ["changeme"]}),
+        "TRIAGE_WEBHOOK_SECRETS": json.dumps({"github": [secret]}),
         "TRIAGE_API_TOKENS": json.dumps({STRONG: ["read"]}),
     }
     out = subprocess.run(
@@ -123,8 +136,9 @@ def test_serve_refuses_to_start_on_a_default_secret() -> None:
         timeout=60,
     )
     assert out.returncode == 2, out.stderr
-    assert "TRIAGE_WEBHOOK_SECRETS" in out.stderr and "well-known" in out.stderr
-    assert "changeme" not in out.stderr and STRONG not in out.stderr + out.stdout
+    assert "TRIAGE_WEBHOOK_SECRETS" in out.stderr and why in out.stderr
+    assert STRONG not in out.stderr + out.stdout
+    assert secret not in out.stderr.replace("TRIAGE_WEBHOOK_SECRETS: secret 1", "")
 
 
 # --- a real `triage serve` and a real worker: bodies without a length, and the logs ------------
@@ -151,8 +165,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "freshdesk token": "fd" + secrets.token_hex(16),
         "read token": "rd" + secrets.token_hex(16),
         "ingest token": "in" + secrets.token_hex(16),
+        "ollama password": "ol" + secrets.token_hex(16),
     }
-    with private_redis(tmp, password=values["redis password"]) as url:
+    with private_redis(tmp, password=values["redis password"]) as url, FakeOllama() as ollama:
         database = f"sqlite:///{tmp / 'triage.db'}"
         engine = make_engine(database)
         migrate.upgrade(engine)
@@ -173,7 +188,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             api_tokens={values["read token"]: ["read"], values["ingest token"]: ["ingest"]},
         )
         worker = WorkerProcess(settings, tmp / "worker.log")
-        serve = ServeProcess(settings, tmp / "serve.log")
+        # serve checks an Ollama whose URL carries a password: shown masked, or not at all
+        with_password = ollama.url.replace("://", f"://triage:{values['ollama password']}@")
+        serve = ServeProcess(
+            settings.model_copy(update={"embedder": "ollama", "ollama_url": with_password}),
+            tmp / "serve.log",
+        )
         try:
             worker.wait_ready()
             yield Served(settings, serve, worker, values)
@@ -253,6 +273,54 @@ def test_secrets_never_reach_the_logs(served: Served) -> None:
     for where, text in logs.items():
         for what, value in v.items():
             assert value not in text, f"the {what} is in the {where} log"
+
+
+def _every_route(api: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route and mount of the app, path parameters filled in."""
+    from starlette.routing import Mount, Route
+
+    found = []
+    for route in api.routes:
+        if isinstance(route, Mount):
+            found.append(("GET", route.path + "/swagger-ui.css"))
+        elif isinstance(route, Route):
+            path = route.path.replace("{source}", "github").replace(
+                "{ticket_id:path}", "Codertocat/Hello-World%231"
+            )
+            found += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+    return found
+
+
+def test_secrets_never_reach_a_response_body(served: Served) -> None:
+    url, v = served.serve.url, served.values
+    wait_for(lambda: requests.get(f"{url}/readyz").status_code == 200, 30, "serve ready")
+    routes = _every_route(create_api(served.settings))
+    assert len(routes) >= 20, routes
+    answers: list[requests.Response] = []
+    auths = [{}, {"Authorization": f"Bearer {v['read token']}"}]
+    auths.append({"Authorization": f"Bearer {v['ingest token']}"})
+    auths.append({"Authorization": f"Bearer {v['read token']}x"})  # almost right
+    for method, path in routes:
+        for auth in auths:
+            for body in (b"{}", b'{"source": "email", "ticket_id": "s-1", "body": "x"}', b"[}"):
+                headers = {"Content-Type": "application/json", **auth}
+                answers.append(
+                    requests.request(method, url + path, data=body, headers=headers, timeout=30)
+                )
+    signed_in = requests.Session()
+    signed_in.get(f"{url}/dashboard", params={"token": v["read token"]})
+    answers += [signed_in.get(f"{url}{p}") for p in ("/dashboard", "/dashboard/data")]
+    assert {a.status_code for a in answers} >= {200, 400, 401, 403, 404, 422}
+    for answer in answers:
+        for what, value in v.items():
+            assert value not in answer.text, (
+                f"the {what} is in {answer.request.method} {answer.url}"
+            )
+            for name, header in answer.headers.items():
+                assert value not in header, f"the {what} is in header {name} of {answer.url}"
+    status = requests.get(f"{url}/v1/status", headers=auths[1]).json()
+    assert status["checks"]["embedder"]["url"].startswith("http://triage:***@127.0.0.1")
+    assert status["checks"]["redis"]["url"].startswith("redis://:***@127.0.0.1")
 
 
 # --- JSON depth ----------------------------------------------------------------------------
@@ -394,12 +462,14 @@ SCOPED = {
     ("GET", "/v1/decisions/{source}/{ticket_id:path}"): "read",
     ("GET", "/v1/decisions"): "read",
     ("GET", "/v1/stats/routes"): "read",
+    ("GET", "/v1/status"): "read",
     ("POST", "/v1/decisions/{source}/{ticket_id:path}/feedback"): "feedback",
 }
 OPEN = {
     "/healthz": "liveness probe",
     "/readyz": "readiness probe",
     "/metrics": "Prometheus scrape (counts only)",
+    "/docs": "the API's documentation page (Swagger UI; no data)",
     **{f"/v1/hooks/{v}": "vendor signature" for v in ("zendesk", "github", "jira")},
     **{f"/v1/hooks/{v}": "vendor signature" for v in ("freshdesk", "zammad", "helpscout")},
     "/dashboard": "sign-in page; read token or cookie (tests/test_dashboard.py)",

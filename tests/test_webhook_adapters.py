@@ -25,6 +25,7 @@ from producer.webhooks import (
     VENDORS,
     Delivery,
     IgnoredEvent,
+    MissingHeader,
     PayloadError,
     SignatureError,
     adapt,
@@ -57,6 +58,9 @@ FIXTURE_FOR = {
     "zammad": "zammad_ticket_created.json",
     "helpscout": "helpscout_convo.created.json",
 }
+
+
+GITHUB_DELIVERY = {"X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
 
 
 def signed_headers(vendor: str) -> dict[str, str]:
@@ -499,10 +503,10 @@ def test_unknown_vendor_is_a_programming_error() -> None:
 def test_github_ping_and_other_events_are_ignored() -> None:
     ping = {"zen": "Keep it logically awesome.", "hook_id": 1, "hook": {}}
     with pytest.raises(IgnoredEvent, match="ping"):
-        adapt("github", ping, {"X-GitHub-Event": "ping"}, received_at=RECEIVED)
+        adapt("github", ping, {**GITHUB_DELIVERY, "X-GitHub-Event": "ping"}, received_at=RECEIVED)
     body = payload("github_issues_opened.json")
     with pytest.raises(IgnoredEvent, match="push"):
-        adapt("github", body, {"X-GitHub-Event": "push"}, received_at=RECEIVED)
+        adapt("github", body, {**GITHUB_DELIVERY, "X-GitHub-Event": "push"}, received_at=RECEIVED)
     for action in ("closed", "edited", "labeled", "reopened"):
         body["action"] = action
         with pytest.raises(IgnoredEvent, match=action) as err:
@@ -652,9 +656,17 @@ def test_oversized_text_is_cut_not_refused() -> None:
     ("vendor", "header"), [("github", "X-GitHub-Event"), ("helpscout", "X-HelpScout-Event")]
 )
 def test_missing_event_header_is_a_payload_error(vendor: str, header: str) -> None:
-    with pytest.raises(PayloadError, match="missing header") as err:
-        adapt(vendor, payload(FIXTURE_FOR[vendor]), {}, received_at=RECEIVED)
+    with pytest.raises(MissingHeader, match="missing header") as err:
+        adapt(vendor, payload(FIXTURE_FOR[vendor]), GITHUB_DELIVERY, received_at=RECEIVED)
     assert err.value.field == header
+
+
+def test_github_without_its_delivery_header_is_refused() -> None:
+    headers = signed_headers("github")
+    del headers["X-GitHub-Delivery"]
+    with pytest.raises(MissingHeader, match="GitHub sends it with every delivery") as err:
+        adapt("github", payload(FIXTURE_FOR["github"]), headers, received_at=RECEIVED)
+    assert err.value.field == "X-GitHub-Delivery"
 
 
 # ---------------------------------------------------------------------------------------

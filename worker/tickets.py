@@ -68,9 +68,18 @@ class Ticket(BaseModel):
 
     @field_validator("source", "ticket_id", "subject", "body", "queue", mode="before")
     @classmethod
-    def _clean_text(cls, value: object) -> object:
+    def _clean_text(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
+        if info.field_name in ("source", "ticket_id"):
+            # An id is refused, never cleaned: "nu\0l-X" cleaned would collide with "nul-X",
+            # and a tab or line break would be trimmed into another ticket's id the same way.
+            bad = next((c for c in value if c < " " or "\x7f" <= c <= "\x9f"), None)
+            if bad is not None:
+                raise ValueError(
+                    f"contains the control character U+{ord(bad):04X} at position "
+                    f"{value.index(bad)}: ids are printable text"
+                )
         # NUL has no meaning in ticket text and PostgreSQL cannot store it in TEXT columns:
         # left in, one such ticket would fail its whole batch's SQL write.
         value = value.replace("\x00", "")

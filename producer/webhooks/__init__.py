@@ -4,7 +4,7 @@ The HTTP layer calls, per ``/hooks/<vendor>`` request::
 
     verify_signature(vendor, raw_body, headers, secrets, now=...)  # SignatureError → 401
     delivery = adapt(vendor, json.loads(raw_body), headers, received_at=...)
-    # PayloadError → 422 (``.field``), IgnoredEvent → 200 {"ignored": reason}
+    # MissingHeader → 400, PayloadError → 422 (``.field``), IgnoredEvent → 200 {"ignored": ...}
 
 Vendor schemes and payloads: ../shared/reference/webhooks.md; details in the modules.
 """
@@ -13,6 +13,7 @@ from producer.webhooks.adapters import (
     DELIVERY_ID_HEADERS,
     Delivery,
     IgnoredEvent,
+    MissingHeader,
     PayloadError,
     adapt,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "VENDORS",
     "Delivery",
     "IgnoredEvent",
+    "MissingHeader",
     "PayloadError",
     "SignatureError",
     "adapt",

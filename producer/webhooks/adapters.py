@@ -5,8 +5,9 @@ whose signature was already verified, and returns a ``Delivery``, or raises:
 
 - ``PayloadError`` (HTTP 422): a required field is missing or has the wrong type, or the
   canonical ticket rejects a value. ``.field`` is the dotted path in the vendor's payload
-  (``issue.title``, ``_embedded.threads.0.body``); a missing event header is named by
-  its header name (``X-GitHub-Event``).
+  (``issue.title``, ``_embedded.threads.0.body``).
+- ``MissingHeader`` (HTTP 400), a PayloadError: a header the vendor always sends is
+  missing; ``.field`` is its name (``X-GitHub-Event``, ``X-GitHub-Delivery``).
 - ``IgnoredEvent`` (HTTP 200): a genuine delivery that is not a new ticket.
 
 ``source`` is the vendor name and vendor ids are kept as they are. Mapping per vendor:
@@ -37,7 +38,8 @@ Decisions worth knowing:
   is the id, not the internal ``ticket.id``; one of the two had to be chosen so that the
   key never changes with the payload. A payload without ``number`` is a PayloadError.
 - **GitHub**: only ``X-GitHub-Event: issues`` with ``action: opened``; ``ping`` and every
-  other event or action are ignored. No queue (the repository is part of the id).
+  other event or action are ignored. No queue (the repository is part of the id). A
+  delivery without ``X-GitHub-Delivery`` (GitHub always sends it) is a MissingHeader.
 - **Jira**: only ``webhookEvent: jira:issue_created``; queue = ``fields.project.key``.
   An ADF (object) description is a PayloadError: webhooks send the REST v2 string form.
 - **Freshdesk**: ``triggered_event`` (``{ticket_action:created}``) is optional; any other
@@ -68,7 +70,7 @@ from producer.webhooks.html import html_to_text
 from producer.webhooks.signatures import VENDORS, lower_headers
 from worker.tickets import Ticket
 
-__all__ = ["Delivery", "IgnoredEvent", "PayloadError", "adapt"]
+__all__ = ["Delivery", "IgnoredEvent", "MissingHeader", "PayloadError", "adapt"]
 
 
 class PayloadError(Exception):
@@ -78,6 +80,11 @@ class PayloadError(Exception):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class MissingHeader(PayloadError):
+    """A header the vendor sends with every delivery is missing (HTTP 400). ``field`` is the
+    header's name as the vendor documents it."""
 
 
 class IgnoredEvent(Exception):
@@ -331,11 +338,19 @@ def _zendesk_event(payload: JSON) -> _Draft:
 def _event_header(headers: Mapping[str, str], name: str, display: str) -> str:
     value = headers.get(name, "")
     if not value:
-        raise PayloadError(display, "missing header: cannot tell which event this is")
+        raise MissingHeader(display, "missing header: cannot tell which event this is")
     return value
 
 
 def _github(payload: JSON, headers: Mapping[str, str]) -> _Draft:
+    # GitHub sends X-GitHub-Delivery with every delivery (and the same one on a redelivery):
+    # it is the dedupe key, and without it a redelivered issue would be a new acceptance.
+    if not headers.get("x-github-delivery"):
+        raise MissingHeader(
+            "X-GitHub-Delivery",
+            "missing header: GitHub sends it with every delivery; it is the key that makes "
+            "a redelivery a duplicate",
+        )
     event = _event_header(headers, "x-github-event", "X-GitHub-Event")
     if event == "ping":
         raise IgnoredEvent("github ping")
