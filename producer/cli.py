@@ -105,6 +105,13 @@ def serve(host: str, port: int) -> None:
     default=None,
     help="Tickets carried by one queue message (default: TRIAGE_BATCH_SIZE; 1 = one each).",
 )
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _encoding(value),
+    help="Text encoding of FILE (a UTF-8 BOM is skipped), e.g. cp1252 for Excel on Windows.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--max-wait",
@@ -119,12 +126,15 @@ def ingest(
     source: str | None,
     fmt: str | None,
     per_message: int | None,
+    encoding: str,
     quiet: bool,
     max_wait: float,
 ) -> None:
     """Enqueue the tickets of a CSV or JSONL FILE for triage.
 
-    Bad rows are reported with their line number; the others still go in. Tickets travel
+    Bad rows (not valid in --encoding, a field over TRIAGE_MAX_BODY_BYTES, an id already
+    seen earlier in the file) are reported with their line number; the others still go in.
+    Tickets travel
     in groups (--per-message): each still ends as its own decision or failure row. While
     the backlog is at TRIAGE_MAX_QUEUE_DEPTH the import pauses until workers drain it.
     """
@@ -138,9 +148,19 @@ def ingest(
         progress=not quiet,
         per_message=per_message,
         max_wait_s=max_wait,
+        encoding=encoding,
     )
     if summary["enqueued"] == 0 and summary["rejected"]:
         sys.exit(1)
+
+
+def _encoding(value: str) -> str:
+    from producer.importer import check_encoding
+
+    try:
+        return check_encoding(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def ingest_file(
@@ -153,6 +173,7 @@ def ingest_file(
     progress: bool = True,
     per_message: int | None = None,
     max_wait_s: float = 3600,
+    encoding: str = "utf-8",
 ) -> dict[str, int]:
     import redis
     from tqdm import tqdm
@@ -171,7 +192,14 @@ def ingest_file(
     errors: list[RowError] = []
 
     def good_rows() -> Any:
-        for row in read_tickets(file, source=source or fmt, fmt=fmt):
+        rows = read_tickets(
+            file,
+            source=source or fmt,
+            fmt=fmt,
+            encoding=encoding,
+            max_field_bytes=settings.max_body_bytes,
+        )
+        for row in rows:
             if isinstance(row, RowError):
                 errors.append(row)
                 tqdm.write(f"{file}:{row}", file=sys.stderr)
@@ -234,12 +262,14 @@ def ingest_file(
     finally:
         bar.close()
     what = "history tickets (backfill)" if backfill else "tickets"
+    duplicates = sum(e.kind == "duplicate" for e in errors)
+    rejected = len(errors) - duplicates
     click.echo(
         f"{file}: {sent} {what} enqueued on queue {settings.queue!r}, "
-        f"{len(errors)} row(s) rejected",
+        f"{rejected} row(s) rejected, {duplicates} duplicate id(s) skipped",
         err=True,
     )
-    return {"enqueued": sent, "rejected": len(errors)}
+    return {"enqueued": sent, "rejected": rejected, "duplicates": duplicates}
 
 
 # --- reads ---------------------------------------------------------------------------------

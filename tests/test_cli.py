@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -14,8 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import REDIS_URL
+from tests.test_importer import CP1252_CSV
 from worker import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +124,52 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     out = triage(tmp_path, "--help")
     for cmd in ("worker", "ingest", "search", "decisions", "doctor", "demo", "db"):
         assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M), out.stdout
+
+
+def queued_ticket_ids(redis_url: str, queue: str) -> list[str]:
+    """The ticket ids in the queue's messages, in order, as a worker would read them."""
+    ids = []
+    for raw in redis.Redis.from_url(redis_url).lrange(queue, 0, -1):
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        tickets = args[0] if isinstance(args[0], list) else [args[0]]
+        ids += [t["ticket_id"] for t in tickets]
+    return ids
+
+
+def test_ingest_goes_past_bad_rows_and_counts_repeated_ids(
+    tmp_path: Path, redis_url: str, queue_name: str
+) -> None:
+    env = {"TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue_name}
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(CP1252_CSV)
+    out = triage(tmp_path, "ingest", "--quiet", str(excel), env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert f"{excel}:line 3: not valid utf-8 (byte 0xE9" in out.stderr
+    assert "2 tickets enqueued" in out.stderr and "1 row(s) rejected" in out.stderr
+    assert queued_ticket_ids(redis_url, queue_name) == ["W1", "W3"]
+
+    out = triage(tmp_path, "ingest", "--quiet", "--encoding", "cp1252", str(excel), env=env)
+    assert out.returncode == 0 and "3 tickets enqueued" in out.stderr, out.stderr
+    out = triage(tmp_path, "ingest", "--encoding", "klingon", str(excel), env=env)
+    assert out.returncode == 2 and "unknown encoding 'klingon'" in out.stderr
+
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(
+        f'id,body\nM1,"{"long text " * 30_000}"\nM2,short\nM1,repeated\nM3,"{"y" * 1_100_000}"\n'
+    )
+    redis.Redis.from_url(redis_url).delete(queue_name)
+    out = triage(tmp_path, "ingest", "--quiet", str(mixed), env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert f"{mixed}:line 4: duplicate id M1, first seen on line 2" in out.stderr
+    assert f"{mixed}:line 5: column 'body' is 1,100,000 bytes, over the limit" in out.stderr
+    assert (
+        "2 tickets enqueued on queue" in out.stderr
+        and "1 row(s) rejected, 1 duplicate id(s) skipped" in out.stderr
+    )
+    assert queued_ticket_ids(redis_url, queue_name) == ["M1", "M2"]
+    # The limit is TRIAGE_MAX_BODY_BYTES, the largest request the HTTP API takes.
+    redis.Redis.from_url(redis_url).delete(queue_name)
+    out = triage(
+        tmp_path, "ingest", "--quiet", str(mixed), env={**env, "TRIAGE_MAX_BODY_BYTES": "2000000"}
+    )
+    assert "3 tickets enqueued" in out.stderr, out.stderr
