@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -535,13 +536,26 @@ def db_upgrade() -> None:
     help="Tickets to triage (default: the bundled sample of ~200 support tickets).",
 )
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the worker.")
-def demo(file: Path | None, timeout: int) -> None:
+@click.option(
+    "--queue",
+    default="triage-demo",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _queue_name(value),
+    help="The demo's own queue (TRIAGE_QUEUE is not used: production workers consume it).",
+)
+def demo(file: Path | None, timeout: int, queue: str) -> None:
     """Run the whole flow on embedded defaults and print the routing table."""
     from producer.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")
-    sys.exit(run_demo(settings, file=file, timeout_s=timeout))
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout, queue=queue))
+
+
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
 
 
 def _add_quality_commands() -> None:

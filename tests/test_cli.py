@@ -8,11 +8,13 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-import uuid
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -45,25 +47,87 @@ def triage(
     )
 
 
-@pytest.fixture(scope="module")
-def demo_dir(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str], dict[str, str]]:
-    """`triage demo` in an empty folder, with nothing configured but a Redis URL where no
-    Redis answers: the demo must start its own redis-server."""
-    cwd = tmp_path_factory.mktemp("demo")
-    env = {
-        "TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
-        "TRIAGE_QUEUE": f"demo-{uuid.uuid4().hex[:6]}",
-    }
-    out = triage(cwd, "demo", env=env, timeout=600)
-    return cwd, out, env
+class Demo(NamedTuple):
+    cwd: Path
+    out: subprocess.CompletedProcess[str]
+    env: dict[str, str]
+    # What a consumer of the default queue `triage` received while the demo ran.
+    taken_from_default_queue: list[str]
 
 
-def test_demo_runs_the_whole_flow(
-    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+def _consume_default_queue(
+    demo: subprocess.Popen[str], stderr: Path, taken: list[str], stop: threading.Event
 ) -> None:
-    cwd, out, _ = demo_dir
+    """Act as a production worker would on the demo's Redis: take from `triage`."""
+    port = None
+    while port is None and not stop.wait(0.05):
+        m = re.search(r"started a private redis-server on port (\d+)", stderr.read_text())
+        port = m and int(m.group(1))
+    if port is None:
+        return
+    client = redis.Redis(port=port, socket_timeout=10)
+    while not stop.is_set():
+        try:
+            item = client.brpop(["triage"], timeout=1)
+        except redis.RedisError:
+            return  # the demo has stopped its server
+        if item:
+            taken.append(str(item[1])[:200])
+            # Its ticket is gone: the demo could only time out. SIGINT lets it stop its
+            # worker and redis-server on the way out.
+            demo.send_signal(signal.SIGINT)
+            return
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """`triage demo` in an empty folder, with nothing configured but a Redis URL where no
+    Redis answers: the demo must start its own redis-server. TRIAGE_QUEUE is left at its
+    default (`triage`, what production workers consume), and a consumer of that queue runs
+    beside the demo."""
+    cwd = tmp_path_factory.mktemp("demo")
+    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    stdout, stderr = cwd.parent / "demo.out", cwd.parent / "demo.err"
+    with stdout.open("w") as out_fh, stderr.open("w") as err_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", "demo"],
+            cwd=cwd,
+            env={**base, "PYTHONPATH": str(ROOT), **env},
+            stdout=out_fh,
+            stderr=err_fh,
+            text=True,
+        )
+        taken: list[str] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=_consume_default_queue, args=(proc, stderr, taken, stop))
+        watcher.start()
+        try:
+            code = proc.wait(600)
+        finally:
+            stop.set()
+            watcher.join(30)
+            if proc.poll() is None:
+                proc.kill()
+    out = subprocess.CompletedProcess(
+        proc.args, code, stdout=stdout.read_text(), stderr=stderr.read_text()
+    )
+    return Demo(cwd, out, env, taken)
+
+
+def test_demo_leaves_the_default_queue_alone(demo_dir: Demo) -> None:
+    assert demo_dir.taken_from_default_queue == []
+    assert "enqueued on queue 'triage-demo'" in demo_dir.out.stderr, demo_dir.out.stderr[-2000:]
+
+
+def test_demo_refuses_the_production_queue(tmp_path: Path) -> None:
+    out = triage(tmp_path, "demo", "--queue", "triage")
+    assert out.returncode == 2 and "production workers consume" in out.stderr, out.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_demo_runs_the_whole_flow(demo_dir: Demo) -> None:
+    cwd, out = demo_dir.cwd, demo_dir.out
     assert out.returncode == 0, out.stderr[-3000:]
     assert "started a private redis-server" in out.stderr
     m = re.search(
@@ -79,9 +143,9 @@ def test_demo_runs_the_whole_flow(
 
 
 def test_decisions_command_formats(
-    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+    demo_dir: Demo,
 ) -> None:
-    cwd, _, _ = demo_dir
+    cwd = demo_dir.cwd
     out = triage(cwd, "decisions", "-n", "5", "--format", "json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
@@ -94,9 +158,9 @@ def test_decisions_command_formats(
 
 
 def test_search_finds_the_nearest_past_tickets(
-    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+    demo_dir: Demo,
 ) -> None:
-    cwd, _, _ = demo_dir
+    cwd = demo_dir.cwd
     out = triage(cwd, "search", "I was charged twice for my subscription this month", "-k", "3")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -107,9 +171,9 @@ def test_search_finds_the_nearest_past_tickets(
 
 
 def test_doctor_reports_every_dependency(
-    demo_dir: tuple[Path, subprocess.CompletedProcess[str], dict[str, str]],
+    demo_dir: Demo,
 ) -> None:
-    cwd, _, _ = demo_dir
+    cwd = demo_dir.cwd
     out = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": REDIS_URL})
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("redis", "database", "embedder", "chroma"):
