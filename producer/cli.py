@@ -7,6 +7,9 @@ message naming the variable (exit code 2).
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import re
@@ -33,7 +36,66 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `triage evaluate` / `triage calibrate` (worker/quality/) need the `quality` extra: the
+# module that holds each command, and the extra's packages it imports.
+QUALITY_COMMANDS = {
+    "evaluate": ("worker.quality.cli", ("bm25s",)),
+    "calibrate": ("worker.quality.calibrate_cli", ("matplotlib",)),
+}
+QUALITY_INSTALL = "pip install 'ticket-triage[quality]' (in a clone: pip install -e '.[quality]')"
+
+
+class TriageGroup(click.Group):
+    """Lists the quality commands whether or not their extra is installed, and loads them
+    only when asked for: the worker and the other commands never import them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *QUALITY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in QUALITY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, needs = QUALITY_COMMANDS[cmd_name]
+        missing = [name for name in needs if importlib.util.find_spec(name) is None]
+        if not missing:
+            try:
+                command = getattr(importlib.import_module(module_name), cmd_name)
+            except ImportError as exc:  # installed, yet broken: say which module
+                missing = [exc.name or str(exc)]
+            else:
+                return command  # type: ignore[no-any-return]
+        return _needs_extra(cmd_name, missing)
+
+
+def _needs_extra(name: str, missing: list[str]) -> click.Command:
+    def explain() -> None:
+        click.echo(
+            f"triage {name} needs the quality extra ({', '.join(missing)} cannot be "
+            f"imported): {QUALITY_INSTALL}",
+            err=True,
+        )
+        sys.exit(1)
+
+    return click.Command(
+        name,
+        callback=explain,
+        help=f"Not installed: needs the quality extra. {QUALITY_INSTALL}",
+        short_help="(needs the quality extra: pip install 'ticket-triage[quality]')",
+        # Any arguments: the answer is the install command, not a usage error.
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ticket-triage")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
+@click.group(cls=TriageGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="triage", message="%(prog)s %(version)s")
 def cli() -> None:
     """ticket-triage: route helpdesk tickets as duplicate / suggest / manual."""
 
@@ -556,22 +618,6 @@ def _queue_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
         raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' only")
     return value
-
-
-def _add_quality_commands() -> None:
-    """`triage evaluate` / `triage calibrate` (worker/quality/): measured, never imported
-    by the worker itself."""
-    from worker.quality.calibrate_cli import calibrate
-
-    cli.add_command(calibrate, "calibrate")
-    try:
-        from worker.quality.cli import evaluate
-    except ImportError:  # the evaluation tool is optional in a minimal install
-        return
-    cli.add_command(evaluate, "evaluate")
-
-
-_add_quality_commands()
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,11 @@ from tests.test_importer import CP1252_CSV
 from worker import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = (
+    *("worker", "serve", "ingest", "search", "decisions", "doctor", "demo", "db"),
+    *("redrive", "reindex", "evaluate", "calibrate"),
+)
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def _free_port() -> int:
@@ -186,8 +192,11 @@ def test_doctor_reports_every_dependency(
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = triage(tmp_path, "--help")
-    for cmd in ("worker", "ingest", "search", "decisions", "doctor", "demo", "db"):
+    for cmd in COMMANDS:
         assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M), out.stdout
+    # With the quality extra installed (as here) they are the real commands.
+    out = triage(tmp_path, "evaluate", "--help")
+    assert out.returncode == 0 and re.search(r"^\s+retrieval\s", out.stdout, re.M), out.stdout
 
 
 def queued_ticket_ids(redis_url: str, queue: str) -> list[str]:
@@ -237,3 +246,59 @@ def test_ingest_goes_past_bad_rows_and_counts_repeated_ids(
         tmp_path, "ingest", "--quiet", str(mixed), env={**env, "TRIAGE_MAX_BODY_BYTES": "2000000"}
     )
     assert "3 tickets enqueued" in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def venv_without_quality(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real venv holding ticket-triage (`pip install --no-deps -e .`) and only what the
+    `triage` entry point and the quality commands' own modules import (click,
+    pydantic-settings, numpy): no quality extra."""
+    venv = tmp_path_factory.mktemp("no-quality") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    for args in (["--no-deps", "-e", str(ROOT)], ["click", "pydantic-settings", "numpy"]):
+        done = subprocess.run([*pip, *args], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:  # pip needs its package index
+            if os.environ.get("CI"):
+                pytest.fail(f"pip install {args} failed: {done.stderr[-2000:]}")
+            pytest.skip(f"pip install {args} failed (no package index?): {done.stderr[-500:]}")
+    return venv
+
+
+def test_quality_commands_without_the_extra(venv_without_quality: Path, tmp_path: Path) -> None:
+    bin_dir = venv_without_quality / "bin"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(bin_dir / "triage"), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # The premise: the extra's packages are not importable in this venv.
+    for module in ("bm25s", "matplotlib"):
+        probe = [str(bin_dir / "python"), "-c", f"import {module}"]
+        assert subprocess.run(probe, env=env, capture_output=True).returncode != 0
+
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"triage {VERSION}"
+    out = run("--help")
+    assert out.returncode == 0, out.stderr
+    for cmd in COMMANDS:
+        assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M), out.stdout
+    assert re.search(r"^\s+evaluate\s+\(needs the quality extra", out.stdout, re.M), out.stdout
+    for args, missing in (
+        (("evaluate", "pairs", "pairs.csv", "--out", "x"), "bm25s"),
+        (("calibrate", "--pairs", "pairs.csv"), "matplotlib"),
+        (("calibrate", "--help"), "matplotlib"),
+    ):
+        out = run(*args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert f"triage {args[0]} needs the quality extra ({missing} cannot be imported)" in (
+            out.stderr
+        )
+        assert "pip install 'ticket-triage[quality]'" in out.stderr
