@@ -66,7 +66,7 @@ class ApiError(Exception):
 
 
 class TicketIn(BaseModel):
-    """The canonical ticket (design.md §4). ``received_at`` is set by the service."""
+    """The canonical ticket (worker.tickets.Ticket). ``received_at`` is set by the service."""
 
     source: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", examples=["email"])
     ticket_id: str = Field(min_length=1, max_length=255)

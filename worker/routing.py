@@ -1,6 +1,6 @@
 """Routing: from similarity scores to `duplicate` / `suggest` / `manual`. Pure functions.
 
-Sequential semantics (design.md §5.2): a batch is decided as if its tickets arrived one
+Sequential semantics: a batch is decided as if its tickets arrived one
 at a time, in order. Ticket *i* is compared with everything stored before the batch
 (the vector store's neighbours) and with tickets 0..i-1 of the same batch, never with
 itself or with later tickets.
