@@ -22,6 +22,7 @@ import redis
 
 from tests.conftest import REDIS_URL
 from tests.test_importer import CP1252_CSV
+from tests.test_readme import demo_counts
 from worker import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,8 @@ def test_demo_runs_the_whole_flow(demo_dir: Demo) -> None:
     assert m, out.stdout[-2000:]
     dup, sug, man, failed, total = map(int, m.groups())
     assert total == 206 and dup + sug + man + failed == total and failed == 0
+    # What the README (and the docs that must agree with it) say the demo prints.
+    assert (dup, sug, man, total) == demo_counts(), "update the demo's counts in the docs"
     # the sample holds paraphrased duplicates and look-alikes: every route must occur
     assert dup >= 10 and sug >= 10 and man >= 100
     assert (cwd / "data" / "triage.db").exists() and (cwd / "data" / "chroma").is_dir()
