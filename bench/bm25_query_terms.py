@@ -1,7 +1,9 @@
 """BM25 scoring cost vs quality when a query keeps only its highest-weighted terms.
 
-    python bench/bm25_query_terms.py --corpus ../shared/data/gitbugs/hadoop/hadoop_bugs.csv \
-        --links ../shared/data/gitbugs/hadoop/hadoop_bugs-combined.csv
+    python bench/bm25_query_terms.py --corpus $DATA/gitbugs/hadoop/hadoop_bugs.csv \
+        --links $DATA/gitbugs/hadoop/hadoop_bugs-combined.csv
+
+($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
 
 All-others protocol, the worker's own BM25 index (worker/lexical.py) and fusion
 (worker/hybrid.py, the configured alpha and pool) on the product's default vectors; for

@@ -1,8 +1,10 @@
 """Calibrate on earlier tickets, measure on later ones: is `duplicate` precise out of sample?
 
     python bench/heldout_calibration.py \
-        --corpus ../shared/data/gitbugs/hadoop/hadoop_bugs.csv \
-        --links ../shared/data/gitbugs/hadoop/hadoop_bugs-combined.csv
+        --corpus $DATA/gitbugs/hadoop/hadoop_bugs.csv \
+        --links $DATA/gitbugs/hadoop/hadoop_bugs-combined.csv
+
+($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
 
 Pairs as the product meets them: every report is compared with each earlier report among its
 top-5 nearest (by the product's own vectors: default text preparation + subject vector);

@@ -1,7 +1,9 @@
 """What hybrid ranking costs the worker: dense-only vs hybrid batches, interleaved in one run.
 
-    python bench/hybrid_cost.py --data ../shared/data/gitbugs/hadoop/hadoop_bugs.csv \
+    python bench/hybrid_cost.py --data $DATA/gitbugs/hadoop/hadoop_bugs.csv \
         --history 2000 --batches 20
+
+($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
 
 Stores ``--history`` tickets (backfill), then triages ``--batches`` batches of
 TRIAGE_BATCH_SIZE new tickets, alternating a dense-only worker (TRIAGE_HYBRID_ALPHA=1) and

@@ -17,8 +17,9 @@ measures, with nothing else running in this process:
 Vectors are ``clustered`` by default: 2,000 random unit centres, each vector a centre plus
 noise (a vector and its cluster-mates: cosine ≈ 0.6), which behaves like real sentence embeddings in HNSW;
 ``--vectors random`` gives isotropic random unit vectors, HNSW's worst case (recall and
-insert speed; see ../shared/reference/chroma.md). Ingest stops at ``--budget-s`` seconds;
-whatever sizes were reached are reported with the trend of the ingest rate.
+insert speed: their intrinsic dimension is the full 384; Malkov & Yashunin, arXiv
+1603.09320). Ingest stops at ``--budget-s`` seconds; whatever sizes were reached are
+reported with the trend of the ingest rate.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Nothing here is read at import time: entry points (CLI, Celery app, tests) call
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +30,6 @@ URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url"}
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
-# A secret drawn at random uses many different characters: 16 random hex digits have at
-# least 6 different ones in all but ~1 draw in 20,000 (and `openssl rand -hex 32`, 64 digits,
-# practically always). Fewer means a pattern (16 spaces, "aaaa…", "abab…") that a guesser
-# tries early, whatever its length.
-MIN_DISTINCT_CHARS = 6
 # Values that ship in documentation and examples (this README, docker-compose, vendors'
 # docs) or are guessed first. Compared case-insensitively, ignoring - and _.
 WEAK_SECRETS = frozenset(
@@ -69,8 +66,24 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1***\3", url)
 
 
+# A random value is varied: refused below these floors are values typed rather than
+# generated (16 spaces, `aaaaaaaaaaaaaaaa`, `abababab…`, `aaaaaaaaaaaabcde`). The entropy is
+# Shannon's over the value's own characters, -sum(p * log2 p), at most log2(length).
+# Simulated on a million draws each, the floors refuse 3 random 16-character hex values
+# (`openssl rand -hex 8`) and 300 random 16-digit numbers; never a longer random value.
+MIN_DISTINCT_CHARS = 5
+MIN_BITS_PER_CHAR = 2.0
+
+
+def _bits_per_char(secret: str) -> float:
+    n = len(secret)
+    return -sum(c / n * math.log2(c / n) for c in Counter(secret).values())
+
+
 def _weak(secret: str) -> str | None:
     """Why this secret must not be used outside development, or None."""
+    if not secret.strip():
+        return "is blank (only whitespace)"
     folded = re.sub(r"[-_\s]", "", secret.lower())
     if folded in WEAK_SECRETS or "changeme" in folded:
         return "is a well-known default or example value"
@@ -78,12 +91,15 @@ def _weak(secret: str) -> str | None:
         return "is a placeholder from the documentation"
     if len(secret) < MIN_SECRET_CHARS:
         return f"is shorter than {MIN_SECRET_CHARS} characters"
-    if not secret.strip():
-        return "is only whitespace"
-    if len(set(secret)) < MIN_DISTINCT_CHARS:
+    if (distinct := len(set(secret))) < MIN_DISTINCT_CHARS:
         return (
-            f"uses fewer than {MIN_DISTINCT_CHARS} different characters (a pattern, not a "
-            "random value)"
+            f"has {distinct} distinct character(s), fewer than {MIN_DISTINCT_CHARS}: "
+            "not a random value"
+        )
+    if (bits := _bits_per_char(secret)) < MIN_BITS_PER_CHAR:
+        return (
+            f"is repetitive ({bits:.1f} bits of entropy per character, under "
+            f"{MIN_BITS_PER_CHAR}): not a random value"
         )
     return None
 

@@ -7,8 +7,12 @@ message naming the variable (exit code 2).
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,66 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `triage evaluate` / `triage calibrate` (worker/quality/) need the `quality` extra: the
+# module that holds each command, and the extra's packages it imports.
+QUALITY_COMMANDS = {
+    "evaluate": ("worker.quality.cli", ("bm25s",)),
+    "calibrate": ("worker.quality.calibrate_cli", ("matplotlib",)),
+}
+QUALITY_INSTALL = "pip install 'ticket-triage[quality]' (in a clone: pip install -e '.[quality]')"
+
+
+class TriageGroup(click.Group):
+    """Lists the quality commands whether or not their extra is installed, and loads them
+    only when asked for: the worker and the other commands never import them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *QUALITY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in QUALITY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, needs = QUALITY_COMMANDS[cmd_name]
+        missing = [name for name in needs if importlib.util.find_spec(name) is None]
+        if not missing:
+            try:
+                command = getattr(importlib.import_module(module_name), cmd_name)
+            except ImportError as exc:  # installed, yet broken: say which module
+                missing = [exc.name or str(exc)]
+            else:
+                return command  # type: ignore[no-any-return]
+        return _needs_extra(cmd_name, missing)
+
+
+def _needs_extra(name: str, missing: list[str]) -> click.Command:
+    def explain() -> None:
+        click.echo(
+            f"triage {name} needs the quality extra ({', '.join(missing)} cannot be "
+            f"imported): {QUALITY_INSTALL}",
+            err=True,
+        )
+        sys.exit(1)
+
+    return click.Command(
+        name,
+        callback=explain,
+        help=f"Not installed: needs the quality extra. {QUALITY_INSTALL}",
+        short_help="(needs the quality extra: pip install 'ticket-triage[quality]')",
+        # Any arguments: the answer is the install command, not a usage error.
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ticket-triage")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
+@click.group(cls=TriageGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="triage", message="%(prog)s %(version)s")
 def cli() -> None:
     """ticket-triage: route helpdesk tickets as duplicate / suggest / manual."""
 
@@ -104,6 +167,13 @@ def serve(host: str, port: int) -> None:
     default=None,
     help="Tickets carried by one queue message (default: TRIAGE_BATCH_SIZE; 1 = one each).",
 )
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _encoding(value),
+    help="Text encoding of FILE (a UTF-8 BOM is skipped), e.g. cp1252 for Excel on Windows.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--max-wait",
@@ -118,12 +188,15 @@ def ingest(
     source: str | None,
     fmt: str | None,
     per_message: int | None,
+    encoding: str,
     quiet: bool,
     max_wait: float,
 ) -> None:
     """Enqueue the tickets of a CSV or JSONL FILE for triage.
 
-    Bad rows are reported with their line number; the others still go in. Tickets travel
+    Bad rows (not valid in --encoding, a field over TRIAGE_MAX_BODY_BYTES, an id already
+    seen earlier in the file) are reported with their line number; the others still go in.
+    Tickets travel
     in groups (--per-message): each still ends as its own decision or failure row. While
     the backlog is at TRIAGE_MAX_QUEUE_DEPTH the import pauses until workers drain it.
     """
@@ -137,9 +210,19 @@ def ingest(
         progress=not quiet,
         per_message=per_message,
         max_wait_s=max_wait,
+        encoding=encoding,
     )
     if summary["enqueued"] == 0 and summary["rejected"]:
         sys.exit(1)
+
+
+def _encoding(value: str) -> str:
+    from producer.importer import check_encoding
+
+    try:
+        return check_encoding(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def ingest_file(
@@ -152,6 +235,7 @@ def ingest_file(
     progress: bool = True,
     per_message: int | None = None,
     max_wait_s: float = 3600,
+    encoding: str = "utf-8",
 ) -> dict[str, int]:
     import redis
     from tqdm import tqdm
@@ -170,7 +254,14 @@ def ingest_file(
     errors: list[RowError] = []
 
     def good_rows() -> Any:
-        for row in read_tickets(file, source=source or fmt, fmt=fmt):
+        rows = read_tickets(
+            file,
+            source=source or fmt,
+            fmt=fmt,
+            encoding=encoding,
+            max_field_bytes=settings.max_body_bytes,
+        )
+        for row in rows:
             if isinstance(row, RowError):
                 errors.append(row)
                 tqdm.write(f"{file}:{row}", file=sys.stderr)
@@ -233,12 +324,14 @@ def ingest_file(
     finally:
         bar.close()
     what = "history tickets (backfill)" if backfill else "tickets"
+    duplicates = sum(e.kind == "duplicate" for e in errors)
+    rejected = len(errors) - duplicates
     click.echo(
         f"{file}: {sent} {what} enqueued on queue {settings.queue!r}, "
-        f"{len(errors)} row(s) rejected",
+        f"{rejected} row(s) rejected, {duplicates} duplicate id(s) skipped",
         err=True,
     )
-    return {"enqueued": sent, "rejected": len(errors)}
+    return {"enqueued": sent, "rejected": rejected, "duplicates": duplicates}
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -624,29 +717,26 @@ def db_upgrade() -> None:
     help="Tickets to triage (default: the bundled sample of ~200 support tickets).",
 )
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the worker.")
-def demo(file: Path | None, timeout: int) -> None:
+@click.option(
+    "--queue",
+    default="triage-demo",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _queue_name(value),
+    help="The demo's own queue (TRIAGE_QUEUE is not used: production workers consume it).",
+)
+def demo(file: Path | None, timeout: int, queue: str) -> None:
     """Run the whole flow on embedded defaults and print the routing table."""
     from producer.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")
-    sys.exit(run_demo(settings, file=file, timeout_s=timeout))
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout, queue=queue))
 
 
-def _add_quality_commands() -> None:
-    """`triage evaluate` / `triage calibrate` (worker/quality/): measured, never imported
-    by the worker itself."""
-    from worker.quality.calibrate_cli import calibrate
-
-    cli.add_command(calibrate, "calibrate")
-    try:
-        from worker.quality.cli import evaluate
-    except ImportError:  # the evaluation tool is optional in a minimal install
-        return
-    cli.add_command(evaluate, "evaluate")
-
-
-_add_quality_commands()
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
 
 
 def main() -> None:

@@ -3,6 +3,10 @@
 Redis (the one at TRIAGE_REDIS_URL, or a private `redis-server` started here), a real
 worker process (local model, embedded Chroma and SQLite under ./data), the bundled sample
 tickets enqueued exactly as `triage ingest` does, then the routing table.
+
+The demo has a queue of its own (DEMO_QUEUE), never TRIAGE_QUEUE: on a Redis that
+production workers also use, they would otherwise take the demo's tickets, and the demo's
+worker theirs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from worker import db, migrate
 from worker.tickets import TicketKey
 
 DEMO_SOURCE = "demo"
+DEMO_QUEUE = "triage-demo"
 
 
 def sample_path() -> Path:
@@ -87,9 +92,16 @@ def reachable_redis(url: str, data_dir: Path) -> Iterator[str]:
         log.close()
 
 
-def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
+def run_demo(
+    settings: Settings, *, file: Path | None, timeout_s: int, queue: str = DEMO_QUEUE
+) -> int:
     from producer.cli import ingest_file, print_rows
 
+    if queue == settings.queue:
+        raise click.UsageError(
+            f"--queue {queue!r} is TRIAGE_QUEUE, the queue production workers consume: "
+            "give the demo a queue of its own"
+        )
     file = file or sample_path()
     data_dir = Path("data")
     data_dir.mkdir(exist_ok=True)
@@ -102,8 +114,8 @@ def run_demo(settings: Settings, *, file: Path | None, timeout_s: int) -> int:
             keys.append(row.key)
 
     with reachable_redis(settings.redis_url, data_dir) as redis_url:
-        settings = settings.model_copy(update={"redis_url": redis_url})
-        env = {**os.environ, "TRIAGE_REDIS_URL": redis_url}
+        settings = settings.model_copy(update={"redis_url": redis_url, "queue": queue})
+        env = {**os.environ, "TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue}
         log_path = data_dir / "demo-worker.log"
         with log_path.open("w") as log:
             worker = subprocess.Popen(

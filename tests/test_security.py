@@ -86,9 +86,9 @@ def test_a_bad_secret_setting_is_named_but_never_echoed(var: str, raw: Any) -> N
         ({"api_tokens": {"secret": ["read"]}}, "well-known"),
         ({"database_url": "postgresql+psycopg://triage:change-me@db/triage"}, "DATABASE_URL"),
         ({"redis_url": "redis://:password@redis:6379/0"}, "TRIAGE_REDIS_URL"),
-        ({"webhook_secrets": {"github": [" " * 16]}}, "is only whitespace"),
-        ({"api_tokens": {"a" * 40: ["read"]}}, "fewer than 6 different characters"),
-        ({"webhook_secrets": {"zendesk": ["ab" * 12]}}, "fewer than 6 different characters"),
+        ({"webhook_secrets": {"github": [" " * 16]}}, "is blank"),
+        ({"api_tokens": {"a" * 40: ["read"]}}, "distinct character(s), fewer than 5"),
+        ({"webhook_secrets": {"zendesk": ["ab" * 12]}}, "distinct character(s), fewer than 5"),
         ({"redis_url": "redis://:xyzxyzxyzxyzxyzxyz@redis:6379/0"}, "TRIAGE_REDIS_URL"),
     ],
 )
@@ -117,8 +117,8 @@ def test_production_is_the_default_and_takes_strong_secrets(
     ("secret", "why"),
     [
         ("changeme", "well-known"),
-        (" " * 16, "only whitespace"),
-        ("a" * 16, "fewer than 6 different characters"),
+        (" " * 16, "is blank"),
+        ("a" * 16, "distinct character(s), fewer than 5"),
     ],
 )
 def test_serve_refuses_to_start_on_a_default_secret(secret: str, why: str) -> None:

@@ -76,3 +76,42 @@ def test_celery_worker_stops_on_a_bad_setting() -> None:
     assert out.returncode != 0
     assert "TRIAGE_BATCH_SIZE" in out.stderr
     assert "amqp://" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        (" " * 16, "is blank (only whitespace)"),
+        ("\t \n" * 8, "is blank (only whitespace)"),
+        ("a" * 16, "has 1 distinct character(s), fewer than 5"),
+        ("ab" * 12, "has 2 distinct character(s)"),
+        ("abcd" * 5, "has 4 distinct character(s)"),
+        ("a" * 14 + "bcdef", "is repetitive (1.4 bits of entropy per character, under 2.0)"),
+    ],
+)
+def test_low_entropy_secrets_are_refused_in_production(secret: str, why: str) -> None:
+    for overrides, named in (
+        ({"webhook_secrets": {"github": [secret]}}, "TRIAGE_WEBHOOK_SECRETS: secret 1 of 'github'"),
+        ({"api_tokens": {secret: ["read"]}}, "TRIAGE_API_TOKENS: token 1"),
+    ):
+        with pytest.raises(SettingsError) as exc:
+            load_settings(env="production", **overrides)
+        assert f"{named} {why}" in str(exc.value)
+        assert repr(secret) not in str(exc.value)
+        assert load_settings(env="development", **overrides)  # accepted for trials
+    with pytest.raises(SettingsError, match="TRIAGE_REDIS_URL: the password"):
+        load_settings(env="production", redis_url=f"redis://:{secret.strip() or 'x'}@redis/0")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "3f9c0a17be4d2e68",  # openssl rand -hex 8
+        "8264019375102938",
+        "correct horse battery staple",
+        "0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0a1b",
+    ],
+)
+def test_varied_secrets_are_taken_in_production(secret: str) -> None:
+    s = load_settings(env="production", webhook_secrets={"github": [secret]})
+    assert s.webhook_secrets == {"github": [secret]}

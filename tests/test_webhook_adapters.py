@@ -1,8 +1,8 @@
 """Webhook signatures and payload adapters as pure functions: no HTTP, no services.
 
-The fixtures in tests/fixtures/webhooks/ are byte-for-byte copies of
-../shared/reference/webhooks/ (secret ``test-secret``); signatures.json holds the worked
-signature values computed there independently of this code.
+The fixtures in tests/fixtures/webhooks/ are sample payloads in each vendor's documented
+shape (secret ``test-secret``); signatures.json holds worked signature values computed
+independently of this code (in Python and again with openssl or node, which agreed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A process-wide batcher: coalesces concurrent per-ticket Celery tasks into one batch call.
 
-Why not celery-batches (evidence in ../shared/reference/celery-redis.md, measured on
-Celery 5.7 + Redis):
+Why not celery-batches (https://github.com/clokep/celery-batches; measured on Celery 5.7 +
+Redis):
 
 - celery-batches 0.11 pins ``celery<5.7``: it only installs with ``--no-deps`` against
   the Celery this project uses.

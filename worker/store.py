@@ -1,6 +1,7 @@
 """The vector index: Chroma, embedded (one owning process) or a `chroma run` server.
 
-Measured facts this module is built around (../shared/reference/chroma.md, chromadb 1.5.9):
+Measured facts this module is built around (chromadb 1.5.9; Chroma's docs warn against
+several clients on one persistent path, https://docs.trychroma.com/):
 
 - Two processes on one PersistentClient path silently lose vectors (9 of 9 runs), so the
   embedded store is guarded by an exclusive file lock: a second process gets StoreLocked

@@ -6,7 +6,9 @@ The HTTP layer calls, per ``/hooks/<vendor>`` request::
     delivery = adapt(vendor, json.loads(raw_body), headers, received_at=...)
     # MissingHeader → 400, PayloadError → 422 (``.field``), IgnoredEvent → 200 {"ignored": ...}
 
-Vendor schemes and payloads: ../shared/reference/webhooks.md; details in the modules.
+Vendor schemes and payloads: each vendor's webhook documentation (e.g.
+https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries,
+https://developer.zendesk.com/documentation/webhooks/verifying/); details in the modules.
 """
 
 from producer.webhooks.adapters import (

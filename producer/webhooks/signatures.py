@@ -1,4 +1,4 @@
-"""Webhook request authentication, one scheme per vendor (see ../shared/reference/webhooks.md).
+"""Webhook request authentication, one scheme per vendor, as each vendor documents it.
 
 Always called on the **raw request bytes**, before any JSON parsing. The vendor comes from
 the endpoint path (``/hooks/<vendor>``), never from sniffing headers: Jira and Zammad

@@ -1,6 +1,7 @@
 """A second process opening the embedded Chroma store while a worker owns it: refused at
 once with the reason and the fix (two processes on one PersistentClient path silently lose
-vectors, ../shared/reference/chroma.md §4), and the owner loses nothing."""
+vectors: measured with chromadb 1.5.9, and Chroma's docs advise one client per path), and the
+owner loses nothing."""
 
 from __future__ import annotations
 

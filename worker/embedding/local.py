@@ -1,6 +1,6 @@
 """In-process embeddings: a sentence-transformers BERT folder run by tokenizers + onnxruntime.
 
-Why this engine: measured on a 2-core CPU (../shared/reference/embedding-engines.md),
+Why this engine: measured on a 2-core CPU (bench/engine.py; BENCHMARKS.md, section 1),
 onnxruntime on an fp32 graph agrees with sentence-transformers to cosine ≥ 0.9999999, loads
 in ≈ 0.5 s instead of ≈ 11 s and embeds short tickets ≈ 20 % faster, without the ≈ 1.4 GB
 torch install. The graph is built from the folder's

@@ -2,7 +2,7 @@
 
 Why build the graph by hand: exporting it with torch needs ≈ 1.2 GB of packages, while the
 ``onnx`` package alone (≈ 26 MB) can describe the same computation from the safetensors
-weights (../shared/reference/embedding-engines.md). The graph uses only default-domain ops of
+weights. The graph uses only default-domain ops of
 opset 17 (``LayerNormalization`` exists from 17 on) so any onnxruntime can run it; the
 session's own optimiser fuses what it can at load time. Measured with onnxruntime 1.32 on
 the packed graph below: each MatMul + bias Add on [tokens, hidden] becomes one Gemm, the
