@@ -63,7 +63,7 @@ class CoverageGuard:
         folder: Path | None = None
         if settings.embedder == "local":
             folder = getattr(embedder, "model_path", None)
-        elif settings.ollama_model.split(":")[0] == "all-minilm":
+        elif settings.embedder == "ollama" and settings.ollama_model.split(":")[0] == "all-minilm":
             try:
                 from worker.embedding.local import packaged_model_dir
 

@@ -92,6 +92,7 @@ class VectorStore:
         path: Path | None = None,
         url: str | None = None,
         recipe: str = "",
+        fingerprint: str = "",
     ) -> VectorStore:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
@@ -123,6 +124,7 @@ class VectorStore:
                     "distance": "cosine",
                     "schema_version": SCHEMA_VERSION,
                     "recipe": recipe,
+                    "model_fingerprint": fingerprint,
                 },
                 embedding_function=None,
             )
@@ -134,13 +136,17 @@ class VectorStore:
             raise StoreUnavailable(f"cannot open Chroma at {url or path}: {exc}") from exc
         store = cls(client, col, location=location, lock=lock)
         try:
-            store._verify(model_id=model_id, dimension=dimension, recipe=recipe)
+            store._verify(
+                model_id=model_id, dimension=dimension, recipe=recipe, fingerprint=fingerprint
+            )
         except ModelMismatch:
             store.close()
             raise
         return store
 
-    def _verify(self, *, model_id: str, dimension: int, recipe: str = "") -> None:
+    def _verify(
+        self, *, model_id: str, dimension: int, recipe: str = "", fingerprint: str = ""
+    ) -> None:
         col = self._collection
         space = (col.configuration or {}).get("hnsw", {}).get("space")
         meta = col.metadata or {}
@@ -155,6 +161,11 @@ class VectorStore:
             # Same model, other text preparation (e.g. TRIAGE_SUBJECT_WEIGHT): not comparable either.
             problems.append(
                 f"embedding recipe {meta.get('recipe', '')!r} (this worker: {recipe!r})"
+            )
+        if meta.get("model_fingerprint", "") != fingerprint:
+            # Same configured name, another model behind it (what the server reports).
+            problems.append(
+                f"served model {meta.get('model_fingerprint', '')!r} (this worker: {fingerprint!r})"
             )
         if problems:
             raise ModelMismatch(
@@ -319,7 +330,15 @@ def open_store(
         collection=collection or settings.chroma_collection,
         path=settings.chroma_path,
         url=settings.chroma_url,
-        recipe=f"subject_weight={settings.subject_weight:g}",
+        recipe=";".join(
+            part
+            for part in (
+                f"subject_weight={settings.subject_weight:g}",
+                getattr(embedder, "recipe", ""),
+            )
+            if part
+        ),
+        fingerprint=getattr(embedder, "fingerprint", ""),
     )
 
 

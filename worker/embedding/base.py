@@ -17,6 +17,11 @@ class Embedder(Protocol):
     ``model_id`` names the model *and* the engine family whose vectors are comparable
     (``local:all-MiniLM-L6-v2``, ``ollama:all-minilm``): the vector store refuses a
     collection built with another id.
+
+    A backend may also have ``fingerprint: str``: what besides the model id decides its
+    vectors (what the server reports it runs, the instruction prefix). The vector store
+    records it with the collection and refuses a collection built under another one
+    (read with ``getattr``; backends without it lock the model id alone).
     """
 
     model_id: str
