@@ -269,3 +269,31 @@ def test_dimensions_and_empty_text(fake: FakeOpenAI) -> None:
     assert vectors.shape == (2, 64) and embedder.dimension == 64
     body = fake.embedding_calls()[-1]
     assert body["dimensions"] == 64 and body["input"] == [" ", " "]
+
+
+def test_evaluation_disk_cache_embeds_each_text_once_across_runs(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    from worker.quality.evaluate import DiskVectors, EmbeddingCache
+
+    texts = ["用户反映APP登录后闪退", "订单支付成功但未扣款"]
+    path = tmp_path / "emb.sqlite"
+    first = EmbeddingCache(
+        client(fake.base_url), progress=False, disk=DiskVectors(path, client(fake.base_url))
+    )
+    vectors = first.embed(texts)
+    calls = embedded(fake)
+    again = EmbeddingCache(
+        client(fake.base_url), progress=False, disk=DiskVectors(path, client(fake.base_url))
+    )
+    assert np.array_equal(again.embed(texts), vectors)
+    assert embedded(fake) == calls  # nothing embedded the second time
+    # Another prefix is another key: embedded anew.
+    other = client(fake.base_url, prefix="text")
+    EmbeddingCache(other, progress=False, disk=DiskVectors(path, other)).embed(texts)
+    assert embedded(fake) > calls
+
+
+def embedded(fake: FakeOpenAI) -> int:
+    """Texts sent, leaving out the probe that learns what the server runs."""
+    return sum(len(b["input"]) for b in fake.embedding_calls() if "readiness" not in b["input"][0])
