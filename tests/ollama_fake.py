@@ -67,6 +67,7 @@ class Fault:
     transform: Transform | None = None
     disconnect: bool = False
     path: str | None = "/api/embed"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def error(cls, status: int, message: str, **kw: Any) -> Fault:
@@ -147,6 +148,7 @@ class RecordedRequest:
     path: str
     body: Any  # parsed JSON, or None when the body was empty or not JSON
     raw: bytes = field(repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 class FakeOllama:
@@ -278,7 +280,9 @@ class FakeOllama:
             else:
                 self._connections.discard(conn)
 
-    def route(self, method: str, path: str, raw: bytes) -> tuple[int, str, bytes]:
+    def route(
+        self, method: str, path: str, raw: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes]:
         """The answer a real server gives: (status, content type, body)."""
         routes: dict[str, tuple[tuple[str, ...], Callable[[bytes], tuple[int, Any]]]] = {
             "/": (("GET", "HEAD"), lambda _: (200, "Ollama is running")),
@@ -460,7 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw.strip() else None
         except ValueError:
             body = None
-        fault = self.fake._record(RecordedRequest(self.command, path, body, raw))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fault = self.fake._record(RecordedRequest(self.command, path, body, raw, headers))
 
         if fault is not None and fault.delay_s and self.fake._stop.wait(fault.delay_s):
             self.close_connection = True
@@ -470,7 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
 
-        status, content_type, payload = self.fake.route(self.command, path, raw)
+        status, content_type, payload = self.fake.route(self.command, path, raw, headers)
         if fault is not None and fault.body is not None:
             status, content_type, payload = fault.status, fault.content_type, fault.body
         elif fault is not None and fault.transform is not None and status == 200:
@@ -478,6 +483,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, payload = fault.status, JSON, json.dumps(changed).encode()
 
         self.send_response(status)
+        for name, value in fault.headers if fault is not None else ():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

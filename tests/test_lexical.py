@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from worker import db
 from worker.embedding.local import LocalEmbedder
 from worker.hybrid import fuse, pool_mask
-from worker.lexical import LexicalIndex, build_index, lexical_text, tokenize
+from worker.lexical import LexicalIndex, build_index, tokenize
 from worker.pipeline import ItemResult, Services, WorkItem, triage_batch
 from worker.quality.bm25 import BM25Index
 from worker.routing import Thresholds, decide
@@ -86,7 +86,27 @@ def test_tokens_split_cjk_per_character_and_keep_identifiers() -> None:
         "fsnamesystem",
     ]
     assert tokenize("用户投诉") == ["用", "户", "投", "诉"]
-    assert lexical_text("Subject", "<p>Body &amp; more</p>") == "Subject. Body & more"
+    # The measured alternatives: overlapping bigrams (a lone character stays itself), both.
+    assert tokenize("APP闪退了吗 v2 好", "bigram") == ["app", "闪退", "退了", "了吗", "v2", "好"]
+    assert tokenize("闪退了", "both") == ["闪", "退", "了", "闪退", "退了"]
+    # NFKC: full-width letters, digits and punctuation read as their ASCII forms.
+    assert tokenize("ＡＰＰ登录１２３") == ["app", "登", "录", "123"]
+    assert tokenize("ＡＰＰ", nfkc=False) == ["ａｐｐ"]
+
+
+def test_seed_twin_scores_above_an_unrelated_ticket() -> None:
+    query, twin, other = (
+        "用户说安卓APP点登录就崩溃",
+        "用户反映APP登录后闪退",
+        "订单支付成功但未扣款",
+    )
+    index = LexicalIndex()
+    index.add(TicketKey("s", "twin"), twin)
+    index.add(TicketKey("s", "other"), other)
+    scores = index.scores(query)
+    assert scores[0] > 0 and scores[1] == 0
+    # Full-width input (common from Chinese input methods) finds the same ticket.
+    assert index.scores("用户说安卓ＡＰＰ点登录就崩溃")[0] == pytest.approx(scores[0])
 
 
 def test_refresh_reads_what_any_worker_stored(database_url: str) -> None:

@@ -8,9 +8,11 @@ English ticket quoting a Chinese order name stays under 30 %. A ticket above
 TRIAGE_MAX_UNKNOWN_RATIO is routed `manual` with the reason recorded, and its vector is
 never offered as a match to later tickets.
 
-The guard needs the model's own tokenizer: it is on for the local model and for Ollama's
-``all-minilm`` (same vocabulary, read from the packaged tokenizer.json), and off for other
-Ollama models, which are the multilingual path (``paraphrase-multilingual``, ``bge-m3``).
+The guard needs the model's own tokenizer: it is on for the local model and for
+all-MiniLM-L6-v2 served by Ollama (``all-minilm``) or an OpenAI-compatible server (same
+vocabulary, read from the packaged tokenizer.json), and off for other models, which are the
+multilingual path (``bge-m3``, multilingual-e5-small). An OpenAI-served model the project
+has not measured counts as multilingual, and ``doctor`` notes it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ def _is_cjk(token: str) -> bool:
     return len(token) == 1 and any(lo <= ord(token) <= hi for lo, hi in _CJK_RANGES)
 
 
+def _english_only(embedder: Embedder) -> bool:
+    """An OpenAI-served model this project measured as English-only (all-MiniLM-L6-v2);
+    an unknown one counts as multilingual (``doctor`` says so)."""
+    from worker.thresholds import known_model
+
+    model = known_model(embedder.model_id, str(getattr(embedder, "fingerprint", "")))
+    return model is not None and not model.multilingual
+
+
 class CoverageGuard:
     def __init__(self, tokenizer_file: Path, *, max_unknown_ratio: float, model: str) -> None:
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -63,7 +74,9 @@ class CoverageGuard:
         folder: Path | None = None
         if settings.embedder == "local":
             folder = getattr(embedder, "model_path", None)
-        elif settings.ollama_model.split(":")[0] == "all-minilm":
+        elif (
+            settings.embedder == "ollama" and settings.ollama_model.split(":")[0] == "all-minilm"
+        ) or (settings.embedder == "openai" and _english_only(embedder)):
             try:
                 from worker.embedding.local import packaged_model_dir
 

@@ -6,6 +6,7 @@
     ├── TransientError            retried per ticket with backoff, capped by TRIAGE_MAX_RETRIES,
     │   │                         then dead-lettered to triage_failures with the last reason
     │   ├── EmbedderUnavailable   connection refused, timeout, HTTP 5xx / 503 busy
+    │   │   └── EmbedderThrottled a pause longer than one call waits (Retry-After, quota)
     │   ├── EmbedderProtocolError malformed answer: bad JSON, wrong count, wrong dimension, NaN
     │   ├── StoreUnavailable      Chroma server or database unreachable
     │   └── LockTimeout           the cross-worker decision lock could not be taken in time
@@ -35,6 +36,10 @@ class TransientError(TriageError):
 
 class EmbedderUnavailable(TransientError):
     pass
+
+
+class EmbedderThrottled(EmbedderUnavailable):
+    """The server asks for a longer pause than a call waits: left to the per-ticket retry."""
 
 
 class EmbedderProtocolError(TransientError):

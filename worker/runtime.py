@@ -45,8 +45,8 @@ from worker.pipeline import (
     finish_batch,
     prepare_batch,
 )
-from worker.routing import Thresholds
 from worker.store import embedder_digest, open_store
+from worker.thresholds import model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +163,10 @@ def build_runtime(settings: Settings) -> Runtime:
             DECISION_LOCK,
             ttl_s=settings.decision_lock_ttl_s,
         )
-    thresholds: ThresholdSource = Thresholds(
-        settings.duplicate_threshold, settings.suggest_threshold
-    )
+    advice = model_advice(settings, embedder)  # per-model calibrated defaults
+    for note in advice.notes:
+        logger.warning("%s", note)
+    thresholds: ThresholdSource = advice.thresholds
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
     lexical = None

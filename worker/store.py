@@ -167,8 +167,8 @@ class VectorStore:
         recorded = meta.get(MODEL_DIGEST)
         if digest and recorded and recorded != digest:
             problems.append(
-                f"{model_id!r} digest {str(recorded)[:12]}… (the tag now names digest "
-                f"{digest[:12]}…: another model was pulled under it)"
+                f"{model_id!r} digest {_short(str(recorded))} (the name now stands for "
+                f"{_short(digest)}: another model was pulled or served under it)"
             )
         if space != "cosine":
             problems.append(f"distance {space!r} (needs 'cosine')")
@@ -185,13 +185,13 @@ class VectorStore:
             # A collection from before digests were recorded: its vectors are this tag's
             # as far as anyone knows; from now on the tag must keep this digest.
             self._guard(col.modify, metadata={**meta, MODEL_DIGEST: digest})
-            logger.info("collection %s: recorded model digest %s", col.name, digest[:12])
+            logger.info("collection %s: recorded model digest %s", col.name, _short(digest))
         elif recorded and not digest:
             logger.warning(
                 "collection %s records model digest %s, but the embedder reports none: "
                 "cannot check that the tag still names that model",
                 col.name,
-                str(recorded)[:12],
+                _short(str(recorded)),
             )
         if problems:
             raise ModelMismatch(
@@ -356,9 +356,24 @@ def open_store(
         collection=collection or settings.chroma_collection,
         path=settings.chroma_path,
         url=settings.chroma_url,
-        recipe=f"subject_weight={settings.subject_weight:g}",
+        recipe=";".join(
+            part
+            for part in (
+                f"subject_weight={settings.subject_weight:g}",
+                getattr(embedder, "recipe", ""),
+            )
+            if part
+        ),
         digest=embedder_digest(embedder),
     )
+
+
+def _short(digest: str) -> str:
+    """A content hash (Ollama's hex digest) cut to 12 digits; any other digest whole."""
+    value = digest.removeprefix("sha256:")
+    if len(value) >= 32 and all(c in "0123456789abcdef" for c in value):
+        return f"{value[:12]}…"
+    return digest
 
 
 def embedder_digest(embedder: Embedder) -> str | None:

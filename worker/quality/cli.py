@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from worker.embedding import Embedder
-from worker.lexical import LEXICAL_STEPS
+from worker.lexical import CJK_MODES, DEFAULT_CJK, LEXICAL_STEPS, CjkMode
 from worker.quality.datasets import (
     PAIR_FORMATS,
     STS_NEGATIVE,
@@ -30,6 +30,7 @@ from worker.quality.datasets import (
 )
 from worker.quality.evaluate import (
     FUSION_ALPHAS,
+    DiskVectors,
     EmbeddingCache,
     RetrievalResult,
     Variant,
@@ -273,7 +274,10 @@ def run_pairs(
     split: str = "test",
     limit: int | None = None,
     bm25: bool = True,
+    compare_cjk: bool = False,
 ) -> dict[str, Any]:
+    """Dense and BM25 on a pair set; ``compare_cjk`` adds BM25 with each other CJK
+    tokenization and without NFKC, from the same pairs in the same run."""
     started = time.perf_counter()
     fmt, pairs = load_pairs(path, fmt, split=split, limit=limit)
     if not pairs:
@@ -291,6 +295,15 @@ def run_pairs(
     if bm25:
         lexical = bm25_pair_scores(pairs, progress=cache.progress)
         report["methods"]["bm25"] = pair_metrics(lexical, pairs, thresholds, PAIR_GRID)
+        report["bm25"] = {"cjk": DEFAULT_CJK, "nfkc": True}
+    if compare_cjk:
+        variants: list[tuple[str, CjkMode, bool]] = [
+            (f"bm25 cjk={mode}", mode, True) for mode in CJK_MODES if mode != DEFAULT_CJK
+        ]
+        variants.append((f"bm25 cjk={DEFAULT_CJK} without NFKC", DEFAULT_CJK, False))
+        for name, mode, nfkc in variants:
+            scores = bm25_pair_scores(pairs, progress=cache.progress, cjk=mode, nfkc=nfkc)
+            report["methods"][name] = pair_metrics(scores, pairs, thresholds, PAIR_GRID)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -313,8 +326,9 @@ def pairs_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str
         )
     lines += [
         "- BM25 score: mean over both directions of BM25(a→b) / BM25(b→b), the pair set's "
-        "sentences as corpus. It is on another scale than cosine: compare its ROC AUC and "
-        "Spearman, not its thresholds",
+        "sentences as corpus, NFKC, CJK one character per token unless the row says otherwise. "
+        "It is on another scale than cosine: compare its ROC AUC and Spearman, not its "
+        "thresholds",
         "",
         "| method | ROC AUC | "
         + ("Spearman | " if graded else "")
@@ -400,6 +414,18 @@ def _parse_steps(value: str) -> tuple[str, ...]:
 
 
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_CACHE_OPTION = click.option(
+    "--embedding-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite file keeping vectors across runs (keyed by model, served model, prefix "
+    "and text hash).",
+)
+
+
+def _cache(embedder: Embedder, quiet: bool, path: Path | None) -> EmbeddingCache:
+    disk = DiskVectors(path, embedder) if path is not None else None
+    return EmbeddingCache(embedder, progress=not quiet, disk=disk)
 
 
 @click.group("evaluate")
@@ -453,6 +479,7 @@ def evaluate() -> None:
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_CACHE_OPTION
 def retrieval(
     corpus: Path,
     links: Path,
@@ -470,6 +497,7 @@ def retrieval(
     limit: int | None,
     out: Path,
     quiet: bool,
+    embedding_cache: Path | None,
 ) -> None:
     """Duplicate retrieval on CORPUS (a GitBugs-style CSV) with --links."""
     variant = Variant(
@@ -490,7 +518,7 @@ def retrieval(
     if not data.links:
         raise click.ClickException(f"no link in {links} resolves inside {corpus}")
     embedder, thresholds, top_k, info = _product()
-    cache = EmbeddingCache(embedder, progress=not quiet)
+    cache = _cache(embedder, quiet, embedding_cache)
     report = run_retrieval(
         data,
         cache,
@@ -525,22 +553,40 @@ def retrieval(
 @click.option(
     "--bm25/--no-bm25", default=True, show_default=True, help="Also score pairs with BM25."
 )
+@click.option(
+    "--compare-cjk",
+    is_flag=True,
+    help="Also BM25 with the other CJK tokenizations (unigram, jieba: `pip install jieba`) "
+    "and without NFKC.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_CACHE_OPTION
 def pairs(
     path: Path,
     fmt: PairFormat | None,
     split: str,
     limit: int | None,
     bm25: bool,
+    compare_cjk: bool,
     out: Path,
     quiet: bool,
+    embedding_cache: Path | None,
 ) -> None:
     """Pair classification on PATH (text_a, text_b, label): ROC AUC, precision/recall."""
     embedder, thresholds, _, info = _product()
-    cache = EmbeddingCache(embedder, progress=not quiet)
+    cache = _cache(embedder, quiet, embedding_cache)
     try:
-        report = run_pairs(path, fmt, cache, thresholds, split=split, limit=limit, bm25=bm25)
+        report = run_pairs(
+            path,
+            fmt,
+            cache,
+            thresholds,
+            split=split,
+            limit=limit,
+            bm25=bm25,
+            compare_cjk=compare_cjk,
+        )
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     report["settings"] = info
