@@ -53,7 +53,7 @@ SAMPLES_COUNTS = re.compile(
     r"repeats (\d+) `duplicate`, (\d+) `suggest`, (\d+) `manual`"
 )
 QUALITY_REPEATS = re.compile(
-    r"On the demo set \(`triage demo`, (\d+) labelled repeats\): duplicate (\d+), "
+    r"On the demo set \(`triage demo`, (\d+) labelled\s+repeats\): duplicate (\d+),\s+"
     r"suggest (\d+), manual (\d+)"
 )
 
