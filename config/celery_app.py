@@ -66,6 +66,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # default (~100 s) would leave a killed worker's tickets waiting that long.
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            # The restore runs under a Redis mutex that expires after this many seconds
+            # (kombu's default: 300). A connection cut in the middle of a restore leaves the
+            # mutex held until then, and with it every unacked message of the queue: measured
+            # in tests/faults/test_redis.py, messages whose acks were lost in the cut stayed
+            # unacked for minutes. A restore takes milliseconds; one visibility timeout
+            # (at most a minute) is ample.
+            "unacked_mutex_expire": min(60, settings.visibility_timeout_s),
         },
         "worker_send_task_events": True,  # for Flower
         "task_send_sent_event": True,
