@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker import db
+from tickets import db
 
 
 def recent_decisions(

@@ -32,8 +32,8 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from producer.importer import RowError, read_tickets
-from worker import db, migrate
-from worker.tickets import TicketKey
+from tickets import db, migrate
+from tickets.model import TicketKey
 
 DEMO_SOURCE = "demo"
 DEMO_QUEUE = "triage-demo"
@@ -41,7 +41,7 @@ DEMO_QUEUE = "triage-demo"
 
 def sample_path(lang: str = "en") -> Path:
     name = "demo_tickets.csv" if lang == "en" else f"demo_tickets_{lang}.csv"
-    return Path(str(resources.files("producer") / "samples" / name))
+    return Path(str(resources.files("cli") / "samples" / name))
 
 
 def labels_path(file: Path) -> Path:
@@ -183,7 +183,7 @@ def run_demo(
 def _run_demo(
     settings: Settings, file: Path, timeout_s: int, queue: str, overrides: dict[str, str]
 ) -> int:
-    from producer.cli import ingest_file, print_rows
+    from cli.main import ingest_file, print_rows
 
     data_dir = Path("data")
     engine = db.make_engine(settings.database_url)
@@ -200,7 +200,7 @@ def _run_demo(
         log_path = data_dir / "demo-worker.log"
         with log_path.open("w") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli.main", "worker", "--loglevel", "INFO"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

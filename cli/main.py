@@ -36,11 +36,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-# `triage evaluate` / `triage calibrate` (worker/quality/) need the `quality` extra: the
+# `triage evaluate` / `triage calibrate` (quality/) need the `quality` extra: the
 # module that holds each command, and the extra's packages it imports.
 QUALITY_COMMANDS = {
-    "evaluate": ("worker.quality.cli", ("bm25s",)),
-    "calibrate": ("worker.quality.calibrate_cli", ("matplotlib",)),
+    "evaluate": ("quality.cli", ("bm25s",)),
+    "calibrate": ("quality.calibrate_cli", ("matplotlib",)),
 }
 QUALITY_INSTALL = "pip install 'ticket-triage[quality]' (in a clone: pip install -e '.[quality]')"
 
@@ -111,7 +111,7 @@ def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
 
     Extra arguments go to Celery, e.g. `triage worker --concurrency 128`.
     """
-    from worker.errors import TriageError
+    from tickets.errors import TriageError
     from worker.runtime import get_runtime
 
     settings = _settings()
@@ -137,8 +137,8 @@ def worker(loglevel: str | None, celery_args: tuple[str, ...]) -> None:
 @click.option("--port", default=8000, show_default=True, help="TCP port.")
 def serve(host: str, port: int) -> None:
     """Run the HTTP service: helpdesk webhooks, ticket ingest, read API, health, metrics."""
-    from producer import server
-    from producer.api import create_api
+    from service import server
+    from service.app import create_api
 
     settings = _settings()
     _setup_logging(settings.log_level)
@@ -241,11 +241,11 @@ def ingest_file(
     from tqdm import tqdm
 
     from config.celery_app import create_app
-    from producer.enqueue import PUBLISH_BATCH, BrokerUnavailable, publish
     from producer.guards import QueueFull, QueueGate, wait_for_room
     from producer.importer import RowError, detect_format, read_tickets
-    from worker.ledger import Ledger
-    from worker.tickets import Ticket
+    from tickets.ledger import Ledger
+    from tickets.model import Ticket
+    from tickets.queue import PUBLISH_BATCH, BrokerUnavailable, publish
 
     try:
         fmt = fmt or detect_format(file)
@@ -363,7 +363,7 @@ def search(text: str, k: int, timeout: float) -> None:
     opened here and searched the same way. Each line: cosine, fused score (hybrid), ticket,
     subject.
     """
-    from worker.errors import StoreLocked, TriageError
+    from tickets.errors import StoreLocked, TriageError
     from worker.search import SearchAnswer
 
     settings = _settings()
@@ -407,7 +407,7 @@ def search(text: str, k: int, timeout: float) -> None:
 def _live_workers(settings: Settings) -> list[Any]:
     import redis
 
-    from worker.heartbeat import live_workers
+    from tickets.heartbeat import live_workers
 
     try:
         client = redis.Redis.from_url(
@@ -455,7 +455,7 @@ def _ask_worker(settings: Settings, text: str, k: int, timeout: float) -> Any:
 
 def _search_here(settings: Settings, text: str, k: int) -> Any:
     """The worker's search, on this process's own embedder, store and lexical index."""
-    from worker import db
+    from tickets import db
     from worker.embedding import make_embedder
     from worker.pipeline import Services
     from worker.reindex import active_collection
@@ -502,7 +502,7 @@ def _search_here(settings: Settings, text: str, k: int) -> Any:
 @click.option("--failures", is_flag=True, help="Show the failure table instead.")
 def decisions(limit: int, route: str | None, fmt: str, failures: bool) -> None:
     """Print the most recent decisions (or failures)."""
-    from worker.report import recent_decisions, recent_failures
+    from cli.decisions import recent_decisions, recent_failures
 
     settings = _settings()
     rows = (
@@ -579,9 +579,9 @@ def redrive(
     import redis
 
     from config.celery_app import create_app
-    from producer.enqueue import BrokerUnavailable, publish
-    from worker import db, migrate
-    from worker.ledger import Ledger
+    from tickets import db, migrate
+    from tickets.ledger import Ledger
+    from tickets.queue import BrokerUnavailable, publish
     from worker.redrive import parse_since
     from worker.redrive import redrive as run_redrive
 
@@ -632,7 +632,7 @@ def redrive(
 def doctor() -> None:
     """Check Redis, the queue and its workers, the database, the embedder and Chroma; print
     their versions. Exit code 1 if any is not ready (no live worker is only a warning)."""
-    from producer.health import doctor_checks, doctor_line
+    from service.health import doctor_checks, doctor_line
 
     settings = _settings()
     ok = True
@@ -659,9 +659,9 @@ def reindex(collection: str | None) -> None:
     from sqlalchemy.orm import Session
     from tqdm import tqdm
 
-    from worker import db, migrate
+    from tickets import db, migrate
+    from tickets.errors import TriageError
     from worker.embedding import make_embedder
-    from worker.errors import TriageError
     from worker.reindex import reindex as run_reindex
 
     settings = _settings()
@@ -696,8 +696,8 @@ def db_group() -> None:
 @db_group.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the tables to the newest schema."""
-    from worker import migrate
-    from worker.db import make_engine
+    from tickets import migrate
+    from tickets.db import make_engine
 
     settings = _settings()
     engine = make_engine(settings.database_url)
@@ -734,7 +734,7 @@ def db_upgrade() -> None:
 )
 def demo(file: Path | None, timeout: int, queue: str, lang: str) -> None:
     """Run the whole flow on embedded defaults and print the routing table."""
-    from producer.demo import run_demo
+    from cli.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")

@@ -708,7 +708,7 @@ def load_feedback(engine: Engine) -> FeedbackSet:
     from sqlalchemy import and_, select
     from sqlalchemy.orm import Session
 
-    from worker.db import DecisionRow, FeedbackRow
+    from tickets.db import DecisionRow, FeedbackRow
 
     stmt = (
         select(

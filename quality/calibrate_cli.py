@@ -24,7 +24,7 @@ import click
 import numpy as np
 
 from config.settings import Settings, SettingsError, load_settings
-from worker.quality.calibrate import (
+from quality.calibrate import (
     DEFAULT_MIN_QUEUE_PAIRS,
     DEFAULT_MIN_SUPPORT,
     FloatArray,
@@ -80,8 +80,8 @@ def _pairs_data(
 ) -> tuple[FloatArray, IntArray, list[str | None] | None, str | None, dict[str, Any]]:
     from tqdm import tqdm
 
+    from tickets.errors import TriageError
     from worker.embedding import make_embedder
-    from worker.errors import TriageError
 
     try:
         pairs = read_pairs(pairs_file)
@@ -112,7 +112,7 @@ def _feedback_data(
 ) -> tuple[FloatArray, IntArray, list[str | None], str | None, dict[str, Any], list[str]]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker.db import make_engine
+    from tickets.db import make_engine
 
     engine = make_engine(settings.database_url)
     try:

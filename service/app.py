@@ -41,13 +41,8 @@ from swagger_ui_bundle import swagger_ui_path
 
 from config.celery_app import create_app as create_celery
 from config.settings import Settings
-from producer import readapi
-from producer.dashboard import mount_dashboard
-from producer.enqueue import BrokerUnavailable
 from producer.guards import QueueGate, RateLimiter, RequestShapeGuard, json_depth, token_source
-from producer.health import Readiness
 from producer.intake import ClaimPending, Intake
-from producer.metrics import Metrics
 from producer.webhooks import (
     VENDORS,
     IgnoredEvent,
@@ -57,8 +52,13 @@ from producer.webhooks import (
     adapt,
     verify_signature,
 )
-from worker.db import make_engine
-from worker.tickets import Ticket
+from service import queries as readapi
+from service.health import Readiness
+from service.metrics import Metrics
+from service.routers.dashboard import mount_dashboard
+from tickets.db import make_engine
+from tickets.model import Ticket
+from tickets.queue import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -616,7 +616,7 @@ def create_api(settings: Settings) -> FastAPI:
 
     api.openapi = openapi  # type: ignore[method-assign]
 
-    # --- the dashboard page (/dashboard, read token; producer/dashboard.py) -----------------
+    # --- the dashboard page (/dashboard, read token; service/routers/dashboard.py) -----------------
     mount_dashboard(api)
 
     return api

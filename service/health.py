@@ -5,7 +5,7 @@ to show anyone: no URL, path, host name or raw error) and a ``detail`` for opera
 with their passwords masked, latency, schema revisions, queue depth, live workers), shown
 only behind the read token and by `triage doctor`.
 
-- ``GET /healthz`` does no I/O at all (in producer/api.py): it answers even while Redis or
+- ``GET /healthz`` does no I/O at all (in service/app.py): it answers even while Redis or
   the database hang and every request thread is taken.
 - ``GET /readyz`` (open) is ``{"ready", "reason"}`` only, from :class:`Readiness`: the checks
   run on a small executor of their own with about a second each, at most one round at a
@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 
 from config.settings import Settings, mask_url
 from producer.guards import UNACKED_KEY
-from worker import heartbeat, migrate
+from tickets import heartbeat, migrate
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def check_database(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> Ch
 def check_embedder_config(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
     """The embedder's configuration is usable, without loading a model in the web process."""
     if settings.embedder == "local":
+        from tickets.errors import TriageError
         from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
-        from worker.errors import TriageError
 
         try:
             folder = (
@@ -361,8 +361,8 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
 
 
 def _check_chroma(settings: Settings, embedder: Any) -> Check:
-    from worker.db import make_engine
-    from worker.errors import StoreLocked, TriageError
+    from tickets.db import make_engine
+    from tickets.errors import StoreLocked, TriageError
     from worker.reindex import active_collection
     from worker.store import opened_store
 

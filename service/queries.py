@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
 
 
 class Match(BaseModel):

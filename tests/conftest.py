@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from config.settings import Settings, load_settings
-from worker import migrate
-from worker.db import make_engine
+from tickets import migrate
+from tickets.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -21,10 +21,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from producer.api import create_api
+from service.app import create_api
 from tests.conftest import FIXTURES, WorkerProcess, wait_for
 from tests.test_worker_e2e import n_rows
-from worker import db
+from tickets import db
 
 HOOKS = FIXTURES / "webhooks"
 SECRET = "test-secret"

@@ -45,7 +45,7 @@ from tests.conftest import FIXTURES
 from tests.services import ServeProcess, private_redis
 from tests.test_webhook_adapters import FIXTURE_FOR
 from tests.vendors import signed_headers
-from worker import db
+from tickets import db
 
 FULL = os.environ.get("TRIAGE_FUZZ") == "full"
 EXAMPLES = 400 if FULL else 25
@@ -88,7 +88,7 @@ def _seed(database_url: str) -> None:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     from config.settings import load_settings
-    from worker import migrate
+    from tickets import migrate
 
     tmp = tmp_path_factory.mktemp("fuzz")
     with private_redis(tmp) as url:

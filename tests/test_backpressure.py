@@ -18,13 +18,13 @@ import redis
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from producer.api import create_api
 from producer.guards import QueueGate
+from service.app import create_api
 from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
 from tests.ollama_fake import FakeOllama, Fault
 from tests.services import private_redis
 from tests.test_worker_e2e import n_rows
-from worker import db
+from tickets import db
 
 FEED = {"Authorization": "Bearer feeder"}
 DEPTH = 40
@@ -108,7 +108,7 @@ def test_webhook_sheds_load_while_the_embedder_is_down_and_nothing_is_lost(
 
 def _ingest(settings: Settings, path: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "ingest", str(path), "--quiet", *extra],
+        [sys.executable, "-m", "cli.main", "ingest", str(path), "--quiet", *extra],
         cwd=ROOT,
         env=settings_env(settings),
         stdout=subprocess.PIPE,

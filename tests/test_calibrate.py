@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.quality.calibrate import (
+from quality.calibrate import (
     curves,
     feedback_from_rows,
     load_feedback,
@@ -26,7 +25,8 @@ from worker.quality.calibrate import (
     recommend_per_queue,
     roc_auc,
 )
-from worker.quality.calibrate_cli import calibrate
+from quality.calibrate_cli import calibrate
+from tickets import db
 from worker.routing import Thresholds
 from worker.thresholds import ThresholdTable, load_thresholds, save_thresholds
 

@@ -23,7 +23,7 @@ import redis
 from tests.conftest import REDIS_URL
 from tests.test_importer import CP1252_CSV
 from tests.test_readme import demo_counts
-from worker import migrate
+from tickets import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = (
@@ -45,7 +45,7 @@ def triage(
     base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         env={**base, **(env or {})},
         capture_output=True,
@@ -98,7 +98,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     stdout, stderr = cwd.parent / "demo.out", cwd.parent / "demo.err"
     with stdout.open("w") as out_fh, stderr.open("w") as err_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "demo"],
+            [sys.executable, "-m", "cli.main", "demo"],
             cwd=cwd,
             env={**base, "PYTHONPATH": str(ROOT), **env},
             stdout=out_fh,

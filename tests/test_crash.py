@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from cli.demo import sample_path
 from config.settings import Settings
-from producer.demo import sample_path
 from tests.conftest import WorkerProcess, wait_for
 from tests.test_worker_e2e import decisions, ingest, n_rows
-from worker import db
+from tickets import db
 
 N = 206  # the bundled demo sample
 

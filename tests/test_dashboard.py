@@ -34,17 +34,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from cli.demo import sample_path
 from config.settings import Settings
-from producer.api import create_api
-from producer.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
-from producer.demo import sample_path
 from producer.importer import read_tickets
-from worker import db
+from service.app import create_api
+from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
+from tickets import db
+from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.store import VectorStore
-from worker.tickets import Ticket, TicketKey
 
 READ_TOKEN = "rd-7f3a9c2e51d04b"  # distinctive, so "not in the page" means something
 INGEST_TOKEN = "in-0b1c2d3e4f5a6b"

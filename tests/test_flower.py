@@ -17,10 +17,10 @@ import yaml
 
 from config.celery_app import celery_config, create_app
 from config.settings import Settings
-from producer.enqueue import TASK_NAME, publish
 from tests.conftest import WorkerProcess, wait_for
 from tests.test_compose import COMPOSE, _depends_on, _env
-from worker.tickets import Ticket
+from tickets.model import Ticket
+from tickets.queue import TASK_NAME, publish
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -30,8 +30,8 @@ from config.settings import Settings, load_settings
 from tests.conftest import wait_for
 from tests.services import ServeProcess, redis_server
 from tests.vendors import signed_headers
-from worker import heartbeat, migrate
-from worker.db import make_engine
+from tickets import heartbeat, migrate
+from tickets.db import make_engine
 
 SECRET = "hardening-secret"
 VENDORS = ("zendesk", "github", "jira", "freshdesk", "zammad", "helpscout")

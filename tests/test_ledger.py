@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
 from tests.conftest import WorkerProcess, wait_for
 from tests.test_worker_e2e import decisions, n_rows
-from worker import db
-from worker.ledger import Ledger
+from tickets import db
+from tickets.ledger import Ledger
+from tickets.model import Ticket, TicketKey
+from tickets.queue import publish
 from worker.redrive import redrive
-from worker.tickets import Ticket, TicketKey
 
 
 def tickets(*ids: str) -> list[Ticket]:

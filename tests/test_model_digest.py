@@ -14,9 +14,9 @@ from config.settings import Settings
 from tests.conftest import WorkerProcess, wait_for
 from tests.ollama_fake import FakeOllama
 from tests.test_worker_e2e import ingest, n_rows
-from worker import db
+from tickets import db
+from tickets.errors import ModelMismatch, StoreUnavailable
 from worker.embedding.ollama import OllamaEmbedder
-from worker.errors import ModelMismatch, StoreUnavailable
 from worker.pipeline import Services
 from worker.routing import Thresholds
 from worker.runtime import DigestWatch

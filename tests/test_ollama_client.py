@@ -18,8 +18,7 @@ import pytest
 import requests
 
 from tests.ollama_fake import BUSY_MESSAGE, CONTEXT_MESSAGE, FakeOllama, Fault
-from worker.embedding.ollama import DEFAULT_MAX_CHARS, OllamaEmbedder
-from worker.errors import (
+from tickets.errors import (
     EmbedderProtocolError,
     EmbedderUnavailable,
     EmbeddingRejected,
@@ -27,6 +26,7 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
+from worker.embedding.ollama import DEFAULT_MAX_CHARS, OllamaEmbedder
 
 MakeClient = Callable[..., OllamaEmbedder]
 

@@ -14,7 +14,7 @@ from config.settings import Settings
 from tests.conftest import WorkerProcess, wait_for
 from tests.ollama_fake import CONTEXT_MESSAGE, FakeOllama, Fault
 from tests.test_worker_e2e import ingest, n_rows
-from worker import db
+from tickets import db
 
 
 @pytest.fixture

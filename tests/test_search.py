@@ -13,17 +13,17 @@ import pytest
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
 from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
 from tests.test_worker_e2e import n_rows
-from worker import db
+from tickets import db
+from tickets.model import Ticket, TicketKey
+from tickets.queue import publish
 from worker.embedding.local import LocalEmbedder
 from worker.lexical import LexicalIndex
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.search import search
 from worker.store import VectorStore
-from worker.tickets import Ticket, TicketKey
 
 HISTORY = [
     "The mobile app crashes every time I try to log in.",
@@ -90,7 +90,7 @@ def test_search_ranks_as_the_worker_ranks_a_ticket(services: Services) -> None:
 
 def _search(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "search", *args],
+        [sys.executable, "-m", "cli.main", "search", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

@@ -30,14 +30,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, SettingsError, load_settings
-from producer.api import create_api
+from service.app import create_api
 from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
 from tests.ollama_fake import FakeOllama
 from tests.services import ServeProcess, private_redis
 from tests.test_api import SECRET, vendor_request
 from tests.test_worker_e2e import n_rows
-from worker import db, migrate
-from worker.db import make_engine
+from tickets import db, migrate
+from tickets.db import make_engine
 
 STRONG = "s" + secrets.token_hex(16)
 
@@ -128,7 +128,7 @@ def test_serve_refuses_to_start_on_a_default_secret(secret: str, why: str) -> No
         "TRIAGE_API_TOKENS": json.dumps({STRONG: ["read"]}),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "cli.main", "serve", "--port", "1"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -253,7 +253,7 @@ def test_secrets_never_reach_the_logs(served: Served) -> None:
     assert requests.get(f"{url}/readyz").status_code == 200
 
     doctor = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "doctor"],
+        [sys.executable, "-m", "cli.main", "doctor"],
         cwd=ROOT,
         env=settings_env(served.settings),
         capture_output=True,
@@ -528,7 +528,7 @@ PACKAGES = ("config", "producer", "worker")
 SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript", "literal_column"}
 # DDL the code builds itself from constants (no value from a request, a file or a setting).
 ALLOWED = {
-    "worker/migrations/versions/0004_bi_views.py": "CREATE/DROP VIEW from the module's own "
+    "tickets/migrations/versions/0004_bi_views.py": "CREATE/DROP VIEW from the module's own "
     "constant view names and bodies",
 }
 

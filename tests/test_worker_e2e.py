@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
-from worker import db
+from tickets import db
 
 TICKETS = FIXTURES / "e2e_tickets.csv"
 N_TICKETS = 12
@@ -23,7 +23,7 @@ def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedP
         [
             sys.executable,
             "-m",
-            "producer.cli",
+            "cli.main",
             "ingest",
             str(path),
             "--source",
@@ -161,8 +161,8 @@ def test_a_bad_ticket_in_a_grouped_message_fails_alone(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     from config.celery_app import create_app
-    from producer.enqueue import MANY_TASK_NAME
-    from worker.tickets import Ticket
+    from tickets.model import Ticket
+    from tickets.queue import MANY_TASK_NAME
 
     settings = make_settings(database_url=sqlite_url, queue=queue_name)
     start_worker(settings)

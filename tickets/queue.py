@@ -16,8 +16,8 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from worker.ledger import Ledger
-from worker.tickets import Ticket
+from tickets.ledger import Ledger
+from tickets.model import Ticket
 
 TASK_NAME = "triage.ticket"
 MANY_TASK_NAME = "triage.tickets"
@@ -43,7 +43,7 @@ def publish(
     """Publish the tickets, ``per_message`` to a message; yield each once it is handed to
     the broker (for progress). With a ``ledger`` (every producer of the product passes
     one), each chunk is written to it first: a message lost in transit is then published
-    again by the workers' sweep (worker/ledger.py)."""
+    again by the workers' sweep (tickets/ledger.py)."""
 
     if per_message < 1:
         raise ValueError(f"per_message must be at least 1, not {per_message}")

@@ -26,14 +26,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from config.settings import Settings, load_settings
-from worker import migrate
+from tickets import migrate
+from tickets.db import make_engine
+from tickets.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
+from tickets.ledger import Ledger
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
-from worker.db import make_engine
 from worker.decision_lock import DecisionLock, Section
 from worker.embedding import make_embedder
-from worker.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
-from worker.ledger import Ledger
 from worker.pipeline import (
     DECISION_LOCK,
     ItemResult,
@@ -71,7 +71,7 @@ class Runtime:
         return self.ledger.redis
 
     def facts(self) -> dict[str, Any]:
-        """What this worker's heartbeat tells readers (worker/heartbeat.py)."""
+        """What this worker's heartbeat tells readers (tickets/heartbeat.py)."""
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -116,7 +116,7 @@ class LedgerSweeper:
 
     def _republish(self, tickets: list[Any], mode: str) -> Any:
         from config.celery_app import create_app
-        from producer.enqueue import publish
+        from tickets.queue import publish
 
         if self._app is None:
             self._app = create_app(self.settings)

@@ -26,13 +26,13 @@ from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, wor
 from sqlalchemy.orm import Session
 
 from config.celery_app import SEARCH_TASK, search_queue
-from worker import db
-from worker.errors import FatalError, PermanentError, TransientError
+from tickets import db
+from tickets.errors import FatalError, PermanentError, TransientError
+from tickets.model import Ticket, TicketKey
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import close_runtime, get_runtime, quietly
 from worker.search import search, send_reply
-from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
 

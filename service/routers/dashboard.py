@@ -47,7 +47,7 @@ from sqlalchemy import table as sql_table
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker import db
+from tickets import db
 from worker.routing import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ MAX_FORM_BYTES = 8192
 # Where a sign-in may send the browser back to, relative to /dashboard.
 NEXT_PATH = re.compile(r"(/clusters/[A-Za-z0-9_.~%-]+/[A-Za-z0-9_.~%-]+)?")
 
-# --- the views (worker/migrations/versions/0004_bi_views.py) -------------------------------
+# --- the views (tickets/migrations/versions/0004_bi_views.py) -------------------------------
 # Typed, so SQLite's text timestamps come back as datetimes like PostgreSQL's.
 
 _TS = DateTime(timezone=True)

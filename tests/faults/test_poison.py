@@ -11,11 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
-from producer.enqueue import TASK_NAME
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import make_tickets, report, tally, wait_accounted
-from worker import db
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.model import Ticket, TicketKey
+from tickets.queue import TASK_NAME
 
 RECOVERY_BOUND_S = 30
 

@@ -33,7 +33,7 @@ from tests.faults.harness import (
     tally,
     wait_until,
 )
-from worker.tickets import TicketKey
+from tickets.model import TicketKey
 
 RECOVERY_BOUND_S = 90
 N_TICKETS = scale(300, 1000)

@@ -19,13 +19,13 @@ from tests.conftest import ROOT, settings_env
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import tally, wait_until
 from tests.ollama_fake import Fault
-from worker import db
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.model import Ticket, TicketKey
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "redrive", *args],
+        [sys.executable, "-m", "cli.main", "redrive", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

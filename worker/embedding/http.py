@@ -1,7 +1,7 @@
 """What the HTTP embedding backends (Ollama, OpenAI-compatible servers) share.
 
 - :class:`RetryingClient`: one JSON call with a few attempts, exponential backoff with jitter,
-  ``Retry-After`` honoured, and every failure turned into a :mod:`worker.errors` class by
+  ``Retry-After`` honoured, and every failure turned into a :mod:`tickets.errors` class by
   the backend's own ``classify`` (each server words its errors differently).
 - :func:`unit_vectors`: the checks every answer passes before a vector reaches the store
   (count, dimension, numbers only, finite, non-zero), then L2 normalisation.
@@ -22,13 +22,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from config.settings import mask_url
-from worker.embedding.base import Vectors
-from worker.errors import (
+from tickets.errors import (
     EmbedderProtocolError,
     EmbedderThrottled,
     EmbedderUnavailable,
     TriageError,
 )
+from worker.embedding.base import Vectors
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Facts this module relies on are in ``shared/reference/ollama-api.md`` (cited as 
 - Vectors are checked (count, dimension, finite) and normalised again on the client: the
   server already normalises ``/api/embed`` answers (ref §1), but a proxy, an old server or a
   bug must not put a malformed vector into the store.
-- Errors are classified for the worker (see :mod:`worker.errors`): 5xx, 503 busy, timeouts
+- Errors are classified for the worker (see :mod:`tickets.errors`): 5xx, 503 busy, timeouts
   and refused connections are retried here a few times, then raised as
   ``EmbedderUnavailable``; 400 is ``EmbeddingRejected`` and 404 ``ModelNotAvailable``, never
   retried (ref "Client implications").
@@ -30,6 +30,13 @@ import numpy as np
 import requests
 
 from config.settings import mask_url
+from tickets.errors import (
+    EmbedderProtocolError,
+    EmbedderUnavailable,
+    EmbeddingRejected,
+    ModelNotAvailable,
+    TriageError,
+)
 from worker.embedding.base import Vectors
 from worker.embedding.http import (
     EMPTY_TEXT_STAND_IN,
@@ -39,13 +46,6 @@ from worker.embedding.http import (
     prepare_input,
     preview,
     unit_vectors,
-)
-from worker.errors import (
-    EmbedderProtocolError,
-    EmbedderUnavailable,
-    EmbeddingRejected,
-    ModelNotAvailable,
-    TriageError,
 )
 
 logger = logging.getLogger(__name__)

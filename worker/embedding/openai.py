@@ -39,15 +39,7 @@ import numpy as np
 import requests
 
 from config.settings import Settings, mask_url
-from worker.embedding.base import Vectors
-from worker.embedding.http import (
-    RetryingClient,
-    json_object,
-    prepare_input,
-    preview,
-    unit_vectors,
-)
-from worker.errors import (
+from tickets.errors import (
     ConfigError,
     EmbedderProtocolError,
     EmbedderThrottled,
@@ -55,6 +47,14 @@ from worker.errors import (
     EmbeddingRejected,
     ModelNotAvailable,
     TriageError,
+)
+from worker.embedding.base import Vectors
+from worker.embedding.http import (
+    RetryingClient,
+    json_object,
+    prepare_input,
+    preview,
+    unit_vectors,
 )
 
 logger = logging.getLogger(__name__)
