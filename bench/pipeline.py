@@ -138,7 +138,7 @@ def pipeline(
         variant = "backfill" if backfill else "routed"
         with log.open("wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                 cwd=ROOT,
                 env=env,
                 stdout=fh,

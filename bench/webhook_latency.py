@@ -85,14 +85,14 @@ def main() -> None:
         logs = [open(Path(tmp) / f"{n}.log", "wb") for n in ("worker", "serve")]  # noqa: SIM115
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                 cwd=ROOT,
                 env=env,
                 stdout=logs[0],
                 stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+                [sys.executable, "-m", "cli", "serve", "--port", str(port)],
                 cwd=ROOT,
                 env=env,
                 stdout=logs[1],

@@ -1,14 +1,37 @@
-"""Read-side helpers for the CLI: recent decisions and failures."""
+"""`triage decisions`: the most recent decisions (or failures) as a table, JSON or CSV."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+import click
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cli.common import print_rows
+from cli.common import settings as load
 from config.settings import Settings
 from tickets import db
+
+
+@click.command()
+@click.option("-n", "--limit", default=20, show_default=True)
+@click.option("--route", type=click.Choice(["duplicate", "suggest", "manual"]), default=None)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--failures", is_flag=True, help="Show the failure table instead.")
+def decisions(limit: int, route: str | None, fmt: str, failures: bool) -> None:
+    """Print the most recent decisions (or failures)."""
+    settings = load()
+    rows = (
+        recent_failures(settings, limit) if failures else recent_decisions(settings, limit, route)
+    )
+    print_rows(rows, fmt)
 
 
 def recent_decisions(
@@ -59,10 +82,3 @@ def recent_failures(settings: Settings, limit: int) -> list[dict[str, Any]]:
         ]
     engine.dispose()
     return out
-
-
-def route_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(db.DecisionRow.route, func.count()).group_by(db.DecisionRow.route)
-    ).all()
-    return {route: int(n) for route, n in rows}

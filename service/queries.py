@@ -1,17 +1,48 @@
-"""What the read API answers, as plain functions over the database (no HTTP in here)."""
+"""The read side: what the read API and the dashboard answer, as plain functions over the
+database (no HTTP in here).
+
+The dashboard's numbers come from the BI views of migration 0004 (``triage_routes_hourly``,
+``triage_routes_daily``, ``triage_duplicate_clusters``, ``triage_score_distribution``,
+``triage_failures_by_reason``), so the page, Grafana and Metabase agree.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import redis
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy import table as sql_table
 from sqlalchemy.orm import Session
 
 from tickets import db
+from worker.routing import Thresholds
+
+logger = logging.getLogger(__name__)
+
+ROUTES = ("duplicate", "suggest", "manual")
+HOURS = 48  # the dashboard's time series covers at most the last 48 hours
+TOP_CLUSTERS = 10
+MEMBERS_SHOWN = 500
 
 
 class Match(BaseModel):
@@ -78,7 +109,7 @@ class FeedbackOut(BaseModel):
 
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes for what was written as UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _out(row: db.DecisionRow) -> DecisionOut:
@@ -275,3 +306,226 @@ def save_feedback(
         route=route,
         created_at=now,
     )
+
+
+# --- the dashboard: the BI views (tickets/migrations/versions/0004_bi_views.py) ------------
+# Typed, so SQLite's text timestamps come back as datetimes like PostgreSQL's.
+
+_TS = DateTime(timezone=True)
+ROUTES_HOURLY = sql_table(
+    "triage_routes_hourly",
+    column("bucket", _TS),
+    column("queue", String()),
+    column("route", String()),
+    column("decisions", Integer()),
+    column("avg_score", Float()),
+)
+ROUTES_DAILY = sql_table(
+    "triage_routes_daily",
+    column("bucket", _TS),
+    column("queue", String()),
+    column("route", String()),
+    column("decisions", Integer()),
+    column("avg_score", Float()),
+)
+CLUSTERS = sql_table(
+    "triage_duplicate_clusters",
+    column("canonical_source", String()),
+    column("canonical_ticket_id", String()),
+    column("size", Integer()),
+    column("duplicates", Integer()),
+    column("first_seen", _TS),
+    column("last_seen", _TS),
+    column("subject", String()),
+    column("queue", String()),
+)
+SCORES = sql_table(
+    "triage_score_distribution",
+    column("route", String()),
+    column("bucket_index", Integer()),
+    column("score_low", Float()),
+    column("score_high", Float()),
+    column("decisions", Integer()),
+)
+FAILURES = sql_table(
+    "triage_failures_by_reason",
+    column("error_type", String()),
+    column("failures", Integer()),
+    column("last_failed_at", _TS),
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _bucket_at(engine: Engine, at: datetime) -> Any:
+    """A bound value comparable with a view's ``bucket`` (SQLite compares its text form)."""
+    if engine.dialect.name == "sqlite":
+        return bindparam("since", at.strftime("%Y-%m-%d %H:%M:%S"), type_=String())
+    return bindparam("since", at, type_=_TS)
+
+
+def read_dashboard(
+    engine: Engine,
+    *,
+    thresholds: Thresholds,
+    queue_depth: Callable[[], int],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (the body of ``/dashboard/data``)."""
+    now = _utc(now or datetime.now(UTC))
+    end = now.replace(minute=0, second=0, microsecond=0)
+    earliest = end - timedelta(hours=HOURS - 1)
+    with Session(engine) as s:
+        totals = {
+            str(route): int(n or 0)
+            for route, n in s.execute(
+                select(ROUTES_DAILY.c.route, func.sum(ROUTES_DAILY.c.decisions)).group_by(
+                    ROUTES_DAILY.c.route
+                )
+            )
+        }
+        hourly_rows = s.execute(
+            select(
+                ROUTES_HOURLY.c.bucket, ROUTES_HOURLY.c.route, func.sum(ROUTES_HOURLY.c.decisions)
+            )
+            .where(ROUTES_HOURLY.c.bucket >= _bucket_at(engine, earliest))
+            .group_by(ROUTES_HOURLY.c.bucket, ROUTES_HOURLY.c.route)
+        ).all()
+        clusters = s.execute(
+            select(CLUSTERS)
+            .order_by(
+                CLUSTERS.c.size.desc(),
+                CLUSTERS.c.last_seen.desc(),
+                CLUSTERS.c.canonical_source,
+                CLUSTERS.c.canonical_ticket_id,
+            )
+            .limit(TOP_CLUSTERS)
+        ).all()
+        scores = s.execute(select(SCORES.c.route, SCORES.c.bucket_index, SCORES.c.decisions)).all()
+        failures = s.execute(
+            select(FAILURES).order_by(FAILURES.c.failures.desc(), FAILURES.c.error_type)
+        ).all()
+
+    # Hourly series: the last 48 hours, or since the first decision if that is more recent.
+    counts: dict[datetime, dict[str, int]] = {}
+    for bucket, route, n in hourly_rows:
+        counts.setdefault(_utc(bucket), {})[str(route)] = int(n or 0)
+    in_window = sum(sum(c.values()) for c in counts.values())
+    older = in_window < sum(totals.values())  # decisions before the window exist
+    # nothing before the window: start at the first decision (or now, if there is none yet)
+    start = earliest if older else (max(earliest, min(counts)) if counts else end)
+    last = max([end, *counts])
+    buckets = [
+        start + timedelta(hours=i) for i in range(int((last - start) / timedelta(hours=1)) + 1)
+    ]
+    hourly = {
+        "start": _iso(start),
+        "end": _iso(last),
+        "buckets": [_iso(b) for b in buckets],
+        "routes": {r: [counts.get(b, {}).get(r, 0) for b in buckets] for r in ROUTES},
+    }
+
+    # Score histogram, 0.05 wide, from 0 (or lower: negative scores, a low threshold) to 1.
+    by_bin: dict[int, dict[str, int]] = {}
+    for route, index, n in scores:
+        by_bin.setdefault(int(index), {})[str(route)] = int(n or 0)
+    low = min([0, math.floor(thresholds.suggest * 20), *by_bin])
+    bins = [
+        {
+            "index": i,
+            "low": i / 20,
+            "high": (i + 1) / 20,
+            "counts": {r: by_bin.get(i, {}).get(r, 0) for r in ROUTES},
+        }
+        for i in range(low, 20)
+    ]
+    scored = {r: sum(b.get(r, 0) for b in by_bin.values()) for r in ROUTES}
+
+    try:
+        depth: int | None = int(queue_depth())
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("dashboard: queue depth unknown: %s", exc)
+        depth = None
+
+    return {
+        "generated_at": _iso(now),
+        "thresholds": {"duplicate": thresholds.duplicate, "suggest": thresholds.suggest},
+        "totals": {
+            "decisions": sum(totals.values()),
+            "routes": {r: totals.get(r, 0) for r in ROUTES},
+            "failures": sum(int(f.failures) for f in failures),
+            "no_score": {r: totals.get(r, 0) - scored[r] for r in ROUTES},
+        },
+        "queue_depth": depth,
+        "hourly": hourly,
+        "histogram": {"width": 0.05, "bins": bins},
+        "clusters": [
+            {
+                "source": c.canonical_source,
+                "ticket_id": c.canonical_ticket_id,
+                "size": int(c.size),
+                "first_seen": _iso(c.first_seen),
+                "last_seen": _iso(c.last_seen),
+                "subject": c.subject,
+                "queue": c.queue,
+            }
+            for c in clusters
+        ],
+        "failures": [
+            {
+                "error_type": f.error_type,
+                "failures": int(f.failures),
+                "last_failed_at": _iso(f.last_failed_at),
+            }
+            for f in failures
+        ],
+    }
+
+
+def read_cluster(engine: Engine, source: str, ticket_id: str) -> dict[str, Any] | None:
+    """One cluster (from the view) and its tickets, the root first; None if it has none."""
+    with Session(engine) as s:
+        row = s.execute(
+            select(CLUSTERS).where(
+                CLUSTERS.c.canonical_source == source, CLUSTERS.c.canonical_ticket_id == ticket_id
+            )
+        ).first()
+        if row is None:
+            return None
+        d = db.DecisionRow
+        members = list(
+            s.scalars(
+                select(d)
+                .where(d.canonical_source == source, d.canonical_ticket_id == ticket_id)
+                .order_by((d.route == "duplicate"), d.decided_at, d.id)
+                .limit(MEMBERS_SHOWN)
+            )
+        )
+        tickets = [
+            {
+                "source": m.source,
+                "ticket_id": m.ticket_id,
+                "route": m.route,
+                "score": m.score,
+                "matched": f"{m.matched_source}:{m.matched_ticket_id}"
+                if m.matched_ticket_id is not None
+                else None,
+                "decided_at": _iso(m.decided_at),
+                "subject": m.subject,
+                "root": m.source == source and m.ticket_id == ticket_id,
+            }
+            for m in members
+        ]
+    return {
+        "source": source,
+        "ticket_id": ticket_id,
+        "size": int(row.size),
+        "first_seen": _iso(row.first_seen),
+        "last_seen": _iso(row.last_seen),
+        "subject": row.subject,
+        "queue": row.queue,
+        "tickets": tickets,
+        "root_decided": any(t["root"] for t in tickets),
+    }

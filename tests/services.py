@@ -83,7 +83,7 @@ class ServeProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             env=settings_env(settings),
             stdout=self._log,

@@ -21,7 +21,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from service.app import create_api
+from service.app import create_app
 from tests.conftest import FIXTURES, WorkerProcess, wait_for
 from tests.test_worker_e2e import n_rows
 from tickets import db
@@ -108,7 +108,7 @@ def api_settings(
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_api(api_settings)) as c:
+    with TestClient(create_app(api_settings)) as c:
         yield c
     r = redis.Redis.from_url(api_settings.redis_url)
     for key in r.scan_iter("triage:seen:*"):
@@ -210,7 +210,7 @@ def test_unconfigured_vendor_is_refused(
     make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
 ) -> None:
     settings = make_settings(database_url=sqlite_url, queue=queue_name)  # no secrets at all
-    with TestClient(create_api(settings)) as c:
+    with TestClient(create_app(settings)) as c:
         body, headers = vendor_request("github")
         assert c.post("/v1/hooks/github", content=body, headers=headers).status_code == 401
 
@@ -297,7 +297,7 @@ def test_broker_down_is_503_and_nothing_is_half_accepted(
 ) -> None:
     down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_closed_port()}/0"})
     body, headers = vendor_request("github")
-    with TestClient(create_api(down)) as c:
+    with TestClient(create_app(down)) as c:
         r = c.post("/v1/hooks/github", content=body, headers=headers)
         assert r.status_code == 503 and r.headers["Retry-After"] == "30"
         assert "retry" in r.json()["detail"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from sqlalchemy.orm import Session
 from cli.demo import sample_path
 from config.settings import Settings
 from producer.importer import read_tickets
-from service.app import create_api
+from service.app import create_app
 from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
 from tickets import db
 from tickets.model import Ticket, TicketKey
@@ -69,7 +70,7 @@ def engine(dash_settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(dash_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_api(dash_settings)) as c:
+    with TestClient(create_app(dash_settings)) as c:
         yield c
 
 
@@ -219,6 +220,12 @@ def test_sign_in_cookie_and_refusals(client: TestClient) -> None:
     assert READ_TOKEN not in page.text
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
+    assert "unsafe-inline" not in csp
+    # No inline script: the one script that runs is the page's file (service/static/).
+    scripts = re.findall(r"<script[^>]*>", page.text)
+    assert [s for s in scripts if "src=" not in s and "application/json" not in s] == []
+    static = client.get("/dashboard/static/dashboard.js")
+    assert static.status_code == 200 and "function drawHourly" in static.text
     assert page.headers["cache-control"] == "no-store"
     assert client.get("/dashboard/data").status_code == 200
 
@@ -367,7 +374,7 @@ def test_empty_database_and_redis_down(
     settings = make_settings(
         database_url=sqlite_url, api_tokens=TOKENS, redis_url=f"redis://127.0.0.1:{closed}/0"
     )
-    with TestClient(create_api(settings)) as c:
+    with TestClient(create_app(settings)) as c:
         data = c.get("/dashboard/data", headers=BEARER).json()
         assert data["totals"]["decisions"] == 0 and data["queue_depth"] is None
         assert len(data["hourly"]["buckets"]) == 1 and data["clusters"] == []
@@ -507,7 +514,7 @@ def served(
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_api(settings),
+            create_app(settings),
             host="127.0.0.1",
             port=port,
             log_level="warning",

@@ -12,9 +12,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("config", "producer", "worker")
+OWN = ("config", "tickets", "producer", "worker", "service", "cli", "quality")
 # Modules that may import the `quality` extra (and only they): `triage evaluate` / `calibrate`.
-QUALITY_ONLY = ROOT / "worker" / "quality"
+QUALITY_ONLY = ROOT / "quality"
 
 
 def _name(requirement: str) -> str:

@@ -89,7 +89,7 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     s.store.close()
     env = settings_env(settings) | {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "reindex", "--collection", "tickets-v2"],
+        [sys.executable, "-m", "cli", "reindex", "--collection", "tickets-v2"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -99,7 +99,7 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     assert out.returncode == 0, out.stderr
     assert "re-embedded 1 tickets" in out.stdout and "'tickets-v2'" in out.stdout
     again = subprocess.run(
-        [sys.executable, "-m", "cli.main", "reindex", "--collection", "tickets-v2"],
+        [sys.executable, "-m", "cli", "reindex", "--collection", "tickets-v2"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -90,7 +90,7 @@ def test_search_ranks_as_the_worker_ranks_a_ticket(services: Services) -> None:
 
 def _search(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "search", *args],
+        [sys.executable, "-m", "cli", "search", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

@@ -23,7 +23,7 @@ def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedP
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "cli",
             "ingest",
             str(path),
             "--source",

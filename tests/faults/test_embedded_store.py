@@ -37,7 +37,7 @@ def test_second_process_on_the_embedded_store_is_refused(
     assert "already open in another process" in intruder.log()
     # `triage search` does not open the store: the owner answers it, while it works.
     search = subprocess.run(
-        [sys.executable, "-m", "cli.main", "search", "parcel tracking"],
+        [sys.executable, "-m", "cli", "search", "parcel tracking"],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

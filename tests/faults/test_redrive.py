@@ -25,7 +25,7 @@ from tickets.model import Ticket, TicketKey
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "redrive", *args],
+        [sys.executable, "-m", "cli", "redrive", *args],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,
