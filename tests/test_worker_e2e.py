@@ -10,9 +10,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from config.celery_app import TICKETS_TASK, create_app
 from config.settings import Settings
 from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
 from tickets import db
+from tickets.model import Ticket
 
 TICKETS = FIXTURES / "e2e_tickets.csv"
 N_TICKETS = 12
@@ -160,10 +162,6 @@ def test_a_bad_ticket_in_a_grouped_message_fails_alone(
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    from config.celery_app import create_app
-    from tickets.model import Ticket
-    from tickets.queue import MANY_TASK_NAME
-
     settings = make_settings(database_url=sqlite_url, queue=queue_name)
     start_worker(settings)
     good = [
@@ -173,7 +171,7 @@ def test_a_bad_ticket_in_a_grouped_message_fails_alone(
     # A producer bug, not a user's row: the importer would have refused it.
     bad = {"source": "grp", "ticket_id": "BAD", "body": 42}
     messages = [good[0].to_message(), bad, good[1].to_message(), good[2].to_message()]
-    create_app(settings).send_task(MANY_TASK_NAME, args=[messages, "route"], queue=queue_name)
+    create_app(settings).send_task(TICKETS_TASK, args=[messages, "route"], queue=queue_name)
     wait_for(
         lambda: n_rows(sqlite_url, db.DecisionRow) == 3 and n_rows(sqlite_url, db.FailureRow) == 1,
         60,
