@@ -38,8 +38,8 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from config.settings import load_settings  # noqa: E402
+from tickets import db, migrate  # noqa: E402
 from tickets.model import Ticket  # noqa: E402
-from worker import db, migrate  # noqa: E402
 from worker.text import embedding_text  # noqa: E402
 
 

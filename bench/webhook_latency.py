@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from worker import db, migrate  # noqa: E402
+from tickets import db, migrate  # noqa: E402
 
 SECRET = "bench-secret"
 

@@ -20,10 +20,9 @@ from fastapi.testclient import TestClient
 from config.settings import Settings
 from producer.guards import QueueGate
 from service.app import create_app
-from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
+from tests.conftest import ROOT, WorkerProcess, n_rows, settings_env, wait_for
 from tests.ollama_fake import FakeOllama, Fault
 from tests.services import private_redis
-from tests.test_worker_e2e import n_rows
 from tickets import db
 
 FEED = {"Authorization": "Bearer feeder"}

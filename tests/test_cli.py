@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import redis
 
 from cli.main import COMMANDS, cli
 from tests.conftest import REDIS_URL
+from tests.services import free_port
 from tests.test_importer import CP1252_CSV
 from tests.test_readme import demo_counts
 from tickets import migrate
@@ -33,12 +33,6 @@ NAMES = (
     *("redrive", "reindex", "evaluate", "calibrate"),
 )
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def triage(
@@ -95,7 +89,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     default (`triage`, what production workers consume), and a consumer of that queue runs
     beside the demo."""
     cwd = tmp_path_factory.mktemp("demo")
-    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}
+    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     stdout, stderr = cwd.parent / "demo.out", cwd.parent / "demo.err"
     with stdout.open("w") as out_fh, stderr.open("w") as err_fh:
@@ -195,7 +189,7 @@ def test_doctor_reports_every_dependency(
         assert re.search(rf"^ok\s+{name}\s", out.stdout, re.M), out.stdout
     head = migrate.head_revision()
     assert f"schema {head}/{head}" in out.stdout and "redis 7" in out.stdout
-    bad = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"})
+    bad = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert bad.returncode == 1 and re.search(r"^BAD\s+redis", bad.stdout, re.M)
 
 

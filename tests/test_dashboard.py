@@ -40,6 +40,7 @@ from config.settings import Settings
 from producer.importer import read_tickets
 from service.app import create_app
 from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
+from tests.services import free_port
 from tickets import db
 from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
@@ -499,18 +500,10 @@ def parse(dom: str) -> DomTestIds:
     return parser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def served(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> Iterator[tuple[str, Settings]]:
+def served(worker_settings: Callable[..., Settings]) -> Iterator[tuple[str, Settings]]:
     """`triage serve`'s app under uvicorn on a free port, in a thread."""
-    settings = make_settings(database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS)
+    settings = worker_settings(api_tokens=TOKENS)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

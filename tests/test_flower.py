@@ -52,12 +52,10 @@ def test_readme_says_how_to_run_flower() -> None:
 
 
 def test_a_real_worker_emits_task_events(
-    make_settings: Callable[..., Settings],
-    sqlite_url: str,
-    queue_name: str,
+    worker_settings: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     app = create_app(settings)
     events: list[dict[str, Any]] = []
     stop = threading.Event()

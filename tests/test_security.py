@@ -31,11 +31,18 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings, SettingsError, load_settings
 from service.app import create_app
-from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
+from tests.conftest import (
+    FIXTURES,
+    ROOT,
+    WorkerProcess,
+    decision_row,
+    n_rows,
+    settings_env,
+    wait_for,
+)
 from tests.ollama_fake import FakeOllama
 from tests.services import ServeProcess, private_redis
 from tests.test_api import SECRET, vendor_request
-from tests.test_worker_e2e import n_rows
 from tickets import db, migrate
 from tickets.db import make_engine
 
@@ -330,12 +337,8 @@ def test_secrets_never_reach_a_response_body(served: Served) -> None:
 
 
 @pytest.fixture
-def app_settings(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        queue=queue_name,
+def app_settings(worker_settings: Callable[..., Settings]) -> Settings:
+    return worker_settings(
         webhook_secrets={"github": [SECRET], "freshdesk": [SECRET], "jira": [SECRET]},
         api_tokens={"feeder": ["ingest"], "reader": ["read"], "agent": ["read", "feedback"]},
     )
@@ -501,12 +504,8 @@ def _call(client: TestClient, method: str, path: str, token: str | None) -> int:
     return client.request(method, concrete, json=body, headers=headers).status_code
 
 
-def test_every_route_checks_its_scope(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> None:
-    settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS, rate_limit_per_s=0
-    )
+def test_every_route_checks_its_scope(worker_settings: Callable[..., Settings]) -> None:
+    settings = worker_settings(api_tokens=TOKENS, rate_limit_per_s=0)
     api = create_app(settings)
     routes = {
         (m, str(c.path))
@@ -532,7 +531,7 @@ def test_every_route_checks_its_scope(
 
 # --- SQL only through bound parameters ---------------------------------------------------------
 
-PACKAGES = ("config", "producer", "worker")
+PACKAGES = ("config", "tickets", "producer", "worker", "service", "cli", "quality")
 SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript", "literal_column"}
 # DDL the code builds itself from constants (no value from a request, a file or a setting).
 ALLOWED = {
@@ -602,23 +601,7 @@ def test_sql_injection_strings_are_only_ever_values(
     now = datetime.now(UTC)
     with Session(engine) as s:
         for i, queue in enumerate(("billing", "tech")):
-            s.add(
-                db.DecisionRow(
-                    source="email",
-                    ticket_id=f"sql-{i}",
-                    route="manual",
-                    score=None,
-                    canonical_source="email",
-                    canonical_ticket_id=f"sql-{i}",
-                    matches=[],
-                    model="local:all-MiniLM-L6-v2",
-                    duplicate_threshold=0.85,
-                    suggest_threshold=0.7,
-                    queue=queue,
-                    received_at=now,
-                    decided_at=now,
-                )
-            )
+            s.add(decision_row(f"sql-{i}", source="email", queue=queue, decided_at=now))
         s.commit()
     engine.dispose()
     settings = make_settings(

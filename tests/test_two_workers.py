@@ -15,8 +15,7 @@ import requests
 
 from config.celery_app import create_app
 from config.settings import Settings
-from tests.conftest import WorkerProcess, wait_for
-from tests.test_worker_e2e import decisions, n_rows
+from tests.conftest import WorkerProcess, decisions, n_rows, wait_for
 from tickets import db
 from tickets.model import Ticket
 from tickets.queue import publish

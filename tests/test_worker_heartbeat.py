@@ -18,13 +18,12 @@ from tickets.queue import publish
 
 
 def test_a_worker_is_listed_while_it_runs_and_forgotten_when_it_stops(
-    make_settings: Callable[..., Settings],
-    sqlite_url: str,
+    worker_settings: Callable[..., Settings],
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     redis_url: str,
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     client = redis.Redis.from_url(redis_url)
     assert live_workers(client, queue_name) == []
 
