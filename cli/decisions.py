@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import click
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from cli.common import print_rows
@@ -34,51 +35,37 @@ def decisions(limit: int, route: str | None, fmt: str, failures: bool) -> None:
     print_rows(rows, fmt)
 
 
+DECISION_COLUMNS = (
+    *("source", "ticket_id", "route", "score", "matched_ticket_id", "canonical_ticket_id"),
+    *("queue", "subject", "decided_at"),
+)
+FAILURE_COLUMNS = ("source", "ticket_id", "error_type", "reason", "attempts", "failed_at")
+
+
 def recent_decisions(
     settings: Settings, limit: int, route: str | None = None
 ) -> list[dict[str, Any]]:
-    engine = db.make_engine(settings.database_url)
-    stmt = select(db.DecisionRow).order_by(
-        db.DecisionRow.decided_at.desc(), db.DecisionRow.id.desc()
-    )
+    d = db.DecisionRow
+    stmt = select(d).order_by(d.decided_at.desc(), d.id.desc())
     if route:
-        stmt = stmt.where(db.DecisionRow.route == route)
-    with Session(engine) as session:
-        rows = session.scalars(stmt.limit(limit)).all()
-        out = [
-            {
-                "source": r.source,
-                "ticket_id": r.ticket_id,
-                "route": r.route,
-                "score": r.score,
-                "matched_ticket_id": r.matched_ticket_id,
-                "canonical_ticket_id": r.canonical_ticket_id,
-                "queue": r.queue,
-                "subject": r.subject,
-                "decided_at": r.decided_at.isoformat(timespec="seconds"),
-            }
-            for r in rows
-        ]
-    engine.dispose()
-    return out
+        stmt = stmt.where(d.route == route)
+    return _read(settings, stmt.limit(limit), DECISION_COLUMNS)
 
 
 def recent_failures(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    stmt = select(db.FailureRow).order_by(db.FailureRow.failed_at.desc()).limit(limit)
+    return _read(settings, stmt, FAILURE_COLUMNS)
+
+
+def _read(settings: Settings, stmt: Select[Any], columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows ``stmt`` selects, as ``columns`` (times to the second, ISO 8601)."""
     engine = db.make_engine(settings.database_url)
-    with Session(engine) as session:
-        rows = session.scalars(
-            select(db.FailureRow).order_by(db.FailureRow.failed_at.desc()).limit(limit)
-        ).all()
-        out = [
-            {
-                "source": r.source,
-                "ticket_id": r.ticket_id,
-                "error_type": r.error_type,
-                "reason": r.reason,
-                "attempts": r.attempts,
-                "failed_at": r.failed_at.isoformat(timespec="seconds"),
-            }
-            for r in rows
-        ]
-    engine.dispose()
-    return out
+    try:
+        with Session(engine) as session:
+            return [{c: _cell(getattr(row, c)) for c in columns} for row in session.scalars(stmt)]
+    finally:
+        engine.dispose()
+
+
+def _cell(value: Any) -> Any:
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else value

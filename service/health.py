@@ -5,7 +5,7 @@ to show anyone: no URL, path, host name or raw error) and a ``detail`` for opera
 with their passwords masked, latency, schema revisions, queue depth, live workers), shown
 only behind the read token and by `triage doctor`.
 
-- ``GET /healthz`` does no I/O at all (in service/app.py): it answers even while Redis or
+- ``GET /healthz`` does no I/O at all (service/routers/ops.py): it answers even while Redis or
   the database hang and every request thread is taken.
 - ``GET /readyz`` (open) is ``{"ready", "reason"}`` only, from :class:`Readiness`: the checks
   run on a small executor of their own with about a second each, at most one round at a

@@ -3,8 +3,9 @@
 Every test here talks HTTP to a `triage serve` process on a private redis-server (which the
 Redis test stops with SIGSTOP) and a migrated SQLite database. The denial-of-service tests
 keep hostile requests in flight and assert the order of events: the liveness probe comes
-back while they are still open, within a loose second (before the fixes it waited 6-11 s
-behind them), and the hostile requests themselves are answered 4xx or within a bound.
+back while they are still open, within a loose second (a service that parses on its event
+loop keeps it waiting 6-11 s behind them), and the hostile requests themselves are answered
+4xx or within a bound.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_poison_ticket_fails_alone_and_its_batch_mates_are_decided(
     start_worker: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
-    # Ollama 0.13.5-0.15.6 ignore truncate for all-minilm (#14186): an input over the context
+    # Ollama 0.13.5-0.15.6 ignore truncate for all-minilm (ollama#14186): an input over the context
     # fails the whole batch with 400. A hex dump is over it even after the client's cut.
     with FakeOllama(ignore_truncate=True) as fake:
         settings = worker_settings(embedder="ollama", ollama_url=fake.url, batch_wait_ms=1000)
