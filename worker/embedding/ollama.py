@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import numpy as np
 import requests
 
 from config.settings import mask_url
@@ -42,6 +39,7 @@ from tickets.errors import (
 from worker.embedding.base import Vectors
 from worker.embedding.http import (
     EMPTY_TEXT_STAND_IN,
+    HttpEmbedder,
     RetryingClient,
     is_json,
     json_object,
@@ -69,7 +67,7 @@ DEFAULT_MAX_CHARS: Final = 800
 DEFAULT_MAX_ATTEMPTS: Final = 4
 
 
-class OllamaEmbedder:
+class OllamaEmbedder(HttpEmbedder):
     """:class:`~worker.embedding.base.Embedder` on an Ollama server's ``/api/embed``.
 
     ``model_id`` is ``ollama:<model>``: Ollama's vectors differ from sentence-transformers'
@@ -139,26 +137,7 @@ class OllamaEmbedder:
 
     # --- Embedder protocol ----------------------------------------------------------------
 
-    @property
-    def dimension(self) -> int:
-        """Vector size; discovered from the server on first use when not given, then cached."""
-        known = self._dimension
-        if known is None:
-            known = self._discover_dimension()
-        return known
-
-    @dimension.setter
-    def dimension(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"dimension must be positive, got {value}")
-        self._dimension = value
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        if isinstance(texts, str):
-            # A str is a Sequence[str]: without this it would be embedded character by character.
-            raise TypeError("embed() takes a sequence of texts, not a single str")
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _embed(self, texts: list[str]) -> Vectors:
         inputs = [self._prepare(text) for text in texts]
         # truncate defaults to true (api/types.go); say it anyway so a server-side default
         # change cannot turn long tickets into 400s. _prepare's cut covers versions that ignore it.
@@ -240,23 +219,6 @@ class OllamaEmbedder:
             "dimension": dimension,
             "max_chars": str(self._max_chars),
         }
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the pooled connections; a session passed in by the caller is left open."""
-        self._http.close()
-
-    def __enter__(self) -> OllamaEmbedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- input ----------------------------------------------------------------------------
 
