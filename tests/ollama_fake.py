@@ -52,6 +52,17 @@ CONTEXT_MESSAGE = "the input length exceeds the context length"
 Transform = Callable[[dict[str, Any]], Any]
 
 
+#: all-minilm's ``details`` as /api/tags and /api/show give them.
+ALL_MINILM_DETAILS: dict[str, Any] = {
+    "parent_model": "",
+    "format": "gguf",
+    "family": "bert",
+    "families": ["bert"],
+    "parameter_size": "23M",
+    "quantization_level": "F16",
+}
+
+
 @dataclass(frozen=True)
 class Fault:
     """One canned answer for the next request to ``path`` (None: to any path).
@@ -363,14 +374,7 @@ class FakeOllama:
                     "modified_at": "2025-07-29T09:31:19.089668004Z",
                     "size": 45960996,
                     "digest": digests[name],
-                    "details": {
-                        "parent_model": "",
-                        "format": "gguf",
-                        "family": "bert",
-                        "families": ["bert"],
-                        "parameter_size": "23M",
-                        "quantization_level": "F16",
-                    },
+                    "details": ALL_MINILM_DETAILS,
                 }
                 for name in sorted(digests)
             ]
@@ -388,14 +392,7 @@ class FakeOllama:
             return 404, {"error": f"model '{_full_name(model)}' not found"}
         answer: dict[str, Any] = {
             "parameters": f"num_ctx                        {self.context_length}",
-            "details": {
-                "parent_model": "",
-                "format": "gguf",
-                "family": "bert",
-                "families": ["bert"],
-                "parameter_size": "23M",
-                "quantization_level": "F16",
-            },
+            "details": ALL_MINILM_DETAILS,
         }
         if self.show_model_info:
             answer["model_info"] = {
