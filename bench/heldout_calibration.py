@@ -9,7 +9,7 @@
 Pairs as the product meets them: every report is compared with each earlier report among its
 top-5 nearest (by the product's own vectors: default text preparation + subject vector);
 a pair is positive when the two are linked as duplicates. The pairs of the first half of the
-reports (by Created) calibrate the thresholds (`worker.quality.calibrate.recommend`, target
+reports (by Created) calibrate the thresholds (`quality.calibrate.recommend`, target
 precision 0.95); the pairs of the second half measure precision and recall at them.
 """
 
@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config.settings import load_settings  # noqa: E402
+from quality.calibrate import metrics_at, recommend  # noqa: E402
+from quality.datasets import load_retrieval_set  # noqa: E402
+from tickets.model import Ticket  # noqa: E402
 from worker.embedding import make_embedder  # noqa: E402
-from worker.quality.calibrate import metrics_at, recommend  # noqa: E402
-from worker.quality.datasets import load_retrieval_set  # noqa: E402
 from worker.text import embed_tickets, embedding_text  # noqa: E402
-from worker.tickets import Ticket  # noqa: E402
 
 
 def main() -> None:

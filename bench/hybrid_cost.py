@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from pipeline import load  # noqa: E402
 
 from config.settings import load_settings  # noqa: E402
-from worker import db, migrate  # noqa: E402
+from tickets import db, migrate  # noqa: E402
 from worker.embedding.local import LocalEmbedder  # noqa: E402
 from worker.lexical import LexicalIndex  # noqa: E402
 from worker.pipeline import Services, WorkItem, triage_batch  # noqa: E402

@@ -38,9 +38,9 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from config.settings import load_settings  # noqa: E402
-from worker import db, migrate  # noqa: E402
+from tickets import db, migrate  # noqa: E402
+from tickets.model import Ticket  # noqa: E402
 from worker.text import embedding_text  # noqa: E402
-from worker.tickets import Ticket  # noqa: E402
 
 
 def load(path: Path, n: int) -> list[Ticket]:
@@ -111,8 +111,8 @@ def pipeline(
     import redis
 
     from config.celery_app import create_app
-    from producer.enqueue import publish
-    from worker.ledger import Ledger
+    from tickets.ledger import Ledger
+    from tickets.queue import publish
 
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
@@ -138,7 +138,7 @@ def pipeline(
         variant = "backfill" if backfill else "routed"
         with log.open("wb") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                 cwd=ROOT,
                 env=env,
                 stdout=fh,
@@ -203,7 +203,7 @@ STAGES = (
     ("SQL", ("sqlalchemy", "sqlite3", "psycopg", "alembic")),
     ("Celery + Redis", ("celery/", "kombu/", "redis/", "billiard/", "amqp/", "vine/")),
     ("text preparation", ("worker/text.py", "bs4/", "html/")),
-    ("routing + pipeline", ("worker/",)),
+    ("routing + pipeline", ("worker/", "tickets/")),
 )
 
 

@@ -41,9 +41,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tickets.model import TicketKey  # noqa: E402
 from worker.pipeline import vector_meta  # noqa: E402
 from worker.store import VectorStore  # noqa: E402
-from worker.tickets import TicketKey  # noqa: E402
 
 DIM = 384
 TOP_K = 5  # TRIAGE_TOP_K's default; the worker queries top_k + 1

@@ -28,8 +28,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "import sys, uvicorn; from config.settings import load_settings; " + (
-    "from producer.api import create_api; "
-    "uvicorn.run(create_api(load_settings()), port=int(sys.argv[1]), log_level='warning')"
+    "from service.app import create_app; "
+    "uvicorn.run(create_app(load_settings()), port=int(sys.argv[1]), log_level='warning')"
 )
 
 
@@ -40,7 +40,7 @@ def _port() -> int:
 
 
 def _start(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
     if kind == "uvicorn":
         argv = [sys.executable, "-c", PLAIN, str(port)]
     proc = subprocess.Popen(

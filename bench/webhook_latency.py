@@ -1,7 +1,7 @@
 """Webhook → decision latency: signed GitHub webhooks at a fixed rate into a real
 `triage serve`, one real worker, and the time until each decision row exists.
 
-    python bench/webhook_latency.py --data producer/samples/demo_tickets.csv -n 200 --rate 20
+    python bench/webhook_latency.py --data cli/samples/demo_tickets.csv -n 200 --rate 20
 
 Both processes run on this machine with a fresh SQLite database and embedded Chroma. For
 each ticket: latency = decided_at (the worker's clock) − the moment the client started
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from worker import db, migrate  # noqa: E402
+from tickets import db, migrate  # noqa: E402
 
 SECRET = "bench-secret"
 
@@ -48,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data", type=Path, default=ROOT / "producer/samples/demo_tickets.csv")
+    ap.add_argument("--data", type=Path, default=ROOT / "cli/samples/demo_tickets.csv")
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--rate", type=float, default=20.0, help="webhooks per second")
     ap.add_argument(
@@ -85,14 +85,14 @@ def main() -> None:
         logs = [open(Path(tmp) / f"{n}.log", "wb") for n in ("worker", "serve")]  # noqa: SIM115
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                 cwd=ROOT,
                 env=env,
                 stdout=logs[0],
                 stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "cli", "serve", "--port", str(port)],
                 cwd=ROOT,
                 env=env,
                 stdout=logs[1],

@@ -17,7 +17,11 @@ from kombu import Queue  # type: ignore[attr-defined]
 from config.broker import TRANSPORT
 from config.settings import Settings, SettingsError, load_settings
 
-SEARCH_TASK = "triage.search"
+# The tasks by name: producers publish a message naming its task (tickets/queue.py) and
+# never import the worker's code, its model or its clients.
+TICKET_TASK = "triage.ticket"  # one ticket per message (webhooks, the ingest API)
+TICKETS_TASK = "triage.tickets"  # a group of tickets per message (file ingest)
+SEARCH_TASK = "triage.search"  # `triage search`, answered by a running worker
 
 
 def search_queue(queue: str) -> str:

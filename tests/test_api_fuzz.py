@@ -41,11 +41,11 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from sqlalchemy.orm import Session
 
-from tests.conftest import FIXTURES
-from tests.services import ServeProcess, private_redis
+from tests.conftest import FIXTURES, decision_row
+from tests.services import ServeProcess, serve_privately
 from tests.test_webhook_adapters import FIXTURE_FOR
 from tests.vendors import signed_headers
-from worker import db
+from tickets import db
 
 FULL = os.environ.get("TRIAGE_FUZZ") == "full"
 EXAMPLES = 400 if FULL else 25
@@ -62,20 +62,17 @@ def _seed(database_url: str) -> None:
         for (source, ticket_id), route in zip(
             SEEDED, ("duplicate", "manual", "suggest"), strict=True
         ):
+            manual = route == "manual"
             s.add(
-                db.DecisionRow(
+                decision_row(
+                    ticket_id,
                     source=source,
-                    ticket_id=ticket_id,
                     route=route,
-                    score=0.9 if route != "manual" else None,
-                    matched_source="email" if route != "manual" else None,
-                    matched_ticket_id="seed-0" if route != "manual" else None,
+                    score=None if manual else 0.9,
+                    matched_source=None if manual else "email",
+                    matched_ticket_id=None if manual else "seed-0",
                     canonical_source="email",
                     canonical_ticket_id="seed-0",
-                    matches=[],
-                    model="local:all-MiniLM-L6-v2",
-                    duplicate_threshold=0.85,
-                    suggest_threshold=0.7,
                     queue="billing",
                     received_at=now,
                     decided_at=now,
@@ -87,32 +84,15 @@ def _seed(database_url: str) -> None:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    from config.settings import load_settings
-    from worker import migrate
-
-    tmp = tmp_path_factory.mktemp("fuzz")
-    with private_redis(tmp) as url:
-        database = f"sqlite:///{tmp / 'triage.db'}"
-        engine = db.make_engine(database)
-        migrate.upgrade(engine)
-        engine.dispose()
-        _seed(database)
-        settings = load_settings(
-            env="development",
-            redis_url=url,
-            database_url=database,
-            chroma_path=tmp / "chroma",
-            queue="fuzz",
-            webhook_secrets={v: [SECRET] for v in VENDORS},
-            api_tokens={TOKEN: ["ingest", "read", "feedback", "admin"]},
-            rate_limit_per_s=0,
-            max_body_bytes=256 * 1024,
-        )
-        serve = ServeProcess(settings, tmp / "serve.log")
-        try:
-            yield serve
-        finally:
-            serve.stop()
+    with serve_privately(
+        tmp_path_factory.mktemp("fuzz"),
+        queue="fuzz",
+        webhook_secrets={v: [SECRET] for v in VENDORS},
+        api_tokens={TOKEN: ["ingest", "read", "feedback", "admin"]},
+        max_body_bytes=256 * 1024,
+    ) as (settings, serve, _):
+        _seed(settings.database_url)
+        yield serve
 
 
 # --- the document ------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ import redis
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from producer.api import create_api
 from producer.guards import QueueGate
-from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
+from service.app import create_app
+from tests.conftest import ROOT, WorkerProcess, n_rows, settings_env, wait_for
 from tests.ollama_fake import FakeOllama, Fault
 from tests.services import private_redis
-from tests.test_worker_e2e import n_rows
-from worker import db
+from tickets import db
 
 FEED = {"Authorization": "Bearer feeder"}
 DEPTH = 40
@@ -61,7 +60,7 @@ def test_webhook_sheds_load_while_the_embedder_is_down_and_nothing_is_lost(
         ollama.push(*[Fault.busy()] * 100_000)  # down from now on
         calls0, cpu0, t0 = len(ollama.calls()), _cpu_s(worker.proc.pid), time.monotonic()
         accepted: list[int] = []
-        with TestClient(create_api(settings)) as client:
+        with TestClient(create_app(settings)) as client:
             for i in range(4 * DEPTH):
                 r = client.post("/v1/tickets", json=_ticket(i), headers=FEED)
                 if r.status_code == 503:
@@ -93,7 +92,9 @@ def test_webhook_sheds_load_while_the_embedder_is_down_and_nothing_is_lost(
                 f"{len(accepted)} decisions after the outage",
             )
             assert n_rows(sqlite_url, db.FailureRow) == 0
-            wait_for(lambda: QueueGate.depth(client.app.state.gate) < DEPTH, 30, "an empty queue")
+            wait_for(
+                lambda: QueueGate.depth(client.app.state.clients.gate) < DEPTH, 30, "an empty queue"
+            )
             time.sleep(1.1)  # past the depth cache
             assert client.post("/v1/tickets", json=_ticket(1000), headers=FEED).status_code == 202
 
@@ -108,7 +109,7 @@ def test_webhook_sheds_load_while_the_embedder_is_down_and_nothing_is_lost(
 
 def _ingest(settings: Settings, path: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "ingest", str(path), "--quiet", *extra],
+        [sys.executable, "-m", "cli", "ingest", str(path), "--quiet", *extra],
         cwd=ROOT,
         env=settings_env(settings),
         stdout=subprocess.PIPE,

@@ -100,7 +100,7 @@ def test_scale(tmp_path: Path) -> None:
 def test_pipeline(tmp_path: Path, redis_url: str) -> None:
     out = tmp_path / "pipeline.json"
     stdout = run(
-        BENCH / "pipeline.py", "--data", ROOT / "producer" / "samples" / "demo_tickets.csv",
+        BENCH / "pipeline.py", "--data", ROOT / "cli" / "samples" / "demo_tickets.csv",
         "-n", "12", "--runs", "1", "--batch-size", "4", "--redis-url", redis_url, "--json", out,
     )  # fmt: skip
     assert "x engine" in stdout

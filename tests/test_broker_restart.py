@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import BrokerUnavailable, publish
 from tests.conftest import WorkerProcess, wait_for
 from tests.faults.harness import PrivateRedis
-from worker import db
-from worker.heartbeat import live_workers
-from worker.ledger import Ledger
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.heartbeat import live_workers
+from tickets.ledger import Ledger
+from tickets.model import Ticket, TicketKey
+from tickets.queue import BrokerUnavailable, publish
 
 RATE_PER_S = 30
 RESTARTS = 3

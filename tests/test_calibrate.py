@@ -15,8 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.quality.calibrate import (
+from quality.calibrate import (
     curves,
     feedback_from_rows,
     load_feedback,
@@ -26,7 +25,9 @@ from worker.quality.calibrate import (
     recommend_per_queue,
     roc_auc,
 )
-from worker.quality.calibrate_cli import calibrate
+from quality.calibrate_cli import calibrate
+from tests.conftest import decision_row
+from tickets import db
 from worker.routing import Thresholds
 from worker.thresholds import ThresholdTable, load_thresholds, save_thresholds
 
@@ -366,24 +367,14 @@ def test_cli_on_labelled_pairs_with_the_local_embedder(clean_env: Path) -> None:
 
 
 def _decision(key: str, score: float, queue: str) -> db.DecisionRow:
-    now = datetime.now(UTC)
-    return db.DecisionRow(
+    return decision_row(
+        key,
         source="test",
-        ticket_id=key,
         route="suggest",
         score=score,
         matched_source="test",
         matched_ticket_id="0",
-        canonical_source="test",
-        canonical_ticket_id=key,
-        matches=[],
-        model="local:all-MiniLM-L6-v2",
-        duplicate_threshold=0.85,
-        suggest_threshold=0.70,
         queue=queue,
-        subject=None,
-        received_at=now,
-        decided_at=now,
     )
 
 

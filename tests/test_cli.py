@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,26 +16,23 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
+import click
 import pytest
 import redis
 
+from cli.main import COMMANDS, cli
 from tests.conftest import REDIS_URL
+from tests.services import free_port
 from tests.test_importer import CP1252_CSV
 from tests.test_readme import demo_counts
-from worker import migrate
+from tickets import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = (
+NAMES = (
     *("worker", "serve", "ingest", "search", "decisions", "doctor", "demo", "db"),
     *("redrive", "reindex", "evaluate", "calibrate"),
 )
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def triage(
@@ -45,7 +41,7 @@ def triage(
     base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     base["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         env={**base, **(env or {})},
         capture_output=True,
@@ -93,12 +89,12 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     default (`triage`, what production workers consume), and a consumer of that queue runs
     beside the demo."""
     cwd = tmp_path_factory.mktemp("demo")
-    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}
+    env = {"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     base = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     stdout, stderr = cwd.parent / "demo.out", cwd.parent / "demo.err"
     with stdout.open("w") as out_fh, stderr.open("w") as err_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "demo"],
+            [sys.executable, "-m", "cli", "demo"],
             cwd=cwd,
             env={**base, "PYTHONPATH": str(ROOT), **env},
             stdout=out_fh,
@@ -193,17 +189,26 @@ def test_doctor_reports_every_dependency(
         assert re.search(rf"^ok\s+{name}\s", out.stdout, re.M), out.stdout
     head = migrate.head_revision()
     assert f"schema {head}/{head}" in out.stdout and "redis 7" in out.stdout
-    bad = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"})
+    bad = triage(cwd, "doctor", env={"TRIAGE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert bad.returncode == 1 and re.search(r"^BAD\s+redis", bad.stdout, re.M)
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = triage(tmp_path, "--help")
-    for cmd in COMMANDS:
+    for cmd in NAMES:
         assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M), out.stdout
     # With the quality extra installed (as here) they are the real commands.
     out = triage(tmp_path, "evaluate", "--help")
     assert out.returncode == 0 and re.search(r"^\s+retrieval\s", out.stdout, re.M), out.stdout
+
+
+def test_the_command_list_says_what_each_command_says() -> None:
+    # `triage --help` lists the commands without importing them: its short help for each is
+    # kept in cli/main.py, and must be the first sentence of the command's own help.
+    ctx = click.Context(cli)
+    for name, lazy in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.get_short_help_str(limit=300) == lazy.summary
 
 
 def queued_ticket_ids(redis_url: str, queue: str) -> list[str]:
@@ -295,7 +300,7 @@ def test_quality_commands_without_the_extra(venv_without_quality: Path, tmp_path
     assert out.returncode == 0 and out.stdout.strip() == f"triage {VERSION}"
     out = run("--help")
     assert out.returncode == 0, out.stderr
-    for cmd in COMMANDS:
+    for cmd in NAMES:
         assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M), out.stdout
     assert re.search(r"^\s+evaluate\s+\(needs the quality extra", out.stdout, re.M), out.stdout
     for args, missing in (

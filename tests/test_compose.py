@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,12 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     users = [args for instr, args in _dockerfile_instructions() if instr == "USER"]
     assert users, "the Dockerfile has no USER instruction"
     assert users[-1].split(":")[0] not in {"root", "0"}
+
+
+def test_dockerfile_copies_every_package() -> None:
+    # `pip install .` in the image installs what was copied: a package left out would be
+    # missing from the image while every test here passes.
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in found["packages"]["find"]["include"]}
+    copies = {args.split()[0] for instr, args in _dockerfile_instructions() if instr == "COPY"}
+    assert packages <= copies, f"not copied into the image: {sorted(packages - copies)}"

@@ -5,25 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from cli.demo import sample_path
 from config.settings import Settings
-from producer.demo import sample_path
-from tests.conftest import WorkerProcess, wait_for
-from tests.test_worker_e2e import decisions, ingest, n_rows
-from worker import db
+from tests.conftest import WorkerProcess, decisions, ingest, n_rows, wait_for
+from tickets import db
 
 N = 206  # the bundled demo sample
 
 
 def test_killed_worker_loses_and_doubles_nothing(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     # A short visibility timeout so the killed worker's unacked tickets come back quickly.
-    settings = make_settings(
-        database_url=sqlite_url,
-        queue=queue_name,
+    settings = worker_settings(
         batch_size=16,
         batch_wait_ms=50,
         visibility_timeout_s=8,

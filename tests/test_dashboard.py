@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,17 +35,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from cli.demo import sample_path
 from config.settings import Settings
-from producer.api import create_api
-from producer.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
-from producer.demo import sample_path
 from producer.importer import read_tickets
-from worker import db
+from service.app import create_app
+from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
+from tests.services import free_port
+from tickets import db
+from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.store import VectorStore
-from worker.tickets import Ticket, TicketKey
 
 READ_TOKEN = "rd-7f3a9c2e51d04b"  # distinctive, so "not in the page" means something
 INGEST_TOKEN = "in-0b1c2d3e4f5a6b"
@@ -69,7 +71,7 @@ def engine(dash_settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(dash_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_api(dash_settings)) as c:
+    with TestClient(create_app(dash_settings)) as c:
         yield c
 
 
@@ -219,6 +221,12 @@ def test_sign_in_cookie_and_refusals(client: TestClient) -> None:
     assert READ_TOKEN not in page.text
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
+    assert "unsafe-inline" not in csp
+    # No inline script: the one script that runs is the page's file (service/static/).
+    scripts = re.findall(r"<script[^>]*>", page.text)
+    assert [s for s in scripts if "src=" not in s and "application/json" not in s] == []
+    static = client.get("/dashboard/static/dashboard.js")
+    assert static.status_code == 200 and "function drawHourly" in static.text
     assert page.headers["cache-control"] == "no-store"
     assert client.get("/dashboard/data").status_code == 200
 
@@ -367,7 +375,7 @@ def test_empty_database_and_redis_down(
     settings = make_settings(
         database_url=sqlite_url, api_tokens=TOKENS, redis_url=f"redis://127.0.0.1:{closed}/0"
     )
-    with TestClient(create_api(settings)) as c:
+    with TestClient(create_app(settings)) as c:
         data = c.get("/dashboard/data", headers=BEARER).json()
         assert data["totals"]["decisions"] == 0 and data["queue_depth"] is None
         assert len(data["hourly"]["buckets"]) == 1 and data["clusters"] == []
@@ -492,22 +500,14 @@ def parse(dom: str) -> DomTestIds:
     return parser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def served(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> Iterator[tuple[str, Settings]]:
+def served(worker_settings: Callable[..., Settings]) -> Iterator[tuple[str, Settings]]:
     """`triage serve`'s app under uvicorn on a free port, in a thread."""
-    settings = make_settings(database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS)
+    settings = worker_settings(api_tokens=TOKENS)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_api(settings),
+            create_app(settings),
             host="127.0.0.1",
             port=port,
             log_level="warning",

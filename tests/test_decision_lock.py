@@ -11,9 +11,9 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
+from tickets.errors import LockTimeout
 from worker.decision_lock import DecisionLock, DecisionLockLost, Fence
-from worker.errors import LockTimeout
 
 
 def test_a_stale_token_cannot_commit(database_url: str) -> None:
@@ -37,7 +37,7 @@ def test_a_stale_token_cannot_commit(database_url: str) -> None:
 
 def test_a_new_holder_waits_for_the_commit_in_progress(postgres_server: str) -> None:
     from tests.conftest import _create_pg_database
-    from worker import migrate
+    from tickets import migrate
 
     url, drop = _create_pg_database(postgres_server)
     engine = db.make_engine(url)

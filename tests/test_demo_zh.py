@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from producer.demo import labels_path, read_labels, sample_path
+from cli.demo import labels_path, read_labels, sample_path
 from producer.importer import RowError, read_tickets
 
 SEED = ("用户反映APP登录后闪退", "订单支付成功但未扣款", "用户说安卓APP点登录就崩溃")

@@ -12,9 +12,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("config", "producer", "worker")
+OWN = ("config", "tickets", "producer", "worker", "service", "cli", "quality")
 # Modules that may import the `quality` extra (and only they): `triage evaluate` / `calibrate`.
-QUALITY_ONLY = ROOT / "worker" / "quality"
+QUALITY_ONLY = ROOT / "quality"
 
 
 def _name(requirement: str) -> str:
@@ -71,3 +71,22 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
                     undeclared.append(f"{path.relative_to(ROOT)}: {module} ({', '.join(dists)})")
     assert checked > 50  # the walk saw the code
     assert not undeclared, "imported but not declared in pyproject.toml:\n" + "\n".join(undeclared)
+
+
+def test_every_package_is_under_the_import_contracts() -> None:
+    # import-linter (`lint-imports` in .ci/check) checks only the packages it is told about:
+    # a new top-level package must join its layers, or its imports go unchecked.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    linter = pyproject["tool"]["importlinter"]
+    assert set(linter["root_packages"]) == packages == set(OWN)
+    layered = {
+        name.strip()
+        for contract in linter["contracts"]
+        if contract["type"] == "layers"
+        for layer in contract["layers"]
+        for name in layer.split("|")
+    }
+    assert layered == packages - {"quality"}, "quality is kept apart by its own contract"

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from worker.embedding import Vectors
-from worker.quality.bm25 import BM25Index, tokenize
-from worker.quality.cli import evaluate, run_retrieval
-from worker.quality.datasets import (
+from quality.bm25 import BM25Index, tokenize
+from quality.cli import evaluate, run_retrieval
+from quality.datasets import (
     Report,
     RetrievalSet,
     load_links,
@@ -26,7 +25,7 @@ from worker.quality.datasets import (
     load_retrieval_set,
     parse_created,
 )
-from worker.quality.evaluate import (
+from quality.evaluate import (
     EmbeddingCache,
     Variant,
     all_others_protocol,
@@ -45,6 +44,8 @@ from worker.quality.evaluate import (
     time_ordered_protocol,
     top_candidates,
 )
+from tickets.model import Ticket
+from worker.embedding import Vectors
 from worker.routing import Thresholds
 from worker.text import (
     DEFAULT_STEPS,
@@ -60,7 +61,6 @@ from worker.text import (
     strip_signature,
     strip_template_boilerplate,
 )
-from worker.tickets import Ticket
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "quality"
 CORPUS = FIXTURES / "hadoop_bugs.csv"

@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
-from config.celery_app import celery_config, create_app
+from config.celery_app import TICKET_TASK, celery_config, create_app
 from config.settings import Settings
-from producer.enqueue import TASK_NAME, publish
 from tests.conftest import WorkerProcess, wait_for
 from tests.test_compose import COMPOSE, _depends_on, _env
-from worker.tickets import Ticket
+from tickets.model import Ticket
+from tickets.queue import publish
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -52,12 +52,10 @@ def test_readme_says_how_to_run_flower() -> None:
 
 
 def test_a_real_worker_emits_task_events(
-    make_settings: Callable[..., Settings],
-    sqlite_url: str,
-    queue_name: str,
+    worker_settings: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     app = create_app(settings)
     events: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -100,6 +98,6 @@ def test_a_real_worker_emits_task_events(
     assert {"worker-online", "worker-heartbeat"} & kinds
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds
     received = next(e for e in events if e["type"] == "task-received")
-    assert received["name"] == TASK_NAME and received["uuid"].startswith("flower:1:")
+    assert received["name"] == TICKET_TASK and received["uuid"].startswith("flower:1:")
     # Flower's task list shows the ticket key: it is the task id
     assert time.time() - received["timestamp"] < 120

@@ -3,8 +3,9 @@
 Every test here talks HTTP to a `triage serve` process on a private redis-server (which the
 Redis test stops with SIGSTOP) and a migrated SQLite database. The denial-of-service tests
 keep hostile requests in flight and assert the order of events: the liveness probe comes
-back while they are still open, within a loose second (before the fixes it waited 6-11 s
-behind them), and the hostile requests themselves are answered 4xx or within a bound.
+back while they are still open, within a loose second (a service that parses on its event
+loop keeps it waiting 6-11 s behind them), and the hostile requests themselves are answered
+4xx or within a bound.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import pytest
 import redis
 import requests
 
-from config.settings import Settings, load_settings
+from config.settings import Settings
 from tests.conftest import wait_for
-from tests.services import ServeProcess, redis_server
+from tests.services import ServeProcess, serve_privately
 from tests.vendors import signed_headers
-from worker import heartbeat, migrate
-from worker.db import make_engine
+from tickets import heartbeat, migrate
+from tickets.db import make_engine
 
 SECRET = "hardening-secret"
 VENDORS = ("zendesk", "github", "jira", "freshdesk", "zammad", "helpscout")
@@ -63,29 +64,15 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tmp = tmp_path_factory.mktemp("hardening")
-    with redis_server(tmp) as (url, proc):
-        database = f"sqlite:///{tmp / 'triage.db'}"
-        engine = make_engine(database)
-        migrate.upgrade(engine)
-        engine.dispose()
-        settings = load_settings(
-            env="development",
-            redis_url=url,
-            database_url=database,
-            chroma_path=tmp / "chroma",
-            queue="hardening",
-            webhook_secrets={v: [SECRET] for v in VENDORS},
-            api_tokens=TOKENS,
-            rate_limit_per_s=0,
-            header_timeout_s=2,
-            body_timeout_s=2,
-        )
-        serve = ServeProcess(settings, tmp / "serve.log")
-        try:
-            yield Served(settings, serve, proc)
-        finally:
-            serve.stop()
+    with serve_privately(
+        tmp_path_factory.mktemp("hardening"),
+        queue="hardening",
+        webhook_secrets={v: [SECRET] for v in VENDORS},
+        api_tokens=TOKENS,
+        header_timeout_s=2,
+        body_timeout_s=2,
+    ) as (settings, serve, proc):
+        yield Served(settings, serve, proc)
 
 
 # --- signed requests as each vendor sends them ------------------------------------------------
@@ -314,7 +301,10 @@ def test_readyz_is_minimal_and_status_has_the_detail(served: Served) -> None:
 
 
 def test_readyz_names_the_problem_without_detail(
-    make_settings: Callable[..., Settings], tmp_path: Path, queue_name: str
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    queue_name: str,
+    start_serve: Callable[[Settings], ServeProcess],
 ) -> None:
     password = "pw" + uuid.uuid4().hex
     missing = tmp_path / "new" / "triage.db"
@@ -325,12 +315,9 @@ def test_readyz_names_the_problem_without_detail(
         ollama_url=f"http://triage:{password}@127.0.0.1:9/",
         api_tokens=TOKENS,
     )
-    serve = ServeProcess(settings, tmp_path / "serve.log")
-    try:
-        ready = requests.get(serve.url + "/readyz", timeout=10)
-        status = requests.get(serve.url + "/v1/status", headers=READ, timeout=10)
-    finally:
-        serve.stop()
+    serve = start_serve(settings)
+    ready = requests.get(serve.url + "/readyz", timeout=10)
+    status = requests.get(serve.url + "/v1/status", headers=READ, timeout=10)
     assert ready.status_code == 503
     assert ready.json() == {"ready": False, "reason": "schema not created: run `triage db upgrade`"}
     assert status.status_code == 503
@@ -523,15 +510,16 @@ def test_a_header_sent_twice_is_refused(served: Served) -> None:
 
 @pytest.fixture
 def read_served(
-    make_settings: Callable[..., Settings], database_url: str, tmp_path: Path
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    start_serve: Callable[[Settings], ServeProcess],
 ) -> Iterator[ServeProcess]:
     """`triage serve` on a migrated database of each kind (conftest: SQLite, PostgreSQL)."""
     settings = make_settings(
         database_url=database_url, queue=f"hardening-{uuid.uuid4().hex[:6]}", api_tokens=TOKENS
     )
-    serve = ServeProcess(settings, tmp_path / "serve.log")
+    serve = start_serve(settings)
     yield serve
-    serve.stop()
 
 
 AGENT = {"Authorization": "Bearer agent"}
@@ -659,14 +647,16 @@ def test_slow_clients_are_cut_off(served: Served) -> None:
 
 
 def test_probes_answer_past_the_connection_limit(
-    make_settings: Callable[..., Settings], sqlite_url: str, tmp_path: Path
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    start_serve: Callable[[Settings], ServeProcess],
 ) -> None:
     import socket
 
     settings = make_settings(
         database_url=sqlite_url, queue="limit", api_tokens=TOKENS, max_connections=10
     )
-    serve = ServeProcess(settings, tmp_path / "serve.log")
+    serve = start_serve(settings)
     held = [socket.create_connection(("127.0.0.1", serve.port)) for _ in range(15)]
     try:
         for conn in held:
@@ -697,29 +687,27 @@ def test_docs_are_served_without_a_cdn(served: Served) -> None:
 
 
 def test_status_and_doctor_see_a_real_worker(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
     queue_name: str,
     start_worker: Callable[..., Any],
     tmp_path: Path,
+    start_serve: Callable[[Settings], ServeProcess],
 ) -> None:
     # The writer side (the worker beating while its consumer runs) is worker/liveness.py.
     from tests.test_cli import triage
 
-    settings = make_settings(database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS)
+    settings = worker_settings(api_tokens=TOKENS)
     start_worker(settings)
-    serve = ServeProcess(settings, tmp_path / "serve.log")
-    try:
+    serve = start_serve(settings)
 
-        def workers() -> dict[str, Any]:
-            status = requests.get(serve.url + "/v1/status", headers=READ, timeout=10).json()
-            return status["checks"]["workers"]  # type: ignore[no-any-return]
+    def workers() -> dict[str, Any]:
+        status = requests.get(serve.url + "/v1/status", headers=READ, timeout=10).json()
+        return status["checks"]["workers"]  # type: ignore[no-any-return]
 
-        wait_for(lambda: workers()["count"] == 1, 30, "the worker's heartbeat")
-        (one,) = workers()["workers"]
-        assert one["facts"]["queue"] == queue_name and one["age_s"] < 15
-    finally:
-        serve.stop()
+    wait_for(lambda: workers()["count"] == 1, 30, "the worker's heartbeat")
+    (one,) = workers()["workers"]
+    assert one["facts"]["queue"] == queue_name and one["age_s"] < 15
     env = {
         "TRIAGE_REDIS_URL": settings.redis_url,
         "TRIAGE_QUEUE": queue_name,

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from producer.importer import RowError, read_tickets
-from worker.tickets import Ticket
+from tickets.model import Ticket
 
 
 def _split(rows: list[Ticket | RowError]) -> tuple[list[Ticket], list[RowError]]:

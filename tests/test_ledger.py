@@ -8,18 +8,18 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
-from tests.conftest import WorkerProcess, wait_for
-from tests.test_worker_e2e import decisions, n_rows
-from worker import db
-from worker.ledger import Ledger
+from tests.conftest import WorkerProcess, decisions, n_rows, wait_for
+from tickets import db
+from tickets.ledger import Ledger
+from tickets.model import Ticket, TicketKey
+from tickets.queue import publish
 from worker.redrive import redrive
-from worker.tickets import Ticket, TicketKey
 
 
 def tickets(*ids: str) -> list[Ticket]:
@@ -27,6 +27,30 @@ def tickets(*ids: str) -> list[Ticket]:
         Ticket(source="ledger", ticket_id=i, body=f"Ticket {i}: the export button is greyed out")
         for i in ids
     ]
+
+
+class Republished:
+    """A sweep's ``republish``: records what it was given (ids sorted, mode), sends nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[str], str]] = []
+
+    def __call__(self, batch: list[Ticket], mode: str) -> Iterator[Ticket]:
+        self.sent.append((sorted(t.ticket_id for t in batch), mode))
+        yield from batch
+
+
+@pytest.fixture
+def sweeping(worker_settings: Callable[..., Settings]) -> Settings:
+    """Workers that sweep the ledger every second and count 3 s of silence as lost."""
+    return worker_settings(ledger_sweep_s=1, ledger_silence_s=3)
+
+
+@pytest.fixture
+def producer(sweeping: Settings) -> Iterator[Celery]:
+    app = create_app(sweeping)
+    yield app
+    app.close()
 
 
 @pytest.fixture
@@ -55,11 +79,7 @@ def test_sweep_clears_the_settled_and_republishes_the_lost(ledger: Ledger, sqlit
         db.save_batch(session, [row], [])
         session.commit()
     ledger.touch([TicketKey("ledger", "fresh")])  # a worker holds it right now
-    sent: list[tuple[list[str], str]] = []
-
-    def republish(batch: list[Ticket], mode: str) -> Iterator[Ticket]:
-        sent.append(([t.ticket_id for t in batch], mode))
-        yield from batch
+    republish = Republished()
 
     ledger.redis.rpush(ledger.queue, b"a message still waiting")
     assert ledger.sweep(engine, republish, silent_for_s=0).skipped == "the queue is not empty"
@@ -67,29 +87,27 @@ def test_sweep_clears_the_settled_and_republishes_the_lost(ledger: Ledger, sqlit
 
     # Recorded (or touched) just now: not silent for 5 s yet.
     result = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 4)
-    assert result.looked_at == 0 and sent == []
+    assert result.looked_at == 0 and republish.sent == []
     ledger.redis.zadd(ledger.times, {"ledger:fresh": time.time() + 3})  # touched 3 s later
     result = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 6)
     assert (result.looked_at, result.resolved, result.republished) == (2, 1, 1)
-    assert sent == [(["lost"], "backfill")]  # the mode it was accepted with
+    assert republish.sent == [(["lost"], "backfill")]  # the mode it was accepted with
     # Republished entries got a new sign of life: the next sweep does not send them again.
     again = ledger.sweep(engine, republish, silent_for_s=5, now=time.time() + 1)
-    assert again.looked_at == 0 and len(sent) == 1
+    assert again.looked_at == 0 and len(republish.sent) == 1
     assert ledger.size() == 2
     engine.dispose()
 
 
 def test_a_ticket_lost_in_transit_is_decided_after_the_sweep(
-    make_settings: Callable[..., Settings],
+    sweeping: Settings,
+    producer: Celery,
     sqlite_url: str,
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     ledger: Ledger,
 ) -> None:
-    settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, ledger_sweep_s=1, ledger_silence_s=3
-    )
-    app = create_app(settings)
+    settings, app = sweeping, producer
     list(publish(app, tickets("a", "b"), queue=queue_name, ledger=ledger))
     # What a worker killed between kombu's BRPOP and its unacked record does: the message
     # leaves the queue and is nowhere any more (kombu pops from the right end).
@@ -102,7 +120,6 @@ def test_a_ticket_lost_in_transit_is_decided_after_the_sweep(
     wait_for(lambda: ledger.size() == 0, 10, "an empty ledger")
     assert "published again" in worker.log()
     assert (datetime.now(UTC) - started).total_seconds() < 45
-    app.close()
 
 
 def _fail(engine: Engine, ticket: Ticket, mode: str = "route") -> None:
@@ -139,31 +156,25 @@ def test_sweep_settles_an_entry_by_what_it_asked_for(ledger: Ledger, sqlite_url:
     ledger.record([stored], "backfill")
     time.sleep(0.01)
     _fail(engine, failed_again)
-    sent: list[tuple[list[str], str]] = []
-
-    def republish(batch: list[Ticket], mode: str) -> Iterator[Ticket]:
-        sent.append((sorted(t.ticket_id for t in batch), mode))
-        yield from batch
+    republish = Republished()
 
     result = ledger.sweep(engine, republish, silent_for_s=0, now=time.time() + 1)
     assert (result.looked_at, result.resolved, result.republished) == (4, 2, 2)
-    assert sent == [(["history", "redriven"], "route")]
+    assert republish.sent == [(["history", "redriven"], "route")]
     assert sorted(ledger.redis.hkeys(ledger.payloads)) == [b"ledger:history", b"ledger:redriven"]
     engine.dispose()
 
 
 def test_redriven_and_history_then_routed_tickets_lost_in_transit_are_decided(
-    make_settings: Callable[..., Settings],
+    sweeping: Settings,
+    producer: Celery,
     sqlite_url: str,
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     ledger: Ledger,
 ) -> None:
-    settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, ledger_sweep_s=1, ledger_silence_s=3
-    )
+    settings, app = sweeping, producer
     engine = db.make_engine(sqlite_url)
-    app = create_app(settings)
     history, failed = tickets("history", "failed")
     # History first, stored by a real worker; then that worker stops (it owns the store).
     first = start_worker(settings)
@@ -190,5 +201,4 @@ def test_redriven_and_history_then_routed_tickets_lost_in_transit_are_decided(
     assert n_rows(sqlite_url, db.FailureRow) == 0
     wait_for(lambda: ledger.size() == 0, 10, "an empty ledger")
     assert "published again" in worker.log()
-    app.close()
     engine.dispose()

@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import db
+from quality.bm25 import BM25Index
+from tickets import db
+from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
 from worker.hybrid import fuse, pool_mask
 from worker.lexical import LexicalIndex, build_index, tokenize
 from worker.pipeline import ItemResult, Services, WorkItem, triage_batch
-from worker.quality.bm25 import BM25Index
 from worker.routing import Thresholds, decide
 from worker.store import Neighbour, VectorStore
-from worker.tickets import Ticket, TicketKey
 
 WORDS = [
     *[
@@ -273,7 +273,7 @@ def test_batch_mates_are_scored_lexically_in_order(make_services) -> None:  # ty
 
 
 def test_the_decision_row_names_scores_and_routes_on_the_same_ticket(make_services) -> None:  # type: ignore[no-untyped-def]
-    from producer.readapi import DecisionOut, get_decision
+    from service.queries import DecisionOut, get_decision
 
     services = make_services(0.7, "chroma-row", pool=20)
     history = [*CRASHES, RARE, "I was charged twice for my March subscription."]

@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tickets.errors import EmbeddingRejected, FatalError, ModelNotAvailable
 from worker.embedding.local import PACKAGED_MODEL_ID, LocalEmbedder, packaged_model_dir
 from worker.embedding.onnx_bert import read_safetensors
-from worker.errors import EmbeddingRejected, FatalError, ModelNotAvailable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minilm-reference.npz"
 

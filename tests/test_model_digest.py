@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, ingest, n_rows, wait_for
 from tests.ollama_fake import FakeOllama
-from tests.test_worker_e2e import ingest, n_rows
-from worker import db
+from tickets import db
+from tickets.errors import ModelMismatch, StoreUnavailable
 from worker.embedding.ollama import OllamaEmbedder
-from worker.errors import ModelMismatch, StoreUnavailable
 from worker.pipeline import Services
 from worker.routing import Thresholds
 from worker.runtime import DigestWatch
@@ -72,16 +71,13 @@ def test_a_collection_refuses_another_digest_under_the_same_name(tmp_path: Path)
 
 
 def test_a_worker_refuses_a_collection_after_its_tag_was_pulled_again(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     fake: FakeOllama,
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, embedder="ollama", ollama_url=fake.url
-    )
+    settings = worker_settings(embedder="ollama", ollama_url=fake.url)
     first = start_worker(settings)
     data = tmp_path / "one.csv"
     data.write_text("id,content\nD1,The invoice PDF download button does nothing in Firefox\n")

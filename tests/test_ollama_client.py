@@ -18,8 +18,7 @@ import pytest
 import requests
 
 from tests.ollama_fake import BUSY_MESSAGE, CONTEXT_MESSAGE, FakeOllama, Fault
-from worker.embedding.ollama import DEFAULT_MAX_CHARS, OllamaEmbedder
-from worker.errors import (
+from tickets.errors import (
     EmbedderProtocolError,
     EmbedderUnavailable,
     EmbeddingRejected,
@@ -27,6 +26,7 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
+from worker.embedding.ollama import DEFAULT_MAX_CHARS, OllamaEmbedder
 
 MakeClient = Callable[..., OllamaEmbedder]
 
@@ -273,7 +273,7 @@ def test_long_text_is_cut_on_a_word_boundary(client: OllamaEmbedder, ollama: Fak
 
 
 def test_cut_avoids_the_truncate_bug() -> None:
-    """Ollama 0.13.5-0.15.6 ignore truncate:true for all-minilm (#14186): cut first."""
+    """Ollama 0.13.5-0.15.6 ignore truncate:true for all-minilm (ollama#14186): cut first."""
     with (
         FakeOllama(ignore_truncate=True) as server,
         OllamaEmbedder(server.url, "all-minilm", dimension=384) as client,
@@ -412,7 +412,7 @@ def test_wrong_number_of_vectors(client: OllamaEmbedder, ollama: FakeOllama, del
 
 
 def test_no_vectors_for_nonempty_input(client: OllamaEmbedder, ollama: FakeOllama) -> None:
-    ollama.push(Fault.answer({"model": "all-minilm", "embeddings": []}))  # like #7105
+    ollama.push(Fault.answer({"model": "all-minilm", "embeddings": []}))  # like ollama#7105
     with pytest.raises(EmbedderProtocolError, match="sent 1 texts, got 0 vectors"):
         client.embed(["a"])
 
@@ -448,7 +448,7 @@ def test_dimension_change_between_calls(make_client: MakeClient, ollama: FakeOll
         pytest.param(b"[]", id="json-list"),
         pytest.param(b'{"model":"all-minilm"}', id="no-embeddings"),
         pytest.param(b'{"embeddings":"none"}', id="embeddings-string"),
-        pytest.param(b'{"embeddings":[null]}', id="null-vector"),  # gemma3, #9739
+        pytest.param(b'{"embeddings":[null]}', id="null-vector"),  # gemma3, ollama#9739
         pytest.param(b'{"embeddings":[[]]}', id="empty-vector"),
         pytest.param(json.dumps({"embeddings": [["0.5"] * 384]}).encode(), id="strings"),
         pytest.param(json.dumps({"embeddings": [[True] * 384]}).encode(), id="bools"),

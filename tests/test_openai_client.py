@@ -25,9 +25,7 @@ from tests.openai_fake import (
     server_error,
 )
 from tests.services import free_port
-from worker.embedding import make_embedder
-from worker.embedding.openai import OpenAIEmbedder
-from worker.errors import (
+from tickets.errors import (
     ConfigError,
     EmbedderProtocolError,
     EmbedderUnavailable,
@@ -35,6 +33,8 @@ from worker.errors import (
     ModelMismatch,
     ModelNotAvailable,
 )
+from worker.embedding import make_embedder
+from worker.embedding.openai import OpenAIEmbedder
 from worker.store import VectorStore
 
 KEY = "sk-test-0123456789abcdef"
@@ -274,7 +274,7 @@ def test_dimensions_and_empty_text(fake: FakeOpenAI) -> None:
 def test_evaluation_disk_cache_embeds_each_text_once_across_runs(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    from worker.quality.evaluate import DiskVectors, EmbeddingCache
+    from quality.evaluate import DiskVectors, EmbeddingCache
 
     texts = ["用户反映APP登录后闪退", "订单支付成功但未扣款"]
     path = tmp_path / "emb.sqlite"

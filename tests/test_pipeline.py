@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
+from tickets.errors import EmbeddingRejected
+from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.embedding.local import LocalEmbedder
-from worker.errors import EmbeddingRejected
 from worker.pipeline import Services, VectorCache, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.store import VectorStore
-from worker.tickets import Ticket, TicketKey
 
 
 class CountingEmbedder:
@@ -286,7 +286,7 @@ def test_subject_vector_is_pooled_in_the_same_call(
 
 
 def test_another_subject_weight_needs_a_reindex(tmp_path: Path) -> None:
-    from worker.errors import ModelMismatch
+    from tickets.errors import ModelMismatch
 
     VectorStore.open(
         model_id="m", dimension=4, collection="tickets", path=tmp_path, recipe="subject_weight=0.2"

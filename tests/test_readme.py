@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from cli.main import cli
 from config.settings import Settings
-from producer.cli import cli
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -72,8 +72,8 @@ def test_the_demo_counts_agree_everywhere() -> None:
     dashboard = DASHBOARD_COUNTS.search(README)
     assert dashboard, "README's dashboard section lacks the demo's counts"
     assert tuple(map(int, dashboard.groups())) == (total, dup, sug, man)
-    samples = SAMPLES_COUNTS.search((ROOT / "producer/samples/README.md").read_text())
-    assert samples, "producer/samples/README.md lacks the demo's counts"
+    samples = SAMPLES_COUNTS.search((ROOT / "cli/samples/README.md").read_text())
+    assert samples, "cli/samples/README.md lacks the demo's counts"
     assert tuple(map(int, samples.groups()[:3])) == (dup, sug, man)
     repeats = QUALITY_REPEATS.search((ROOT / "QUALITY.md").read_text())
     assert repeats, "QUALITY.md lacks the demo's labelled repeats"

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
-from tests.conftest import ROOT, settings_env
-from worker import db
+from tests.conftest import run_triage
+from tickets import db
+from tickets.errors import ModelMismatch
+from tickets.model import Ticket
 from worker.embedding.local import LocalEmbedder, packaged_model_dir
-from worker.errors import ModelMismatch
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.reindex import active_collection, reindex
 from worker.routing import Thresholds
 from worker.store import open_store
-from worker.tickets import Ticket
 
 CRASH = "The mobile app crashes every time I try to log in with my email address."
 CRASH2 = "The mobile app crashes every time I try to log in with my e-mail address!"
@@ -87,23 +84,8 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     s = _services(settings, LocalEmbedder())
     triage_batch([WorkItem(Ticket(source="t", ticket_id="1", body=CRASH))], s)
     s.store.close()
-    env = settings_env(settings) | {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"]}
-    out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "reindex", "--collection", "tickets-v2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_triage(settings, "reindex", "--collection", "tickets-v2", timeout=300)
     assert out.returncode == 0, out.stderr
     assert "re-embedded 1 tickets" in out.stdout and "'tickets-v2'" in out.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "reindex", "--collection", "tickets-v2"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_triage(settings, "reindex", "--collection", "tickets-v2", timeout=300)
     assert again.returncode == 1 and "active one" in again.stderr

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tickets.model import TicketKey
 from worker.routing import Thresholds, decide
 from worker.store import Neighbour
-from worker.tickets import TicketKey
 
 TH = Thresholds(duplicate=0.85, suggest=0.70)
 

@@ -4,8 +4,6 @@ same way. The ranking itself (worker/search.py) is checked without a broker."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,17 +11,16 @@ import pytest
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
-from tests.conftest import ROOT, WorkerProcess, settings_env, wait_for
-from tests.test_worker_e2e import n_rows
-from worker import db
+from tests.conftest import WorkerProcess, n_rows, run_triage, wait_for
+from tickets import db
+from tickets.model import Ticket, TicketKey
+from tickets.queue import publish
 from worker.embedding.local import LocalEmbedder
 from worker.lexical import LexicalIndex
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.search import search
 from worker.store import VectorStore
-from worker.tickets import Ticket, TicketKey
 
 HISTORY = [
     "The mobile app crashes every time I try to log in.",
@@ -88,31 +85,19 @@ def test_search_ranks_as_the_worker_ranks_a_ticket(services: Services) -> None:
     assert all(h.fused is None for h in dense.hits)
 
 
-def _search(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "search", *args],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_search_while_a_worker_owns_the_store(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     worker = start_worker(settings)
     app = create_app(settings)
     list(publish(app, _tickets(), mode="backfill"))
     app.close()
     wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == len(HISTORY), 60, "the history")
 
-    out = _search(settings, QUERY, "-k", "3")
+    out = run_triage(settings, "search", QUERY, "-k", "3")
     assert out.returncode == 0, out.stderr
     assert "answered by worker w" in out.stderr and "hybrid" in out.stderr, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -123,7 +108,7 @@ def test_search_while_a_worker_owns_the_store(
 
     # No worker running: the command opens the store itself, ranked the same way.
     worker.stop()
-    here = _search(settings, QUERY, "-k", "3")
+    here = run_triage(settings, "search", QUERY, "-k", "3")
     assert here.returncode == 0, here.stderr
     assert "no worker is running (start `triage worker`)" in here.stderr
     assert "searched here" in here.stderr and "hybrid" in here.stderr

@@ -25,19 +25,26 @@ from typing import Any
 import pytest
 import redis
 import requests
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, SettingsError, load_settings
-from producer.api import create_api
-from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
+from service.app import create_app
+from tests.conftest import (
+    FIXTURES,
+    ROOT,
+    WorkerProcess,
+    decision_row,
+    n_rows,
+    settings_env,
+    wait_for,
+)
 from tests.ollama_fake import FakeOllama
 from tests.services import ServeProcess, private_redis
 from tests.test_api import SECRET, vendor_request
-from tests.test_worker_e2e import n_rows
-from worker import db, migrate
-from worker.db import make_engine
+from tickets import db, migrate
+from tickets.db import make_engine
 
 STRONG = "s" + secrets.token_hex(16)
 
@@ -128,7 +135,7 @@ def test_serve_refuses_to_start_on_a_default_secret(secret: str, why: str) -> No
         "TRIAGE_API_TOKENS": json.dumps({STRONG: ["read"]}),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "cli", "serve", "--port", "1"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -253,7 +260,7 @@ def test_secrets_never_reach_the_logs(served: Served) -> None:
     assert requests.get(f"{url}/readyz").status_code == 200
 
     doctor = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "doctor"],
+        [sys.executable, "-m", "cli", "doctor"],
         cwd=ROOT,
         env=settings_env(served.settings),
         capture_output=True,
@@ -279,22 +286,25 @@ def _every_route(api: Any) -> list[tuple[str, str]]:
     """(method, path) of every route and mount of the app, path parameters filled in."""
     from starlette.routing import Mount, Route
 
+    # A mount's file that exists: the files served are no secret either.
+    files = {"/docs/assets": "swagger-ui.css", "/dashboard/static": "dashboard.js"}
     found = []
-    for route in api.routes:
+    for context in iter_route_contexts(api.routes):
+        route, path = context.original_route, str(context.path)
         if isinstance(route, Mount):
-            found.append(("GET", route.path + "/swagger-ui.css"))
+            found.append(("GET", f"{path}/{files[path]}"))
         elif isinstance(route, Route):
-            path = route.path.replace("{source}", "github").replace(
+            path = path.replace("{source}", "github").replace(
                 "{ticket_id:path}", "Codertocat/Hello-World%231"
             )
-            found += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
+            found += [(m, path) for m in sorted(context.methods or ()) if m != "HEAD"]
     return found
 
 
 def test_secrets_never_reach_a_response_body(served: Served) -> None:
     url, v = served.serve.url, served.values
     wait_for(lambda: requests.get(f"{url}/readyz").status_code == 200, 30, "serve ready")
-    routes = _every_route(create_api(served.settings))
+    routes = _every_route(create_app(served.settings))
     assert len(routes) >= 20, routes
     answers: list[requests.Response] = []
     auths = [{}, {"Authorization": f"Bearer {v['read token']}"}]
@@ -327,12 +337,8 @@ def test_secrets_never_reach_a_response_body(served: Served) -> None:
 
 
 @pytest.fixture
-def app_settings(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        queue=queue_name,
+def app_settings(worker_settings: Callable[..., Settings]) -> Settings:
+    return worker_settings(
         webhook_secrets={"github": [SECRET], "freshdesk": [SECRET], "jira": [SECRET]},
         api_tokens={"feeder": ["ingest"], "reader": ["read"], "agent": ["read", "feedback"]},
     )
@@ -346,7 +352,7 @@ def _nested(depth: int) -> bytes:
 
 def test_deeply_nested_json_is_refused_before_parsing(app_settings: Settings) -> None:
     feed = {"Authorization": "Bearer feeder", "Content-Type": "application/json"}
-    with TestClient(create_api(app_settings)) as client:
+    with TestClient(create_app(app_settings)) as client:
         # 50,000 levels: json.loads alone would fail with RecursionError (a 500 before).
         for depth in (33, 50_000):
             r = client.post("/v1/tickets", content=_nested(depth), headers=feed)
@@ -398,7 +404,7 @@ def test_rate_limit_per_source_holds_across_serve_processes(
     fd_body = json.dumps(fd_payload).encode()
     read = {"Authorization": "Bearer reader"}
     # Two apps, each with its own Redis connection: two `triage serve` processes.
-    with TestClient(create_api(limited)) as a, TestClient(create_api(limited)) as b:
+    with TestClient(create_app(limited)) as a, TestClient(create_app(limited)) as b:
         forged = {**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64}
         for _ in range(5):  # forged requests do not spend the helpdesk's budget
             assert a.post("/v1/hooks/github", content=body, headers=forged).status_code == 401
@@ -498,14 +504,15 @@ def _call(client: TestClient, method: str, path: str, token: str | None) -> int:
     return client.request(method, concrete, json=body, headers=headers).status_code
 
 
-def test_every_route_checks_its_scope(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str
-) -> None:
-    settings = make_settings(
-        database_url=sqlite_url, queue=queue_name, api_tokens=TOKENS, rate_limit_per_s=0
-    )
-    api = create_api(settings)
-    routes = {(m, r.path) for r in api.routes if isinstance(r, APIRoute) for m in r.methods or ()}
+def test_every_route_checks_its_scope(worker_settings: Callable[..., Settings]) -> None:
+    settings = worker_settings(api_tokens=TOKENS, rate_limit_per_s=0)
+    api = create_app(settings)
+    routes = {
+        (m, str(c.path))
+        for c in iter_route_contexts(api.routes)
+        if isinstance(c.original_route, APIRoute)
+        for m in c.methods or ()
+    }
     unlisted = {(m, p) for m, p in routes if (m, p) not in SCOPED and p not in OPEN}
     assert not unlisted, f"routes with no scope decision: {sorted(unlisted)}"
     assert set(SCOPED) <= routes
@@ -524,11 +531,11 @@ def test_every_route_checks_its_scope(
 
 # --- SQL only through bound parameters ---------------------------------------------------------
 
-PACKAGES = ("config", "producer", "worker")
+PACKAGES = ("config", "tickets", "producer", "worker", "service", "cli", "quality")
 SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript", "literal_column"}
 # DDL the code builds itself from constants (no value from a request, a file or a setting).
 ALLOWED = {
-    "worker/migrations/versions/0004_bi_views.py": "CREATE/DROP VIEW from the module's own "
+    "tickets/migrations/versions/0004_bi_views.py": "CREATE/DROP VIEW from the module's own "
     "constant view names and bodies",
 }
 
@@ -594,30 +601,14 @@ def test_sql_injection_strings_are_only_ever_values(
     now = datetime.now(UTC)
     with Session(engine) as s:
         for i, queue in enumerate(("billing", "tech")):
-            s.add(
-                db.DecisionRow(
-                    source="email",
-                    ticket_id=f"sql-{i}",
-                    route="manual",
-                    score=None,
-                    canonical_source="email",
-                    canonical_ticket_id=f"sql-{i}",
-                    matches=[],
-                    model="local:all-MiniLM-L6-v2",
-                    duplicate_threshold=0.85,
-                    suggest_threshold=0.7,
-                    queue=queue,
-                    received_at=now,
-                    decided_at=now,
-                )
-            )
+            s.add(decision_row(f"sql-{i}", source="email", queue=queue, decided_at=now))
         s.commit()
     engine.dispose()
     settings = make_settings(
         database_url=database_url, queue=queue_name, api_tokens=TOKENS, rate_limit_per_s=0
     )
     read = {"Authorization": "Bearer all"}
-    with TestClient(create_api(settings)) as client:
+    with TestClient(create_app(settings)) as client:
         assert len(client.get("/v1/decisions", headers=read).json()["decisions"]) == 2
         for evil in INJECTIONS:
             page = client.get("/v1/decisions", params={"queue": evil}, headers=read)

@@ -53,7 +53,7 @@ def test_dotenv_file_is_read(
 
 def test_cli_stops_with_the_setting_named() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "decisions"],
+        [sys.executable, "-m", "cli", "decisions"],
         env={"TRIAGE_TOP_K": "zero", "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.errors import ModelMismatch, StoreLocked
+from tickets.errors import ModelMismatch, StoreLocked
+from tickets.model import TicketKey
 from worker.store import VectorStore
-from worker.tickets import TicketKey
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_second_process_gets_a_clear_error(tmp_path: Path) -> None:
         code = textwrap.dedent(
             f"""
             from pathlib import Path
-            from worker.errors import StoreLocked
+            from tickets.errors import StoreLocked
             from worker.store import VectorStore
             try:
                 VectorStore.open(model_id="m1", dimension=4, collection="tickets", path=Path({str(tmp_path)!r}))

@@ -15,11 +15,10 @@ import requests
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
-from tests.conftest import WorkerProcess, wait_for
-from tests.test_worker_e2e import decisions, n_rows
-from worker import db
-from worker.tickets import Ticket
+from tests.conftest import WorkerProcess, decisions, n_rows, wait_for
+from tickets import db
+from tickets.model import Ticket
+from tickets.queue import publish
 
 # Ten unrelated problems, each reported twice in nearly the same words.
 TOPICS = [
@@ -91,7 +90,7 @@ def test_pairs_split_across_two_workers_are_caught(
     tmp_path: Path,
 ) -> None:
     from tests.conftest import _create_pg_database
-    from worker import migrate
+    from tickets import migrate
 
     url, drop = _create_pg_database(postgres_server)
     request.addfinalizer(drop)

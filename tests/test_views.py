@@ -15,7 +15,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, insert, inspect, text
 
-from worker import db, migrate
+from tickets import db, migrate
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 VIEWS = {

@@ -2,59 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
+from config.celery_app import TICKETS_TASK, create_app
 from config.settings import Settings
-from tests.conftest import FIXTURES, ROOT, WorkerProcess, settings_env, wait_for
-from worker import db
+from tests.conftest import FIXTURES, WorkerProcess, decisions, ingest, n_rows, rows, wait_for
+from tickets import db
+from tickets.model import Ticket
 
 TICKETS = FIXTURES / "e2e_tickets.csv"
 N_TICKETS = 12
-
-
-def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "producer.cli",
-            "ingest",
-            str(path),
-            "--source",
-            "e2e",
-            "--quiet",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out
-
-
-def decisions(url: str) -> dict[str, db.DecisionRow]:
-    engine = db.make_engine(url)
-    with Session(engine) as s:
-        rows = {d.ticket_id: d for d in s.scalars(select(db.DecisionRow))}
-    engine.dispose()
-    return rows
-
-
-def n_rows(url: str, model: type[db.Base]) -> int:
-    engine = db.make_engine(url)
-    with Session(engine) as s:
-        n = int(s.scalar(select(func.count()).select_from(model)) or 0)
-    engine.dispose()
-    return n
 
 
 def test_worker_triages_a_file_once_and_only_once(
@@ -111,13 +69,12 @@ def test_worker_triages_a_file_once_and_only_once(
 
 
 def test_backfill_then_live_tickets(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
-    queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     start_worker(settings)
     out = ingest(settings, TICKETS, "--backfill")
     assert "history tickets (backfill)" in out.stderr
@@ -139,32 +96,24 @@ def test_backfill_then_live_tickets(
 
 
 def test_worker_refuses_a_bad_thresholds_file(
-    make_settings: Callable[..., Settings],
-    sqlite_url: str,
-    queue_name: str,
+    worker_settings: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
     tmp_path: Path,
 ) -> None:
     bad = tmp_path / "thresholds.json"
     bad.write_text('{"version": 1, "default": {"duplicate": 0.7, "suggest": 0.9}, "queues": {}}')
-    worker = start_worker(
-        make_settings(database_url=sqlite_url, queue=queue_name, thresholds_file=bad), ready=False
-    )
+    worker = start_worker(worker_settings(thresholds_file=bad), ready=False)
     assert worker.wait_exit() == 1
     assert "TRIAGE_THRESHOLDS_FILE" in worker.log() and "suggest" in worker.log()
 
 
 def test_a_bad_ticket_in_a_grouped_message_fails_alone(
-    make_settings: Callable[..., Settings],
+    worker_settings: Callable[..., Settings],
     sqlite_url: str,
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    from config.celery_app import create_app
-    from producer.enqueue import MANY_TASK_NAME
-    from worker.tickets import Ticket
-
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     start_worker(settings)
     good = [
         Ticket(source="grp", ticket_id=f"G{i}", body=f"Ticket number {i} about the login page")
@@ -173,15 +122,12 @@ def test_a_bad_ticket_in_a_grouped_message_fails_alone(
     # A producer bug, not a user's row: the importer would have refused it.
     bad = {"source": "grp", "ticket_id": "BAD", "body": 42}
     messages = [good[0].to_message(), bad, good[1].to_message(), good[2].to_message()]
-    create_app(settings).send_task(MANY_TASK_NAME, args=[messages, "route"], queue=queue_name)
+    create_app(settings).send_task(TICKETS_TASK, args=[messages, "route"], queue=queue_name)
     wait_for(
         lambda: n_rows(sqlite_url, db.DecisionRow) == 3 and n_rows(sqlite_url, db.FailureRow) == 1,
         60,
         "three decisions and one failure",
     )
     assert set(decisions(sqlite_url)) == {"G0", "G1", "G2"}
-    engine = db.make_engine(sqlite_url)
-    with Session(engine) as s:
-        (failure,) = s.scalars(select(db.FailureRow))
-    engine.dispose()
+    (failure,) = rows(sqlite_url, db.FailureRow)
     assert failure.ticket_id == "BAD" and failure.payload == bad

@@ -1,5 +1,5 @@
 """A real worker process beats in Redis while it consumes its queue (worker/liveness.py), and
-readers (worker/heartbeat.py live_workers) see it come, go on a clean stop, and expire after
+readers (tickets/heartbeat.py live_workers) see it come, go on a clean stop, and expire after
 a SIGKILL."""
 
 from __future__ import annotations
@@ -11,20 +11,19 @@ import redis
 
 from config.celery_app import create_app
 from config.settings import Settings
-from producer.enqueue import publish
 from tests.conftest import WorkerProcess, wait_for
-from worker.heartbeat import HEARTBEAT_TTL_S, live_workers
-from worker.tickets import Ticket
+from tickets.heartbeat import HEARTBEAT_TTL_S, live_workers
+from tickets.model import Ticket
+from tickets.queue import publish
 
 
 def test_a_worker_is_listed_while_it_runs_and_forgotten_when_it_stops(
-    make_settings: Callable[..., Settings],
-    sqlite_url: str,
+    worker_settings: Callable[..., Settings],
     queue_name: str,
     start_worker: Callable[..., WorkerProcess],
     redis_url: str,
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     client = redis.Redis.from_url(redis_url)
     assert live_workers(client, queue_name) == []
 

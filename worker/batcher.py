@@ -9,7 +9,7 @@ Redis):
   acked anyway and the tickets are silently dropped (with ``acks_late``). Time limits,
   ``expires``, ``revoke`` and ``task_reject_on_worker_lost`` are bypassed too.
 - When a pool child dies mid-batch, its delivery tags stay counted in the prefetch window
-  and the worker can stop consuming forever (measured stall, upstream #73/#99/#107).
+  and the worker can stop consuming forever (measured stall; celery-batches#73, #99, #107).
 - Its throughput gain is small: ≈550 vs ≈440 messages/s, because the per-message broker
   cost (≈1.5 ms CPU in the main process) is paid either way.
 

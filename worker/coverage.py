@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from config.settings import Settings
 from worker.embedding import Embedder
+from worker.thresholds import known_model
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def _is_cjk(token: str) -> bool:
 def _english_only(embedder: Embedder) -> bool:
     """An OpenAI-served model this project measured as English-only (all-MiniLM-L6-v2);
     an unknown one counts as multilingual (``doctor`` says so)."""
-    from worker.thresholds import known_model
-
     model = known_model(embedder.model_id, str(getattr(embedder, "fingerprint", "")))
     return model is not None and not model.multilingual
 

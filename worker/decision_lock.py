@@ -46,8 +46,8 @@ from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.errors import LockTimeout, StoreUnavailable, TransientError
+from tickets import db
+from tickets.errors import LockTimeout, StoreUnavailable, TransientError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Score fusion beat reciprocal-rank fusion on both GitBugs sets, and α = 0.7 with
 of 20 is where the measured sweep peaks (QUALITY.md, "Hybrid ranking").
 
 Arrays are ``(queries, candidates)`` with ``-inf`` marking a non-candidate (itself, a
-later ticket), as in worker/quality/evaluate.py; the worker passes one row per ticket.
+later ticket), as in quality/evaluate.py; the worker passes one row per ticket.
 """
 
 from __future__ import annotations

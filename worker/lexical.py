@@ -31,8 +31,9 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from tickets.db import TicketRow
+from tickets.model import TicketKey
 from worker.text import prepare_text
-from worker.tickets import TicketKey
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ class LexicalIndex:
 
     def refresh(self, engine: Engine) -> int:
         """Index the tickets stored in SQL since the last refresh; returns how many."""
-        from worker.db import TicketRow
-
         added = 0
         with Session(engine) as session:
             while True:

@@ -1,11 +1,11 @@
-"""The writer side of worker/heartbeat.py: this worker process's beat, while its consumer runs.
+"""The writer side of tickets/heartbeat.py: this worker process's beat, while its consumer runs.
 
 Celery's consumer sends an event heartbeat every 2 s from its own loop, and only while it
 is connected to the broker (the ``Heart`` bootstep is stopped when the connection is lost
 and started again with the consumer); it signals each one (``heartbeat_sent``). So a beat
 written on that signal says what readiness needs to know: this process is consuming the
 queue now. A worker stuck in a broker outage, hung, or dead stops beating and drops out of
-:func:`worker.heartbeat.live_workers` within its TTL; a clean shutdown forgets at once.
+:func:`tickets.heartbeat.live_workers` within its TTL; a clean shutdown forgets at once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from worker import heartbeat
+from tickets import heartbeat
 
 logger = logging.getLogger(__name__)
 

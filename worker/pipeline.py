@@ -33,15 +33,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
+from tickets.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
+from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
-from worker.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
 from worker.lexical import LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
-from worker.tickets import Ticket, TicketKey
 
 if TYPE_CHECKING:
     from worker.coverage import CoverageGuard

@@ -28,12 +28,12 @@ from typing import Literal
 from sqlalchemy import Engine, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.errors import InvalidTicket
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.errors import InvalidTicket
+from tickets.model import Ticket, TicketKey
 
 Mode = Literal["route", "backfill"]
-#: Publishes tickets in one mode; yields each once the broker has it (producer.enqueue.publish).
+#: Publishes tickets in one mode; yields each once the broker has it (tickets.queue.publish).
 Publisher = Callable[[Iterable[Ticket], Mode], Iterator[Ticket]]
 
 Status = Literal["published", "would publish", "already decided", "unavailable"]

@@ -24,14 +24,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker import db
+from tickets import db
+from tickets.model import Ticket, TicketKey
 from worker.coverage import CoverageGuard
 from worker.decision_lock import DecisionLock
 from worker.embedding import Embedder
 from worker.pipeline import DECISION_LOCK, vector_meta
 from worker.store import VectorStore, open_store
 from worker.text import embed_tickets, embedding_text
-from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
 

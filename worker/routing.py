@@ -18,10 +18,10 @@ from typing import Literal
 
 import numpy as np
 
+from tickets.model import TicketKey
 from worker.embedding import Vectors
 from worker.hybrid import fuse
 from worker.store import Neighbour
-from worker.tickets import TicketKey
 
 Route = Literal["duplicate", "suggest", "manual"]
 

@@ -25,15 +25,18 @@ import redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
+from config.celery_app import create_app
 from config.settings import Settings, load_settings
-from worker import migrate
+from tickets import migrate
+from tickets.db import make_engine
+from tickets.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
+from tickets.ledger import Ledger
+from tickets.queue import publish
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
-from worker.db import make_engine
 from worker.decision_lock import DecisionLock, Section
 from worker.embedding import make_embedder
-from worker.errors import ConfigError, ModelMismatch, StoreUnavailable, TriageError
-from worker.ledger import Ledger
+from worker.lexical import LexicalIndex
 from worker.pipeline import (
     DECISION_LOCK,
     ItemResult,
@@ -45,8 +48,9 @@ from worker.pipeline import (
     finish_batch,
     prepare_batch,
 )
+from worker.reindex import active_collection
 from worker.store import embedder_digest, open_store
-from worker.thresholds import model_advice
+from worker.thresholds import load_thresholds, model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class Runtime:
         return self.ledger.redis
 
     def facts(self) -> dict[str, Any]:
-        """What this worker's heartbeat tells readers (worker/heartbeat.py)."""
+        """What this worker's heartbeat tells readers (tickets/heartbeat.py)."""
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -115,9 +119,6 @@ class LedgerSweeper:
         self._thread.join(timeout=10)
 
     def _republish(self, tickets: list[Any], mode: str) -> Any:
-        from config.celery_app import create_app
-        from producer.enqueue import publish
-
         if self._app is None:
             self._app = create_app(self.settings)
         return publish(self._app, tickets, mode=mode, queue=self.settings.queue)  # type: ignore[arg-type]
@@ -151,8 +152,6 @@ def build_runtime(settings: Settings) -> Runtime:
     embedder.check()
     engine = make_engine(settings.database_url)
     migrate.require_current(engine)
-    from worker.reindex import active_collection
-
     store = open_store(settings, embedder, active_collection(engine, settings))
     lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
     if settings.uses_chroma_server:
@@ -171,8 +170,6 @@ def build_runtime(settings: Settings) -> Runtime:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
     lexical = None
     if settings.hybrid_alpha < 1:
-        from worker.lexical import LexicalIndex
-
         # Catch up with the stored tickets now, not in the first batch's critical section.
         lexical = LexicalIndex()
         lexical.refresh(engine)
@@ -240,8 +237,6 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
-    from worker.thresholds import load_thresholds
-
     try:
         table = load_thresholds(path)
     except (OSError, ValueError) as exc:
@@ -304,8 +299,6 @@ def _follow_switch(settings: Settings, services: Services) -> None:
     A worker whose model does not match the new collection cannot go on: it asks itself to
     stop (warm shutdown) and the batch is retried, by a worker started with the new model.
     """
-    from worker.reindex import active_collection
-
     active = active_collection(services.engine, settings)
     if active == services.store.collection_name:
         return

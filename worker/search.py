@@ -20,13 +20,13 @@ import numpy as np
 import redis
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
+from tickets.model import Ticket, TicketKey
 from worker.lexical import lexical_text
 from worker.pipeline import Services, add_lexical_only, lexical_scores
 from worker.routing import RankedBy, decide
 from worker.store import Neighbour
 from worker.text import embed_tickets, embedding_text
-from worker.tickets import Ticket, TicketKey
 
 # The query's own key: never a stored ticket's (sources never contain ':').
 _QUERY = TicketKey("search", ":query")

@@ -31,9 +31,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from tickets.errors import ModelMismatch, StoreLocked, StoreUnavailable
+from tickets.model import TicketKey
 from worker.embedding import Embedder, Vectors
-from worker.errors import ModelMismatch, StoreLocked, StoreUnavailable
-from worker.tickets import TicketKey
 
 if TYPE_CHECKING:
     from config.settings import Settings

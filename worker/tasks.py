@@ -25,19 +25,17 @@ from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
-from config.celery_app import SEARCH_TASK, search_queue
-from worker import db
-from worker.errors import FatalError, PermanentError, TransientError
+from config.celery_app import SEARCH_TASK, TICKET_TASK, TICKETS_TASK, search_queue
+from tickets import db
+from tickets.errors import FatalError, PermanentError, TransientError
+from tickets.model import Ticket, TicketKey
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import close_runtime, get_runtime, quietly
 from worker.search import search, send_reply
-from worker.tickets import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "triage.ticket"
-MANY_TASK_NAME = "triage.tickets"
 # A task waits this long for its batch; far above one batch's run time, below the
 # visibility timeout, so a wedged batch turns into a retry rather than a redelivery.
 BATCH_RESULT_TIMEOUT_S = 120
@@ -50,7 +48,7 @@ def backoff_s(retries: int, cap: int) -> float:
 
 
 @shared_task(
-    name=TASK_NAME,
+    name=TICKET_TASK,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -64,7 +62,7 @@ def triage_ticket(self: Task, message: dict[str, Any], mode: str = "route") -> s
 
 
 @shared_task(
-    name=MANY_TASK_NAME,
+    name=TICKETS_TASK,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,

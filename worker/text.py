@@ -24,7 +24,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.tickets import Ticket
+from tickets.model import Ticket
 
 _SPACE = re.compile(r"\s+")
 

@@ -1,4 +1,4 @@
-"""Vendor "new ticket" webhook payloads → the canonical ``Ticket`` (see worker/tickets.py).
+"""Vendor "new ticket" webhook payloads → the canonical ``Ticket`` (see tickets/model.py).
 
 ``adapt(vendor, payload, headers, received_at=...)`` takes the parsed JSON of a delivery
 whose signature was already verified, and returns a ``Delivery``, or raises:
@@ -68,7 +68,7 @@ from pydantic import ValidationError
 
 from producer.webhooks.html import html_to_text
 from producer.webhooks.signatures import VENDORS, lower_headers
-from worker.tickets import Ticket
+from tickets.model import Ticket
 
 __all__ = ["Delivery", "IgnoredEvent", "MissingHeader", "PayloadError", "adapt"]
 

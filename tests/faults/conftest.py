@@ -17,7 +17,6 @@ from sqlalchemy import Engine
 
 from config.celery_app import create_app
 from config.settings import Settings, load_settings
-from producer.enqueue import publish
 from tests.conftest import WorkerProcess, _create_pg_database
 from tests.faults.harness import (
     ChromaServer,
@@ -30,9 +29,10 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.ollama_fake import FakeOllama
-from worker import db, migrate
-from worker.ledger import Ledger
-from worker.tickets import Ticket, TicketKey
+from tickets import db, migrate
+from tickets.ledger import Ledger
+from tickets.model import Ticket, TicketKey
+from tickets.queue import publish
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -211,7 +211,7 @@ def assert_nothing_lost(
     """Nothing may be lost. kombu takes a message with BRPOP and records it as unacked in a
     second command; a worker or a Redis killed, or a connection cut, between the two used to
     lose that message (1 in ~2,000 under repeated SIGKILLs). The ledger sweep
-    (worker/ledger.py) now publishes such a ticket again, so a loss of either kind fails."""
+    (tickets/ledger.py) now publishes such a ticket again, so a loss of either kind fails."""
     if not result.lost:
         return
     lost = missing(env.engine, sent)

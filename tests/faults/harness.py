@@ -28,8 +28,8 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import db
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.model import Ticket, TicketKey
 
 FULL = os.environ.get("TRIAGE_FAULTS", "").lower() == "full"
 RESULTS = Path(

@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import tally, wait_until
-from worker import db
+from tickets import db
+from tickets.model import Ticket
 from worker.pipeline import DECISION_LOCK
-from worker.tickets import Ticket
 
 LOCK_KEY = f"triage:decide:{DECISION_LOCK}"
 TTL_S = 2.0

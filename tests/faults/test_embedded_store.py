@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import ROOT, settings_env
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import make_tickets, report, tally, wait_accounted, wait_until
+from tickets.errors import StoreLocked
 from worker.embedding import make_embedder
-from worker.errors import StoreLocked
 from worker.store import open_store, opened_store
 
 N_TICKETS = 300
@@ -37,7 +37,7 @@ def test_second_process_on_the_embedded_store_is_refused(
     assert "already open in another process" in intruder.log()
     # `triage search` does not open the store: the owner answers it, while it works.
     search = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "search", "parcel tracking"],
+        [sys.executable, "-m", "cli", "search", "parcel tracking"],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

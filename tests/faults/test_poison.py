@@ -10,12 +10,11 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from config.celery_app import create_app
-from producer.enqueue import TASK_NAME
+from config.celery_app import TICKET_TASK, create_app
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import make_tickets, report, tally, wait_accounted
-from worker import db
-from worker.tickets import Ticket, TicketKey
+from tickets import db
+from tickets.model import Ticket, TicketKey
 
 RECOVERY_BOUND_S = 30
 
@@ -33,7 +32,7 @@ def test_poison_ticket_mid_batch(fault_env: FaultEnv, start_worker: StartWorker)
     # Not a ticket at all (no text, a source with a colon): refused by the worker itself.
     app = create_app(settings)
     app.send_task(
-        TASK_NAME,
+        TICKET_TASK,
         args=[{"source": "fault", "ticket_id": "INVALID", "body": "", "tags": "x"}, "route"],
         queue=settings.queue,
     )

@@ -2,11 +2,11 @@
 with AOF. The worker reconnects by itself; unacked messages come back after the visibility
 timeout; with AOF a restarted Redis still holds its queue and its unacked messages.
 
-A broker connection drop used to kill the Celery worker (kombu's "Unrecoverable error:
-AttributeError ... 'hostname'" while closing the lost connection; config/broker.py has the
-root cause and the fix): the worker now rides it out, so worker_restarts must be 0. The
-test still supervises it as docker-compose's restart policy would, to count rather than
-hang if a restart is ever needed again.
+With kombu's own Redis transport a broker connection drop kills the Celery worker
+("Unrecoverable error: AttributeError ... 'hostname'" while closing the lost connection;
+config/broker.py has the cause and the transport that avoids it): with the project's
+transport the worker rides it out, so worker_restarts must be 0. The test supervises it as
+docker-compose's restart policy would, to count a restart rather than hang on one.
 
 Recovery bound: reconnect (Celery retries at once, then every 2 s) + visibility timeout (8 s)
 + restore sweep (1 s) + the backlog's own time; asserted under RECOVERY_BOUND_S.
@@ -33,7 +33,7 @@ from tests.faults.harness import (
     tally,
     wait_until,
 )
-from worker.tickets import TicketKey
+from tickets.model import TicketKey
 
 RECOVERY_BOUND_S = 90
 N_TICKETS = scale(300, 1000)

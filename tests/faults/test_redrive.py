@@ -5,38 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from tests.conftest import ROOT, settings_env
+from tests.conftest import decision_row, rows, run_triage
 from tests.faults.conftest import FaultEnv, StartWorker
 from tests.faults.harness import tally, wait_until
 from tests.ollama_fake import Fault
-from worker import db
-from worker.tickets import Ticket, TicketKey
-
-
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "redrive", *args],
-        cwd=ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _rows(engine: object, model: type[db.Base]) -> list:  # type: ignore[type-arg]
-    with Session(engine) as s:  # type: ignore[arg-type]
-        return list(s.scalars(select(model)))
+from tickets import db
+from tickets.model import Ticket, TicketKey
 
 
 def test_failed_ticket_is_redriven_and_decided_once(
@@ -49,23 +31,23 @@ def test_failed_ticket_is_redriven_and_decided_once(
     bad = Ticket(source="fault", ticket_id="G1", body="The export button does nothing at all")
     sent = fault_env.publish(settings, [bad])
     wait_until(lambda: tally(fault_env.engine, sent).failed == 1, 60, "the failure row")
-    (failure,) = _rows(fault_env.engine, db.FailureRow)
+    (failure,) = rows(fault_env.engine, db.FailureRow)
     assert failure.error_type == "EmbedderProtocolError" and failure.mode == "route"
     assert "not JSON" in failure.reason
 
-    dry = _cli(settings, "--dry-run")
+    dry = run_triage(settings, "redrive", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would publish" in dry.stdout and "fault:G1" in dry.stdout
-    assert _rows(fault_env.engine, db.RedriveRow) == [] and fault_env.queue_depth() == 0
+    assert rows(fault_env.engine, db.RedriveRow) == [] and fault_env.queue_depth() == 0
 
     # The service answers well again: the re-driven ticket is decided, once.
-    out = _cli(settings, "--reason", "not json")
+    out = run_triage(settings, "redrive", "--reason", "not json")
     assert out.returncode == 0, out.stderr
     assert "1 published" in out.stderr
     wait_until(lambda: tally(fault_env.engine, sent).decided == 1, 60, "the decision")
     result = tally(fault_env.engine, sent)
     assert (result.decided, result.failed, result.doubled) == (1, 0, 0)
-    (audit,) = _rows(fault_env.engine, db.RedriveRow)
+    (audit,) = rows(fault_env.engine, db.RedriveRow)
     assert (audit.ticket_id, audit.error_type, audit.outcome) == (
         "G1",
         "EmbedderProtocolError",
@@ -73,9 +55,9 @@ def test_failed_ticket_is_redriven_and_decided_once(
     )
 
     # Idempotent: a second run finds nothing to do, and the decision stays the only one.
-    again = _cli(settings)
+    again = run_triage(settings, "redrive")
     assert again.returncode == 0 and "0 published" in again.stderr
-    assert len(_rows(fault_env.engine, db.DecisionRow)) == 1
+    assert len(rows(fault_env.engine, db.DecisionRow)) == 1
 
 
 def _message(raw: bytes) -> tuple[dict, str]:  # type: ignore[type-arg]
@@ -85,9 +67,9 @@ def _message(raw: bytes) -> tuple[dict, str]:  # type: ignore[type-arg]
 
 
 def test_filters_dry_run_and_unavailable_text(
-    make_settings: Callable[..., Settings], sqlite_url: str, queue_name: str, redis_url: str
+    worker_settings: Callable[..., Settings], sqlite_url: str, queue_name: str, redis_url: str
 ) -> None:
-    settings = make_settings(database_url=sqlite_url, queue=queue_name)
+    settings = worker_settings()
     engine = db.make_engine(sqlite_url)
     now = datetime.now(UTC)
 
@@ -120,56 +102,42 @@ def test_filters_dry_run_and_unavailable_text(
         s.commit()
     queue = redis.Redis.from_url(redis_url)
 
-    out = _cli(settings, "--dry-run")
+    out = run_triage(settings, "redrive", "--dry-run")
     assert out.returncode == 1  # C cannot be re-driven: said, not skipped
     assert "unavailable" in out.stdout and "web:C" in out.stdout and "no row" in out.stdout
-    assert queue.llen(queue_name) == 0 and _rows(engine, db.RedriveRow) == []
+    assert queue.llen(queue_name) == 0 and rows(engine, db.RedriveRow) == []
 
-    out = _cli(settings, "--source", "mail")
+    out = run_triage(settings, "redrive", "--source", "mail")
     assert out.returncode == 0, out.stderr
     assert queue.llen(queue_name) == 1
     message, mode = _message(queue.rpop(queue_name))  # type: ignore[arg-type]
     assert (message["ticket_id"], mode) == ("A", "route")
 
-    out = _cli(settings, "--reason", "CONTEXT LENGTH", "--since", "1h")
+    out = run_triage(settings, "redrive", "--reason", "CONTEXT LENGTH", "--since", "1h")
     assert out.returncode == 0, out.stderr
     message, mode = _message(queue.rpop(queue_name))  # type: ignore[arg-type]
     assert (message["ticket_id"], mode) == ("B", "backfill")  # history stays history
 
     # A pending re-drive is not sent twice; --since leaves out older failures; --limit caps.
-    out = _cli(settings, "--since", "1d", "--limit", "5")
+    out = run_triage(settings, "redrive", "--since", "1d", "--limit", "5")
     assert out.returncode == 1 and "0 published" in out.stderr  # only C matches: unavailable
-    out = _cli(settings, "--limit", "1")
+    out = run_triage(settings, "redrive", "--limit", "1")
     assert "1 published" in out.stderr and "web:OLD" in out.stdout
     assert queue.llen(queue_name) == 1
-    failures = {f.ticket_id: f for f in _rows(engine, db.FailureRow)}
+    failures = {f.ticket_id: f for f in rows(engine, db.FailureRow)}
     assert failures["A"].redriven_at is not None and failures["A"].redrive_count == 1
     assert failures["C"].redriven_at is None
-    assert sorted(a.ticket_id for a in _rows(engine, db.RedriveRow)) == ["A", "B", "OLD"]
+    assert sorted(a.ticket_id for a in rows(engine, db.RedriveRow)) == ["A", "B", "OLD"]
 
     # A failure row for a ticket decided meanwhile is stale: removed, audited, not sent.
     with Session(engine) as s:
-        s.add(
-            db.DecisionRow(
-                source="mail",
-                ticket_id="A",
-                route="manual",
-                canonical_source="mail",
-                canonical_ticket_id="A",
-                model="m",
-                duplicate_threshold=0.85,
-                suggest_threshold=0.7,
-                received_at=now,
-                decided_at=now,
-                matches=[],
-            )
-        )
+        s.add(decision_row("A", source="mail", received_at=now, decided_at=now))
         s.commit()
-    out = _cli(settings, "--source", "mail", "--include-pending")
+    out = run_triage(settings, "redrive", "--source", "mail", "--include-pending")
     assert "already decided" in out.stdout and queue.llen(queue_name) == 1
-    assert "A" not in {f.ticket_id for f in _rows(engine, db.FailureRow)}
+    assert "A" not in {f.ticket_id for f in rows(engine, db.FailureRow)}
 
-    bad = _cli(settings, "--since", "yesterday-ish")
+    bad = run_triage(settings, "redrive", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr
     engine.dispose()
     queue.close()

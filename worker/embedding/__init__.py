@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from worker.embedding.base import Embedder, Vectors
+from worker.embedding.local import LocalEmbedder
+from worker.embedding.ollama import OllamaEmbedder
+from worker.embedding.openai import OpenAIEmbedder
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -22,17 +25,11 @@ __all__ = ["Embedder", "Vectors", "make_embedder"]
 def make_embedder(settings: Settings) -> Embedder:
     """Build the configured backend. Call once per process (after fork), never at import."""
     if settings.embedder == "ollama":
-        from worker.embedding.ollama import OllamaEmbedder
-
         return OllamaEmbedder(
             base_url=settings.ollama_url,
             model=settings.ollama_model,
             timeout_s=settings.ollama_timeout_s,
         )
     if settings.embedder == "openai":
-        from worker.embedding.openai import OpenAIEmbedder
-
         return OpenAIEmbedder.from_settings(settings)
-    from worker.embedding.local import LocalEmbedder
-
     return LocalEmbedder(settings.local_model_path)

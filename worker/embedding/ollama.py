@@ -1,17 +1,19 @@
 """Ollama backend: batches go to ``POST {base_url}/api/embed`` on an Ollama server.
 
-Facts this module relies on are in ``shared/reference/ollama-api.md`` (cited as "ref §n").
+The behaviour relied on is Ollama's own (github.com/ollama/ollama): the embed handler in
+``server/routes.go`` and ``api/types.go``, the error answers in ``docs/api/errors.mdx``, the
+server settings in ``envconfig/config.go``, and its issues, cited as ollama#N.
 
 - One ``embed()`` call is one HTTP request with a list ``input``: Ollama runs the inputs one
-  after another anyway (embedding models are always loaded with parallel=1, ref §5), so a
-  batch saves round-trips, and the whole batch fails or succeeds together (ref §1).
+  after another anyway (embedding models are always loaded with parallel=1), so a batch
+  saves round-trips, and the whole batch fails or succeeds together (routes.go).
 - Texts are cut on the client to :data:`DEFAULT_MAX_CHARS` characters, because Ollama
   v0.13.5 to at least v0.15.6 ignores ``truncate: true`` for all-minilm and answers an
-  over-long input with 400 "the input length exceeds the context length" (#14186, ref §1).
+  over-long input with 400 "the input length exceeds the context length" (ollama#14186).
 - Vectors are checked (count, dimension, finite) and normalised again on the client: the
-  server already normalises ``/api/embed`` answers (ref §1), but a proxy, an old server or a
-  bug must not put a malformed vector into the store.
-- Errors are classified for the worker (see :mod:`worker.errors`): 5xx, 503 busy, timeouts
+  server already normalises ``/api/embed`` answers (routes.go), but a proxy, an old server
+  or a bug must not put a malformed vector into the store.
+- Errors are classified for the worker (see :mod:`tickets.errors`): 5xx, 503 busy, timeouts
   and refused connections are retried here a few times, then raised as
   ``EmbedderUnavailable``; 400 is ``EmbeddingRejected`` and 404 ``ModelNotAvailable``, never
   retried (ref "Client implications").
@@ -21,18 +23,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import numpy as np
 import requests
 
 from config.settings import mask_url
+from tickets.errors import (
+    EmbedderProtocolError,
+    EmbedderUnavailable,
+    EmbeddingRejected,
+    ModelNotAvailable,
+    TriageError,
+)
 from worker.embedding.base import Vectors
 from worker.embedding.http import (
     EMPTY_TEXT_STAND_IN,
+    HttpEmbedder,
     RetryingClient,
     is_json,
     json_object,
@@ -40,44 +47,39 @@ from worker.embedding.http import (
     preview,
     unit_vectors,
 )
-from worker.errors import (
-    EmbedderProtocolError,
-    EmbedderUnavailable,
-    EmbeddingRejected,
-    ModelNotAvailable,
-    TriageError,
-)
 
 logger = logging.getLogger(__name__)
 
-#: Client-side character budget per text. all-minilm runs with ``num_ctx 256`` (Modelfile;
-#: ref §6), i.e. 254 word-pieces after [CLS]/[SEP]. English ticket prose averages about 4
-#: characters per word-piece, so 800 characters is about 200 word-pieces, the figure the
-#: reference recommends, with room for punctuation-heavy text; 1000-character chunks are
-#: known to overflow all-minilm (knowledge-base-mcp-server#86, ref §1). Text denser than
+#: Client-side character budget per text. all-minilm runs with ``num_ctx 256`` (its
+#: Modelfile), i.e. 254 word-pieces after [CLS]/[SEP]. English ticket prose averages about 4
+#: characters per word-piece, so 800 characters is about 200 word-pieces, about two thirds of
+#: the context, with room for punctuation-heavy text; 1000-character chunks are
+#: known to overflow all-minilm (knowledge-base-mcp-server#86). Text denser than
 #: ~3 characters per word-piece (hex dumps, stack traces) can still overflow on a server with
-#: the #14186 bug: it then comes back as EmbeddingRejected, a per-ticket permanent failure.
+#: the ollama#14186 bug: it then comes back as EmbeddingRejected, a per-ticket permanent
+#: failure.
 DEFAULT_MAX_CHARS: Final = 800
 
 #: Attempts per call, first one included. Four attempts with the default backoff wait at
-#: most ~1.75 s in total between attempts: enough to ride out a full queue (503, ref §5) or
-#: a restart, short enough that the worker's own per-ticket retry takes over after that.
+#: most ~1.75 s in total between attempts: enough to ride out a full queue (503,
+#: OLLAMA_MAX_QUEUE) or a restart, short enough that the worker's own per-ticket retry
+#: takes over after that.
 DEFAULT_MAX_ATTEMPTS: Final = 4
 
 
-class OllamaEmbedder:
+class OllamaEmbedder(HttpEmbedder):
     """:class:`~worker.embedding.base.Embedder` on an Ollama server's ``/api/embed``.
 
     ``model_id`` is ``ollama:<model>``: Ollama's vectors differ from sentence-transformers'
-    and between Ollama versions (#7085, #14449, ref §7), so they must never share a
+    and between Ollama versions (ollama#7085, ollama#14449), so they must never share a
     collection with the local engine's.
 
     Empty or whitespace-only texts are embedded as a single space instead of being
-    rejected: Ollama does not filter ``[""]`` out of a list and sends it to the runner (ref
-    §1), while a space tokenises to the same bare ``[CLS] [SEP]`` that sentence-transformers
-    embeds for an empty string. Rejecting would fail the whole batch the text is in (one
-    failing input fails the request, ref §1); whether an empty ticket is valid at all is
-    the ticket validator's call, not the embedder's.
+    rejected: Ollama does not filter ``[""]`` out of a list and sends it to the runner
+    (routes.go), while a space tokenises to the same bare ``[CLS] [SEP]`` that
+    sentence-transformers embeds for an empty string. Rejecting would fail the whole batch
+    the text is in (one failing input fails the request); whether an empty ticket is valid
+    at all is the ticket validator's call, not the embedder's.
 
     Not safe to share between processes (create one per process, after fork); calls from
     several threads of one process are fine.
@@ -115,7 +117,7 @@ class OllamaEmbedder:
         self.model = model
         self.model_id = f"ollama:{model}"
         # (connect, read): a dead host fails fast on connect, while the read timeout covers
-        # a whole batch plus a possible model load (all-minilm loads in < 1 s, ref §5).
+        # a whole batch plus a possible model load (all-minilm loads in < 1 s).
         self._timeout = (min(connect_timeout_s, timeout_s), timeout_s)
         self._max_chars = max_chars
         self._dimension = dimension
@@ -135,29 +137,10 @@ class OllamaEmbedder:
 
     # --- Embedder protocol ----------------------------------------------------------------
 
-    @property
-    def dimension(self) -> int:
-        """Vector size; discovered from the server on first use when not given, then cached."""
-        known = self._dimension
-        if known is None:
-            known = self._discover_dimension()
-        return known
-
-    @dimension.setter
-    def dimension(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"dimension must be positive, got {value}")
-        self._dimension = value
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        if isinstance(texts, str):
-            # A str is a Sequence[str]: without this it would be embedded character by character.
-            raise TypeError("embed() takes a sequence of texts, not a single str")
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _embed(self, texts: list[str]) -> Vectors:
         inputs = [self._prepare(text) for text in texts]
-        # truncate defaults to true (ref §1); say it anyway so a server-side default change
-        # cannot turn long tickets into 400s. _prepare's cut covers versions that ignore it.
+        # truncate defaults to true (api/types.go); say it anyway so a server-side default
+        # change cannot turn long tickets into 400s. _prepare's cut covers versions that ignore it.
         body = {"model": self.model, "input": inputs, "truncate": True}
         answer = self._request("POST", "/api/embed", body)
         return self._vectors(json_object(answer, "POST /api/embed"), len(inputs))
@@ -166,8 +149,8 @@ class OllamaEmbedder:
         """Liveness (``GET /``), version, readiness (embed ``[]``), capabilities (``/api/show``).
 
         ``/api/embed`` with an empty list schedules and loads the model and answers
-        ``{"embeddings": []}``, or 404 if the model is not pulled (ref §4): a real readiness
-        probe that also warms the model. There is no ``/health`` endpoint (ref §4).
+        ``{"embeddings": []}``, or 404 if the model is not pulled (routes.go): a real readiness
+        probe that also warms the model. There is no ``/health`` endpoint.
         """
         live = self._request("GET", "/")
         if not live.text.startswith("Ollama is running"):
@@ -179,7 +162,7 @@ class OllamaEmbedder:
         with self._lock:
             first, self._version_logged = not self._version_logged, True
         if first:
-            # Vectors change between Ollama versions (#7085, #14449): the version belongs in
+            # Vectors change between Ollama versions (ollama#7085, ollama#14449): the version belongs in
             # the log next to the vectors it produced (ref "Client implications").
             logger.info("Ollama %s at %s serves model %s", version, self.where, self.model)
 
@@ -237,23 +220,6 @@ class OllamaEmbedder:
             "max_chars": str(self._max_chars),
         }
 
-    # --- lifecycle ------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the pooled connections; a session passed in by the caller is left open."""
-        self._http.close()
-
-    def __enter__(self) -> OllamaEmbedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # --- input ----------------------------------------------------------------------------
 
     def _prepare(self, text: str) -> str:
@@ -268,8 +234,8 @@ class OllamaEmbedder:
         if not isinstance(rows, list):
             raise EmbedderProtocolError(f"{where}: no 'embeddings' list in {preview(answer)}")
         # A wrong count is e.g. 'embeddings': [] for a non-empty input when a proxy or an old
-        # server dropped the field (#7105, ref §1); [null] came from gemma3 on 0.6.0 (#9739,
-        # ref §3); servers before v0.14.0 could emit NaN (#12921, ref §7).
+        # server dropped the field (ollama#7105); [null] came from gemma3 on 0.6.0
+        # (ollama#9739); servers before v0.14.0 could emit NaN (ollama#12921).
         unit = unit_vectors(rows, expected, self._dimension, where)
         if self._dimension is None:
             width = unit.shape[1]
@@ -296,7 +262,7 @@ class OllamaEmbedder:
 
     def _show(self) -> dict[str, Any] | None:
         """``POST /api/show``; None when the server cannot say (not fatal: it is optional)."""
-        # "name" for servers that predate the "model" field (ref §4); unknown fields are ignored.
+        # "name" for servers that predate the "model" field; unknown fields are ignored.
         try:
             shown = self._request("POST", "/api/show", {"model": self.model, "name": self.model})
             return json_object(shown, "POST /api/show")
@@ -308,7 +274,7 @@ class OllamaEmbedder:
         """Refuse a model that cannot embed; learn the dimension while we are at it.
 
         ``/api/embed`` does not check capabilities, so a chat model fails only when the
-        runner runs (ref §3); ``/api/show`` lists ``capabilities`` since 2025-04 (ref §4).
+        runner runs (routes.go); ``/api/show`` lists ``capabilities`` since 2025-04.
         """
         shown = self._show()
         if shown is None:
@@ -339,7 +305,7 @@ class OllamaEmbedder:
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> requests.Response:
-        """One call with retries of 5xx, 503 busy (OLLAMA_MAX_QUEUE full, ref §3/§5),
+        """One call with retries of 5xx, 503 busy (OLLAMA_MAX_QUEUE full),
         timeouts and refused connections; returns a 2xx response or raises."""
         return self._http.request(method, path, body)
 
@@ -349,25 +315,27 @@ class OllamaEmbedder:
         detail = f"{what}: HTTP {status}: {message}"
         if status == 404:
             if is_json(response):
-                # {"error":"model \"x\" not found, try pulling it first"} (ref §3).
+                # {"error":"model \"x\" not found, try pulling it first"}
+                # (docs/api/errors.mdx).
                 return ModelNotAvailable(
                     f"{detail}. The model is not pulled on that server: run "
                     f"`ollama pull {self.model}` there"
                 )
-            # text/plain "404 page not found": the route does not exist (ref §3), so the URL
+            # text/plain "404 page not found": the route does not exist, so the URL
             # is not an Ollama root, or the server predates /api/embed (added in v0.3.0).
             return ModelNotAvailable(
                 f"{detail}. TRIAGE_OLLAMA_URL must be the Ollama root (e.g. "
                 "http://127.0.0.1:11434) of a server new enough to have /api/embed"
             )
         if "does not support embeddings" in message:
-            # A chat model: 501, or 500 before v0.13.3 (ref §3). Retrying cannot fix it.
+            # A chat model: 501, or 500 before v0.13.3 (docs/api/errors.mdx). Retrying cannot
+            # fix it.
             return ModelNotAvailable(
                 f"{detail}. Set TRIAGE_OLLAMA_MODEL to an embedding model, e.g. all-minilm"
             )
         if status == 400:
             if "context length" in message:
-                # Permanent for this text (ref §1: never retry); the whole batch fails with it.
+                # Permanent for this text (never worth a retry); the whole batch fails with it.
                 return EmbeddingRejected(
                     f"{detail} (text already cut to {self._max_chars} characters; the "
                     "server did not truncate, see ollama#14186)"

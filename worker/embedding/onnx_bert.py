@@ -43,7 +43,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from worker.errors import ModelNotAvailable
+from tickets.errors import ModelNotAvailable
 
 Array = npt.NDArray[np.float32]
 

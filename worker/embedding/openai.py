@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -39,15 +37,7 @@ import numpy as np
 import requests
 
 from config.settings import Settings, mask_url
-from worker.embedding.base import Vectors
-from worker.embedding.http import (
-    RetryingClient,
-    json_object,
-    prepare_input,
-    preview,
-    unit_vectors,
-)
-from worker.errors import (
+from tickets.errors import (
     ConfigError,
     EmbedderProtocolError,
     EmbedderThrottled,
@@ -55,6 +45,15 @@ from worker.errors import (
     EmbeddingRejected,
     ModelNotAvailable,
     TriageError,
+)
+from worker.embedding.base import Vectors
+from worker.embedding.http import (
+    HttpEmbedder,
+    RetryingClient,
+    json_object,
+    prepare_input,
+    preview,
+    unit_vectors,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ DEFAULT_MAX_ATTEMPTS: Final = 4
 _PROBE = "readiness check: printer on floor 3 is jammed"
 
 
-class OpenAIEmbedder:
+class OpenAIEmbedder(HttpEmbedder):
     """:class:`~worker.embedding.base.Embedder` on an OpenAI-compatible ``/embeddings``.
 
     ``model_id`` is ``openai:<model>``. Not safe to share between processes (create one per
@@ -167,20 +166,6 @@ class OpenAIEmbedder:
     # --- Embedder protocol ----------------------------------------------------------------
 
     @property
-    def dimension(self) -> int:
-        """Vector size: ``dimensions`` when set, else learnt from a probe on first use."""
-        if self._dimension is None:
-            self.embed([_PROBE])
-        assert self._dimension is not None  # embed() sets it or raises
-        return self._dimension
-
-    @dimension.setter
-    def dimension(self, value: int) -> None:
-        if value < 1:
-            raise ValueError(f"dimension must be positive, got {value}")
-        self._dimension = value
-
-    @property
     def recipe(self) -> str:
         """How texts become model input: part of what makes vectors comparable."""
         return f"prefix={self.prefix}:{self.input_type}" if self.prefix != "none" else ""
@@ -196,12 +181,13 @@ class OpenAIEmbedder:
         """What the collection locks beside the model id (as Ollama's digest): the served model."""
         return self.fingerprint
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        if isinstance(texts, str):
-            # A str is a Sequence[str]: without this it would be embedded character by character.
-            raise TypeError("embed() takes a sequence of texts, not a single str")
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def _discover_dimension(self) -> int:
+        """``dimensions`` is not set: learnt from a probe."""
+        self.embed([_PROBE])
+        assert self._dimension is not None  # embed() sets it or raises
+        return self._dimension
+
+    def _embed(self, texts: list[str]) -> Vectors:
         inputs = [self._input(text) for text in texts]
         parts = [
             self._embed_call(inputs[start : start + self._max_inputs])
@@ -238,22 +224,6 @@ class OpenAIEmbedder:
             "api_key": "set" if self._api_key else "none",
             "max_inputs": str(self._max_inputs),
         }
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> OpenAIEmbedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- one request ----------------------------------------------------------------------
 

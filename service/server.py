@@ -6,7 +6,7 @@ bytes, or nothing, holds its connection forever (measured: 1,000 such connection
 still open after 30 s). Here uvicorn's httptools protocol gets a deadline: a request's headers must be complete within ``TRIAGE_HEADER_TIMEOUT_S`` of the
 connection opening (first request) or of the request's first byte (the next ones on a
 kept-alive connection); a late one is answered 408 and closed. Bodies have their own
-deadline in the app (``TRIAGE_BODY_TIMEOUT_S``, producer/api.py). uvicorn stays: the rest
+deadline in the app (``TRIAGE_BODY_TIMEOUT_S``, service/deps.py). uvicorn stays: the rest
 of its behaviour is what the tests and benchmarks measured; the deadline is forty lines.
 
 ``TRIAGE_MAX_CONNECTIONS`` goes to uvicorn's ``limit_concurrency``: past that many open

@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from worker import db
+from tickets import db
 
 if TYPE_CHECKING:
     from producer.intake import Intake

@@ -1,9 +1,9 @@
-"""Alembic environment: run by `triage db upgrade` (worker/migrate.py), never on import."""
+"""Alembic environment: run by `triage db upgrade` (tickets/migrate.py), never on import."""
 
 from alembic import context
 from sqlalchemy import Connection
 
-from worker.db import Base, make_engine
+from tickets.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

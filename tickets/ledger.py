@@ -35,8 +35,8 @@ import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from worker.db import DecisionRow, FailureRow, TicketRow, key_filter
-from worker.tickets import Ticket, TicketKey
+from tickets.db import DecisionRow, FailureRow, TicketRow, key_filter
+from tickets.model import Ticket, TicketKey
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Ledger:
         self, engine: Engine, republish: Any, *, silent_for_s: float, now: float | None = None
     ) -> SweepResult:
         """Clear what SQL has; publish again what was lost. ``republish(tickets, mode)``
-        publishes (producer.enqueue.publish); returns what was done."""
+        publishes (tickets.queue.publish); returns what was done."""
         if int(self.redis.llen(self.queue)) > 0:  # type: ignore[arg-type]
             return SweepResult(skipped="the queue is not empty")
         cutoff = (now or time.time()) - silent_for_s

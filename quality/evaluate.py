@@ -26,11 +26,11 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from quality.bm25 import BM25Index
+from quality.datasets import Pair, RetrievalSet
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import fuse
 from worker.lexical import DEFAULT_CJK, CjkMode
-from worker.quality.bm25 import BM25Index
-from worker.quality.datasets import Pair, RetrievalSet
 from worker.routing import Thresholds
 from worker.text import (
     DEFAULT_STEPS,

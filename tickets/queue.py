@@ -1,9 +1,10 @@
-"""Put tickets on the Redis queue, pipelined: one Celery message per ticket (webhooks), or
-one per group of tickets for file ingest (``per_message``), where the broker's per-message
-cost would otherwise be a quarter of the worker's CPU (BENCHMARKS.md).
+"""The message contract: tickets onto the Redis queue as Celery messages, pipelined.
 
-Messages name the task (``triage.ticket`` / ``triage.tickets``) instead of importing it, so
-producers never load the worker's model or clients.
+One message per ticket (webhooks, the ingest API), or one per group of tickets for file
+ingest (``per_message``), where the broker's per-message cost would otherwise be a quarter
+of the worker's CPU (BENCHMARKS.md). Messages name their task (config/celery_app.py)
+instead of importing it, so a producer never loads the worker's model or clients. Every
+publisher uses :func:`publish`: the producers, the workers' ledger sweep and `triage redrive`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from worker.ledger import Ledger
-from worker.tickets import Ticket
+from config.celery_app import TICKET_TASK, TICKETS_TASK
+from tickets.ledger import Ledger
+from tickets.model import Ticket
 
-TASK_NAME = "triage.ticket"
-MANY_TASK_NAME = "triage.tickets"
 # kombu 5.7's Producer.batch pipelines publishes (kombu/messaging.py): ≈2,100 vs ≈850
 # messages/s one by one, measured with Celery 5.7 on a 2-core VM.
 PUBLISH_BATCH = 500
@@ -43,7 +43,7 @@ def publish(
     """Publish the tickets, ``per_message`` to a message; yield each once it is handed to
     the broker (for progress). With a ``ledger`` (every producer of the product passes
     one), each chunk is written to it first: a message lost in transit is then published
-    again by the workers' sweep (worker/ledger.py)."""
+    again by the workers' sweep (tickets/ledger.py)."""
 
     if per_message < 1:
         raise ValueError(f"per_message must be at least 1, not {per_message}")
@@ -76,9 +76,9 @@ def _send(
         task_id = f"{first.key.as_id()}:{first.received_at.timestamp():.6f}"
         args: list[Any]
         if per_message == 1:
-            name, args = TASK_NAME, [first.to_message(), mode]
+            name, args = TICKET_TASK, [first.to_message(), mode]
         else:
-            name, args = MANY_TASK_NAME, [[t.to_message() for t in group], mode]
+            name, args = TICKETS_TASK, [[t.to_message() for t in group], mode]
             task_id += f"+{len(group) - 1}"
         app.send_task(
             name,

@@ -31,18 +31,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import Engine, and_, select
+from sqlalchemy.orm import Session
 
+from tickets.db import DecisionRow, FeedbackRow
+from worker.embedding import Embedder
 from worker.routing import Thresholds
 from worker.thresholds import ThresholdTable
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from worker.embedding import Embedder
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -705,11 +704,6 @@ def feedback_from_rows(
 
 def load_feedback(engine: Engine) -> FeedbackSet:
     """Agent feedback (``triage_feedback``) joined to its decision (``triage_decisions``)."""
-    from sqlalchemy import and_, select
-    from sqlalchemy.orm import Session
-
-    from worker.db import DecisionRow, FeedbackRow
-
     stmt = (
         select(
             FeedbackRow.source,

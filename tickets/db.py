@@ -1,6 +1,6 @@
 """SQL: the source of truth. Tickets, their decisions, and the tickets that failed.
 
-Tables (schema owned by the Alembic migrations in ``worker/migrations``):
+Tables (schema owned by the Alembic migrations in ``tickets/migrations``):
 
 - ``triage_tickets``: every accepted ticket's key and text, so the vector index can always
   be rebuilt from SQL (re-index, model change, lost store).
@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from worker.tickets import Ticket, TicketKey
+from tickets.model import Ticket, TicketKey
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")

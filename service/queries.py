@@ -1,0 +1,531 @@
+"""The read side: what the read API and the dashboard answer, as plain functions over the
+database (no HTTP in here).
+
+The dashboard's numbers come from the BI views of migration 0004 (``triage_routes_hourly``,
+``triage_routes_daily``, ``triage_duplicate_clusters``, ``triage_score_distribution``,
+``triage_failures_by_reason``), so the page, Grafana and Metabase agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy import table as sql_table
+from sqlalchemy.orm import Session
+
+from tickets import db
+from worker.routing import Thresholds
+
+logger = logging.getLogger(__name__)
+
+ROUTES = ("duplicate", "suggest", "manual")
+HOURS = 48  # the dashboard's time series covers at most the last 48 hours
+TOP_CLUSTERS = 10
+MEMBERS_SHOWN = 500
+
+
+class Match(BaseModel):
+    source: str
+    ticket_id: str
+    score: float = Field(description="cosine similarity to the decided ticket")
+    fused_score: float | None = Field(
+        None,
+        description="dense + BM25 score that ranked it (hybrid ranking only); orders this "
+        "decision's matches, not comparable across decisions",
+    )
+
+
+class DecisionOut(BaseModel):
+    source: str
+    ticket_id: str
+    route: Literal["duplicate", "suggest", "manual"] = Field(
+        description="the thresholds' rule applied to score"
+    )
+    score: float | None = Field(
+        description="cosine similarity of the matched ticket; null when nothing was stored yet"
+    )
+    matched_source: str | None
+    matched_ticket_id: str | None = Field(description="the first of matches")
+    canonical_source: str
+    canonical_ticket_id: str
+    matches: list[Match] = Field(description="the similar tickets, in ranked_by order")
+    ranked_by: Literal["hybrid", "cosine"] | None = Field(
+        description="what ordered matches: hybrid (dense + BM25 fusion) or cosine alone; "
+        "null for decisions made before it was recorded"
+    )
+    fused_score: float | None = Field(
+        description="the matched ticket's fused score under hybrid ranking"
+    )
+    model: str
+    duplicate_threshold: float
+    suggest_threshold: float
+    queue: str | None
+    subject: str | None
+    received_at: datetime
+    decided_at: datetime
+    latency_ms: int | None
+
+
+class DecisionPage(BaseModel):
+    decisions: list[DecisionOut]
+    next_cursor: str | None
+
+
+class RouteCount(BaseModel):
+    bucket: str
+    route: str
+    count: int
+
+
+class FeedbackOut(BaseModel):
+    source: str
+    ticket_id: str
+    verdict: Literal["confirm", "veto"]
+    agent: str
+    route: str
+    created_at: datetime
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was written as UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _out(row: db.DecisionRow) -> DecisionOut:
+    return DecisionOut.model_validate(
+        {
+            **{
+                c: getattr(row, c)
+                for c in DecisionOut.model_fields
+                if c not in ("received_at", "decided_at")
+            },
+            "received_at": _utc(row.received_at),
+            "decided_at": _utc(row.decided_at),
+        }
+    )
+
+
+def get_decision(engine: Engine, source: str, ticket_id: str) -> DecisionOut | str:
+    """The decision, or why there is none (pending, failed, unknown) as a message."""
+    with Session(engine) as s:
+        row = s.scalar(
+            select(db.DecisionRow).where(
+                db.DecisionRow.source == source, db.DecisionRow.ticket_id == ticket_id
+            )
+        )
+        if row is not None:
+            return _out(row)
+        failed = s.scalar(
+            select(db.FailureRow).where(
+                db.FailureRow.source == source, db.FailureRow.ticket_id == ticket_id
+            )
+        )
+        if failed is not None:
+            return f"ticket {source}:{ticket_id} failed ({failed.error_type}): {failed.reason}"
+        stored = s.scalar(
+            select(db.TicketRow.backfill).where(
+                db.TicketRow.source == source, db.TicketRow.ticket_id == ticket_id
+            )
+        )
+    if stored:
+        return f"ticket {source}:{ticket_id} is history (backfill): it has no decision"
+    return f"no decision for {source}:{ticket_id} (not received, or still queued)"
+
+
+def _encode_cursor(decided_at: datetime, row_id: int) -> str:
+    return base64.urlsafe_b64encode(
+        f"{_utc(decided_at).timestamp():.6f}|{row_id}".encode()
+    ).decode()
+
+
+class BadQuery(ValueError):
+    """A query parameter the database cannot use (HTTP 422 naming ``param``)."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        self.param = param
+        super().__init__(problem)
+
+
+# Row ids are 64-bit signed integers in both databases.
+_MAX_ROW_ID = 2**63 - 1
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        ts, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        at, number = datetime.fromtimestamp(float(ts), UTC), int(row_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
+        number = -1
+    if not 0 <= number <= _MAX_ROW_ID:
+        raise BadQuery("cursor", "invalid cursor: pass the next_cursor of a previous page")
+    return at, number
+
+
+def _naive_for(engine: Engine, value: datetime, param: str = "cursor") -> datetime:
+    try:
+        value = _utc(value).astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+14:00 is in year 0 in UTC: Python's datetime has no such year.
+        raise BadQuery(param, f"{param} is out of range once converted to UTC") from None
+    # SQLite compares the stored text: drop the offset so both sides look alike.
+    return value.replace(tzinfo=None) if engine.dialect.name == "sqlite" else value
+
+
+def list_decisions(
+    engine: Engine,
+    *,
+    route: str | None,
+    queue: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> DecisionPage:
+    d = db.DecisionRow
+    stmt = select(d).order_by(d.decided_at.desc(), d.id.desc()).limit(limit + 1)
+    if route:
+        stmt = stmt.where(d.route == route)
+    if queue:
+        stmt = stmt.where(d.queue == queue)
+    if since:
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
+    if until:
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
+    if cursor:
+        at, row_id = _decode_cursor(cursor)
+        at_cmp = _naive_for(engine, at)
+        stmt = stmt.where(or_(d.decided_at < at_cmp, and_(d.decided_at == at_cmp, d.id < row_id)))
+    with Session(engine) as s:
+        rows = list(s.scalars(stmt))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = _encode_cursor(rows[-1].decided_at, rows[-1].id) if more and rows else None
+    return DecisionPage(decisions=[_out(r) for r in rows], next_cursor=nxt)
+
+
+def route_counts(
+    engine: Engine,
+    *,
+    bucket: Literal["hour", "day"],
+    since: datetime | None,
+    until: datetime | None,
+    queue: str | None,
+) -> list[RouteCount]:
+    d = db.DecisionRow
+    if engine.dialect.name == "sqlite":
+        fmt = "%Y-%m-%dT%H:00:00" if bucket == "hour" else "%Y-%m-%dT00:00:00"
+        key: Any = func.strftime(fmt, d.decided_at)
+    else:
+        key = func.to_char(
+            func.date_trunc(bucket, func.timezone("UTC", d.decided_at)), 'YYYY-MM-DD"T"HH24:MI:SS'
+        )
+    stmt = (
+        select(key.label("bucket"), d.route, func.count())
+        .group_by(key, d.route)
+        .order_by(key, d.route)
+    )
+    if since:
+        stmt = stmt.where(d.decided_at >= _naive_for(engine, since, "since"))
+    if until:
+        stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
+    if queue:
+        stmt = stmt.where(d.queue == queue)
+    with Session(engine) as s:
+        return [RouteCount(bucket=f"{b}Z", route=r, count=int(n)) for b, r, n in s.execute(stmt)]
+
+
+def save_feedback(
+    engine: Engine,
+    source: str,
+    ticket_id: str,
+    verdict: Literal["confirm", "veto"],
+    agent: str,
+    comment: str | None,
+) -> FeedbackOut | tuple[int, str]:
+    now = datetime.now(UTC)
+    with Session(engine) as s:
+        decision = s.scalar(
+            select(db.DecisionRow).where(
+                db.DecisionRow.source == source, db.DecisionRow.ticket_id == ticket_id
+            )
+        )
+        if decision is None:
+            return 404, f"no decision for {source}:{ticket_id}"
+        if decision.route not in ("duplicate", "suggest"):
+            return (
+                409,
+                f"{source}:{ticket_id} was routed {decision.route!r}: feedback applies to duplicate or suggest",
+            )
+        route = decision.route  # read before the commit expires the row
+        values = {
+            "source": source,
+            "ticket_id": ticket_id,
+            "verdict": verdict,
+            "agent": agent,
+            "comment": comment,
+            "route": route,
+            "score": decision.score,
+            "created_at": now,
+        }
+        insert = db._insert(s)
+        stmt = insert(db.FeedbackRow.__table__).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "ticket_id", "agent"],
+            set_={
+                k: stmt.excluded[k] for k in ("verdict", "comment", "route", "score", "created_at")
+            },
+        )
+        s.execute(stmt)
+        s.commit()
+    return FeedbackOut(
+        source=source,
+        ticket_id=ticket_id,
+        verdict=verdict,
+        agent=agent,
+        route=route,
+        created_at=now,
+    )
+
+
+# --- the dashboard: the BI views (tickets/migrations/versions/0004_bi_views.py) ------------
+# Typed, so SQLite's text timestamps come back as datetimes like PostgreSQL's.
+
+_TS = DateTime(timezone=True)
+ROUTES_HOURLY = sql_table(
+    "triage_routes_hourly",
+    column("bucket", _TS),
+    column("queue", String()),
+    column("route", String()),
+    column("decisions", Integer()),
+    column("avg_score", Float()),
+)
+ROUTES_DAILY = sql_table(
+    "triage_routes_daily",
+    column("bucket", _TS),
+    column("queue", String()),
+    column("route", String()),
+    column("decisions", Integer()),
+    column("avg_score", Float()),
+)
+CLUSTERS = sql_table(
+    "triage_duplicate_clusters",
+    column("canonical_source", String()),
+    column("canonical_ticket_id", String()),
+    column("size", Integer()),
+    column("duplicates", Integer()),
+    column("first_seen", _TS),
+    column("last_seen", _TS),
+    column("subject", String()),
+    column("queue", String()),
+)
+SCORES = sql_table(
+    "triage_score_distribution",
+    column("route", String()),
+    column("bucket_index", Integer()),
+    column("score_low", Float()),
+    column("score_high", Float()),
+    column("decisions", Integer()),
+)
+FAILURES = sql_table(
+    "triage_failures_by_reason",
+    column("error_type", String()),
+    column("failures", Integer()),
+    column("last_failed_at", _TS),
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _bucket_at(engine: Engine, at: datetime) -> Any:
+    """A bound value comparable with a view's ``bucket`` (SQLite compares its text form)."""
+    if engine.dialect.name == "sqlite":
+        return bindparam("since", at.strftime("%Y-%m-%d %H:%M:%S"), type_=String())
+    return bindparam("since", at, type_=_TS)
+
+
+def read_dashboard(
+    engine: Engine,
+    *,
+    thresholds: Thresholds,
+    queue_depth: Callable[[], int],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (the body of ``/dashboard/data``)."""
+    now = _utc(now or datetime.now(UTC))
+    end = now.replace(minute=0, second=0, microsecond=0)
+    earliest = end - timedelta(hours=HOURS - 1)
+    with Session(engine) as s:
+        totals = {
+            str(route): int(n or 0)
+            for route, n in s.execute(
+                select(ROUTES_DAILY.c.route, func.sum(ROUTES_DAILY.c.decisions)).group_by(
+                    ROUTES_DAILY.c.route
+                )
+            )
+        }
+        hourly_rows = s.execute(
+            select(
+                ROUTES_HOURLY.c.bucket, ROUTES_HOURLY.c.route, func.sum(ROUTES_HOURLY.c.decisions)
+            )
+            .where(ROUTES_HOURLY.c.bucket >= _bucket_at(engine, earliest))
+            .group_by(ROUTES_HOURLY.c.bucket, ROUTES_HOURLY.c.route)
+        ).all()
+        clusters = s.execute(
+            select(CLUSTERS)
+            .order_by(
+                CLUSTERS.c.size.desc(),
+                CLUSTERS.c.last_seen.desc(),
+                CLUSTERS.c.canonical_source,
+                CLUSTERS.c.canonical_ticket_id,
+            )
+            .limit(TOP_CLUSTERS)
+        ).all()
+        scores = s.execute(select(SCORES.c.route, SCORES.c.bucket_index, SCORES.c.decisions)).all()
+        failures = s.execute(
+            select(FAILURES).order_by(FAILURES.c.failures.desc(), FAILURES.c.error_type)
+        ).all()
+
+    # Hourly series: the last 48 hours, or since the first decision if that is more recent.
+    counts: dict[datetime, dict[str, int]] = {}
+    for bucket, route, n in hourly_rows:
+        counts.setdefault(_utc(bucket), {})[str(route)] = int(n or 0)
+    in_window = sum(sum(c.values()) for c in counts.values())
+    older = in_window < sum(totals.values())  # decisions before the window exist
+    # nothing before the window: start at the first decision (or now, if there is none yet)
+    start = earliest if older else (max(earliest, min(counts)) if counts else end)
+    last = max([end, *counts])
+    buckets = [
+        start + timedelta(hours=i) for i in range(int((last - start) / timedelta(hours=1)) + 1)
+    ]
+    hourly = {
+        "start": _iso(start),
+        "end": _iso(last),
+        "buckets": [_iso(b) for b in buckets],
+        "routes": {r: [counts.get(b, {}).get(r, 0) for b in buckets] for r in ROUTES},
+    }
+
+    # Score histogram, 0.05 wide, from 0 (or lower: negative scores, a low threshold) to 1.
+    by_bin: dict[int, dict[str, int]] = {}
+    for route, index, n in scores:
+        by_bin.setdefault(int(index), {})[str(route)] = int(n or 0)
+    low = min([0, math.floor(thresholds.suggest * 20), *by_bin])
+    bins = [
+        {
+            "index": i,
+            "low": i / 20,
+            "high": (i + 1) / 20,
+            "counts": {r: by_bin.get(i, {}).get(r, 0) for r in ROUTES},
+        }
+        for i in range(low, 20)
+    ]
+    scored = {r: sum(b.get(r, 0) for b in by_bin.values()) for r in ROUTES}
+
+    try:
+        depth: int | None = int(queue_depth())
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("dashboard: queue depth unknown: %s", exc)
+        depth = None
+
+    return {
+        "generated_at": _iso(now),
+        "thresholds": {"duplicate": thresholds.duplicate, "suggest": thresholds.suggest},
+        "totals": {
+            "decisions": sum(totals.values()),
+            "routes": {r: totals.get(r, 0) for r in ROUTES},
+            "failures": sum(int(f.failures) for f in failures),
+            "no_score": {r: totals.get(r, 0) - scored[r] for r in ROUTES},
+        },
+        "queue_depth": depth,
+        "hourly": hourly,
+        "histogram": {"width": 0.05, "bins": bins},
+        "clusters": [
+            {
+                "source": c.canonical_source,
+                "ticket_id": c.canonical_ticket_id,
+                "size": int(c.size),
+                "first_seen": _iso(c.first_seen),
+                "last_seen": _iso(c.last_seen),
+                "subject": c.subject,
+                "queue": c.queue,
+            }
+            for c in clusters
+        ],
+        "failures": [
+            {
+                "error_type": f.error_type,
+                "failures": int(f.failures),
+                "last_failed_at": _iso(f.last_failed_at),
+            }
+            for f in failures
+        ],
+    }
+
+
+def read_cluster(engine: Engine, source: str, ticket_id: str) -> dict[str, Any] | None:
+    """One cluster (from the view) and its tickets, the root first; None if it has none."""
+    with Session(engine) as s:
+        row = s.execute(
+            select(CLUSTERS).where(
+                CLUSTERS.c.canonical_source == source, CLUSTERS.c.canonical_ticket_id == ticket_id
+            )
+        ).first()
+        if row is None:
+            return None
+        d = db.DecisionRow
+        members = list(
+            s.scalars(
+                select(d)
+                .where(d.canonical_source == source, d.canonical_ticket_id == ticket_id)
+                .order_by((d.route == "duplicate"), d.decided_at, d.id)
+                .limit(MEMBERS_SHOWN)
+            )
+        )
+        tickets = [
+            {
+                "source": m.source,
+                "ticket_id": m.ticket_id,
+                "route": m.route,
+                "score": m.score,
+                "matched": f"{m.matched_source}:{m.matched_ticket_id}"
+                if m.matched_ticket_id is not None
+                else None,
+                "decided_at": _iso(m.decided_at),
+                "subject": m.subject,
+                "root": m.source == source and m.ticket_id == ticket_id,
+            }
+            for m in members
+        ]
+    return {
+        "source": source,
+        "ticket_id": ticket_id,
+        "size": int(row.size),
+        "first_seen": _iso(row.first_seen),
+        "last_seen": _iso(row.last_seen),
+        "subject": row.subject,
+        "queue": row.queue,
+        "tickets": tickets,
+        "root_decided": any(t["root"] for t in tickets),
+    }
