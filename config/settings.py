@@ -30,7 +30,7 @@ URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url",
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
-# Values that ship in documentation and examples (this README, docker-compose, vendors'
+# Values that ship in documentation and examples (these docs, docker-compose, vendors'
 # docs) or are guessed first. Compared case-insensitively, ignoring - and _.
 WEAK_SECRETS = frozenset(
     {

@@ -1,6 +1,6 @@
 """Put tickets on the Redis queue, pipelined: one Celery message per ticket (webhooks), or
 one per group of tickets for file ingest (``per_message``), where the broker's per-message
-cost would otherwise be a quarter of the worker's CPU (BENCHMARKS.md).
+cost would otherwise be a quarter of the worker's CPU (docs/performance.md).
 
 Messages name the task (``triage.ticket`` / ``triage.tickets``) instead of importing it, so
 producers never load the worker's model or clients.
