@@ -3,7 +3,7 @@
     python bench/bm25_query_terms.py --corpus $DATA/gitbugs/hadoop/hadoop_bugs.csv \
         --links $DATA/gitbugs/hadoop/hadoop_bugs-combined.csv
 
-($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
+($DATA: the public data sets, not shipped; docs/quality.md, "Data", gives their sources.)
 
 All-others protocol, the worker's own BM25 index (worker/lexical.py) and fusion
 (worker/hybrid.py, the configured alpha and pool) on the product's default vectors; for

@@ -4,7 +4,7 @@
         --corpus $DATA/gitbugs/hadoop/hadoop_bugs.csv \
         --links $DATA/gitbugs/hadoop/hadoop_bugs-combined.csv
 
-($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
+($DATA: the public data sets, not shipped; docs/quality.md, "Data", gives their sources.)
 
 Pairs as the product meets them: every report is compared with each earlier report among its
 top-5 nearest (by the product's own vectors: default text preparation + subject vector);

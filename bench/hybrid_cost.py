@@ -3,7 +3,7 @@
     python bench/hybrid_cost.py --data $DATA/gitbugs/hadoop/hadoop_bugs.csv \
         --history 2000 --batches 20
 
-($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
+($DATA: the public data sets, not shipped; docs/quality.md, "Data", gives their sources.)
 
 Stores ``--history`` tickets (backfill), then triages ``--batches`` batches of
 TRIAGE_BATCH_SIZE new tickets, alternating a dense-only worker (TRIAGE_HYBRID_ALPHA=1) and

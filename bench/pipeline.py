@@ -2,7 +2,7 @@
 
     python bench/pipeline.py --data $DATA/gitbugs/hadoop/hadoop_bugs.csv -n 2000
 
-($DATA: the public data sets, not shipped; QUALITY.md, "Data", gives their sources.)
+($DATA: the public data sets, not shipped; docs/quality.md, "Data", gives their sources.)
 
 For each run: (1) the local embedder alone on the same texts, in batches of
 TRIAGE_BATCH_SIZE; (2) `triage ingest` + one real worker process (Redis, embedded Chroma,

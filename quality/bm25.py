@@ -5,7 +5,7 @@ worker's incremental index against this one.
 
 Stopword removal is optional (``stopwords=True``, bm25s' English list) and off by default,
 so that the baseline stays the plain one the issue quotes; measured, it moved Recall@10 by
-0 to +0.03 on GitBugs, within noise (QUALITY.md). Stemming is not offered: bm25s needs
+0 to +0.03 on GitBugs, within noise (docs/quality.md). Stemming is not offered: bm25s needs
 PyStemmer for it, a dependency not worth adding for a baseline.
 """
 

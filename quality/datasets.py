@@ -1,4 +1,4 @@
-"""Loaders for the labelled evaluation data (public sets; QUALITY.md, "Data", gives their sources).
+"""Loaders for the labelled evaluation data (public sets; docs/quality.md, "Data", gives their sources).
 
 Two kinds:
 - retrieval sets: a corpus of reports plus duplicate links (GitBugs: Jira / Bugzilla CSV

@@ -13,8 +13,8 @@ of its behaviour is what the tests and benchmarks measured; the deadline is fort
 connections (or running requests) new requests get 503 at once, well before the process
 runs out of file descriptors; ``/healthz`` and ``/readyz`` are exempt, so slow clients at
 the limit cannot get the process restarted by its liveness probe. Limits per client
-address (many slow connections from one host) belong to a reverse proxy in front; README
-"Security" says which settings.
+address (many slow connections from one host) belong to a reverse proxy in front; docs/security.md
+says which settings.
 """
 
 from __future__ import annotations

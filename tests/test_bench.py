@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark harness: each bench/ script runs on a tiny input and prints
 (and writes) well-formed results. No timing is asserted: speed is what the scripts measure,
-on purpose-sized inputs, never what a test checks (BENCHMARKS.md holds the figures)."""
+on purpose-sized inputs, never what a test checks (docs/performance.md holds the figures)."""
 
 from __future__ import annotations
 

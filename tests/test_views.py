@@ -283,8 +283,8 @@ def test_failures_by_reason(engine: Engine) -> None:
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    """(comment, statement) for each example query of the README's views section."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """(comment, statement) for each example query of the docs' views section."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     section = readme.split("## SQL views for BI tools", 1)[1].split("\n## ", 1)[0]
     out = []
     for block in section.split("```sql\n")[1:]:

@@ -1,9 +1,9 @@
 """The ledger of accepted tickets: what closes kombu's fetch window.
 
-Measured (README "Fault tests"): kombu's Redis transport takes a message with ``BRPOP`` and
-only then records it as unacked; a worker killed between the two, or a Redis killed with a
-``BRPOP`` reply in flight, takes the message with it, and the visibility timeout never
-brings it back. About 1 ticket in 2,000 under repeated SIGKILLs.
+Measured (docs/reliability.md, "Results"): kombu's Redis transport takes a message with
+``BRPOP`` and only then records it as unacked; a worker killed between the two, or a Redis
+killed with a ``BRPOP`` reply in flight, takes the message with it, and the visibility
+timeout never brings it back. About 1 ticket in 2,000 under repeated SIGKILLs.
 
 So every ticket a producer accepts is also written here, in Redis, before it is published:
 a sorted set ``key -> last sign of life`` and a hash ``key -> [message, mode, recorded at]``. A worker

@@ -2,7 +2,7 @@
 
 One message per ticket (webhooks, the ingest API), or one per group of tickets for file
 ingest (``per_message``), where the broker's per-message cost would otherwise be a quarter
-of the worker's CPU (BENCHMARKS.md). Messages name their task (config/celery_app.py)
+of the worker's CPU (docs/performance.md). Messages name their task (config/celery_app.py)
 instead of importing it, so a producer never loads the worker's model or clients. Every
 publisher uses :func:`publish`: the producers, the workers' ledger sweep and `triage redrive`.
 """

@@ -8,7 +8,7 @@ the thresholds are calibrated on cosine, which means the same thing for every qu
 (a fused score is only comparable within one query).
 
 Score fusion beat reciprocal-rank fusion on both GitBugs sets, and α = 0.7 with a pool
-of 20 is where the measured sweep peaks (QUALITY.md, "Hybrid ranking").
+of 20 is where the measured sweep peaks (docs/quality.md, "Retrieval on GitBugs").
 
 Arrays are ``(queries, candidates)`` with ``-inf`` marking a non-candidate (itself, a
 later ticket), as in quality/evaluate.py; the worker passes one row per ticket.

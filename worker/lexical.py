@@ -1,6 +1,6 @@
 """The lexical half of hybrid ranking: an incremental BM25 index over the stored tickets.
 
-Why it exists: measured on GitBugs (QUALITY.md), dense and lexical rankings miss
+Why it exists: measured on GitBugs (docs/quality.md), dense and lexical rankings miss
 different duplicates; fusing them lifts Recall@10 over either alone. Bug reports share
 exact identifiers (class names, error codes, file names) that a 256-token English
 sentence model blurs, and BM25 catches those.
@@ -51,7 +51,7 @@ _IS_CJK = re.compile(rf"[{_CJK}]")
 CjkMode = Literal["unigram", "bigram", "both", "jieba"]
 CJK_MODES: tuple[CjkMode, ...] = ("unigram", "bigram", "both", "jieba")
 #: How a run of CJK characters becomes tokens: one token per character. Measured by
-#: `triage evaluate pairs --compare-cjk` on the public Chinese pair sets (QUALITY.md, BM25
+#: `triage evaluate pairs --compare-cjk` on the public Chinese pair sets (docs/quality.md, BM25
 #: ROC AUC, unigram / bigram / both / jieba): unigrams are best on BQ (0.732 / 0.705 /
 #: 0.728 / 0.693) and STS-B zh (0.878 / 0.826 / – / 0.843), jieba's word segmentation is
 #: 0.007 ahead on LCQMC (0.861 against 0.854) only; overlapping bigrams, as Lucene's CJK
@@ -60,7 +60,7 @@ CJK_MODES: tuple[CjkMode, ...] = ("unigram", "bigram", "both", "jieba")
 DEFAULT_CJK: CjkMode = "unigram"
 
 # What BM25 reads: subject + body with HTML reduced to text, and nothing else removed.
-# Measured (QUALITY.md): the embedding's URL stripping hurts BM25, since URLs carry issue
+# Measured (docs/quality.md): the embedding's URL stripping hurts BM25, since URLs carry issue
 # keys and file names that match exactly; and BM25 has no 256-token window to fit.
 LEXICAL_STEPS = ("html",)
 # Rows read per SQL round trip when the index catches up with the table.
@@ -84,7 +84,7 @@ def tokenize(text: str, cjk: CjkMode = DEFAULT_CJK, *, nfkc: bool = True) -> lis
     r"""Lowercased ``\w+`` tokens, CJK runs split as ``cjk`` says.
 
     ``nfkc``: of the NFKC form, so that full-width letters and digits (``ＡＰＰ１``, common
-    in Chinese input methods) match their ASCII forms; measured in QUALITY.md.
+    in Chinese input methods) match their ASCII forms; measured in docs/quality.md.
     """
     if nfkc:
         text = unicodedata.normalize("NFKC", text)

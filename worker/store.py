@@ -80,7 +80,7 @@ class VectorStore:
         self._lock = lock
         # Vectors this process wrote or fetched, by key: hybrid ranking fetches the vectors
         # of BM25-only candidates every batch, and a Chroma `get` costs ≈ 0.8 ms per ticket
-        # (QUALITY.md). A key's vector and metadata never change within a collection
+        # (docs/quality.md). A key's vector and metadata never change within a collection
         # (decisions are final; a repair re-stores the same), so nothing goes stale; a
         # re-index opens another VectorStore.
         self._cache: OrderedDict[TicketKey, tuple[np.ndarray, Neighbour]] = OrderedDict()

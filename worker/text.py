@@ -2,7 +2,7 @@
 
 Each preparation step is a small pure function ``str -> str`` over the ticket body,
 registered in :data:`STEPS` under a name, so that ``triage evaluate retrieval --steps`` can
-measure each one on labelled data (see QUALITY.md). :data:`DEFAULT_STEPS` and
+measure each one on labelled data (see ../docs/quality.md). :data:`DEFAULT_STEPS` and
 :data:`DEFAULT_SUBJECT` are exactly the choices that measured better than leaving them out;
 :func:`embedding_text` (what the pipeline embeds) uses them.
 
@@ -382,7 +382,7 @@ SUBJECT_MODES: Final = ("once", "twice", "twice-long", "only-long", "none")
 # "Long": more words than the model's 256-token window holds (≈ 1.3 tokens per word).
 LONG_BODY_WORDS = 200
 
-# Measured on GitBugs Hadoop + SeaMonkey (QUALITY.md, "Text preparation"): HTML to text and
+# Measured on GitBugs Hadoop + SeaMonkey (docs/quality.md, "Text preparation"): HTML to text and
 # URL removal each raised Recall@10 + MRR on both sets; the other steps were neutral (no mail
 # quoting or signatures in bug trackers), mixed (markup, boilerplate: better on SeaMonkey,
 # worse on Hadoop) or worse (stack traces, repeating the subject, chunking). They stay
@@ -553,7 +553,7 @@ def prepare_chunks(
 
 # --- the subject as its own vector ----------------------------------------------------------
 
-# Measured by `triage evaluate` (QUALITY.md): pooling the subject's own vector with weight
+# Measured by `triage evaluate` (docs/quality.md): pooling the subject's own vector with weight
 # 0.2 into the text's raised Recall@10 on GitBugs Hadoop from 0.783 to 0.814 (SeaMonkey
 # unchanged at 0.853); 0.3 and 0.4 were no better. Repeating the subject inside the text
 # was worse.

@@ -196,7 +196,7 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
         multilingual=False,
         thresholds=Thresholds(duplicate=0.85, suggest=0.70),
         recipes=frozenset({""}),
-        calibration="STS-B en test: precision 0.96 at 0.85 (QUALITY.md, Pair sets); on GitBugs "
+        calibration="STS-B en test: precision 0.96 at 0.85 (docs/quality.md, Pair sets); on GitBugs "
         "duplicate precision stays below 0.95 at any cosine, so it is not lowered",
     ),
     KnownModel(

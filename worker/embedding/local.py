@@ -1,6 +1,6 @@
 """In-process embeddings: a sentence-transformers BERT folder run by tokenizers + onnxruntime.
 
-Why this engine: measured on a 2-core CPU (bench/engine.py; BENCHMARKS.md, section 1),
+Why this engine: measured on a 2-core CPU (bench/engine.py; docs/performance.md, section 1),
 onnxruntime on an fp32 graph agrees with sentence-transformers to cosine ≥ 0.9999999, loads
 in ≈ 0.5 s instead of ≈ 11 s and embeds short tickets ≈ 20 % faster, without the ≈ 1.4 GB
 torch install. The graph is built from the folder's
@@ -49,7 +49,7 @@ MAX_SUB_BATCH = 64
 # layer sees only real tokens, so this budget is the work per run, whatever the padding.
 # Measured on the 2-core dev VM, graph-only throughput peaks at 256–1,024 tokens per run and
 # falls at 4,096+, where activations no longer stay in cache; with the packed graph, 512 beat
-# 256 and 1,024 on calls of 32 short tickets and on all 2,000 at once (BENCHMARKS.md).
+# 256 and 1,024 on calls of 32 short tickets and on all 2,000 at once (docs/performance.md).
 MAX_SUB_BATCH_TOKENS = 512
 # Attention alone still runs padded ([rows, heads, seq, seq] scores): cap rows × longest row.
 MAX_PADDED_TOKENS = 2048
@@ -198,7 +198,7 @@ class LocalEmbedder:
         # Idle intra-op threads sleep instead of spinning: the worker runs Chroma, Celery and
         # SQL between embeddings, and spinning threads took cores from them (and from
         # anything else on the machine). Measured on calls of 32 short tickets on a loaded
-        # 2-core VM: 1.16x the texts/s with spinning off (BENCHMARKS.md).
+        # 2-core VM: 1.16x the texts/s with spinning off (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: the worker log is not ORT's
         try:
@@ -218,7 +218,7 @@ class LocalEmbedder:
         Texts are sorted by token count and run in sub-batches of similar length, packed:
         the dense layers see only real tokens and only attention is padded, to each
         sub-batch's longest text. Padding a call of 32 short tickets to its longest costs
-        ≈ 40 % more work; packing measured 1.3–1.4x the texts/s on such calls (BENCHMARKS.md).
+        ≈ 40 % more work; packing measured 1.3–1.4x the texts/s on such calls (docs/performance.md).
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single str")

@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-27
 
-The views are the stable, documented read surface (README, "SQL views for BI tools"); the
+The views are the stable, documented read surface (docs/api.md, "SQL views for BI tools"); the
 same names, columns and meaning on SQLite and PostgreSQL. Times are UTC. A timestamp column
 is a ``timestamptz`` on PostgreSQL and, on SQLite, text in SQLite's own datetime format
 (``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC), which SQLite's date functions and SQLAlchemy's
