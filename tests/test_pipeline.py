@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,25 @@ def test_batch_routes_in_order_with_one_embedding_call(services: Services) -> No
     assert d["2"].matches[0]["ticket_id"] == "1"  # compared with the earlier batch-mate
     assert d["3"].model == "local:all-MiniLM-L6-v2" and d["3"].duplicate_threshold == 0.85
     assert services.store.count() == 3
+
+
+def test_a_batch_decides_its_tickets_in_arrival_order(services: Services) -> None:
+    # Worker threads hand messages to the batcher in whatever order the scheduler runs them;
+    # the ticket that reached the helpdesk first must still be the canonical one.
+    first = t("early", CRASH).model_copy(update={"received_at": datetime(2026, 1, 1, tzinfo=UTC)})
+    later = t("late", CRASH2).model_copy(update={"received_at": datetime(2026, 1, 2, tzinfo=UTC)})
+    results = triage_batch([WorkItem(later), WorkItem(first)], services)
+    assert [r.status for r in results] == ["duplicate", "manual"]  # one result per item, in order
+    d = rows(services)
+    assert d["late"].canonical_ticket_id == "early" and d["early"].matches == []
+
+
+def test_a_ticket_received_weeks_ago_is_decided(services: Services) -> None:
+    # A re-driven ticket keeps its first arrival time: 30 days is more milliseconds than a
+    # 32-bit column holds, and PostgreSQL would refuse the row on every retry.
+    old = t("old", CRASH).model_copy(update={"received_at": datetime.now(UTC) - timedelta(days=30)})
+    assert [r.status for r in triage_batch([WorkItem(old)], services)] == ["manual"]
+    assert rows(services)["old"].latency_ms >= 30 * 86_400_000  # type: ignore[operator]
 
 
 def test_redelivery_is_idempotent_and_never_self_matched(services: Services) -> None:

@@ -102,8 +102,9 @@ class DecisionRow(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    # decided_at - received_at, in ms: end-to-end latency (the /metrics histogram).
-    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # decided_at - received_at, in ms: end-to-end latency (the /metrics histogram). 64-bit:
+    # a re-driven ticket keeps its first arrival time, which may be weeks old.
+    latency_ms: Mapped[int | None] = mapped_column(BigInteger)
     # Share of [UNK] tokens (language-coverage guard); null when not measured.
     unknown_ratio: Mapped[float | None] = mapped_column(Float)
     # Why the route is what it is when the score alone does not say (e.g. unreadable text).

@@ -137,7 +137,11 @@ def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatc
     results: dict[int, ItemResult] = {}
     first_of: dict[TicketKey, int] = {}
     unique: list[int] = []
-    for i, item in enumerate(items):
+    # Decide in arrival order: worker threads hand messages to the batcher in whatever order
+    # the scheduler runs them, and the ticket that reached the helpdesk first must be the one
+    # its later twins link to. The sort is stable, so equal times keep delivery order.
+    for i in sorted(range(len(items)), key=lambda i: items[i].ticket.received_at):
+        item = items[i]
         # The same key twice in one batch (a redelivery racing its original): decide once.
         if item.ticket.key in first_of:
             continue
