@@ -50,7 +50,7 @@ from worker.pipeline import (
 )
 from worker.reindex import active_collection
 from worker.store import embedder_digest, open_store
-from worker.thresholds import load_thresholds, model_advice
+from worker.thresholds import load_for_model, model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,9 @@ def build_runtime(settings: Settings) -> Runtime:
             ttl_s=settings.decision_lock_ttl_s,
         )
     advice = model_advice(settings, embedder)  # per-model calibrated defaults
-    for note in advice.notes:
-        logger.warning("%s", note)
+    for note in (*advice.notes, advice.guard_note):
+        if note:
+            logger.warning("%s", note)
     thresholds: ThresholdSource = advice.thresholds
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
@@ -238,15 +239,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
     try:
-        table = load_thresholds(path)
+        table = load_for_model(path, model_id)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"TRIAGE_THRESHOLDS_FILE: {exc}") from exc
-    if table.model and table.model != model_id:
-        # Cosine scales differ between models: thresholds calibrated on one mean nothing on another.
-        raise ConfigError(
-            f"TRIAGE_THRESHOLDS_FILE {path} was calibrated for {table.model!r}, but the worker "
-            f"embeds with {model_id!r}: run `triage calibrate` again with this model"
-        )
     logger.info(
         "thresholds from %s: default %s, %d queue(s)", path, table.default, len(table.queues)
     )
