@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,19 @@ def test_slow_clients(redis_url: str) -> None:
     )
     assert "uvicorn      /healthz with 5 slow connections open" in stdout
     assert "triage serve /healthz with 5 slow connections open" in stdout
+
+
+def test_html_to_text() -> None:
+    stdout = run(
+        BENCH / "html_to_text.py", "--gitbugs", ROOT / "tests" / "fixtures", "--runs", "1",
+        "--sizes", "2000,4000", "--limit", "20", "--no-reference", "--only", "tickets/html.py",
+    )  # fmt: skip
+    assert "== webhook samples: 2 bodies" in stdout
+    assert "descriptions hold HTML by the product's check" in stdout
+    features = stdout.split("== features")[1].split("== adversarial")[0].splitlines()[3:]
+    rows = [re.split(r"\s{2,}", line) for line in features if line.strip()]
+    assert len(rows) == 11 and all(row[1] == "✓" for row in rows)  # the product's column
+    adversarial = stdout.split("== adversarial")[1].split("== install size")[0]
+    product = [line for line in adversarial.splitlines() if "tickets/html.py" in line]
+    assert len(product) == 10 and not any(">20" in line for line in product)
+    assert "tickets/html.py  0.0" in stdout.split("== install size")[1]

@@ -93,6 +93,7 @@ def _index(
             ticket_id=t.ticket_id,
             subject=t.subject,
             body=t.body or "",
+            body_format=t.body_format,
             queue=t.queue,
             tags=tuple(t.tags or ()),
             received_at=t.received_at,
