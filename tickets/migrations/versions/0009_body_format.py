@@ -1,7 +1,7 @@
 """Stored tickets say what their body is: 'text' (intake made it plain text) or 'html'.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04
 
 `triage reindex` and the BM25 index prepare a stored body again; a body that intake already
@@ -16,8 +16,8 @@ so the BI views of 0004, which name other columns only, stay as they are.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
