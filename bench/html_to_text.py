@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tickets.html import _TextWriter, contains_html, html_to_text  # noqa: E402
-from worker.text import strip_html, strip_quoted_replies  # noqa: E402
+from worker.text import normalise_whitespace, strip_html, strip_quoted_replies  # noqa: E402
 
 Convert = Callable[[str], str]
 
@@ -452,6 +452,16 @@ def main() -> None:
             f"GitBugs: {len(marked)} of {len(descriptions)} descriptions hold HTML by the "
             "product's check"
         )
+        if "before: html.parser" in found:
+            before_step = found["before: html.parser"][1]
+            changed = sum(
+                normalise_whitespace(strip_html(d)) != normalise_whitespace(before_step(d))
+                for d in descriptions
+            )
+            print(
+                f"the worker's html step now gives another text (whitespace aside) for {changed} "
+                f"of {len(descriptions)} descriptions"
+            )
         sets.append(("GitBugs descriptions with HTML (as the worker's step)", marked, True))
         sets.append(
             (

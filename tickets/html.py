@@ -178,8 +178,10 @@ _TELLING = frozenset(
 # as quoted as one quoted eighty times, and the prefix must not multiply the output.
 MAX_QUOTE_PREFIX = 8
 
-_WS = re.compile(r"[ \t\n\r\f\v\xa0\u200b]+")
-_LINE_WS = re.compile(r"[ \t\f\v\xa0\u200b]+")
+# A run of white space that is not already one plain space (those are most runs, and
+# replacing each by itself would cost a substitution apiece).
+_WS = re.compile(r"[\t\n\r\f\v\xa0\u200b][ \t\n\r\f\v\xa0\u200b]*| [ \t\n\r\f\v\xa0\u200b]+")
+_LINE_WS = re.compile(r"[\t\f\v\xa0\u200b][ \t\f\v\xa0\u200b]*| [ \t\f\v\xa0\u200b]+")
 _NEWLINE = re.compile(r"\r\n?|\n")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
@@ -252,10 +254,19 @@ class _TextWriter:
         if not (self._pre or self._source_lines):
             self._inline(_WS.sub(" ", text))
             return
-        for k, line in enumerate(_NEWLINE.split(text)):
-            if k:
-                self._line_break()
-            self._inline(line.replace("\xa0", " ") if self._pre else _LINE_WS.sub(" ", line))
+        text = text.replace("\xa0", " ") if self._pre else _LINE_WS.sub(" ", text)
+        first, *middle_and_last = _NEWLINE.split(text)
+        self._inline(first)
+        if not middle_and_last:
+            return
+        self._line_break()
+        # Lines between two source line breaks are whole: written out directly (a text of
+        # many lines costs one call per line, not three).
+        prefix = "> " * min(self._quote, MAX_QUOTE_PREFIX)
+        for line in middle_and_last[:-1]:
+            line = line.rstrip(" \t") if self._pre else line.strip(" ")
+            self.lines.append(prefix + line if line else "")
+        self._inline(middle_and_last[-1])
 
     def _block(self, tag: str) -> None:
         """A block starts or ends: a blank line around paragraphs, a line break otherwise."""
