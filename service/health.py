@@ -36,6 +36,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from config.redis_client import connect as redis_connect
 from config.settings import Settings, mask_url
 from producer.guards import UNACKED_KEY
 from tickets import heartbeat, migrate
@@ -85,9 +86,7 @@ def _ms(since: float) -> float:
 
 
 def redis_client(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    return redis_connect(settings, timeout_s=timeout_s)
 
 
 def check_redis(client: redis.Redis, settings: Settings) -> Check:
@@ -95,6 +94,10 @@ def check_redis(client: redis.Redis, settings: Settings) -> Check:
     start = time.monotonic()
     try:
         info = client.info("server")
+        if settings.uses_sentinel:
+            # The server the sentinels name now: after a failover, the new master.
+            host, port = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+            where["master"] = f"{host}:{port}"
     except redis.RedisError as exc:
         return Check("redis", False, "redis unreachable", {**where, "error": _short(exc)})
     return Check(
@@ -444,7 +447,8 @@ def _doctor_detail(check: Check) -> str:
     if check.name == "redis":
         if not check.ok:
             return f"{d['url']}: {check.reason} ({d.get('error', '')})"
-        return f"{d['url']}: redis {d['version']}"
+        master = f", master {d['master']} (Sentinel)" if "master" in d else ""
+        return f"{d['url']}: redis {d['version']}{master}"
     if check.name == "queue":
         if not check.ok:
             return check.reason

@@ -22,6 +22,7 @@ import pytest
 import redis
 import requests
 import uvicorn
+from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
 from tickets import migrate
@@ -40,8 +41,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[f"TRIAGE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
-    if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
-        env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
+    for name in Settings.model_fields:  # secrets are dumped masked: the child needs them
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            env[f"TRIAGE_{name.upper()}"] = value.get_secret_value()
     return env
 
 

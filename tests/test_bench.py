@@ -149,3 +149,24 @@ def test_html_to_text() -> None:
     product = [line for line in adversarial.splitlines() if "tickets/html.py" in line]
     assert len(product) == 10 and not any(">20" in line for line in product)
     assert "tickets/html.py  0.0" in stdout.split("== install size")[1]
+
+
+def test_sentinel_failover(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    stdout = run(
+        BENCH / "sentinel_failover.py", "--runs", "1", "--rate", "50", "--after-s", "3",
+        "--case", "sigterm/2/1", "--json", out,
+    )  # fmt: skip
+    assert "sigterm" in stdout
+    [case] = json.loads(out.read_text())
+    [one] = case["runs"]
+    assert one["switched"] == 1 and one["lost"] == 0 and positive(one["accepted"])
+
+
+def test_sql_sizing(postgres_server: str, redis_url: str) -> None:
+    stdout = run(
+        BENCH / "sql_sizing.py", "--admin-url", postgres_server, "--sizes", "300",
+        "--bodies", "short", "--redis-url", redis_url,
+    )  # fmt: skip
+    assert "triage_tickets" in stdout and "triage_decisions" in stdout
+    assert "dedupe key" in stdout

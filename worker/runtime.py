@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from config.celery_app import create_app
+from config.redis_client import connect as redis_connect
 from config.settings import Settings, load_settings
 from tickets import migrate
 from tickets.db import make_engine
@@ -157,7 +158,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
         lock = DecisionLock(
-            redis.Redis.from_url(settings.redis_url),
+            redis_connect(settings),
             engine,
             DECISION_LOCK,
             ttl_s=settings.decision_lock_ttl_s,
@@ -200,7 +201,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
         services.before_decide = before_decide
 
-    ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
+    ledger = Ledger(redis_connect(settings, timeout_s=10), settings.queue)
 
     digest_watch = DigestWatch(services)
 
