@@ -601,12 +601,7 @@ def one_worker_run(
     r.delete(QUEUE, f"{QUEUE}.search")
     env = child_env(code, url, size, args.port)
     # Each process migrates nothing (the worker refuses an old schema): do it once here.
-    subprocess.run(
-        [sys.executable, "-c", "import os; from sqlalchemy import create_engine; "
-         "from tickets import migrate; "
-         "migrate.upgrade(create_engine(os.environ['TRIAGE_DATABASE_URL']))"],
-        env=env, cwd=code, check=True,
-    )  # fmt: skip
+    migrate_copy(code, env)
     procs = []
     logs = []
     for p in range(n):
@@ -717,6 +712,16 @@ def one_worker_run(
     }
 
 
+def migrate_copy(code: Path, env: dict[str, str]) -> None:
+    """The database copy brought to the checkout's schema, by the checkout's migrations."""
+    subprocess.run(
+        [sys.executable, "-c", "import os; from sqlalchemy import create_engine; "
+         "from tickets import migrate; "
+         "migrate.upgrade(create_engine(os.environ['TRIAGE_DATABASE_URL']))"],
+        env=env, cwd=code, check=True,
+    )  # fmt: skip
+
+
 def _read(sink: Path) -> list[dict[str, Any]]:
     if not sink.exists():
         return []
@@ -785,6 +790,7 @@ def run_bounds(args: argparse.Namespace) -> None:
     db = f"bench_bounds_{size_label(args.size)}"
     url = copy_db(args.size, db)
     env = child_env(code, url, args.size, args.port)
+    migrate_copy(code, env)
     try:
         with chroma_server(args.fixtures / "chroma", args.port):
             proc = subprocess.run(

@@ -183,16 +183,31 @@ def _child(mode: str, code: Path, database: str, snapshot: Path) -> dict[str, An
     return dict(json.loads(line[7:]))
 
 
+def migrate(code: Path, database: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from sqlalchemy import create_engine; "
+         "from tickets import migrate; migrate.upgrade(create_engine(sys.argv[1]))", database],
+        cwd=code, check=True,
+    )  # fmt: skip
+
+
 def run_refresh(args: argparse.Namespace) -> None:
     import critical_section as cs
 
     cs.header(args, {"code": args.code})
     results = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        database = cs.PG.format(db=f"{args.db_prefix}_{cs.size_label(size)}")
+        # A copy brought to the checkout's schema (its migrations may add columns it reads).
+        cs.DB_PREFIX[0] = args.db_prefix
+        db = f"bench_lex_{cs.size_label(size)}"
+        database = cs.copy_db(size, db)
+        migrate(args.code, database)
         snapshot = args.snapshots / cs.size_label(size)
-        built = _child("child-build", args.code, database, snapshot)
-        loaded = _child("child-load", args.code, database, snapshot)
+        try:
+            built = _child("child-build", args.code, database, snapshot)
+            loaded = _child("child-load", args.code, database, snapshot)
+        finally:
+            cs.drop_db(db)
         r = {"size": size, "rebuild": built, "snapshot": loaded}
         results.append(r)
         print(
@@ -224,12 +239,7 @@ def run_join(args: argparse.Namespace) -> None:
         with cs.chroma_server(args.fixtures / "chroma", args.port) as chroma:
             env = cs.child_env(args.code, url, size, args.port)
             env["TRIAGE_CHROMA_COLLECTION"] = args.collection
-            subprocess.run(
-                [sys.executable, "-c", "import os; from sqlalchemy import create_engine; "
-                 "from tickets import migrate; "
-                 "migrate.upgrade(create_engine(os.environ['TRIAGE_DATABASE_URL']))"],
-                env=env, cwd=args.code, check=True,
-            )  # fmt: skip
+            migrate(args.code, url)
             # A query of the collection first: a joining worker meets a running server.
             cs.cleanup_vectors(args.code, env, 1, 900_000 + 0)
             for rep in range(args.repeat):
