@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -170,3 +173,44 @@ def test_sql_sizing(postgres_server: str, redis_url: str) -> None:
     )  # fmt: skip
     assert "triage_tickets" in stdout and "triage_decisions" in stdout
     assert "dedupe key" in stdout
+
+
+def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> None:
+    """bench/fixture.py builds a tiny fixture; bench/critical_section.py and
+    bench/lexical_startup.py measure it (a `chroma run` server, PostgreSQL, Redis)."""
+    prefix = f"benchsmoke{uuid.uuid4().hex[:8]}"
+    fixtures = tmp_path / "fixtures"
+    database = postgres_server.rsplit("/", 1)[0] + "/" + prefix + "_{size}"
+    try:
+        out = run(BENCH / "fixture.py", "--out", fixtures, "--sizes", "300", "--database", database)
+        built = json.loads(out.strip().splitlines()[-1])
+        assert built["stored_vectors"] == 300 and built["routes_manual"] > 0
+        report = tmp_path / "section.json"
+        run(
+            BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",
+            "--batches", "2", "--warmup", "0", "--fixtures", fixtures, "--db-prefix", prefix,
+            "--port", str(_free_port()), "--json", report,
+        )  # fmt: skip
+        (result,) = json.loads(report.read_text())["results"]
+        assert result["batches"] == 2 and sum(result["routes"].values()) == 64
+        assert positive(result["section_p50_ms"]) and 0 < result["share_p50"] < 1
+        lexical = tmp_path / "lexical.json"
+        run(
+            BENCH / "lexical_startup.py", "refresh", "--sizes", "300", "--db-prefix", prefix,
+            "--snapshots", tmp_path / "snapshots", "--json", lexical,
+        )  # fmt: skip
+        (row,) = json.loads(lexical.read_text())["results"]
+        assert row["rebuild"]["tickets"] == 300
+        assert row["snapshot"]["scores_equal_rebuilt"] is True
+        assert row["snapshot"]["catch_up_rows"] == 0
+    finally:
+        admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{prefix}_300" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
