@@ -881,7 +881,7 @@ def child_bounds(args: argparse.Namespace) -> None:
     now = datetime.now(UTC)
     rows = []
     for t, _ in pairs:
-        outcome = Outcome(t.key, "new", None, (), t.key, None, "hybrid")
+        outcome = Outcome(t.key, "manual", None, (), t.key, None, "hybrid")
         rows.append(
             (
                 db.ticket_values(t, content_hash=content_hash(t.body), backfill=False, model=model),
