@@ -21,13 +21,21 @@ was decided meanwhile is absorbed (decisions are keyed by ticket).
 
 kombu's Sentinel transport (``sentinel://`` URLs) builds its pools through the same
 ``_connparams``, and a Sentinel failover is exactly such a lost connection: it gets the
-same fix.
+same fix. Celery's ``broker_transport`` alone does not keep it there: a Sentinel URL lists
+every sentinel with ``;``, kombu takes those as failover alternates, and after a lost
+connection ``Connection.switch()`` moves to the next one with the transport its *scheme*
+names ("parse_url() sets transport to the raw URL scheme, overriding any transport given at
+construction time", kombu/connection.py). So kombu's own transport came back after the first
+failover and the second one killed the worker (measured: tests/test_sentinel.py with
+TRIAGE_FAULTS=full). The schemes therefore name these transports in kombu's alias table, in
+every process that imports this module (all of the product's, through config/celery_app.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -61,3 +69,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
 TRANSPORT = f"{__name__}:Transport"
 #: Celery's ``broker_transport`` for a ``sentinel://`` broker URL.
 SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"
+
+# What the URL schemes resolve to, also after a failover switches URLs (see above).
+TRANSPORT_ALIASES["redis"] = TRANSPORT
+TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT

@@ -85,13 +85,18 @@ def _create_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
-        url = migrated_sqlite(tmp_path)
-        drop: Callable[[], None] = lambda: None  # noqa: E731
+        yield migrated_sqlite(tmp_path)
     else:
-        url, drop = _create_pg_database(request.getfixturevalue("postgres_server"))
-        engine = make_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database of this test's own."""
+    url, drop = _create_pg_database(postgres_server)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
     try:
         yield url
     finally:

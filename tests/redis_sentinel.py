@@ -9,32 +9,19 @@ and with a quorum of sentinels agreeing the replica is promoted within seconds.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from tests.faults.harness import PrivateRedis
-from tests.services import free_port
+from tests.services import free_port, redis_binary
 from tickets.model import TicketKey
 
 MASTER_NAME = "mymaster"
-
-
-def _binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):  # part of the CI machine: its absence is a failure
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return binary
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> float:
@@ -73,7 +60,7 @@ class Node(PrivateRedis):
         self.config.write_text(
             "\n".join([f"port {port}", "bind 127.0.0.1", f'dir "{folder}"', *config]) + "\n"
         )
-        self.argv = [_binary(), str(self.config)] + (["--sentinel"] if sentinel else [])
+        self.argv = [redis_binary(), str(self.config)] + (["--sentinel"] if sentinel else [])
         super().__init__(folder, port)
 
     def start(self) -> None:
@@ -206,7 +193,7 @@ class SentinelGroup:
 
     @staticmethod
     def server_version() -> str:
-        out = subprocess.run([_binary(), "--version"], capture_output=True, text=True)
+        out = subprocess.run([redis_binary(), "--version"], capture_output=True, text=True)
         return out.stdout.split(" sha=")[0].strip()
 
     def url(self, db: int = 0) -> str:

@@ -63,6 +63,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def redis_binary() -> str:
+    """The redis-server program (skips the test, or fails it in CI, without one)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):  # part of the CI machine: its absence is a failure
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return binary
+
+
 @contextmanager
 def private_redis(tmp_path: Path, *, password: str | None = None) -> Iterator[str]:
     """A redis-server on a free port; yields its URL (with the password, if one is set)."""
@@ -75,12 +86,7 @@ def redis_server(
     tmp_path: Path, *, password: str | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """private_redis, with its process (to stop and continue it: SIGSTOP / SIGCONT)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):  # part of the CI machine: its absence is a failure
-            pytest.fail(reason)
-        pytest.skip(reason)
+    binary = redis_binary()
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     argv += ["no", "--dir", str(tmp_path)]

@@ -25,16 +25,17 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from config.broker import SentinelTransport
 from config.celery_app import celery_config, create_app
 from config.redis_client import connect
 from config.settings import Settings
 from producer.intake import Intake
 from service.health import check_redis, doctor_line
-from tests.conftest import WorkerProcess, _create_pg_database, wait_for
+from tests.conftest import WorkerProcess, wait_for
 from tests.faults.harness import ChromaServer, scale
 from tests.redis_sentinel import MASTER_NAME, SentinelGroup, queued_ids
 from tests.services import ServeProcess
-from tickets import db, migrate
+from tickets import db
 from tickets.heartbeat import live_workers
 from tickets.model import Ticket
 from tickets.queue import BrokerUnavailable, publish
@@ -163,17 +164,13 @@ def _decided(url: str) -> dict[str, int]:
 def test_tickets_are_decided_through_a_master_failover(
     group: SentinelGroup,
     sentinel_settings: Settings,
-    postgres_server: str,
+    postgres_url: str,
     request: pytest.FixtureRequest,
     start_worker: Callable[..., WorkerProcess],
     start_serve: Callable[[Settings], ServeProcess],
     tmp_path: Path,
 ) -> None:
-    pg_url, drop = _create_pg_database(postgres_server)
-    request.addfinalizer(drop)
-    engine = db.make_engine(pg_url)
-    migrate.upgrade(engine)
-    engine.dispose()
+    pg_url = postgres_url
     chroma = ChromaServer(tmp_path)
     request.addfinalizer(chroma.stop)
     settings = sentinel_settings.model_copy(
@@ -317,3 +314,24 @@ def test_stopping_the_master_for_maintenance_loses_no_accepted_ticket(
         assert refused > 0  # the producer said 503 while there was no master
     finally:
         group.stop()
+
+
+def test_the_fixed_transport_survives_a_switch_to_the_next_sentinel(
+    sentinel_settings: Settings,
+) -> None:
+    """kombu takes the `;`-listed sentinels as failover alternates and, after a lost
+    connection, switches to the next one with the transport its URL scheme names. Without
+    config/broker.py's aliases that was kombu's own Sentinel transport, and the second
+    failover killed the worker ("'NoneType' object has no attribute 'hostname'")."""
+    app = create_app(sentinel_settings)
+    conn = app.connection_for_write()
+    try:
+        assert len(conn.alt) == 3
+        for _ in range(len(conn.alt)):
+            assert isinstance(conn.transport, SentinelTransport)
+            conn.maybe_switch_next()
+        assert isinstance(conn.transport, SentinelTransport)
+        conn.ensure_connection(max_retries=1)  # and it still reaches the master
+    finally:
+        conn.release()
+        app.close()
