@@ -380,6 +380,18 @@ class Settings(BaseSettings):
         ),
     )
 
+    match_scope: Literal["global", "queue", "source"] = Field(
+        "global",
+        description=(
+            "Which tickets a new ticket is compared with: `global`, every stored ticket; "
+            "`queue`, only those of its own queue (tickets without a queue form one scope); "
+            "`source`, only those of its own source. Scopes decide in parallel, each under "
+            "its own decision lock. Every worker must run with the same value. `queue` on "
+            "a collection written before queues were stored with the vectors needs "
+            "`triage reindex` first (the worker says so)."
+        ),
+    )
+
     # --- batching and delivery ----------------------------------------------------------
     # 32 short tickets embed in ~0.13 s locally: big enough to amortise the call, small
     # enough that a batch is well inside the visibility timeout.

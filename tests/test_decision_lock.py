@@ -85,3 +85,59 @@ def test_the_lock_yields_a_fenced_section(redis_url: str, sqlite_url: str) -> No
     assert client.exists(lock.key) == 0
     client.close()
     engine.dispose()
+
+
+def test_scopes_hold_their_own_locks_at_once(redis_url: str, sqlite_url: str) -> None:
+    from worker.decision_lock import ScopeLocks
+
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    locks = ScopeLocks(client, engine, f"{prefix}-global", ttl_s=2, wait_s=1)
+    with locks(f"{prefix}-a") as a, locks(f"{prefix}-b") as b:
+        assert client.exists(locks.get(f"{prefix}-a").key, locks.get(f"{prefix}-b").key) == 2
+        with pytest.raises(LockTimeout), locks(f"{prefix}-a"):  # one holder per scope
+            pass
+        for section in (a, b):  # each fenced by its own row
+            with section.committing() as check, Session(engine) as session:
+                check(session)
+                session.commit()
+    client.close()
+    engine.dispose()
+
+
+def test_a_scoped_commit_waits_for_a_holder_of_the_shared_fence(postgres_server: str) -> None:
+    """`triage reindex` holds the global fence row across its final catch-up and switch:
+    a scope's commit, which holds that row FOR SHARE, waits for it, then goes through."""
+    from tests.conftest import _create_pg_database
+    from tickets import migrate
+
+    url, drop = _create_pg_database(postgres_server)
+    engine = db.make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        shared = Fence(engine, "global", wait_s=1)
+        scoped = Fence(engine, "scope-a", wait_s=1, shares="global")
+        token = scoped.claim()
+        with scoped.committing(token):  # creates the shared row, shares it: no conflict
+            pass
+        switch = shared.claim()
+        errors: list[BaseException] = []
+        with shared.committing(switch):
+            committer = threading.Thread(target=lambda: _commit(scoped, token, errors))
+            committer.start()
+            committer.join(10)
+        assert len(errors) == 1 and isinstance(errors[0], LockTimeout), errors
+        _commit(scoped, token, errors)  # the switch over: it goes through
+        assert len(errors) == 1
+    finally:
+        engine.dispose()
+        drop()
+
+
+def _commit(fence: Fence, token: int, errors: list[BaseException]) -> None:
+    try:
+        with fence.committing(token):
+            pass
+    except BaseException as exc:
+        errors.append(exc)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from quality.bm25 import BM25Index
@@ -164,6 +164,66 @@ def test_refresh_prepares_a_stored_body_as_the_worker_did(database_url: str) -> 
     assert index.scores("div").tolist()[0] > 0 and index.scores("div").tolist()[1] == 0
     assert index.scores("printer").tolist()[1] > 0
     engine.dispose()
+
+
+def test_texts_outside_the_index_score_as_if_indexed() -> None:
+    rng = random.Random(11)
+    texts = random_texts(rng, 40)
+    index = build_index(texts)
+    for query in random_texts(rng, 10):
+        # The last text scored from outside, under the statistics of the index holding it.
+        assert index.score_texts(query, [texts[-1]])[0] == pytest.approx(
+            float(index.scores(query)[-1]), rel=1e-5, abs=1e-6
+        )
+    assert LexicalIndex().score_texts("crash", ["crash"]) == [0.0]
+
+
+def test_top_keeps_to_one_scope() -> None:
+    index = LexicalIndex(scope_field="queue")
+    index.add(TicketKey("s", "a"), "printer on fire", "alpha")
+    index.add(TicketKey("s", "b"), "printer on fire again", "beta")
+    index.add(TicketKey("s", "n"), "printer", None)
+    scores = index.scores("printer fire")
+    assert sorted(index.top(scores, 5)) == [0, 1, 2]
+    assert index.top(scores, 5, scope="beta") == [1]
+    assert index.top(scores, 5, scope=None) == [2]  # no queue is a scope of its own
+    assert index.top(scores, 5, scope="gamma") == []
+
+
+def test_a_scope_refresh_finds_what_commits_late_under_a_lower_id(database_url: str) -> None:
+    engine = db.make_engine(database_url)
+
+    def store(ticket_id: str, queue: str, row_id: int) -> None:
+        row = db.ticket_values(
+            Ticket(source="s", ticket_id=ticket_id, body=f"datanode {ticket_id}", queue=queue),
+            content_hash=ticket_id,
+            backfill=True,
+            model="m",
+        )
+        with Session(engine) as session:
+            db.save_batch(session, [row | {"id": row_id}], [])
+            session.commit()
+
+    index = LexicalIndex(scope_field="queue")
+    store("a1", "alpha", 1)
+    store("b1", "beta", 5)
+    index.refresh(engine)
+    # Scopes commit in parallel: alpha's next ticket took id 3 before beta's took 5, and
+    # commits after the index read past 5. The global refresh never comes back for it...
+    store("a2", "alpha", 3)
+    assert index.refresh(engine) == 0
+    # ... the scope's refresh, up to the scope's newest id, does.
+    newest = db_newest(engine, "alpha")
+    assert newest == 3
+    assert index.refresh_scope(engine, "alpha", newest) == 1
+    assert index.top(index.scores("datanode a2"), 5, scope="alpha") == [2, 0]
+    assert index.refresh_scope(engine, "alpha", newest) == 0
+    engine.dispose()
+
+
+def db_newest(engine: Engine, queue: str) -> int:
+    with Session(engine) as session:
+        return db.newest_ticket_id(session, "queue", queue)
 
 
 def test_fusion_pool_and_alpha() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tickets import db
@@ -191,7 +193,8 @@ def test_vectors_are_unit_length_and_similarity_is_cosine(
 
 def test_one_call_per_external_system_per_batch(services: Services) -> None:
     """Batching on purpose: 1 embedding call, 1 Chroma query, 1 Chroma upsert and a fixed
-    handful of SQL statements for a whole batch, not per ticket."""
+    handful of SQL statements for a whole batch, not per ticket; two of them inside the
+    decision section's lock before its write."""
     from sqlalchemy import event
 
     statements: list[str] = []
@@ -211,14 +214,20 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
     triage_batch([WorkItem(t(f"b{i}", f"{CRASH} variant {i}")) for i in range(20)], services)
     assert services.embedder.calls == [20]  # type: ignore[attr-defined]
     assert sorted(calls) == ["query", "upsert"]
-    # SELECT known tickets (before embedding), SELECT again inside the critical section,
-    # INSERT tickets, INSERT decisions, DELETE stale failures: 5, whatever the batch size.
+    # SELECT known tickets (before embedding); the snapshot: SELECT the tickets not yet in
+    # the store, SELECT the newest id; the section: SELECT known tickets again, SELECT those
+    # committed since the snapshot, INSERT tickets, INSERT decisions, DELETE stale
+    # failures; after it, UPDATE indexed_at: 9, whatever the batch size.
     assert [s.upper() for s in statements if s.upper() != "PRAGMA"] == [
+        "SELECT",
+        "SELECT",
+        "SELECT",
         "SELECT",
         "SELECT",
         "INSERT",
         "INSERT",
         "DELETE",
+        "UPDATE",
     ]
 
 
@@ -342,3 +351,149 @@ def test_vector_cache_spares_the_model_a_text_it_has_embedded(services: Services
     triage_batch([WorkItem(t("6", REFUND))], services)  # evicted: embedded again
     assert services.embedder.calls == [3, 3, 1]  # type: ignore[attr-defined]
     assert services.vector_cache.hits == 1
+
+
+# --- the decision section: snapshot, catch-up, publish ------------------------------------
+
+
+def _ticket_row(services: Services, ticket_id: str) -> db.TicketRow:
+    with Session(services.engine) as s:
+        row = s.scalars(select(db.TicketRow).where(db.TicketRow.ticket_id == ticket_id)).one()
+        return row
+
+
+class Interrupted(Exception):
+    """A worker's end between its commit and its vector upsert, here in-process."""
+
+
+def _interrupt_after_commit(keys: list[TicketKey]) -> None:
+    raise Interrupted(keys)
+
+
+def test_vectors_that_never_reached_the_store_are_caught_up_then_restored(
+    services: Services,
+) -> None:
+    services.hooks.after_commit = _interrupt_after_commit
+    with pytest.raises(Interrupted):
+        triage_batch([WorkItem(t("1", CRASH))], services)
+    row = _ticket_row(services, "1")
+    assert rows(services)["1"].route == "manual" and services.store.count() == 0
+    assert row.vector is not None and row.indexed_at is None and row.readable is True
+
+    services.hooks.after_commit = None
+    services.repair_after_s = 3600  # not yet: the catch-up alone must find it
+    [res] = triage_batch([WorkItem(t("9", CRASH2))], services)
+    assert res.status == "duplicate" and res.outcome is not None
+    assert res.outcome.canonical == TicketKey("test", "1")
+    assert services.store.present([TicketKey("test", "1")]) == set()
+    calls = len(services.embedder.calls)  # type: ignore[attr-defined]
+
+    services.repair_after_s = 0  # the next batch re-stores it from SQL, not embedding it
+    triage_batch([WorkItem(t("5", SHIPPING))], services)
+    assert services.store.count() == 3
+    assert _ticket_row(services, "1").indexed_at is not None
+    assert len(services.embedder.calls) == calls + 1  # type: ignore[attr-defined]  # "5" only
+    stored = services.store.fetch([TicketKey("test", "1")])[TicketKey("test", "1")][0]
+    assert stored.tobytes() == row.vector
+
+
+def test_history_routed_later_is_written_again_under_a_new_id(services: Services) -> None:
+    triage_batch([WorkItem(t("a0", CRASH))], services)
+    triage_batch([WorkItem(t("h1", REFUND), "backfill")], services)
+    first_id = _ticket_row(services, "h1").id
+    # h1 routed now (another text: its vector is the new one), and the worker ends before
+    # its vector reaches the store, which still holds h1 as history with REFUND's vector.
+    services.hooks.after_commit = _interrupt_after_commit
+    with pytest.raises(Interrupted):
+        triage_batch([WorkItem(t("h1", CRASH2))], services)
+    services.hooks.after_commit = None
+    routed = _ticket_row(services, "h1")
+    assert routed.id > first_id and routed.body == REFUND  # the first version's text stands
+    assert rows(services)["h1"].canonical_ticket_id == "a0"
+    # A ticket decided next reads h1 from SQL: its new vector, its decision's canonical.
+    services.repair_after_s = 3600
+    [res] = triage_batch([WorkItem(t("n", CRASH2))], services)
+    assert res.outcome is not None and res.outcome.best is not None
+    assert res.outcome.best.key == TicketKey("test", "h1")
+    assert res.outcome.best.score == pytest.approx(1.0, abs=1e-5)
+    assert res.status == "duplicate" and res.outcome.canonical == TicketKey("test", "a0")
+
+
+def test_a_store_that_lost_a_vector_gets_it_back_from_sql(services: Services) -> None:
+    triage_batch([WorkItem(t("1", CRASH))], services)
+    services.store._collection.delete(ids=[TicketKey("test", "1").as_id()])
+    calls = len(services.embedder.calls)  # type: ignore[attr-defined]
+    [res] = triage_batch([WorkItem(t("1", CRASH))], services)  # the redelivery
+    assert res.status == "unchanged" and services.store.count() == 1
+    assert len(services.embedder.calls) == calls  # type: ignore[attr-defined]  # not embedded
+
+
+def test_rows_from_before_vectors_were_kept_count_as_stored(services: Services) -> None:
+    triage_batch([WorkItem(t("1", CRASH))], services)
+    with Session(services.engine) as s:  # as migrated: no kept vector, never marked
+        s.execute(update(db.TicketRow).values(vector=None, indexed_at=None, readable=None))
+        s.commit()
+    # Not caught up (it is in the store), and still matched through the store.
+    [res] = triage_batch([WorkItem(t("2", CRASH2))], services)
+    assert res.status == "duplicate" and services.store.count() == 2
+    # Lost from the store and redelivered: embedded again, and its vector kept from now on.
+    services.store._collection.delete(ids=[TicketKey("test", "1").as_id()])
+    [res] = triage_batch([WorkItem(t("1", CRASH))], services)
+    assert res.status == "unchanged" and services.store.count() == 2
+    row = _ticket_row(services, "1")
+    assert row.vector is not None and row.indexed_at is not None
+
+
+def test_each_batch_records_its_section_time(services: Services) -> None:
+    from worker.pipeline import section_times, section_waits
+
+    before = len(section_times())
+    triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
+    assert len(section_times()) == before + 1 and len(section_waits()) >= 1
+    assert 0 < section_times()[-1] < 60
+
+
+def _q(i: str, body: str, queue: str | None) -> Ticket:
+    return Ticket(source="test", ticket_id=i, body=body, queue=queue)
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_queue_scope_matches_within_the_queue_only(services: Services, hybrid: bool) -> None:
+    from dataclasses import replace
+
+    from worker.lexical import LexicalIndex
+    from worker.pipeline import scope_lock_name
+
+    names: list[str] = []
+
+    def scope_lock(name: str) -> Any:
+        names.append(name)
+        return contextlib.nullcontext()
+
+    scoped = replace(
+        services,
+        match_scope="queue",
+        scope_lock=scope_lock,
+        lexical=LexicalIndex(scope_field="queue") if hybrid else None,
+    )
+    res = triage_batch(
+        [
+            WorkItem(_q("a1", CRASH, "alpha")),
+            WorkItem(_q("b1", CRASH2, "beta")),
+            WorkItem(_q("a2", CRASH2, "alpha")),
+            WorkItem(_q("n1", CRASH, None)),
+        ],
+        scoped,
+    )
+    assert [r.status for r in res] == ["manual", "manual", "duplicate", "manual"]
+    # One section per scope, in order of first appearance, each under its own lock.
+    assert names == [scope_lock_name("queue", q) for q in ("alpha", "beta", None)]
+    assert len(set(names)) == 3
+    d = rows(services)
+    assert d["a2"].matched_ticket_id == "a1"
+    for row in d.values():  # never a candidate from another queue, dense or lexical
+        queue = {"a": "alpha", "b": "beta", "n": None}[row.ticket_id[0]]
+        assert all(m["ticket_id"][0] == row.ticket_id[0] for m in row.matches), (queue, row)
+    [later] = triage_batch([WorkItem(_q("b2", CRASH, "beta"))], scoped)
+    assert later.outcome is not None and later.outcome.canonical == TicketKey("test", "b1")
+    assert {m.key.ticket_id for m in later.outcome.matches} == {"b1"}

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from tests.conftest import run_triage
 from tickets import db
 from tickets.errors import ModelMismatch
-from tickets.model import Ticket
+from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder, packaged_model_dir
 from worker.pipeline import Services, WorkItem, triage_batch
 from worker.reindex import active_collection, reindex
@@ -62,6 +64,11 @@ def test_model_change_reindexes_and_switches(
         ).close()
 
     engine = db.make_engine(sqlite_url)
+    with Session(engine) as session:  # one row from before vectors were kept in SQL
+        session.execute(
+            update(db.TicketRow).where(db.TicketRow.ticket_id == "2").values(vector=None)
+        )
+        session.commit()
     seen: list[int] = []
     result = reindex(settings, new_model, engine, progress=seen.append)
     assert result.old == "tickets" and result.new.startswith("tickets-local-minilm-other-")
@@ -70,6 +77,14 @@ def test_model_change_reindexes_and_switches(
 
     s = _services(settings, new_model)  # opens the new collection: no mismatch
     assert s.store.count() == 3
+    # The vectors kept in SQL are the new collection's now, the missing one filled.
+    with Session(engine) as session:
+        kept = {r.ticket_id: r for r in session.scalars(select(db.TicketRow))}
+    stored = s.store.fetch([TicketKey("t", i) for i in kept])
+    for i, row in kept.items():
+        assert row.vector is not None and row.indexed_at is not None, i
+        kept_vector = np.frombuffer(row.vector, dtype=np.float32)
+        np.testing.assert_allclose(kept_vector, stored[TicketKey("t", i)][0], atol=1e-6)
     res = triage_batch([WorkItem(Ticket(source="t", ticket_id="9", body=CRASH2))], s)
     assert res[0].status == "duplicate" and res[0].outcome is not None
     assert res[0].outcome.canonical.ticket_id == "0"  # the backfilled history kept its role

@@ -15,11 +15,11 @@ already point at it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -28,15 +28,24 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
+    func,
+    or_,
     select,
+    text,
+    true,
     tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -52,9 +61,22 @@ class Base(DeclarativeBase):
     pass
 
 
+_UNINDEXED = "indexed_at IS NULL AND vector IS NOT NULL"
+
+
 class TicketRow(Base):
     __tablename__ = "triage_tickets"
-    __table_args__ = (UniqueConstraint("source", "ticket_id", name="uq_triage_tickets_key"),)
+    __table_args__ = (
+        UniqueConstraint("source", "ticket_id", name="uq_triage_tickets_key"),
+        Index(
+            "ix_triage_tickets_unindexed",
+            "id",
+            postgresql_where=text(_UNINDEXED),
+            sqlite_where=text(_UNINDEXED),
+        ),
+        Index("ix_triage_tickets_queue_id", "queue", "id"),
+        Index("ix_triage_tickets_source_id", "source", "id"),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(64))
@@ -75,6 +97,14 @@ class TicketRow(Base):
     backfill: Mapped[bool] = mapped_column(Boolean, default=False)
     model: Mapped[str] = mapped_column(String(200))
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The ticket's unit vector (float32 bytes) in the space of the collection active when it
+    # was written: the decision lock's catch-up compares with it, and a vector the store
+    # lost is re-stored from it. Null on rows stored before it was kept (they are indexed).
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # When the vector reached the vector store; null until then (worker/pipeline.py).
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The language-coverage guard's verdict (null on older rows: readable).
+    readable: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class DecisionRow(Base):
@@ -240,17 +270,32 @@ def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
 
 @dataclass(frozen=True)
 class KnownTicket:
-    """What SQL already knows of a key: stored (and how), and decided (and how)."""
+    """What SQL already knows of a key: stored (and how), decided (and how), and whether its
+    vector is known to be in the vector store (``indexed``: a row without a kept vector
+    predates the column and counts as indexed)."""
 
     backfill: bool
     decision: DecisionRow | None
+    vector: bytes | None = None
+    indexed: bool = True
+    readable: bool = True
+    queue: str | None = None
 
 
 def known_tickets(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey, KnownTicket]:
     if not keys:
         return {}
     rows = session.execute(
-        select(TicketRow.source, TicketRow.ticket_id, TicketRow.backfill, DecisionRow)
+        select(
+            TicketRow.source,
+            TicketRow.ticket_id,
+            TicketRow.backfill,
+            TicketRow.vector,
+            TicketRow.indexed_at,
+            TicketRow.readable,
+            TicketRow.queue,
+            DecisionRow,
+        )
         .outerjoin(
             DecisionRow,
             (DecisionRow.source == TicketRow.source)
@@ -258,7 +303,149 @@ def known_tickets(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey
         )
         .where(key_filter(TicketRow, keys))
     ).all()
-    return {TicketKey(s, t): KnownTicket(bool(b), d) for s, t, b, d in rows}
+    return {
+        TicketKey(s, t): KnownTicket(bool(b), d, v, v is None or at is not None, r is not False, q)
+        for s, t, b, v, at, r, q, d in rows
+    }
+
+
+# --- match scopes and the decision section's catch-up ---------------------------------------
+
+#: What a match scope groups tickets by (TRIAGE_MATCH_SCOPE): None for every ticket at once.
+ScopeField = Literal["queue", "source"] | None
+
+
+def scope_filter(field: ScopeField, value: str | None) -> Any:
+    """The tickets of one scope (``queue`` null is a scope of its own)."""
+    if field is None:
+        return true()
+    column = TicketRow.queue if field == "queue" else TicketRow.source
+    return column.is_(None) if value is None else column == value
+
+
+def newest_ticket_id(session: Session, field: ScopeField = None, value: str | None = None) -> int:
+    """The highest ticket id committed in a scope (0 for none). Tickets of one scope are
+    written one section at a time, so they commit in id order."""
+    found = session.scalar(select(func.max(TicketRow.id)).where(scope_filter(field, value)))
+    return int(found or 0)
+
+
+@dataclass(frozen=True)
+class StoredTicket:
+    """A ticket row with what the vector store's metadata holds of it."""
+
+    id: int
+    key: TicketKey
+    subject: str | None
+    body: str
+    body_format: BodyFormat
+    queue: str | None
+    vector: bytes | None
+    readable: bool
+    route: str  # its decision's route, 'history' for a backfilled ticket
+    canonical: TicketKey
+    stored_at: datetime
+
+
+def _stored(row: Any) -> StoredTicket:
+    key = TicketKey(row.source, row.ticket_id)
+    decided = row.route is not None
+    return StoredTicket(
+        id=int(row.id),
+        key=key,
+        subject=row.subject,
+        body=row.body or "",
+        body_format=row.body_format,
+        queue=row.queue,
+        vector=row.vector,
+        readable=row.readable is not False,
+        route=row.route if decided else "history",
+        canonical=TicketKey(row.canonical_source, row.canonical_ticket_id) if decided else key,
+        stored_at=row.stored_at,
+    )
+
+
+def _stored_query() -> Any:
+    return select(
+        TicketRow.id,
+        TicketRow.source,
+        TicketRow.ticket_id,
+        TicketRow.subject,
+        TicketRow.body,
+        TicketRow.body_format,
+        TicketRow.queue,
+        TicketRow.vector,
+        TicketRow.readable,
+        TicketRow.stored_at,
+        DecisionRow.route,
+        DecisionRow.canonical_source,
+        DecisionRow.canonical_ticket_id,
+    ).outerjoin(
+        DecisionRow,
+        (DecisionRow.source == TicketRow.source) & (DecisionRow.ticket_id == TicketRow.ticket_id),
+    )
+
+
+def unindexed_tickets(session: Session) -> list[tuple[int, datetime]]:
+    """(id, stored_at) of the tickets whose kept vector has not reached the vector store
+    (a partial index finds them: normally none, or a batch just committed)."""
+    rows = session.execute(
+        select(TicketRow.id, TicketRow.stored_at)
+        .where(TicketRow.indexed_at.is_(None), TicketRow.vector.is_not(None))
+        .order_by(TicketRow.id)
+    ).all()
+    return [(int(i), at) for i, at in rows]
+
+
+def stored_tickets(
+    session: Session,
+    *,
+    after_id: int | None = None,
+    ids: Sequence[int] = (),
+    field: ScopeField = None,
+    value: str | None = None,
+) -> list[StoredTicket]:
+    """The tickets of a scope with an id above ``after_id`` or among ``ids``, in id order,
+    with their kept vectors and decisions."""
+    wanted = []
+    if after_id is not None:
+        wanted.append(TicketRow.id > after_id)
+    if ids:
+        wanted.append(TicketRow.id.in_(list(ids)))
+    if not wanted:
+        return []
+    rows = session.execute(
+        _stored_query().where(or_(*wanted), scope_filter(field, value)).order_by(TicketRow.id)
+    ).all()
+    return [_stored(r) for r in rows]
+
+
+def keep_vectors(
+    session: Session, vectors: Mapping[TicketKey, bytes], *, only_missing: bool = False
+) -> None:
+    """Write the kept vectors of these tickets (``only_missing``: of those without one)."""
+    if not vectors:
+        return
+    table: Table = TicketRow.__table__  # type: ignore[assignment]
+    where = [table.c.source == bindparam("k_source"), table.c.ticket_id == bindparam("k_id")]
+    if only_missing:
+        where.append(table.c.vector.is_(None))
+    # Core on the table: an executemany of one statement (the ORM would want primary keys).
+    session.execute(
+        update(table).where(*where).values(vector=bindparam("k_vector")),
+        [{"k_source": k.source, "k_id": k.ticket_id, "k_vector": v} for k, v in vectors.items()],
+    )
+
+
+def mark_indexed(session: Session, keys: Sequence[TicketKey], at: datetime) -> None:
+    """The vectors of these tickets are in the vector store."""
+    if keys:
+        session.execute(
+            update(TicketRow)
+            .where(key_filter(TicketRow, keys), TicketRow.indexed_at.is_(None))
+            .values(indexed_at=at)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def tickets_by_key(session: Session, keys: Iterable[TicketKey]) -> dict[TicketKey, TicketRow]:
@@ -273,7 +460,13 @@ def tickets_by_key(session: Session, keys: Iterable[TicketKey]) -> dict[TicketKe
 
 
 def ticket_values(
-    ticket: Ticket, *, content_hash: str, backfill: bool, model: str
+    ticket: Ticket,
+    *,
+    content_hash: str,
+    backfill: bool,
+    model: str,
+    vector: bytes | None = None,
+    readable: bool = True,
 ) -> dict[str, Any]:
     return {
         "source": ticket.source,
@@ -289,11 +482,30 @@ def ticket_values(
         "backfill": backfill,
         "model": model,
         "stored_at": datetime.now(UTC),
+        "vector": vector,
+        "indexed_at": None,
+        "readable": readable,
     }
 
 
+# Taken from the new version when a backfilled ticket is routed: what its vector and its
+# match scope are now. The rest of the first accepted version stands.
+_REROUTED_FROM_NEW = ("queue", "vector", "readable")
+
+
+def _next_ticket_id(session: Session) -> Any:
+    """The id a new ticket row would get (ids are never reused: SQLite's is the highest
+    plus one, and nothing deletes tickets; PostgreSQL's comes from the column's sequence)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return text("nextval(pg_get_serial_sequence('triage_tickets', 'id'))")
+    return select(func.max(TicketRow.id) + 1).scalar_subquery()
+
+
 def save_batch(
-    session: Session, tickets: Sequence[dict[str, Any]], decisions: Sequence[dict[str, Any]]
+    session: Session,
+    tickets: Sequence[dict[str, Any]],
+    decisions: Sequence[dict[str, Any]],
+    rerouted: Sequence[TicketKey] = (),
 ) -> None:
     """Store tickets and their decisions in the caller's transaction.
 
@@ -301,8 +513,35 @@ def save_batch(
     decision stand; a redelivery or a re-import changes nothing. A success also clears an
     earlier failure row of the same key (re-driven tickets), so each key ends in exactly
     one of the two tables.
+
+    ``rerouted``: stored history tickets routed now. Their rows move to a new id (the text
+    kept, the new vector and metadata taken): a section that took its snapshot earlier
+    finds every change made since as an id above its snapshot's.
     """
     insert = _insert(session)
+    if rerouted:
+        wanted = set(rerouted)
+        table: Table = TicketRow.__table__  # type: ignore[assignment]
+        values = [
+            {"k_source": t["source"], "k_id": t["ticket_id"]}
+            | {f"k_{c}": t[c] for c in _REROUTED_FROM_NEW}
+            for t in tickets
+            if TicketKey(t["source"], t["ticket_id"]) in wanted
+        ]
+        if values:
+            session.execute(
+                update(table)
+                .where(
+                    table.c.source == bindparam("k_source"),
+                    table.c.ticket_id == bindparam("k_id"),
+                )
+                .values(
+                    id=_next_ticket_id(session),
+                    indexed_at=None,
+                    **{c: bindparam(f"k_{c}") for c in _REROUTED_FROM_NEW},
+                ),
+                values,
+            )
     # Core inserts on the tables, not the ORM classes: the ORM's bulk path splits the rows
     # into one statement per pattern of None values; Core sends one executemany.
     if tickets:

@@ -9,7 +9,8 @@
     │   │   └── EmbedderThrottled a pause longer than one call waits (Retry-After, quota)
     │   ├── EmbedderProtocolError malformed answer: bad JSON, wrong count, wrong dimension, NaN
     │   ├── StoreUnavailable      Chroma server or database unreachable
-    │   └── LockTimeout           the cross-worker decision lock could not be taken in time
+    │   ├── LockTimeout           the cross-worker decision lock could not be taken in time
+    │   └── CollectionSwitched    `triage reindex` switched collections while a batch was ranked
     ├── PermanentError            never retried: the ticket goes to triage_failures at once
     │   ├── InvalidTicket         the message is not a valid canonical ticket
     │   └── EmbeddingRejected     the embedder refused this input (HTTP 400, tokenizer failure)
@@ -52,6 +53,10 @@ class StoreUnavailable(TransientError):
 
 class LockTimeout(TransientError):
     pass
+
+
+class CollectionSwitched(TransientError):
+    """The batch was ranked on a collection that is no longer the active one."""
 
 
 class PermanentError(TriageError):

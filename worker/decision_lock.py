@@ -17,15 +17,23 @@ carries its token, checked inside the commit itself, so no later holder can clai
 the check and the commit:
 
 - PostgreSQL: a second connection holds the fence row ``FOR UPDATE`` across the decision's
-  SQL commit *and* its Chroma upsert. A later holder's claim (an UPDATE of that row) waits
-  for both, so it reads the store only once the earlier batch's vectors are there; if it
-  waits longer than the lock wait it gives its batch back (a transient error, retried).
+  SQL commit. A later holder's claim (an UPDATE of that row) waits for it, so every ticket
+  an earlier holder wrote is committed once the claim returns; if it waits longer than the
+  lock wait it gives its batch back (a transient error, retried).
 - SQLite (several processes on one file): the commit transaction's first statement is a
-  conditional UPDATE of the fence row, which takes SQLite's write lock until the commit;
-  the Chroma upsert after it is not covered (PostgreSQL is the multi-process database).
+  conditional UPDATE of the fence row, which takes SQLite's write lock until the commit.
+
+The vectors reach the store after the commit, outside the section (worker/pipeline.py):
+the next holder finds the tickets committed since its snapshot in SQL, vectors included.
 
 A holder whose token was taken raises :class:`DecisionLockLost` (transient): nothing of its
-batch was written, and the batch is retried on a fresh view. The token comes from the
+batch was written, and the batch is retried on a fresh view.
+
+Match scopes (TRIAGE_MATCH_SCOPE=queue or source) each take a lock and fence row of their
+own (:class:`ScopeLocks`), so scopes decide in parallel. `triage reindex` still takes the
+global one, and its switch-over must also exclude every scope's commit: a scope's commit
+holds the global fence row ``FOR SHARE`` (PostgreSQL), which the switch holds ``FOR
+UPDATE`` across its final catch-up; on SQLite every commit takes the database's write lock. The token comes from the
 claim itself (an increment in SQL, not a Redis counter), so it stays monotonic when Redis
 restarts and loses its recent writes; the Redis lock only keeps sections from overlapping,
 the fence keeps a stale one from committing.
@@ -93,10 +101,15 @@ class Section:
 
 
 class Fence:
-    """The fence row of one lock in ``triage_decision_fence``."""
+    """The fence row of one lock in ``triage_decision_fence``. ``shares``: another lock's
+    fence row that this one's commits hold ``FOR SHARE`` (a match scope's, the global one)."""
 
-    def __init__(self, engine: Engine, name: str, *, wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(
+        self, engine: Engine, name: str, *, wait_s: float = LOCK_WAIT_S, shares: str | None = None
+    ) -> None:
         self.engine, self.name, self.wait_s = engine, name, wait_s
+        self.shares = shares
+        self._shared_row = False
 
     @property
     def _postgres(self) -> bool:
@@ -106,12 +119,15 @@ class Fence:
         """Take the next token, committed: every commit of an earlier holder after this
         fails. On PostgreSQL this waits (up to ``wait_s``) for an earlier holder that is
         committing, so its writes are all visible once the claim returns."""
+        return self._claim(self.name)
+
+    def _claim(self, name: str) -> int:
         table = db.DecisionFenceRow.__table__
         try:
             with self.engine.begin() as conn:
                 self._lock_timeout(conn)
                 insert = db.dialect_insert(conn.dialect.name)(table).values(
-                    name=self.name, token=1, claimed_at=datetime.now(UTC)
+                    name=name, token=1, claimed_at=datetime.now(UTC)
                 )
                 stmt = insert.on_conflict_do_update(
                     index_elements=["name"],
@@ -155,9 +171,42 @@ class Fence:
                     f"decision fence {self.name!r} claimed by a later holder (token {current}, "
                     f"this section's {token}): the batch is retried"
                 )
-            # Held until the block ends (the decision committed and its vectors stored):
-            # a later holder's claim waits for it. Rolled back: this connection wrote nothing.
+            if self.shares is not None:
+                self._share(conn)
+            # Held until the block ends (the decision committed): a later holder's claim
+            # waits for it. Rolled back: this connection wrote nothing.
             yield _no_check
+
+    def _share(self, conn: Connection) -> None:
+        """Hold the shared fence row FOR SHARE until this commit ends: a holder of the
+        shared lock (a reindex's switch-over) waits for the commit, or this waits for it."""
+        row = db.DecisionFenceRow
+        try:
+            if not self._shared_row:
+                # The row must exist before it is locked: a row inserted while a commit
+                # runs would leave that commit unexcluded.
+                self._ensure(self.shares)  # type: ignore[arg-type]
+                self._shared_row = True
+            conn.execute(
+                select(row.token).where(row.name == self.shares).with_for_update(read=True)
+            )
+        except DBAPIError as exc:
+            if _lock_not_available(exc):
+                raise LockTimeout(
+                    f"decision fence {self.shares!r} held by a switch-over for longer than "
+                    f"{self.wait_s:g} s"
+                ) from exc
+            raise StoreUnavailable(f"database error sharing the decision fence: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"database error sharing the decision fence: {exc}") from exc
+
+    def _ensure(self, name: str) -> None:
+        table = db.DecisionFenceRow.__table__
+        with self.engine.begin() as conn:
+            insert = db.dialect_insert(conn.dialect.name)(table).values(
+                name=name, token=0, claimed_at=datetime.now(UTC)
+            )
+            conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
 
     def _check_in_transaction(self, token: int) -> FenceCheck:
         def check(session: Session) -> None:
@@ -201,10 +250,11 @@ class DecisionLock:
         *,
         ttl_s: float = DEFAULT_TTL_S,
         wait_s: float = LOCK_WAIT_S,
+        shares: str | None = None,
     ) -> None:
         self.client, self.name = client, name
         self.ttl_s, self.wait_s = ttl_s, wait_s
-        self.fence = Fence(engine, name, wait_s=wait_s)
+        self.fence = Fence(engine, name, wait_s=wait_s, shares=shares)
 
     @property
     def key(self) -> str:
@@ -248,3 +298,39 @@ class DecisionLock:
             renewer.join()
             with contextlib.suppress(LockError, RedisError):
                 lock.release()
+
+
+class ScopeLocks:
+    """One DecisionLock per match scope, by name, each fenced by its own row; their
+    commits share ``shared`` (the global lock's fence row, see the module's notes)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: Engine,
+        shared: str,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        wait_s: float = LOCK_WAIT_S,
+    ) -> None:
+        self.client, self.engine, self.shared = client, engine, shared
+        self.ttl_s, self.wait_s = ttl_s, wait_s
+        self._locks: dict[str, DecisionLock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, name: str) -> DecisionLock:
+        with self._guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = DecisionLock(
+                    self.client,
+                    self.engine,
+                    name,
+                    ttl_s=self.ttl_s,
+                    wait_s=self.wait_s,
+                    shares=self.shared,
+                )
+            return lock
+
+    def __call__(self, name: str) -> contextlib.AbstractContextManager[Section]:
+        return self.get(name)()

@@ -8,7 +8,9 @@ sentence model blurs, and BM25 catches those.
 The index lives in each worker process's memory and is derived data, like the vectors:
 SQL's ``triage_tickets`` holds every ticket, and :meth:`LexicalIndex.refresh` reads the
 rows added since the last call (by id), so every worker process sees the tickets the
-others stored. It is refreshed inside the decision lock, where no other writer runs.
+others stored. It is refreshed before a batch's decision section, up to the snapshot the
+batch is ranked on (worker/pipeline.py); the tickets committed after that snapshot are
+scored inside the section with :meth:`LexicalIndex.score_texts`.
 
 Scoring is BM25 as Lucene (and bm25s, the library ``triage evaluate`` uses for its
 baseline) computes it: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), term weight
@@ -31,7 +33,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from tickets.db import TicketRow
+from tickets.db import ScopeField, TicketRow, scope_filter
 from tickets.model import BodyFormat, TicketKey
 from worker.text import prepare_text
 
@@ -101,12 +103,25 @@ def lexical_text(subject: str | None, body: str, body_format: BodyFormat = "html
     return prepare_text(subject, body, LEXICAL_STEPS, body_format=body_format)
 
 
-class LexicalIndex:
-    """BM25 over tickets added one at a time; positions are stable, so scores are arrays."""
+class _Every:
+    """No scope: every indexed ticket is a candidate."""
 
-    def __init__(self, *, k1: float = 1.5, b: float = 0.75) -> None:
+
+EVERY = _Every()
+
+
+class LexicalIndex:
+    """BM25 over tickets added one at a time; positions are stable, so scores are arrays.
+
+    ``scope_field`` (TRIAGE_MATCH_SCOPE): each ticket is labelled with its queue or source,
+    and :meth:`top` can keep to one label. Statistics (document count, frequencies) are
+    those of every indexed ticket.
+    """
+
+    def __init__(self, *, k1: float = 1.5, b: float = 0.75, scope_field: ScopeField = None) -> None:
         self.k1 = k1
         self.b = b
+        self.scope_field: ScopeField = scope_field
         self.keys: list[TicketKey] = []
         self._position: dict[TicketKey, int] = {}
         self._lengths = array("f")
@@ -114,8 +129,13 @@ class LexicalIndex:
         # term -> (document positions, term frequencies): compact arrays, not dicts, so a
         # hundred thousand tickets cost tens of MB rather than a GB of Python objects.
         self._postings: dict[str, tuple[array[int], array[float]]] = {}
-        # The highest triage_tickets.id already read by refresh().
+        # Each position's scope label (an index into _labels), when scope_field is set.
+        self._scopes = array("i")
+        self._labels: dict[str | None, int] = {}
+        # The highest triage_tickets.id already read by refresh(), and per scope by
+        # refresh_scope().
         self.watermark = 0
+        self._scope_marks: dict[str | None, int] = {}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -126,8 +146,9 @@ class LexicalIndex:
     def position(self, key: TicketKey) -> int | None:
         return self._position.get(key)
 
-    def add(self, key: TicketKey, text: str) -> bool:
-        """Index ``text`` under ``key``; False (nothing changes) when the key is indexed.
+    def add(self, key: TicketKey, text: str, scope: str | None = None) -> bool:
+        """Index ``text`` under ``key`` (labelled ``scope``); False (nothing changes) when
+        the key is indexed.
 
         Tickets are keyed like everywhere else: a redelivered or re-imported ticket is
         never counted twice in the document frequencies.
@@ -141,6 +162,7 @@ class LexicalIndex:
         self._position[key] = doc
         self._lengths.append(len(tokens))
         self._total_length += len(tokens)
+        self._scopes.append(self._labels.setdefault(scope, len(self._labels)))
         for term, tf in Counter(tokens).items():
             posting = self._postings.get(term)
             if posting is None:
@@ -167,47 +189,127 @@ class LexicalIndex:
             out[docs] += times * idf * tf / (tf + norm[docs])
         return out
 
-    def top(self, scores: Scores, m: int, *, exclude: TicketKey | None = None) -> list[int]:
-        """Positions of the ``m`` best-scoring tickets (score > 0), best first."""
+    def score_texts(self, query: str, texts: Sequence[str]) -> list[float]:
+        """BM25 of ``texts`` for ``query`` under this index's statistics, as if each were
+        indexed (they need not be): a few tickets committed after a snapshot, scored
+        without touching the index inside the decision section."""
+        n = len(self.keys)
+        if n == 0 or not texts:
+            return [0.0] * len(texts)
+        avgdl = self._total_length / n
+        query_terms = Counter(tokenize(query))
+        out = []
+        for text in texts:
+            tokens = tokenize(text) or [""]
+            counts = Counter(tokens)
+            norm = self.k1 * (1 - self.b + self.b * len(tokens) / avgdl)
+            total = 0.0
+            for term, times in query_terms.items():
+                tf = counts.get(term, 0)
+                if not tf:
+                    continue
+                df = len(self._postings[term][0]) if term in self._postings else 0
+                idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
+                total += times * idf * tf / (tf + norm)
+            out.append(total)
+        return out
+
+    def top(
+        self,
+        scores: Scores,
+        m: int,
+        *,
+        exclude: TicketKey | None = None,
+        scope: str | _Every | None = EVERY,
+    ) -> list[int]:
+        """Positions of the ``m`` best-scoring tickets (score > 0), best first; with
+        ``scope``, of that scope's tickets only."""
         if m <= 0 or len(scores) == 0:
             return []
         skip = self._position.get(exclude) if exclude is not None else None
-        if skip is not None:
+        if skip is not None or not isinstance(scope, _Every):
             scores = scores.copy()
+        if skip is not None:
             scores[skip] = 0.0
+        if not isinstance(scope, _Every):
+            label = self._labels.get(scope)
+            labels = np.frombuffer(self._scopes, dtype=np.int32)[: len(scores)]
+            scores[labels != label] = 0.0
         m = min(m, len(scores))
         best = np.argpartition(-scores, m - 1)[:m]
         best = best[np.argsort(-scores[best], kind="stable")]
         return [int(p) for p in best if scores[p] > 0]
 
-    def refresh(self, engine: Engine) -> int:
-        """Index the tickets stored in SQL since the last refresh; returns how many."""
-        added = 0
-        with Session(engine) as session:
-            while True:
-                rows = session.execute(
-                    select(
-                        TicketRow.id,
-                        TicketRow.source,
-                        TicketRow.ticket_id,
-                        TicketRow.subject,
-                        TicketRow.body,
-                        TicketRow.body_format,
-                    )
-                    .where(TicketRow.id > self.watermark)
-                    .order_by(TicketRow.id)
-                    .limit(_REFRESH_CHUNK)
-                ).all()
-                for row in rows:
-                    key = TicketKey(row.source, row.ticket_id)
-                    added += self.add(key, lexical_text(row.subject, row.body, row.body_format))
-                if rows:
-                    self.watermark = int(rows[-1].id)
-                if len(rows) < _REFRESH_CHUNK:
-                    break
+    def refresh(self, engine: Engine, upto: int | None = None) -> int:
+        """Index the tickets stored in SQL since the last refresh (up to id ``upto``);
+        returns how many."""
+        added, self.watermark = self._read(engine, self.watermark, upto, None)
         if added > 1000:
             logger.info("lexical index: %d tickets added, %d in all", added, len(self))
         return added
+
+    def refresh_scope(self, engine: Engine, scope: str | None, upto: int) -> int:
+        """Index every ticket of one scope up to id ``upto``. Scopes decide in parallel,
+        so tickets of different scopes commit out of id order and :meth:`refresh` can pass
+        one that commits later under a lower id; within a scope they commit in id order."""
+        mark = self._scope_marks.get(scope, 0)
+        if mark >= upto:
+            return 0
+        added, self._scope_marks[scope] = self._read(engine, mark, upto, scope, scoped=True)
+        return added
+
+    def _read(
+        self,
+        engine: Engine,
+        after: int,
+        upto: int | None,
+        scope: str | None,
+        *,
+        scoped: bool = False,
+    ) -> tuple[int, int]:
+        """Add the rows with ``after`` < id ≤ ``upto``; returns (added, the last id read)."""
+        column = TicketRow.queue if self.scope_field == "queue" else TicketRow.source
+        added = 0
+        last = after
+        with Session(engine) as session:
+            while True:
+                query = (
+                    select(TicketRow.id, TicketRow.source, TicketRow.ticket_id, column)
+                    .where(TicketRow.id > last)
+                    .order_by(TicketRow.id)
+                    .limit(_REFRESH_CHUNK)
+                )
+                if upto is not None:
+                    query = query.where(TicketRow.id <= upto)
+                if scoped:
+                    query = query.where(scope_filter(self.scope_field, scope))
+                rows = session.execute(query).all()
+                # Keys first, texts for the new ones only: a scope's first pass re-reads
+                # tickets this index already holds.
+                new = {
+                    int(r[0]): (TicketKey(r[1], r[2]), r[3])
+                    for r in rows
+                    if TicketKey(r[1], r[2]) not in self._position
+                }
+                if new:
+                    texts = session.execute(
+                        select(
+                            TicketRow.id, TicketRow.subject, TicketRow.body, TicketRow.body_format
+                        ).where(TicketRow.id.in_(list(new)))
+                    ).all()
+                    for id_, subject, body, body_format in sorted(texts):
+                        key, label = new[int(id_)]
+                        added += self.add(
+                            key,
+                            lexical_text(subject, body, body_format),
+                            label if self.scope_field is not None else None,
+                        )
+                if rows:
+                    last = int(rows[-1][0])
+                if len(rows) < _REFRESH_CHUNK:
+                    break
+        # Every id up to ``upto`` was committed when it was read (the caller's snapshot).
+        return added, last if upto is None else max(last, upto)
 
 
 def build_index(texts: Sequence[str]) -> LexicalIndex:

@@ -4,28 +4,47 @@ Follow one ticket through :func:`triage_batch`:
 
 1. **Look up** what SQL already knows of each key. A ticket decided before (a redelivery or
    a re-import) is never decided again and never matched against itself; it only gets
-   its vector re-stored if a crash lost it between the two writes.
+   its vector re-stored (from the copy SQL keeps) if the store lost it.
 2. **Embed** every ticket that needs a vector in ONE embedder call. If the embedder
    rejects the batch as a whole (one poison input), each ticket is embedded alone so that
    only the poison one fails and its batch-mates go on.
-3. **Critical section** (one batch at a time across all workers; see ``Services.lock``):
-   query the store for each ticket's neighbours (one query for the batch), route in
-   order (:func:`worker.routing.decide`), write ticket and decision rows in one SQL
-   transaction, then upsert the vectors (one call). SQL first: a crash between the writes
-   leaves a decision without a vector, which step 1 repairs on redelivery, never a vector
-   without a decision (a phantom that later tickets could match).
+3. **Decide**, one match scope at a time (TRIAGE_MATCH_SCOPE: every ticket, or each queue
+   or source apart):
+
+   a. *Snapshot*, outside any lock: the newest ticket id committed in the scope (W) and
+      the tickets whose vector has not reached the store yet (P); the BM25 index caught
+      up to W; one store query for the batch's nearest neighbours, BM25 over the index,
+      the lexical-only candidates' vectors fetched.
+   b. *Section* (one at a time per scope across all workers; see ``Services.lock``): the
+      tickets committed since the snapshot (id above W) and those in P are read from SQL
+      with their vectors and decisions (the catch-up: usually none or a few) and join each
+      ticket's candidates with their exact cosine and BM25 score; then routing in order
+      (:func:`worker.routing.decide`) and one SQL transaction with the ticket rows (their
+      vectors included) and the decision rows, fenced.
+   c. *Publish*, after the lock: one upsert of the vectors into the store, then
+      ``indexed_at`` on those rows. SQL first: a crash in between leaves decisions whose
+      vectors SQL holds, caught up by every later section and re-stored by the next batch
+      of any worker or by the redelivery; never a vector without a decision (a phantom
+      that later tickets could match).
+
+Committed tickets of a scope have increasing ids (they are written one section at a time),
+so "id above W" is exactly "decided after the snapshot": each ticket is still compared with
+every ticket decided before it, including its earlier batch-mates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -34,11 +53,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tickets import db
-from tickets.errors import EmbeddingRejected, PermanentError, StoreUnavailable, TriageError
+from tickets.errors import (
+    CollectionSwitched,
+    EmbeddingRejected,
+    PermanentError,
+    StoreUnavailable,
+    TriageError,
+)
 from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
-from worker.lexical import LexicalIndex, lexical_text
+from worker.lexical import EVERY, LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -50,9 +75,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["route", "backfill"]
-# The Redis lock that serialises critical sections across worker processes (and `triage
-# reindex`'s switch-over) when they share a Chroma server.
+# The Redis lock that serialises decision sections across worker processes (and `triage
+# reindex`'s switch-over) when they share a Chroma server; a match scope's lock is named
+# after it (scope_lock_name).
 DECISION_LOCK = "triage:decide"
+# A ticket whose vector has not reached the store this long after its commit is re-stored
+# from SQL by the next batch of any worker (its own worker normally does it within
+# milliseconds; a crash or a store outage in between leaves it to others).
+REPAIR_AFTER_S = 5.0
 
 
 class ThresholdSource(Protocol):
@@ -77,6 +107,17 @@ class ItemResult:
 
 
 @dataclass
+class SectionHooks:
+    """Called with the keys of the scope's part of a batch at three points: after its
+    snapshot (before the lock is asked for), inside the section before the write, and
+    after the commit (before the vectors are published). For fault injection and traces."""
+
+    after_snapshot: Callable[[list[TicketKey]], None] | None = None
+    in_section: Callable[[list[TicketKey]], None] | None = None
+    after_commit: Callable[[list[TicketKey]], None] | None = None
+
+
+@dataclass
 class Services:
     """Everything a batch needs, created once per worker process and passed in."""
 
@@ -85,18 +126,23 @@ class Services:
     engine: Engine
     thresholds: ThresholdSource
     top_k: int
-    # Serialises the critical section across worker processes when several share a Chroma
+    # Serialises the decision section across worker processes when several share a Chroma
     # server (worker/decision_lock.py: a Redis lock and a SQL fence; it yields the section
     # whose commit is fenced); a no-op yielding None when one process owns the embedded store.
     lock: Callable[[], AbstractContextManager[Section | None]] = field(
         default=contextlib.nullcontext
     )
+    # TRIAGE_MATCH_SCOPE: None matches every ticket with every other; "queue" or "source"
+    # only within one queue or source, each scope deciding under its own lock, from
+    # ``scope_lock`` (given the lock's name); without it, ``lock`` serves every scope.
+    match_scope: db.ScopeField = None
+    scope_lock: Callable[[str], AbstractContextManager[Section | None]] | None = None
     # Weight of the subject's own vector in a ticket's vector (worker/text.embed_tickets).
     subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
     coverage: CoverageGuard | None = None
-    # Called inside the critical section before the store is read: lets a worker sharing a
-    # Chroma server follow a `triage reindex` switch (worker/runtime.py).
+    # Called inside the section before anything is decided: lets a worker sharing a Chroma
+    # server follow a `triage reindex` switch (worker/runtime.py).
     before_decide: Callable[[], None] | None = None
     # Hybrid ranking (worker/hybrid.py): this process's BM25 index of the stored tickets,
     # None for dense ranking only.
@@ -108,6 +154,8 @@ class Services:
     # This process's own section: the batch's and a search's use of the store and of the
     # lexical index (whose arrays a reader must not hold while a batch appends to them).
     local_lock: threading.Lock = field(default_factory=threading.Lock)
+    repair_after_s: float = REPAIR_AFTER_S
+    hooks: SectionHooks = field(default_factory=SectionHooks)
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -121,7 +169,7 @@ def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResu
 
 @dataclass
 class PreparedBatch:
-    """A batch after steps 1-2 (lookup, embedding), waiting for its critical section."""
+    """A batch after steps 1-2 (lookup, embedding), waiting for its decision."""
 
     items: Sequence[WorkItem]
     results: dict[int, ItemResult]
@@ -129,11 +177,14 @@ class PreparedBatch:
     todo: list[int]
     texts: dict[int, str]
     vectors: dict[int, np.ndarray]
+    # Decided before, its vector missing from the store and kept in SQL: re-stored from
+    # there in step 3, not embedded again.
+    restore: dict[int, db.KnownTicket] = field(default_factory=dict)
 
 
 def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatch:
     """Steps 1-2, outside the lock: the worker's batcher runs them for the next batch while
-    the previous one is in its critical section (the model and the stores overlap)."""
+    the previous one is being decided (the model and the stores overlap)."""
     results: dict[int, ItemResult] = {}
     first_of: dict[TicketKey, int] = {}
     unique: list[int] = []
@@ -153,6 +204,7 @@ def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatc
 
     # Which tickets need a vector now.
     needs_vector: list[int] = []
+    restore: dict[int, db.KnownTicket] = {}
     already_stored: set[TicketKey] = set()
     settled = [i for i in unique if _settled(items[i], known.get(items[i].ticket.key))]
     if settled:
@@ -161,6 +213,8 @@ def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatc
         key = items[i].ticket.key
         if i in settled and key in already_stored:
             results[i] = ItemResult("unchanged", _outcome_of(known[key]))
+        elif i in settled and _kept_vector(known[key], services.embedder.dimension) is not None:
+            restore[i] = known[key]
         else:
             needs_vector.append(i)
 
@@ -179,19 +233,17 @@ def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatc
     for i, err in rejected.items():
         results[i] = ItemResult("failed", error=err)
     todo = [i for i in needs_vector if i not in rejected]
-    return PreparedBatch(items, results, first_of, todo, texts, vectors)
+    return PreparedBatch(items, results, first_of, todo, texts, vectors, restore)
 
 
 def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
-    """Step 3: the critical section, then one result per item, in order."""
+    """Step 3, one match scope after the other, then one result per item, in order."""
     items, results = batch.items, batch.results
-    if batch.todo:
-        with services.local_lock, services.lock() as section:
-            if services.before_decide is not None:
-                services.before_decide()
-            results.update(
-                _decide_and_store(items, batch.todo, batch.texts, batch.vectors, services, section)
-            )
+    with services.local_lock:
+        if batch.restore:
+            results.update(_restore(items, batch.restore, services))
+        for scope, part in _parts(items, batch.todo, services.match_scope).items():
+            results.update(_decide_scope(batch, part, scope, services))
 
     for i, item in enumerate(items):
         if i not in results:  # a repeated key: same result as its first occurrence
@@ -199,11 +251,53 @@ def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
     return [results[i] for i in range(len(items))]
 
 
+def scope_of(ticket: Ticket, scope: db.ScopeField) -> str | None:
+    """The value a ticket is matched within (None under the global scope, or no queue)."""
+    if scope is None:
+        return None
+    return ticket.queue if scope == "queue" else ticket.source
+
+
+def scope_lock_name(scope: db.ScopeField, value: str | None) -> str:
+    """The decision lock (and fence row) of one match scope: a digest, since queue names
+    are free text."""
+    if scope is None:
+        return DECISION_LOCK
+    digest = hashlib.sha256(json.dumps([scope, value]).encode()).hexdigest()[:16]
+    return f"{DECISION_LOCK}:{digest}"
+
+
+def _parts(
+    items: Sequence[WorkItem], todo: list[int], scope: db.ScopeField
+) -> dict[str | None, list[int]]:
+    """The batch's tickets by match scope, in order of first appearance."""
+    parts: dict[str | None, list[int]] = {}
+    for i in todo:
+        parts.setdefault(scope_of(items[i].ticket, scope), []).append(i)
+    return parts
+
+
 def _settled(item: WorkItem, known: db.KnownTicket | None) -> bool:
     """Nothing left to decide: routed before, or history already stored."""
     if known is None:
         return False
     return known.decision is not None or (item.mode == "backfill")
+
+
+def _kept_vector(known: db.KnownTicket, dimension: int) -> np.ndarray | None:
+    """The vector SQL keeps for a ticket, if any and of this model's dimension."""
+    return decode_vector(known.vector, dimension)
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def decode_vector(data: bytes | None, dimension: int) -> np.ndarray | None:
+    """A kept vector, or None (none kept, or another dimension: another model's)."""
+    if data is None or len(data) != 4 * dimension:
+        return None
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
 def _outcome_of(known: db.KnownTicket) -> Outcome | None:
@@ -231,6 +325,50 @@ def _outcome_of(known: db.KnownTicket) -> Outcome | None:
         d.reason,
         "hybrid" if d.ranked_by == "hybrid" else "cosine",
     )
+
+
+def _known_meta(key: TicketKey, known: db.KnownTicket) -> dict[str, Any]:
+    """A decided (or stored) ticket's vector metadata, from what SQL holds of it."""
+    d = known.decision
+    if d is None:
+        return vector_meta(key, key, "history", known.readable, known.queue)
+    canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
+    return vector_meta(key, canonical, d.route, known.readable, known.queue)
+
+
+def _restore(
+    items: Sequence[WorkItem], restore: dict[int, db.KnownTicket], services: Services
+) -> dict[int, ItemResult]:
+    """Re-store decided tickets' lost vectors from the copies SQL keeps (no embedding)."""
+    keys = [items[i].ticket.key for i in restore]
+    dim = services.embedder.dimension
+    vectors = [_kept_vector(k, dim) for k in restore.values()]  # all kept: prepare_batch
+    services.store.upsert(
+        keys,
+        np.stack(vectors),  # type: ignore[arg-type]
+        [_known_meta(key, k) for key, k in zip(keys, restore.values(), strict=True)],
+    )
+    _sql(lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True)
+    logger.info("re-stored %d vectors from SQL", len(keys))
+    return {i: ItemResult("unchanged", _outcome_of(k)) for i, k in restore.items()}
+
+
+# --- the section's instrumentation ----------------------------------------------------------
+
+# The last section times of this process (seconds, lock held), newest last: for benchmarks
+# and traces (bench/ reads them with section_times()); logged at DEBUG per section.
+_SECTION_TIMES: deque[float] = deque(maxlen=100_000)
+_SECTION_WAITS: deque[float] = deque(maxlen=100_000)
+
+
+def section_times() -> list[float]:
+    """Seconds each decision section of this process held its lock, oldest first."""
+    return list(_SECTION_TIMES)
+
+
+def section_waits() -> list[float]:
+    """Seconds each decision section of this process waited for its lock, oldest first."""
+    return list(_SECTION_WAITS)
 
 
 class VectorCache:
@@ -311,46 +449,250 @@ def _embed_uncached(
     return vectors, rejected
 
 
-def _decide_and_store(
-    items: Sequence[WorkItem],
-    todo: list[int],
-    texts: dict[int, str],
-    vectors: dict[int, np.ndarray],
-    services: Services,
-    section: Section | None = None,
+# --- step 3: snapshot, section, publish -----------------------------------------------------
+
+
+@dataclass
+class Ranked:
+    """One routed ticket's candidates as the snapshot found them."""
+
+    dense: list[Neighbour]  # the store's nearest, best first (``depth`` of them)
+    # BM25: the pool best by score in the index (earlier batch-mates included), and the
+    # scores of the dense candidates and earlier batch-mates
+    lexical_top: dict[TicketKey, float] = field(default_factory=dict)
+    lexical_known: dict[TicketKey, float] = field(default_factory=dict)
+    # Candidates found by BM25 alone, and those of them with a vector in the store, with
+    # their cosine (fetched outside the lock)
+    lexical_wanted: list[TicketKey] = field(default_factory=list)
+    lexical_only: dict[TicketKey, Neighbour] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    """What a scope's part of a batch is ranked on, outside the lock."""
+
+    scope: str | None
+    newest: int  # W: the highest ticket id committed in the scope
+    unindexed: list[int]  # P: ticket ids whose vectors had not reached the store
+    collection: str
+    depth: int
+    ranked: dict[int, Ranked]  # by item index, routed tickets only
+    queries: dict[int, str]  # BM25 query text by item index
+    reasons: dict[int, str | None]
+    ratios: dict[int, float | None]
+
+
+@dataclass
+class Written:
+    """A committed section: what to publish to the store after the lock."""
+
+    results: dict[int, ItemResult]
+    keys: list[TicketKey]
+    vectors: list[np.ndarray]
+    metas: list[dict[str, Any]]
+    # Tickets stored before vectors were kept in SQL, re-embedded now: their copy is kept.
+    fill: dict[TicketKey, bytes]
+
+
+def _decide_scope(
+    batch: PreparedBatch, part: list[int], scope: str | None, services: Services
 ) -> dict[int, ItemResult]:
-    keys = [items[i].ticket.key for i in todo]
-    # Re-read inside the lock: another worker may have decided one of these meanwhile.
-    known = _sql(lambda s: db.known_tickets(s, keys), services.engine)
-    model = services.embedder.model_id
-    results: dict[int, ItemResult] = {}
+    """Step 3 for one match scope's tickets of the batch."""
+    items = batch.items
+    keys = [items[i].ticket.key for i in part]
+    store = services.store
+    snapshot = _snapshot(batch, part, scope, services)
+    if services.hooks.after_snapshot is not None:
+        services.hooks.after_snapshot(keys)
+    lock = services.lock
+    if services.match_scope is not None and services.scope_lock is not None:
+        name = scope_lock_name(services.match_scope, scope)
 
-    repair = [i for i in todo if _settled(items[i], known.get(items[i].ticket.key))]
-    fresh = [i for i in todo if i not in repair]
+        def lock() -> AbstractContextManager[Section | None]:
+            assert services.scope_lock is not None
+            return services.scope_lock(name)
 
-    to_route = [items[i].mode == "route" for i in fresh]
-    fresh_keys = [items[i].ticket.key for i in fresh]
-    fresh_vectors: Vectors = (
-        np.stack([vectors[i] for i in fresh]).astype(np.float32)
-        if fresh
-        else np.zeros((0, services.embedder.dimension), np.float32)
+    asked = time.perf_counter()
+    with lock() as section:
+        entered = time.perf_counter()
+        if services.before_decide is not None:
+            services.before_decide()
+        if services.store is not store:
+            # `triage reindex` switched the collection after the snapshot was taken on the
+            # old one: rank again on the new one.
+            raise CollectionSwitched("the active collection changed during the batch: retried")
+        written, caught_up = _section(batch, part, snapshot, services, section)
+        left = time.perf_counter()
+    _SECTION_TIMES.append(left - entered)
+    _SECTION_WAITS.append(entered - asked)
+    logger.debug(
+        "decision section: %.2f ms held, %.2f ms waited, %d tickets, %d caught up (scope %s)",
+        (left - entered) * 1000,
+        (entered - asked) * 1000,
+        len(part),
+        caught_up,
+        scope,
     )
-    routed_vectors = fresh_vectors[np.asarray(to_route, dtype=bool)] if fresh else fresh_vectors
+    if services.hooks.after_commit is not None:
+        services.hooks.after_commit(keys)
+    _publish(written, store, services)
+    return written.results
+
+
+def _snapshot(
+    batch: PreparedBatch, part: list[int], scope: str | None, services: Services
+) -> Snapshot:
+    """Step 3a: rank the part against what is committed now, outside the lock."""
+    items, vectors = batch.items, batch.vectors
+    field_ = services.match_scope
+
+    def marks(session: Session) -> tuple[int, list[tuple[int, datetime]]]:
+        # P first: a ticket indexed by then was in the store before the query below.
+        unindexed = db.unindexed_tickets(session)
+        return db.newest_ticket_id(session, field_, scope), unindexed
+
+    newest, unindexed = _sql(marks, services.engine)
+    unindexed = _repair_stale(unindexed, services)
+    if services.lexical is not None:
+        if field_ is None:
+            services.lexical.refresh(services.engine, newest)
+        else:
+            services.lexical.refresh(services.engine)
+            services.lexical.refresh_scope(services.engine, scope, newest)
+
+    routed = [i for i in part if items[i].mode == "route"]
     # +1: a ticket stored as history and now routed finds itself first; it is skipped.
     depth = services.top_k + 1
     if services.lexical is not None:
         depth = max(depth, services.hybrid_pool + 1)
-    stored_iter = iter(services.store.query(routed_vectors, depth))
-    stored = [next(stored_iter) if r else [] for r in to_route]
-    lexical = None
+    where: dict[str, Any] | None = None if field_ is None else {field_: _meta_scope(scope)}
+    found = services.store.query(_stack([vectors[i] for i in routed], services), depth, where)
+    ranked = {i: Ranked(list(nbs)) for i, nbs in zip(routed, found, strict=True)}
+    queries: dict[int, str] = {}
     if services.lexical is not None:
-        lexical = _lexical_side(items, fresh, to_route, fresh_vectors, stored, services)
+        _lexical_snapshot(items, part, ranked, queries, scope, services)
+        fetched = services.store.fetch(
+            list(dict.fromkeys(k for r in ranked.values() for k in r.lexical_wanted))
+        )
+        for i, r in ranked.items():
+            r.lexical_only = {
+                k: replace(fetched[k][1], score=float(fetched[k][0] @ vectors[i]))
+                for k in r.lexical_wanted
+                if k in fetched
+            }
+
+    reasons: dict[int, str | None] = dict.fromkeys(part)
+    ratios: dict[int, float | None] = dict.fromkeys(part)
+    if services.coverage is not None and part:
+        measured = services.coverage.unknown_ratios([batch.texts[i] for i in part])
+        for i, ratio in zip(part, measured, strict=True):
+            ratios[i] = ratio
+            reasons[i] = services.coverage.reason(ratio) if ratio is not None else None
+    return Snapshot(
+        scope,
+        newest,
+        [id_ for id_, _ in unindexed],
+        services.store.collection_name,
+        depth,
+        ranked,
+        queries,
+        reasons,
+        ratios,
+    )
+
+
+def _meta_scope(value: str | None) -> str:
+    """A scope value as vector metadata holds it (Chroma metadata has no null)."""
+    return value or ""
+
+
+def _stack(vectors: list[np.ndarray], services: Services) -> Vectors:
+    if not vectors:
+        return np.zeros((0, services.embedder.dimension), np.float32)
+    return np.stack(vectors).astype(np.float32)
+
+
+def _lexical_snapshot(
+    items: Sequence[WorkItem],
+    part: list[int],
+    ranked: dict[int, Ranked],
+    queries: dict[int, str],
+    scope: str | None,
+    services: Services,
+) -> None:
+    """BM25 of each routed ticket's candidates, in order: the batch's tickets enter the
+    index one after the other, so ticket n is scored against the stored tickets and its
+    earlier batch-mates, as routing compares it. The lexical-only candidates are left
+    in ``lexical_wanted`` (their vectors are fetched after)."""
+    index = services.lexical
+    assert index is not None
+    within: str | object | None = EVERY if services.match_scope is None else scope
+    for n, i in enumerate(part):
+        ticket = items[i].ticket
+        text = lexical_text(ticket.subject, ticket.body, ticket.body_format)
+        queries[i] = text
+        if i in ranked:
+            r = ranked[i]
+            known = {nb.key for nb in r.dense} | {items[j].ticket.key for j in part[:n]}
+            scores = index.scores(text)
+            top = [
+                index.keys[p]
+                for p in index.top(
+                    scores,
+                    services.hybrid_pool,
+                    exclude=ticket.key,
+                    scope=within,  # type: ignore[arg-type]
+                )
+            ]
+            r.lexical_top = {key: float(scores[index.position(key)]) for key in top}  # type: ignore[index]
+            r.lexical_known = {
+                key: float(scores[pos]) for key in known if (pos := index.position(key)) is not None
+            }
+            r.lexical_wanted = [k for k in top if k not in known]
+        index.add(ticket.key, text, scope if services.match_scope is not None else None)
+
+
+def _section(
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    services: Services,
+    section: Section | None,
+) -> tuple[Written, int]:
+    """Step 3b, under the lock: catch up, decide, write. Returns what to publish and how
+    many tickets were caught up."""
+    items, texts, vectors = batch.items, batch.texts, batch.vectors
+    keys = [items[i].ticket.key for i in part]
+    field_ = services.match_scope
+
+    def read(session: Session) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket]]:
+        # Re-read inside the lock: another worker may have decided one of these meanwhile.
+        known = db.known_tickets(session, keys)
+        since = db.stored_tickets(
+            session,
+            after_id=snapshot.newest,
+            ids=snapshot.unindexed,
+            field=field_,
+            value=snapshot.scope,
+        )
+        return known, since
+
+    known, since = _sql(read, services.engine)
+    model = services.embedder.model_id
+    results: dict[int, ItemResult] = {}
+
+    repair = [i for i in part if _settled(items[i], known.get(items[i].ticket.key))]
+    fresh = [i for i in part if i not in repair]
+    fresh_keys = [items[i].ticket.key for i in fresh]
+    to_route = [items[i].mode == "route" for i in fresh]
+    fresh_vectors = _stack([vectors[i] for i in fresh], services)
+
+    caught_up = _caught_up(since, services.embedder.dimension)
+    stored, lexical = _candidates(
+        items, fresh, snapshot, caught_up, fresh_vectors, to_route, services
+    )
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
-    ratios: list[float | None] = [None] * len(fresh)
-    reasons: list[str | None] = [None] * len(fresh)
-    if services.coverage is not None and fresh:
-        ratios = list(services.coverage.unknown_ratios([texts[i] for i in fresh]))
-        reasons = [services.coverage.reason(r) if r is not None else None for r in ratios]
+    reasons = [snapshot.reasons[i] for i in fresh]
     outcomes = decide(
         fresh_keys,
         fresh_vectors,
@@ -366,38 +708,48 @@ def _decide_and_store(
 
     now = datetime.now(UTC)
     ticket_rows, decision_rows = [], []
-    meta: dict[int, dict[str, Any]] = {}
+    rerouted = [items[i].ticket.key for i in fresh if items[i].ticket.key in known]
+    out = Written(results, [], [], [], {})
     for n, (i, outcome) in enumerate(zip(fresh, outcomes, strict=True)):
         ticket = items[i].ticket
+        readable = reasons[n] is None
         ticket_rows.append(
             db.ticket_values(
                 ticket,
                 content_hash=content_hash(texts[i]),
                 backfill=outcome is None,
                 model=model,
+                vector=encode_vector(vectors[i]),
+                readable=readable,
             )
         )
-        readable = reasons[n] is None
         if outcome is None:
-            meta[i] = vector_meta(ticket.key, ticket.key, "history", readable)
+            meta = vector_meta(ticket.key, ticket.key, "history", readable, ticket.queue)
             results[i] = ItemResult("stored")
-            continue
-        decision_rows.append(
-            _decision_values(ticket, outcome, model, thresholds[n], now, ratios[n])
-        )
-        meta[i] = vector_meta(ticket.key, outcome.canonical, outcome.route, readable)
-        results[i] = ItemResult(outcome.route, outcome)
-    for i in repair:
-        k = known[items[i].ticket.key]
-        outcome = _outcome_of(k)
-        if outcome is None:
-            meta[i] = vector_meta(items[i].ticket.key, items[i].ticket.key, "history")
         else:
-            meta[i] = vector_meta(
-                outcome.key, outcome.canonical, outcome.route, outcome.reason is None
+            decision_rows.append(
+                _decision_values(ticket, outcome, model, thresholds[n], now, snapshot.ratios[i])
             )
-        results[i] = ItemResult("unchanged", outcome)
+            meta = vector_meta(ticket.key, outcome.canonical, outcome.route, readable, ticket.queue)
+            results[i] = ItemResult(outcome.route, outcome)
+        out.keys.append(ticket.key)
+        out.vectors.append(vectors[i])
+        out.metas.append(meta)
+    for i in repair:
+        key = items[i].ticket.key
+        k = known[key]
+        results[i] = ItemResult("unchanged", _outcome_of(k))
+        if k.indexed and k.vector is not None:
+            continue  # decided by another worker meanwhile, its vector stored
+        kept = _kept_vector(k, services.embedder.dimension)
+        out.keys.append(key)
+        out.vectors.append(vectors[i] if kept is None else kept)
+        out.metas.append(_known_meta(key, k))
+        if k.vector is None:
+            out.fill[key] = encode_vector(vectors[i])
 
+    if services.hooks.in_section is not None:
+        services.hooks.in_section(keys)
     # Fenced: if this section's lock was lost and another holder decided meanwhile, nothing
     # is written and the batch is retried on a fresh view (DecisionLockLost, transient).
     with section.committing() if section is not None else contextlib.nullcontext(None) as check:
@@ -405,60 +757,164 @@ def _decide_and_store(
         def write(session: Session) -> None:
             if check is not None:
                 check(session)
-            db.save_batch(session, ticket_rows, decision_rows)
+                _check_collection(session, snapshot.collection)
+            db.save_batch(session, ticket_rows, decision_rows, rerouted)
 
         _sql(write, services.engine, commit=True)
-        order = fresh + repair
-        services.store.upsert(
-            [items[i].ticket.key for i in order],
-            np.stack([vectors[i] for i in order]).astype(np.float32),
-            [meta[i] for i in order],
-        )
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
-        len(todo),
+        len(part),
         len(decision_rows),
         len(ticket_rows) - len(decision_rows),
         len(repair),
     )
-    return results
+    return out, len(caught_up)
 
 
-def _lexical_side(
+def _check_collection(session: Session, collection: str) -> None:
+    """Inside the commit, after the fence: the collection ranked on is still the active one
+    (a `triage reindex` switch commits under the same fence or, for scoped locks, waits for
+    this commit and reads it in its catch-up)."""
+    active = db.get_state(session, db.ACTIVE_COLLECTION)
+    if active is not None and active != collection:
+        raise CollectionSwitched(
+            f"the active collection is now {active!r}, this batch was ranked on "
+            f"{collection!r}: retried"
+        )
+
+
+@dataclass(frozen=True)
+class CaughtUp:
+    ticket: db.StoredTicket
+    vector: np.ndarray | None
+
+
+def _caught_up(since: list[db.StoredTicket], dimension: int) -> list[CaughtUp]:
+    return [CaughtUp(t, decode_vector(t.vector, dimension)) for t in since]
+
+
+def _candidates(
     items: Sequence[WorkItem],
     fresh: list[int],
+    snapshot: Snapshot,
+    caught_up: list[CaughtUp],
+    fresh_vectors: Vectors,
     to_route: list[bool],
-    vectors: Vectors,
-    stored: list[list[Neighbour]],
     services: Services,
-) -> list[dict[TicketKey, float]]:
-    """BM25 scores of each routed ticket's candidates; lexical-only candidates join ``stored``.
+) -> tuple[list[list[Neighbour]], list[dict[TicketKey, float]] | None]:
+    """Each fresh ticket's candidates: the snapshot's, merged with the tickets caught up.
 
-    The index holds every stored ticket: this process adds its own here, and where other
-    processes write too (a Chroma server) ``Services.before_decide`` catches it up from SQL
-    under the decision lock (worker/runtime.py). The batch's tickets enter it in order, so
-    ticket n is scored against the stored tickets and its earlier batch-mates, as routing
-    compares it. Candidates found only by BM25 get their vector from the store (one call
-    for the batch) and their cosine computed here; one without a vector yet is skipped.
+    As if the caught-up tickets had been in the store and the BM25 index when the
+    snapshot was taken: the dense list is the ``depth`` best by cosine of both, the BM25
+    pool the ``pool`` best by score of both; a caught-up ticket's vector and metadata (its
+    decision) are SQL's, and replace the store's where both have it. BM25 scores of the
+    caught-up tickets use the index's statistics as they are now.
     """
-    index = services.lexical
-    assert index is not None
-    scores_of: list[dict[TicketKey, float]] = []
-    wanted: dict[int, list[TicketKey]] = {}
+    hybrid = services.lexical is not None
+    fresh_keys = {items[i].ticket.key for i in fresh}
+    with_vector = [c for c in caught_up if c.vector is not None]
+    if with_vector:
+        matrix = np.stack([c.vector for c in with_vector if c.vector is not None])
+        cosines = matrix @ fresh_vectors.T  # (caught up, fresh)
+    stored: list[list[Neighbour]] = []
+    lexical: list[dict[TicketKey, float]] = []
     for n, i in enumerate(fresh):
-        ticket = items[i].ticket
-        text = lexical_text(ticket.subject, ticket.body, ticket.body_format)
-        if to_route[n]:
-            known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
-            scores, wanted[n] = lexical_scores(
-                index, text, known, services.hybrid_pool, exclude=ticket.key
+        if not to_route[n] or i not in snapshot.ranked:
+            stored.append([])
+            lexical.append({})
+            continue
+        r = snapshot.ranked[i]
+        key = items[i].ticket.key
+        extra = {
+            c.ticket.key: Neighbour(
+                c.ticket.key,
+                float(cosines[m, n]),
+                c.ticket.canonical,
+                c.ticket.route,
+                c.ticket.readable,
             )
-            scores_of.append(scores)
-        else:
-            scores_of.append({})
-        index.add(ticket.key, text)
-    add_lexical_only(services.store, wanted, vectors, stored)
-    return scores_of
+            for m, c in enumerate(with_vector)
+            if c.ticket.key != key
+        }
+        dense = [nb for nb in r.dense if nb.key not in extra] + list(extra.values())
+        dense.sort(key=lambda nb: -nb.score)
+        dense = dense[: snapshot.depth]
+        if not hybrid:
+            stored.append(dense)
+            continue
+        assert services.lexical is not None
+        scores = dict(r.lexical_known)
+        pool = dict(r.lexical_top)
+        if extra:
+            fresh_scores = services.lexical.score_texts(
+                snapshot.queries[i],
+                [
+                    lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format)
+                    for c in with_vector
+                ],
+            )
+            for c, score in zip(with_vector, fresh_scores, strict=True):
+                if c.ticket.key in extra:
+                    scores[c.ticket.key] = score
+                    pool.pop(c.ticket.key, None)
+                    if score > 0:
+                        pool[c.ticket.key] = score
+        top = sorted(pool, key=lambda k: -pool[k])[: services.hybrid_pool]
+        in_dense = {nb.key for nb in dense}
+        for k in top:
+            scores.setdefault(k, pool[k])
+            if k in in_dense or k in fresh_keys:
+                continue
+            nb = extra.get(k) or r.lexical_only.get(k)
+            if nb is not None:  # a candidate without a vector anywhere is skipped
+                dense.append(nb)
+        stored.append(dense)
+        lexical.append(scores)
+    return stored, (lexical if hybrid else None)
+
+
+def _repair_stale(
+    unindexed: list[tuple[int, datetime]], services: Services
+) -> list[tuple[int, datetime]]:
+    """Re-store from SQL the vectors that have not reached the store for longer than
+    ``repair_after_s`` (a worker died, or the store failed, between commit and upsert);
+    returns the others, still unindexed."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=services.repair_after_s)
+    stale = [id_ for id_, at in unindexed if _aware(at) <= cutoff]
+    if not stale:
+        return unindexed
+    rows = _sql(lambda s: db.stored_tickets(s, ids=stale), services.engine)
+    dim = services.embedder.dimension
+    keep = [(t, v) for t in rows if (v := decode_vector(t.vector, dim)) is not None]
+    if keep:
+        services.store.upsert(
+            [t.key for t, _ in keep],
+            np.stack([v for _, v in keep]),
+            [vector_meta(t.key, t.canonical, t.route, t.readable, t.queue) for t, _ in keep],
+        )
+        keys = [t.key for t, _ in keep]
+        _sql(lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True)
+        logger.warning("re-stored %d vectors left unindexed by an interrupted batch", len(keep))
+    done = {t.id for t, _ in keep}
+    return [(id_, at) for id_, at in unindexed if id_ not in done]
+
+
+def _aware(at: datetime) -> datetime:
+    # SQLite gives naive datetimes back (stored in UTC).
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _publish(written: Written, store: VectorStore, services: Services) -> None:
+    """Step 3c, after the lock: the vectors into the store, then ``indexed_at`` in SQL."""
+    if not written.keys:
+        return
+    store.upsert(written.keys, np.stack(written.vectors).astype(np.float32), written.metas)
+
+    def mark(session: Session) -> None:
+        db.keep_vectors(session, written.fill, only_missing=True)
+        db.mark_indexed(session, written.keys, datetime.now(UTC))
+
+    _sql(mark, services.engine, commit=True)
 
 
 def lexical_scores(
@@ -498,8 +954,14 @@ def add_lexical_only(
 
 
 def vector_meta(
-    key: TicketKey, canonical: TicketKey, route: str, readable: bool = True
+    key: TicketKey,
+    canonical: TicketKey,
+    route: str,
+    readable: bool = True,
+    queue: str | None = None,
 ) -> dict[str, Any]:
+    """What the store keeps beside a vector: its decision, and its match scopes' values
+    (``source``, and ``queue``: "" for none, as Chroma metadata has no null)."""
     return {
         "source": key.source,
         "ticket_id": key.ticket_id,
@@ -507,6 +969,7 @@ def vector_meta(
         "canonical_ticket_id": canonical.ticket_id,
         "route": route,
         "readable": readable,
+        "queue": _meta_scope(queue),
     }
 
 

@@ -4,8 +4,19 @@ SQL is the source of truth (every accepted ticket's text is in ``triage_tickets`
 model change, a lost store or a corrupted index is repaired by re-embedding from there.
 The new collection is filled while the old one keeps serving; the switch is one row in
 ``triage_index_state`` written under the decision lock after a final catch-up pass, so
-no ticket decided meanwhile is missing from the new collection. Workers read the active
-collection when they start and, with a Chroma server, check it before every batch.
+no ticket decided meanwhile is missing from the new collection. The final pass and the
+switch are fenced as one: no worker commits between them (with scoped locks, each scope's
+commit shares the global fence row; worker/decision_lock.py), and a worker that ranked a
+batch on the old collection finds the switch in its own commit and ranks it again.
+Workers read the active collection when they start and, with a Chroma server, check it
+before every batch.
+
+Then the vectors kept in SQL beside each ticket (worker/pipeline.py) are rewritten from
+the new collection, filling those of tickets stored before vectors were kept. Until the
+rewrite reaches a row, its kept vector is the old collection's; no worker reads it: a
+worker reads kept vectors of the tickets committed after its snapshot (in the new
+collection's space) and of tickets not yet in the store, and the switch marks every
+ticket in the new collection as stored.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from config.redis_client import connect as redis_connect
@@ -29,13 +40,14 @@ from tickets.model import Ticket, TicketKey
 from worker.coverage import CoverageGuard
 from worker.decision_lock import DecisionLock
 from worker.embedding import Embedder
-from worker.pipeline import DECISION_LOCK, vector_meta
+from worker.pipeline import DECISION_LOCK, encode_vector, vector_meta
 from worker.store import VectorStore, open_store
 from worker.text import embed_tickets, embedding_text
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 256
+FILL_PASSES = 5
 
 
 def active_collection(engine: Engine, settings: Settings) -> str:
@@ -87,6 +99,7 @@ def _index(
     guard: CoverageGuard | None,
     subject_weight: float,
 ) -> None:
+    """Embed these tickets and store them in ``store`` with their decisions' metadata."""
     tickets = [
         Ticket(
             source=t.source,
@@ -108,10 +121,10 @@ def _index(
         key = TicketKey(t.source, t.ticket_id)
         readable = guard is None or guard.reason(ratio) is None
         if d is None:
-            metas.append(vector_meta(key, key, "history", readable))
+            metas.append(vector_meta(key, key, "history", readable, t.queue))
         else:
             canonical = TicketKey(d.canonical_source, d.canonical_ticket_id)
-            metas.append(vector_meta(key, canonical, d.route, readable))
+            metas.append(vector_meta(key, canonical, d.route, readable, t.queue))
     store.upsert([TicketKey(t.source, t.ticket_id) for t, _ in rows], np.asarray(vectors), metas)
 
 
@@ -132,14 +145,20 @@ def reindex(
     count = 0
     last_id = 0
     try:
-        for rows in _rows(engine, 0):
-            _index(rows, embedder, store, guard, settings.subject_weight)
-            count += len(rows)
-            last_id = rows[-1][0].id
-            progress(len(rows))
+        # Passes until one finds little new (at most a few, if ingest outruns re-embedding):
+        # the final pass runs with every commit held.
+        for _ in range(FILL_PASSES):
+            before = count
+            for rows in _rows(engine, last_id):
+                _index(rows, embedder, store, guard, settings.subject_weight)
+                count += len(rows)
+                last_id = rows[-1][0].id
+                progress(len(rows))
+            if count - before < CHUNK:
+                break
         lock: Any = contextlib.nullcontext()
         if settings.uses_chroma_server:
-            # Stop workers' critical sections for the catch-up and the switch: the workers'
+            # Stop workers' decision sections for the catch-up and the switch: the workers'
             # own lock, whose fence also stops a section that outlived its lock from
             # committing into the old collection after the catch-up read past it.
             client = redis_connect(settings)
@@ -147,17 +166,49 @@ def reindex(
                 client, engine, DECISION_LOCK, ttl_s=settings.decision_lock_ttl_s, wait_s=60
             )()
         with lock as section:
-            for rows in _rows(engine, last_id):
-                _index(rows, embedder, store, guard, settings.subject_weight)
-                count += len(rows)
-                progress(len(rows))
             fenced = section.committing() if section is not None else contextlib.nullcontext()
             with fenced as check, Session(engine) as session:
                 if check is not None:
-                    check(session)
+                    check(session)  # SQLite: holds the write lock from here to the commit
+                for rows in _rows(engine, last_id):
+                    _index(rows, embedder, store, guard, settings.subject_weight)
+                    count += len(rows)
+                    last_id = rows[-1][0].id
+                    progress(len(rows))
                 db.set_state(session, db.ACTIVE_COLLECTION, new)
+                # Every ticket is in the new collection now, those whose vectors had not
+                # reached the old one too.
+                session.execute(
+                    update(db.TicketRow)
+                    .where(db.TicketRow.indexed_at.is_(None))
+                    .values(indexed_at=datetime.now(UTC))
+                )
                 session.commit()
+        _keep_vectors(engine, store, last_id, embedder.dimension)
     finally:
         store.close()
     logger.info("reindexed %d tickets into %s (was %s)", count, new, old)
     return ReindexResult(old, new, count)
+
+
+def _keep_vectors(engine: Engine, store: VectorStore, upto: int, dimension: int) -> None:
+    """Rewrite the vectors kept in SQL of the tickets up to id ``upto`` from ``store``."""
+    after = 0
+    while after < upto:
+        with Session(engine) as session:
+            rows = session.execute(
+                select(db.TicketRow.id, db.TicketRow.source, db.TicketRow.ticket_id)
+                .where(db.TicketRow.id > after, db.TicketRow.id <= upto)
+                .order_by(db.TicketRow.id)
+                .limit(CHUNK * 4)
+            ).all()
+            if not rows:
+                return
+            keys = {TicketKey(r.source, r.ticket_id): int(r.id) for r in rows}
+            got = store.fetch(list(keys), remember=False)
+            db.keep_vectors(
+                session,
+                {key: encode_vector(v) for key, (v, _) in got.items() if len(v) == dimension},
+            )
+            session.commit()
+            after = int(rows[-1].id)

@@ -35,7 +35,7 @@ from tickets.ledger import Ledger
 from tickets.queue import publish
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
-from worker.decision_lock import DecisionLock, Section
+from worker.decision_lock import DecisionLock, ScopeLocks, Section
 from worker.embedding import make_embedder
 from worker.lexical import LexicalIndex
 from worker.pipeline import (
@@ -154,15 +154,25 @@ def build_runtime(settings: Settings) -> Runtime:
     engine = make_engine(settings.database_url)
     migrate.require_current(engine)
     store = open_store(settings, embedder, active_collection(engine, settings))
-    lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
-    if settings.uses_chroma_server:
-        # Several processes share the server: serialise their critical sections.
-        lock = DecisionLock(
-            redis_connect(settings),
-            engine,
-            DECISION_LOCK,
-            ttl_s=settings.decision_lock_ttl_s,
+    scope = None if settings.match_scope == "global" else settings.match_scope
+    if scope == "queue" and not store.has_queue_metadata and store.count() > 0:
+        store.close()
+        raise ConfigError(
+            f"TRIAGE_MATCH_SCOPE=queue filters the store on each vector's queue, which the "
+            f"collection {store.collection_name!r} was written without: run `triage reindex` "
+            "first (it writes a new collection with it)"
         )
+    lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
+    scope_lock: ScopeLocks | None = None
+    if settings.uses_chroma_server:
+        # Several processes share the server: serialise their decision sections, per match
+        # scope when matching is scoped.
+        client = redis_connect(settings)
+        lock = DecisionLock(client, engine, DECISION_LOCK, ttl_s=settings.decision_lock_ttl_s)
+        if scope is not None:
+            scope_lock = ScopeLocks(
+                client, engine, DECISION_LOCK, ttl_s=settings.decision_lock_ttl_s
+            )
     advice = model_advice(settings, embedder)  # per-model calibrated defaults
     for note in (*advice.notes, advice.guard_note):
         if note:
@@ -172,8 +182,8 @@ def build_runtime(settings: Settings) -> Runtime:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
     lexical = None
     if settings.hybrid_alpha < 1:
-        # Catch up with the stored tickets now, not in the first batch's critical section.
-        lexical = LexicalIndex()
+        # Catch up with the stored tickets now, not in the first batch.
+        lexical = LexicalIndex(scope_field=scope)
         lexical.refresh(engine)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
@@ -184,6 +194,8 @@ def build_runtime(settings: Settings) -> Runtime:
         subject_weight=settings.subject_weight,
         top_k=settings.top_k,
         lock=lock,
+        match_scope=scope,
+        scope_lock=scope_lock,
         lexical=lexical,
         hybrid_alpha=settings.hybrid_alpha,
         hybrid_pool=settings.hybrid_pool,
@@ -191,15 +203,8 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
     if settings.uses_chroma_server:
-
-        def before_decide() -> None:
-            _follow_switch(settings, services)
-            # Other workers store tickets too: one SQL read of the rows added since the last
-            # batch. With the embedded store this process is the only writer and needs none.
-            if services.lexical is not None:
-                services.lexical.refresh(engine)
-
-        services.before_decide = before_decide
+        # A `triage reindex` may switch the active collection: followed inside the section.
+        services.before_decide = lambda: _follow_switch(settings, services)
 
     ledger = Ledger(redis_connect(settings, timeout_s=10), settings.queue)
 

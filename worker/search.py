@@ -114,7 +114,9 @@ def search(services: Services, text: str, k: int) -> SearchAnswer:
     # read while no batch of this process changes them.
     with services.local_lock:
         if services.before_decide is not None:
-            services.before_decide()  # catch up with what other workers stored
+            services.before_decide()  # follow a `triage reindex` switch
+        if services.lexical is not None:
+            services.lexical.refresh(services.engine)  # what other workers stored since
         stored: list[list[Neighbour]] = [services.store.query(vector, depth)[0]]
         if hybrid and services.lexical is not None:
             scores, wanted = lexical_scores(

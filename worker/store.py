@@ -9,7 +9,8 @@ several clients on one persistent path, https://docs.trychroma.com/):
 - ``add`` ignores existing ids: only ``upsert`` is used.
 - ``get_or_create_collection`` silently keeps an old distance space and old metadata, so
   the space, model id and dimension are read back and checked on every open.
-- ``where`` filters cost 100-300 ms per query at 100k: none on the hot path.
+- ``where`` filters cost 100-300 ms per query at 100k: used only when matching is scoped
+  (TRIAGE_MATCH_SCOPE=queue or source), and then outside the decision lock.
 - The default embedding function downloads a model on first use: it is never attached
   (``embedding_function=None``); vectors always come from our own embedder.
 
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # Collection metadata: the digest of the model behind a tag (worker/embedding/ollama.py).
 MODEL_DIGEST = "model_digest"
+# Collection metadata: every vector's metadata holds its ticket's queue (TRIAGE_MATCH_SCOPE
+# =queue filters on it); collections created before it was written lack it.
+QUEUE_METADATA = "queue_metadata"
 # Vectors kept in memory for fetch(): ≈ 1.6 KB each with metadata, so ≈ 160 MB at most.
 FETCH_CACHE_SIZE = 100_000
 # chromadb rejects larger write batches ("Batch size of 6000 is greater than max batch size of 5461").
@@ -133,6 +137,7 @@ class VectorStore:
                     "distance": "cosine",
                     "schema_version": SCHEMA_VERSION,
                     "recipe": recipe,
+                    QUEUE_METADATA: True,
                     **({MODEL_DIGEST: digest} if digest else {}),
                 },
                 embedding_function=None,
@@ -150,6 +155,11 @@ class VectorStore:
             store.close()
             raise
         return store
+
+    @property
+    def has_queue_metadata(self) -> bool:
+        """Whether every vector here carries its ticket's queue (see QUEUE_METADATA)."""
+        return bool((self._collection.metadata or {}).get(QUEUE_METADATA))
 
     @property
     def model_digest(self) -> str | None:
@@ -220,8 +230,11 @@ class VectorStore:
         got = self._guard(self._collection.get, ids=[k.as_id() for k in keys], include=[])
         return {TicketKey.from_id(i) for i in got["ids"]}
 
-    def query(self, vectors: Vectors, k: int) -> list[list[Neighbour]]:
-        """Nearest stored tickets for each vector, best first: one call for the batch."""
+    def query(
+        self, vectors: Vectors, k: int, where: dict[str, Any] | None = None
+    ) -> list[list[Neighbour]]:
+        """Nearest stored tickets for each vector, best first: one call for the batch;
+        ``where``: only those whose metadata has these values (a match scope)."""
         if len(vectors) == 0:
             return []
         res = self._guard(
@@ -229,6 +242,7 @@ class VectorStore:
             query_embeddings=np.asarray(vectors, dtype=np.float32),
             n_results=k,
             include=["distances", "metadatas"],
+            **({"where": where} if where else {}),
         )
         return [
             [
@@ -240,12 +254,15 @@ class VectorStore:
             )
         ]
 
-    def fetch(self, keys: Sequence[TicketKey]) -> dict[TicketKey, tuple[np.ndarray, Neighbour]]:
+    def fetch(
+        self, keys: Sequence[TicketKey], *, remember: bool = True
+    ) -> dict[TicketKey, tuple[np.ndarray, Neighbour]]:
         """The stored vector and metadata of each key that has one (one call).
 
         For candidates found by another route than this store's nearest-neighbour search
         (hybrid ranking's lexical side): the caller computes their cosine itself; the
-        Neighbour's score is a placeholder 0.
+        Neighbour's score is a placeholder 0. ``remember=False``: not kept in the cache
+        (a one-off pass over the whole collection).
         """
         out = {k: hit for k in keys if (hit := self._cache.get(k)) is not None}
         for key in out:
@@ -261,7 +278,8 @@ class VectorStore:
         for id_, vector, meta in zip(got["ids"], got["embeddings"], got["metadatas"], strict=True):
             key = TicketKey.from_id(id_)
             out[key] = (np.asarray(vector, dtype=np.float32), _neighbour(id_, 0.0, meta))
-            self._remember(key, out[key])
+            if remember:
+                self._remember(key, out[key])
         return out
 
     def _remember(self, key: TicketKey, entry: tuple[np.ndarray, Neighbour]) -> None:

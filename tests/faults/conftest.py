@@ -3,6 +3,7 @@ Ollama per test, and a builder for the worker's settings pointing at them."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ from tickets.model import Ticket, TicketKey
 from tickets.queue import publish
 
 StartWorker = Callable[..., WorkerProcess]
+# Where sitecustomize.py wraps a worker's runtime with decision-section hooks.
+HOOKS = Path(__file__).resolve().parent.parent / "hooks"
 
 
 @dataclass
@@ -75,6 +78,29 @@ class FaultEnv:
         }
         base.update(overrides)
         return load_settings(**base)
+
+    def hooks(self, **points: dict[str, str]) -> dict[str, str]:
+        """The environment of a worker that acts at decision-section hook points, e.g.
+        ``hooks(after_commit={"ticket": "K", "action": "kill"})`` (tests/hooks/)."""
+        return {
+            "PYTHONPATH": str(HOOKS),
+            "SECTION_HOOKS": json.dumps({"redis": self.redis.url, **points}),
+        }
+
+    def wait_hook(self, point: str, timeout: float = 60) -> None:
+        """Until a worker paused at ``point``."""
+        client = self.redis.client()
+        try:
+            wait_until(lambda: client.exists(f"hook:{point}:reached") == 1, timeout, point)
+        finally:
+            client.close()
+
+    def release_hook(self, point: str) -> None:
+        client = self.redis.client()
+        try:
+            client.set(f"hook:{point}:go", "1")
+        finally:
+            client.close()
 
     def proxy(self, target_port: int) -> TcpProxy:
         p = TcpProxy(target_port)

@@ -1,22 +1,20 @@
 """A worker that loses the decision lock mid-section must not commit what it decided.
 
 Two workers share a Chroma server, PostgreSQL and Redis. Worker A takes the lock for a
-batch holding ticket X and reads the store; it is then paused (SIGSTOP) past the lock's
-TTL. Worker B takes the expired lock and decides X's twin X2, seeing nothing of X. When A
-resumes, its view is stale: committing it would route X and X2 both as originals (the
-missing link). The fence (worker/decision_lock.py) makes A give its batch back; retried,
-X is decided on a fresh view as X2's duplicate: the twins link one way.
+batch holding ticket X and reads what was decided; it is then paused (SIGSTOP) past the
+lock's TTL. Worker B takes the expired lock and decides X's twin X2, seeing nothing of X.
+When A resumes, its view is stale: committing it would route X and X2 both as originals
+(the missing link). The fence (worker/decision_lock.py) makes A give its batch back;
+retried, X is decided on a fresh view as X2's duplicate: the twins link one way.
 
-The pause lands where it matters by real means: the Chroma server is stopped first, so A
-blocks inside its section on its store query; A is stopped while blocked there, and the
-Chroma server resumed, so A's (stale) answer waits in its socket until A resumes.
+The pause lands where it matters: A stops at the section's hook point inside the lock
+(tests/hooks/), and is stopped there with SIGSTOP, renewal thread and all.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from sqlalchemy import select
@@ -50,7 +48,9 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
 ) -> None:
     settings_a = fault_env.settings(queue=f"{fault_env.queue}-a", decision_lock_ttl_s=TTL_S)
     settings_b = fault_env.settings(queue=f"{fault_env.queue}-b", decision_lock_ttl_s=TTL_S)
-    worker_a = start_worker(settings_a)
+    worker_a = start_worker(
+        settings_a, extra_env=fault_env.hooks(in_section={"ticket": "X", "action": "pause"})
+    )
     worker_b = start_worker(settings_b)
     # Each worker decides a first ticket: clients connected, indexes loaded.
     warm = [
@@ -61,23 +61,14 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
     ]
     wait_until(lambda: tally(fault_env.engine, warm[0] + warm[1]).decided == 2, 60, "warm-up")
     redis = fault_env.redis.client()
-    # Both sections over (vectors stored, lock released): the next lock taken is A's.
-    wait_until(lambda: fault_env.chroma.count("tickets") == 2, 30, "the warm-up vectors")
     wait_until(lambda: redis.exists(LOCK_KEY) == 0, 30, "the warm-up sections to end")
-    chroma = fault_env.chroma.proc.pid
     claimed = _fence(fault_env)
 
-    os.kill(chroma, signal.SIGSTOP)
-    try:
-        sent = fault_env.publish(settings_a, [Ticket(source="lock", ticket_id="X", body=TWIN_TEXT)])
-        # A holds the lock and has claimed the fence: its section has begun.
-        wait_until(lambda: _fence(fault_env) == claimed + 1, 60, "worker A in its section")
-        # Its SQL reads take milliseconds; then A waits on the stopped store.
-        time.sleep(1.0)
-        assert redis.exists(LOCK_KEY) == 1, "worker A left its section with the store stopped"
-        os.kill(worker_a.proc.pid, signal.SIGSTOP)
-    finally:
-        os.kill(chroma, signal.SIGCONT)
+    sent = fault_env.publish(settings_a, [Ticket(source="lock", ticket_id="X", body=TWIN_TEXT)])
+    # A holds the lock, has claimed the fence and read what was decided: stop it there.
+    fault_env.wait_hook("in_section")
+    assert redis.exists(LOCK_KEY) == 1 and _fence(fault_env) == claimed + 1
+    os.kill(worker_a.proc.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: redis.exists(LOCK_KEY) == 0, 10 * TTL_S, "A's lock to expire")
         sent += fault_env.publish(
@@ -85,6 +76,7 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
         )
         wait_until(lambda: "X2" in _decisions(fault_env), 60, "worker B's decision of X2")
     finally:
+        fault_env.release_hook("in_section")
         os.kill(worker_a.proc.pid, signal.SIGCONT)
     wait_until(lambda: "X" in _decisions(fault_env), 60, "worker A's decision of X")
 
@@ -97,7 +89,8 @@ def test_a_section_that_lost_its_lock_gives_its_batch_back(
     assert x2.id < x.id
     result = tally(fault_env.engine, sent)
     assert (result.decided, result.failed, result.doubled) == (2, 0, 0), result
-    assert fault_env.chroma.count("tickets") == 4  # two warm-up tickets and the twins
+    # two warm-up tickets and the twins; the vectors follow the commits
+    wait_until(lambda: fault_env.chroma.count("tickets") == 4, 30, "the vectors")
     # A's lost section raised DecisionLockLost (its renewal saw the lock gone, or the fence
     # was claimed) and its ticket was retried; B's never did.
     assert "retry: Retry in" in worker_a.log() and "DecisionLockLost" in worker_a.log(), (
