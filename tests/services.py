@@ -40,6 +40,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             )
     if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
         env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
+    if settings.outbound_webhook_secret is not None:
+        env["TRIAGE_OUTBOUND_WEBHOOK_SECRET"] = settings.outbound_webhook_secret.get_secret_value()
     return env
 
 

@@ -44,6 +44,7 @@ from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
 
 if TYPE_CHECKING:
+    from actions.outbox import Outbox
     from worker.coverage import CoverageGuard
     from worker.decision_lock import Section
 
@@ -108,6 +109,9 @@ class Services:
     # This process's own section: the batch's and a search's use of the store and of the
     # lexical index (whose arrays a reader must not hold while a batch appends to them).
     local_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The outbox (actions/outbox.py): a decision's actions are inserted in its transaction;
+    # None: decisions cause nothing outside.
+    outbox: Outbox | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -406,6 +410,8 @@ def _decide_and_store(
             if check is not None:
                 check(session)
             db.save_batch(session, ticket_rows, decision_rows)
+            if services.outbox is not None:  # the decisions' actions, in the same transaction
+                services.outbox.stage(session, decision_rows)
 
         _sql(write, services.engine, commit=True)
         order = fresh + repair
