@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -147,7 +146,7 @@ class Outbox:
             return 0
         try:
             self._publish(ids)
-        except (OperationalError, OSError) as exc:
+        except Exception as exc:  # the decisions are committed: nothing may fail them now
             logger.warning("could not publish %d action(s), the sweeper will: %s", len(ids), exc)
             return 0
         return len(ids)

@@ -10,7 +10,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session
 
 from actions.outbox import Publisher
-from cli.common import print_rows
+from cli.common import format_option, print_rows
 from cli.common import settings as load
 from config.settings import mask_url
 from tickets import db, outbox
@@ -32,13 +32,7 @@ COLUMNS = (
     help="Only these states (repeatable; default: pending, sending, failed, dead).",
 )
 @click.option("-n", "--limit", default=50, show_default=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-)
+@format_option
 @click.option(
     "--redrive",
     is_flag=True,

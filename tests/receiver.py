@@ -4,16 +4,22 @@ and brought back on the same port (connections refused meanwhile)."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import standardwebhooks
 
 from tests.services import free_port
+
+# A signing secret in the Standard Webhooks form: whsec_ and the base64 of 32 bytes.
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,10 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int  # what the receiver answered
+    # The body as the reference library returned it on arrival, or why it refused it (the
+    # timestamp check makes a later verification fail by itself).
+    verified: Any = None
+    refused: str | None = None
 
 
 @dataclass
@@ -56,25 +66,31 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                verified, refused = None, None
+                if receiver.secret is not None:
+                    try:
+                        verified = standardwebhooks.Webhook(receiver.secret).verify(body, headers)
+                    except Exception as exc:
+                        refused = f"{type(exc).__name__}: {exc}"
                 with receiver._lock:
                     answer = receiver.script.popleft() if receiver.script else receiver.default
                     receiver.received.append(
                         Received(
-                            time.time(),
-                            self.path,
-                            {k.lower(): v for k, v in self.headers.items()},
-                            body,
-                            answer.status,
+                            time.time(), self.path, headers, body, answer.status, verified, refused
                         )
                     )
                 if answer.delay_s:
                     time.sleep(answer.delay_s)
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
+                try:
+                    self.send_response(answer.status)
+                    for name, value in answer.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender was killed while waiting: the fault tests do that
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -102,7 +118,16 @@ class Receiver:
             return list(self.received)
 
     def verify(self, request: Received) -> Any:
-        """The body, parsed, if the reference library `standardwebhooks` accepts the
-        signature (it raises otherwise)."""
+        """The body, parsed, if the reference library `standardwebhooks` accepted the
+        signature when the request arrived."""
         assert self.secret is not None
-        return standardwebhooks.Webhook(self.secret).verify(request.body, request.headers)
+        assert request.refused is None, f"signature refused: {request.refused}"
+        return request.verified
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver that checks signatures with SECRET; stopped after the test."""
+    r = Receiver(SECRET)
+    yield r
+    r.stop()

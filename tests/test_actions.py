@@ -23,12 +23,10 @@ from actions.outbox import Outbox, actions_for
 from actions.sweeper import sweep_once
 from config.settings import Settings, SettingsError, load_settings
 from tests.conftest import decision_row
-from tests.receiver import Answer, Receiver
+from tests.receiver import SECRET, Answer, Receiver
 from tickets import db, outbox
 from tickets.decisions import decision_out
 from tickets.outbox import ActionRow
-
-SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
 def decision_values(ticket_id: str, **values: Any) -> dict[str, Any]:
@@ -37,13 +35,6 @@ def decision_values(ticket_id: str, **values: Any) -> dict[str, Any]:
     return {
         c.name: getattr(row, c.name) for c in db.DecisionRow.__table__.columns if c.name != "id"
     }
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(SECRET)
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -396,3 +387,33 @@ def test_listing_and_counts(outbox_env: Callable[..., tuple[Settings, Deliverer]
     with Session(deliverer.engine) as session:
         assert outbox.counts(session) == {("webhook", "pending"): 2}
         assert {r.ticket_id for r in outbox.listing(session, ["pending"], 10)} == {"x", "y"}
+
+
+def test_a_refused_publish_fails_nothing_and_the_sweeper_publishes_later(
+    outbox_env: Callable[..., tuple[Settings, Deliverer]],
+) -> None:
+    settings, deliverer = outbox_env()
+
+    def broker_down(ids: list[str]) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    box = Outbox(settings, broker_down)
+    values = [decision_values("p")]
+    with Session(deliverer.engine) as session:
+        db.save_batch(session, [], values)
+        box.stage(session, values)
+        session.commit()
+    assert box.publish_committed() == 0  # logged, not raised: the decision is committed
+    (row,) = [action(deliverer.engine, i) for i in pending_ids(deliverer.engine)]
+    published: list[list[str]] = []
+    assert sweep_once(deliverer.engine, published.append, settings) == []  # within its grace
+    make_due(deliverer.engine, row.action_id)
+    assert sweep_once(deliverer.engine, published.append, settings) == [row.action_id]
+    assert published == [[row.action_id]]
+
+
+def pending_ids(engine: Any) -> list[str]:
+    with Session(engine) as session:
+        return list(
+            session.scalars(select(ActionRow.action_id).where(ActionRow.status == "pending"))
+        )

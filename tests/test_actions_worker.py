@@ -19,22 +19,15 @@ from actions.outbox import Outbox
 from config.celery_app import actions_queue
 from config.settings import Settings
 from tests.conftest import FIXTURES, WorkerProcess, ingest, run_triage, wait_for
-from tests.receiver import Answer, Receiver
+from tests.receiver import SECRET, Answer, Receiver
 from tests.services import ServeProcess
-from tests.test_actions import SECRET, decision_values
+from tests.test_actions import decision_values
 from tickets import db, outbox
 from tickets.outbox import ActionRow
 
 TICKETS = FIXTURES / "e2e_tickets.csv"
 N_TICKETS = 12
 READER = {"reader-token-0123456789": ["read"]}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(SECRET)
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -98,6 +91,9 @@ def test_each_decision_is_one_signed_post_with_the_read_api_body(
         )
         assert answer.status_code == 200
         assert body == answer.json()
+    metrics = requests.get(f"{serve.url}/metrics", timeout=10).text
+    assert f'triage_actions{{kind="webhook",status="delivered"}} {N_TICKETS}.0' in metrics
+    assert 'triage_actions{kind="webhook",status="dead"} 0.0' in metrics
 
 
 def test_retry_after_outage_and_dead_letters_through_a_worker(
