@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
@@ -13,6 +12,7 @@ from tqdm import tqdm
 from cli.common import clip, setup_logging
 from cli.common import settings as load
 from config.celery_app import create_app
+from config.redis_client import connect as redis_connect
 from tickets import db, migrate
 from tickets.errors import TriageError
 from tickets.ledger import Ledger
@@ -112,7 +112,7 @@ def redrive(
         click.echo(f"triage redrive: {exc}", err=True)
         sys.exit(1)
     app = create_app(settings)
-    ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
+    ledger = Ledger(redis_connect(settings, timeout_s=10), settings.queue)
     try:
         report = run_redrive(
             engine,

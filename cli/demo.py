@@ -36,7 +36,8 @@ from tqdm import tqdm
 from cli.common import print_rows, setup_logging
 from cli.common import settings as load
 from cli.ingest import ingest_file
-from config.settings import Settings, load_settings
+from config.redis_client import connect as redis_connect
+from config.settings import Settings, load_settings, mask_url
 from producer.importer import RowError, read_tickets
 from tickets import db, migrate
 from tickets.model import TicketKey
@@ -144,9 +145,9 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(settings: Settings) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(redis_connect(settings, timeout_s=2, connect_timeout_s=1).ping())
     except redis.RedisError:
         return False
 
@@ -158,15 +159,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def reachable_redis(url: str, data_dir: Path) -> Iterator[str]:
+def reachable_redis(settings: Settings, data_dir: Path) -> Iterator[str]:
     """Yield a Redis URL that answers: the configured one, or a private server we start."""
-    if _redis_answers(url):
+    url = settings.redis_url
+    if _redis_answers(settings):
         yield url
         return
     binary = shutil.which("redis-server")
     if binary is None:
         raise click.ClickException(
-            f"no Redis answers at {url} and `redis-server` is not installed. Install Redis "
+            f"no Redis answers at {mask_url(url)} and `redis-server` is not installed. Install Redis "
             "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set "
             "TRIAGE_REDIS_URL to a Redis you can reach."
         )
@@ -180,12 +182,15 @@ def reachable_redis(url: str, data_dir: Path) -> Iterator[str]:
     private = f"redis://127.0.0.1:{port}/0"
     try:
         for _ in range(100):
-            if _redis_answers(private):
+            if _redis_answers(settings.model_copy(update={"redis_url": private})):
                 break
             time.sleep(0.05)
         else:
             raise click.ClickException(f"the private redis-server did not start; see {log.name}")
-        click.echo(f"no Redis at {url}: started a private redis-server on port {port}", err=True)
+        click.echo(
+            f"no Redis at {mask_url(url)}: started a private redis-server on port {port}",
+            err=True,
+        )
         yield private
     finally:
         proc.terminate()
@@ -231,7 +236,7 @@ def _run_demo(
         if not isinstance(row, RowError):
             keys.append(row.key)
 
-    with reachable_redis(settings.redis_url, data_dir) as redis_url:
+    with reachable_redis(settings, data_dir) as redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url, "queue": queue})
         env = {**os.environ, **overrides, "TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue}
         # The demo's decisions are samples: they must never reach a configured webhook.
@@ -250,7 +255,12 @@ def _run_demo(
                 # (messages of a batch each would race between the worker's threads).
                 ingest_file(settings, file, source=DEMO_SOURCE, per_message=max(1, len(keys)))
                 finished = _wait(
-                    engine, keys, worker, timeout_s, redis_url=redis_url, queue=settings.queue
+                    engine,
+                    keys,
+                    worker,
+                    timeout_s,
+                    client=redis_connect(settings, timeout_s=5),
+                    queue=settings.queue,
                 )
             finally:
                 worker.send_signal(signal.SIGTERM)
@@ -329,9 +339,9 @@ def _done(engine: Engine, keys: list[TicketKey]) -> int:
     return int(decided or 0) + int(failed or 0)
 
 
-def _queue_empty(redis_url: str, queue: str) -> bool:
+def _queue_empty(client: redis.Redis, queue: str) -> bool:
     try:
-        return int(redis.Redis.from_url(redis_url).llen(queue)) == 0  # type: ignore[arg-type]
+        return int(client.llen(queue)) == 0  # type: ignore[arg-type]
     except redis.RedisError:
         return False
 
@@ -342,7 +352,7 @@ def _wait(
     worker: subprocess.Popen[bytes],
     timeout_s: int,
     *,
-    redis_url: str,
+    client: redis.Redis,
     queue: str,
 ) -> bool:
     unique = list(dict.fromkeys(keys))
@@ -354,7 +364,7 @@ def _wait(
             bar.refresh()
             # Also wait for the queue to drain: a re-run's redeliveries are decided already
             # but must not stay queued for the next worker.
-            if done >= len(unique) and _queue_empty(redis_url, queue):
+            if done >= len(unique) and _queue_empty(client, queue):
                 return True
             if worker.poll() is not None:
                 return False

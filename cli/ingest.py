@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from cli.common import settings as load
 from config.celery_app import create_app
+from config.redis_client import connect as redis_connect
 from config.settings import Settings, mask_url
 from producer.guards import QueueFull, QueueGate, wait_for_room
 from producer.importer import RowError, check_encoding, detect_format, read_tickets
@@ -128,7 +129,7 @@ def ingest_file(
                 yield row
 
     per_message = per_message or settings.batch_size
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = redis_connect(settings, timeout_s=10)
     gate = QueueGate(
         client,
         settings.queue,

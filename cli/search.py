@@ -10,6 +10,7 @@ import redis
 from cli.common import clip
 from cli.common import settings as load
 from config.celery_app import SEARCH_TASK, create_app, search_queue
+from config.redis_client import connect as redis_connect
 from config.settings import Settings
 from tickets import db
 from tickets.errors import StoreLocked, TriageError
@@ -89,9 +90,7 @@ def search(text: str, k: int, timeout: float) -> None:
 
 def _live_workers(settings: Settings) -> list[WorkerBeat]:
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
+        client = redis_connect(settings, timeout_s=2)
         return live_workers(client, settings.queue)
     except redis.RedisError:
         return []
@@ -102,9 +101,7 @@ def _ask_worker(settings: Settings, text: str, k: int, timeout: float) -> Search
     key = reply_key()
     app = create_app(settings)
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout + 5, socket_connect_timeout=2
-        )
+        client = redis_connect(settings, timeout_s=timeout + 5, connect_timeout_s=2)
         # Expires with the wait: a worker that comes later never answers a stale request.
         app.send_task(
             SEARCH_TASK,

@@ -18,6 +18,10 @@ needs a new pool, which every close path already ignores. Nothing is lost by not
 the unacked messages at that moment (Redis is down then anyway): they stay in Redis's
 ``unacked`` hash and come back after the visibility timeout, and a redelivered ticket that
 was decided meanwhile is absorbed (decisions are keyed by ticket).
+
+kombu's Sentinel transport (``sentinel://`` URLs) builds its pools through the same
+``_connparams``, and a Sentinel failover is exactly such a lost connection: it gets the
+same fix.
 """
 
 from __future__ import annotations
@@ -28,16 +32,32 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class _RaisesWhenDetached:
+    connection: Any
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise RedisConnectionError("the broker connection is closed (transport detached)")
-        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class Channel(_RaisesWhenDetached, kombu_redis.Channel):  # type: ignore[misc]
+    pass
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
 
 
+class SentinelChannel(_RaisesWhenDetached, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    pass
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel
+
+
 #: Celery's ``broker_transport`` for a ``redis://`` broker URL.
 TRANSPORT = f"{__name__}:Transport"
+#: Celery's ``broker_transport`` for a ``sentinel://`` broker URL.
+SENTINEL_TRANSPORT = f"{__name__}:SentinelTransport"

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
-from config.broker import TRANSPORT
+from config.broker import SENTINEL_TRANSPORT, TRANSPORT
+from config.redis_client import sentinel_options
 from config.settings import Settings, SettingsError, load_settings
 
 # The tasks by name: producers publish a message naming its task (tickets/queue.py) and
@@ -38,10 +39,19 @@ def actions_queue(queue: str) -> str:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport: dict[str, Any] = {}
+    sentinel: dict[str, Any] = {}
     if urlsplit(settings.redis_url).scheme == "redis":
         # kombu's Redis transport with the fix that keeps a worker alive through a Redis
         # restart under load (config/broker.py). rediss:// keeps kombu's own, for its TLS.
         transport["broker_transport"] = TRANSPORT
+    elif settings.uses_sentinel:
+        # kombu's Sentinel transport (the same fix): it reads every `;`-listed sentinel from
+        # the URL and asks them for this master (Celery docs, "Using Redis").
+        transport["broker_transport"] = SENTINEL_TRANSPORT
+        sentinel = {
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": sentinel_options(settings),
+        }
     return {
         "broker_url": settings.redis_url,
         **transport,
@@ -89,6 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # unacked for minutes. A restore takes milliseconds; one visibility timeout
             # (at most a minute) is ample.
             "unacked_mutex_expire": min(60, settings.visibility_timeout_s),
+            **sentinel,
         },
         "worker_send_task_events": True,  # for Flower
         "task_send_sent_event": True,

@@ -29,7 +29,8 @@ ENV_PREFIX = "TRIAGE_"
 
 # Fields whose values are secrets: never shown by repr(), str() or a validation error.
 SECRET_FIELDS = frozenset(
-    {"webhook_secrets", "api_tokens", "openai_api_key", "outbound_webhook_secret"}
+    {"webhook_secrets", "api_tokens", "openai_api_key", "redis_sentinel_password"}
+    | {"outbound_webhook_secret"}
 )
 # URL fields that may carry a password (user:password@host): shown with it masked.
 URL_FIELDS = frozenset(
@@ -71,8 +72,35 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***\3", url)
+    """The URL with its password (if any) replaced by ``***``; each of a ``;``-separated
+    list of URLs (kombu's Sentinel form) on its own."""
+    return ";".join(_URL_PASSWORD.sub(r"\1***\3", part) for part in url.split(";"))
+
+
+SENTINEL_SCHEME = "sentinel"
+REDIS_SCHEMES = frozenset({"redis", "rediss", SENTINEL_SCHEME})
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL the product can use, or None."""
+    parts = url.split(";")
+    schemes = {urlsplit(part).scheme for part in parts}
+    if not schemes <= REDIS_SCHEMES:
+        return f"the scheme must be one of {', '.join(sorted(REDIS_SCHEMES))}"
+    if len(parts) > 1 and schemes != {SENTINEL_SCHEME}:
+        # kombu would take the others as failover brokers: one Redis is the source of truth.
+        return "only sentinel:// URLs may be listed with `;`"
+    for part in parts:
+        where = urlsplit(part)
+        try:
+            where.port  # noqa: B018 (parses the port: raises on a bad one)
+        except ValueError as exc:
+            return f"{mask_url(part)}: {exc}"
+        if not where.hostname:
+            return f"{mask_url(part)} names no host"
+        if where.path.strip("/") and not where.path.strip("/").isdigit():
+            return f"{mask_url(part)}: the path must be a database number"
+    return None
 
 
 # A random value is varied: refused below these floors are values typed rather than
@@ -147,7 +175,29 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0",
         description=(
             "Redis: the Celery broker, the ledger of accepted tickets, delivery dedupe, rate "
-            "limits, worker heartbeats and the cross-worker decision lock."
+            "limits, worker heartbeats and the cross-worker decision lock. "
+            "`redis://[:password@]host:port/db` (`rediss://` for TLS), or Redis Sentinel in "
+            "kombu's form, every sentinel listed with `;`: "
+            "`sentinel://:password@host1:26379/0;sentinel://:password@host2:26379/0` (the "
+            "password is the Redis server's, the database number is the first URL's). "
+            "Every process finds the current master through the sentinels and follows a "
+            "failover."
+        ),
+    )
+    # Redis's own example name, and the Bitnami chart's default.
+    redis_sentinel_master: str = Field(
+        "mymaster",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "With a `sentinel://` Redis URL: the master's name in the sentinels' "
+            "configuration (`sentinel monitor <name> …`)."
+        ),
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description=(
+            "With a `sentinel://` Redis URL: the sentinels' own password (their "
+            "`requirepass`), if they have one; the Redis server's password goes in the URL."
         ),
     )
     database_url: str = Field(
@@ -650,6 +700,8 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"TRIAGE_EMBEDDER=openai needs {' and '.join(missing)}")
+        if problem := redis_url_problem(self.redis_url):
+            raise ValueError(f"TRIAGE_REDIS_URL: {problem}")
         if self.retry_backoff_max_s >= self.visibility_timeout_s:
             raise ValueError(
                 "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "
@@ -679,6 +731,10 @@ class Settings(BaseSettings):
             match = _URL_PASSWORD.search(getattr(self, name))
             if match and match.group(2) and _weak(match.group(2)):
                 problems.append(f"TRIAGE_{name.upper()}: the password {_weak(match.group(2))}")
+        if self.redis_sentinel_password is not None:
+            why = _weak(self.redis_sentinel_password.get_secret_value())
+            if why:
+                problems.append(f"TRIAGE_REDIS_SENTINEL_PASSWORD {why}")
         key = self.outbound_webhook_key
         if key is not None and len(key) < MIN_WEBHOOK_KEY_BYTES:
             problems.append(
@@ -748,6 +804,10 @@ class Settings(BaseSettings):
         """How long an action taken by a worker is its alone: a worker killed mid-delivery
         frees it after this (two timeouts, for the connect and the answer, plus 5 s)."""
         return 2 * self.actions_timeout_s + 5
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return urlsplit(self.redis_url).scheme == SENTINEL_SCHEME
 
     @property
     def uses_chroma_server(self) -> bool:

@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, and_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
-from tickets.db import DecisionRow, FeedbackRow
+from tickets.feedback import Verdicts, load_verdicts, tally
 from worker.embedding import Embedder
 from worker.routing import Thresholds
 from worker.thresholds import ThresholdTable
@@ -649,83 +648,31 @@ class FeedbackSet:
         return float(np.min(self.scores)) if len(self.scores) else None
 
 
+def _as_set(verdicts: Verdicts) -> FeedbackSet:
+    judged = verdicts.judged
+    return FeedbackSet(
+        scores=np.asarray([j.score for j in judged], dtype=np.float64),
+        labels=np.asarray([int(j.confirmed) for j in judged], dtype=np.int64),
+        queues=[j.queue for j in judged],
+        verdicts=verdicts.verdicts,
+        conflicting=verdicts.conflicting,
+        unscored=verdicts.unscored,
+        models=tuple(sorted({j.model for j in judged if j.model})),
+    )
+
+
 def feedback_from_rows(
     rows: Iterable[tuple[str, str, str, float | None, float | None, str | None, str | None]],
 ) -> FeedbackSet:
-    """Rows of (source, ticket_id, verdict, feedback score, decision score, queue, model).
-
-    Several agents may judge one decision: the majority verdict labels it, a tie leaves it
-    out (it says nothing about where the threshold should be). The score is the decision's,
-    or the one recorded with the feedback when the decision row is gone.
-    """
-    votes: dict[tuple[str, str], list[int]] = {}
-    info: dict[tuple[str, str], tuple[float | None, str | None, str | None]] = {}
-    n_rows = 0
-    for source, ticket_id, verdict, fb_score, dec_score, queue, model in rows:
-        n_rows += 1
-        key = (source, ticket_id)
-        tally = votes.setdefault(key, [0, 0])
-        if verdict == "confirm":
-            tally[0] += 1
-        elif verdict == "veto":
-            tally[1] += 1
-        score = dec_score if dec_score is not None else fb_score
-        if key not in info or info[key][0] is None:
-            info[key] = (score, queue, model)
-    scores: list[float] = []
-    labels: list[int] = []
-    queues: list[str | None] = []
-    models: set[str] = set()
-    conflicting = unscored = 0
-    for key, (confirms, vetoes) in votes.items():
-        if confirms == vetoes:
-            if confirms:  # 0 - 0 would be verdicts this code does not know: not a conflict
-                conflicting += 1
-            continue
-        score, queue, model = info[key]
-        if score is None:
-            unscored += 1
-            continue
-        scores.append(float(score))
-        labels.append(1 if confirms > vetoes else 0)
-        queues.append(queue)
-        if model:
-            models.add(model)
-    return FeedbackSet(
-        scores=np.asarray(scores, dtype=np.float64),
-        labels=np.asarray(labels, dtype=np.int64),
-        queues=queues,
-        verdicts=n_rows,
-        conflicting=conflicting,
-        unscored=unscored,
-        models=tuple(sorted(models)),
-    )
+    """Rows of (source, ticket_id, verdict, feedback score, decision score, queue, model),
+    labelled as :func:`tickets.feedback.tally` says (majority verdict, ties left out)."""
+    return _as_set(tally(rows))
 
 
 def load_feedback(engine: Engine) -> FeedbackSet:
-    """Agent feedback (``triage_feedback``) joined to its decision (``triage_decisions``)."""
-    stmt = (
-        select(
-            FeedbackRow.source,
-            FeedbackRow.ticket_id,
-            FeedbackRow.verdict,
-            FeedbackRow.score,
-            DecisionRow.score,
-            DecisionRow.queue,
-            DecisionRow.model,
-        )
-        .outerjoin(
-            DecisionRow,
-            and_(
-                DecisionRow.source == FeedbackRow.source,
-                DecisionRow.ticket_id == FeedbackRow.ticket_id,
-            ),
-        )
-        .order_by(FeedbackRow.source, FeedbackRow.ticket_id, FeedbackRow.id)
-    )
-    with Session(engine) as session:
-        rows = [tuple(r) for r in session.execute(stmt)]
-    return feedback_from_rows(rows)  # type: ignore[arg-type]
+    """Agent feedback joined to its decision: :func:`tickets.feedback.load_verdicts`, the same
+    labels the dashboard's review precision counts."""
+    return _as_set(load_verdicts(engine))
 
 
 def safe_name(queue: str) -> str:

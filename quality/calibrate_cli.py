@@ -124,7 +124,7 @@ def _feedback_data(
         _fail(
             f"no usable agent feedback in {engine.url.render_as_string()} "
             f"({fb.verdicts} verdicts, {fb.conflicting} tied, {fb.unscored} without a score): "
-            f"agents confirm or veto duplicate / suggest decisions through the API first"
+            f"agents confirm or veto duplicate / suggest decisions on the dashboard (/dashboard/review) or through the API first"
         )
     warnings = [
         # Only `duplicate` / `suggest` decisions can be judged, so the set is censored.

@@ -35,6 +35,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from config.celery_app import create_app as create_celery
+from config.redis_client import connect as redis_connect
 from config.settings import Settings
 from producer.guards import QueueGate, RateLimiter, json_depth, token_source
 from producer.intake import ClaimPending, Intake
@@ -114,9 +115,7 @@ class Clients:
     @classmethod
     def build(cls, settings: Settings) -> Clients:
         engine = make_engine(settings.database_url)
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=3, socket_connect_timeout=3
-        )
+        client = redis_connect(settings, timeout_s=3)
         publisher = create_celery(settings)
         # kombu's Redis sockets have no timeout by default: a Redis that hangs (not down,
         # just silent) would hold a publishing request, and its thread, until it answers.

@@ -36,15 +36,18 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from config.redis_client import connect as redis_connect
 from config.settings import Settings, mask_url
 from producer.guards import UNACKED_KEY
 from tickets import heartbeat, migrate
 from tickets.db import make_engine
-from tickets.errors import StoreLocked, TriageError
+from tickets.errors import ModelMismatch, StoreLocked, TriageError
+from worker.coverage import CoverageGuard
 from worker.embedding import make_embedder
 from worker.embedding.local import REQUIRED_FILES, packaged_model_dir
 from worker.reindex import active_collection
 from worker.store import opened_store
+from worker.thresholds import load_for_model, model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +86,7 @@ def _ms(since: float) -> float:
 
 
 def redis_client(settings: Settings, timeout_s: float = CHECK_TIMEOUT_S) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    return redis_connect(settings, timeout_s=timeout_s)
 
 
 def check_redis(client: redis.Redis, settings: Settings) -> Check:
@@ -93,6 +94,10 @@ def check_redis(client: redis.Redis, settings: Settings) -> Check:
     start = time.monotonic()
     try:
         info = client.info("server")
+        if settings.uses_sentinel:
+            # The server the sentinels name now: after a failover, the new master.
+            host, port = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+            where["master"] = f"{host}:{port}"
     except redis.RedisError as exc:
         return Check("redis", False, "redis unreachable", {**where, "error": _short(exc)})
     return Check(
@@ -351,10 +356,58 @@ def doctor_checks(settings: Settings) -> Iterator[Check]:
         yield Check("embedder", False, f"{settings.embedder}: {_short(exc)}")
         return
     yield Check("embedder", True, described)
+    yield from model_checks(settings, embedder)
     if not database.ok:
         yield Check("chroma", False, "not checked: the database is not ready")
         return
     yield _check_chroma(settings, embedder)
+
+
+def model_checks(settings: Settings, embedder: Any) -> Iterator[Check]:
+    """The thresholds the worker will route by and the language guard's rule, as the worker
+    decides them for this model (worker/runtime.py): a thresholds file calibrated for another
+    model is refused there, so it is BAD here; thresholds not calibrated for the model, and
+    the guard off for a model nobody measured, are warnings."""
+    advice = model_advice(settings, embedder)
+    if settings.thresholds_file is not None:
+        try:
+            table = load_for_model(settings.thresholds_file, embedder.model_id)
+        except (OSError, ValueError) as exc:
+            yield Check("thresholds", False, _short(exc))
+        else:
+            yield Check(
+                "thresholds",
+                True,
+                f"duplicate ≥ {table.default.duplicate}, suggest ≥ {table.default.suggest}, "
+                f"{len(table.queues)} queue(s) of their own (from {settings.thresholds_file})",
+            )
+    else:
+        line = (
+            f"duplicate ≥ {advice.thresholds.duplicate}, suggest ≥ "
+            f"{advice.thresholds.suggest} ({advice.source})"
+        )
+        calibrated = advice.calibrated
+        yield Check(
+            "thresholds",
+            calibrated,
+            line if calibrated else f"{line}: {'; '.join(advice.notes)}",
+            warning=not calibrated,
+        )
+    guard = CoverageGuard.for_embedder(embedder, settings)
+    if guard is not None:
+        yield Check(
+            "guard",
+            True,
+            f"language-coverage guard on: {embedder.model_id} reads English only; a ticket "
+            f"with more than {settings.max_unknown_ratio:.0%} of its tokens unknown to it is "
+            "routed manual",
+        )
+    elif advice.guard_note is not None:
+        yield Check("guard", False, advice.guard_note, warning=True)
+    else:
+        yield Check(
+            "guard", True, f"language-coverage guard off: {embedder.model_id} is multilingual"
+        )
 
 
 def _check_chroma(settings: Settings, embedder: Any) -> Check:
@@ -370,13 +423,16 @@ def _check_chroma(settings: Settings, embedder: Any) -> Check:
         # A running worker owns the embedded store: that is the healthy state.
         owner = str(exc).split("(")[1].split(")")[0] if "(" in str(exc) else "a worker"
         return Check("chroma", True, f"{settings.chroma_path}: owned by a running worker ({owner})")
+    except ModelMismatch as exc:
+        # The remedy first: the mismatch itself is long and the line is cut at 300 characters.
+        return Check("chroma", False, f"needs `triage reindex` for this model: {_short(exc)}")
     except TriageError as exc:
         return Check("chroma", False, _short(exc))
     finally:
         engine.dispose()
 
 
-_DOCTOR_ONLY = ("python", "embedder", "chroma")
+_DOCTOR_ONLY = ("python", "embedder", "thresholds", "guard", "chroma")
 
 
 def doctor_line(check: Check) -> str:
@@ -391,7 +447,8 @@ def _doctor_detail(check: Check) -> str:
     if check.name == "redis":
         if not check.ok:
             return f"{d['url']}: {check.reason} ({d.get('error', '')})"
-        return f"{d['url']}: redis {d['version']}"
+        master = f", master {d['master']} (Sentinel)" if "master" in d else ""
+        return f"{d['url']}: redis {d['version']}{master}"
     if check.name == "queue":
         if not check.ok:
             return check.reason

@@ -26,6 +26,8 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
+    cast,
     column,
     func,
     or_,
@@ -34,9 +36,12 @@ from sqlalchemy import (
 from sqlalchemy import table as sql_table
 from sqlalchemy.orm import Session
 
+from service.helpdesk_links import helpdesk_link
 from tickets import db
 from tickets.decisions import DecisionOut as DecisionOut  # the read API's response model
 from tickets.decisions import as_utc, decision_out
+from tickets.feedback import load_verdicts
+from tickets.model import TicketKey
 from worker.routing import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,8 @@ ROUTES = ("duplicate", "suggest", "manual")
 HOURS = 48  # the dashboard's time series covers at most the last 48 hours
 TOP_CLUSTERS = 10
 MEMBERS_SHOWN = 500
+# What an agent may say of a `duplicate` / `suggest` decision: the API's and the dashboard's.
+Verdict = Literal["confirm", "veto"]
 
 
 class DecisionPage(BaseModel):
@@ -61,7 +68,7 @@ class RouteCount(BaseModel):
 class FeedbackOut(BaseModel):
     source: str
     ticket_id: str
-    verdict: Literal["confirm", "veto"]
+    verdict: Verdict
     agent: str
     route: str
     created_at: datetime
@@ -160,15 +167,26 @@ def list_decisions(
     if until:
         stmt = stmt.where(d.decided_at < _naive_for(engine, until, "until"))
     if cursor:
-        at, row_id = _decode_cursor(cursor)
-        at_cmp = _naive_for(engine, at)
-        stmt = stmt.where(or_(d.decided_at < at_cmp, and_(d.decided_at == at_cmp, d.id < row_id)))
+        stmt = _older_than(engine, stmt, cursor)
     with Session(engine) as s:
-        rows = list(s.scalars(stmt))
+        rows, nxt = _page_of(list(s.scalars(stmt)), limit)
+    return DecisionPage(decisions=[_out(r) for r in rows], next_cursor=nxt)
+
+
+def _older_than(engine: Engine, stmt: Any, cursor: str) -> Any:
+    """``stmt`` (decisions, newest first) from just after the row ``cursor`` names: keyset
+    pagination, so rows removed or added before it never shift a page (OFFSET would)."""
+    d = db.DecisionRow
+    at, row_id = _decode_cursor(cursor)
+    at_cmp = _naive_for(engine, at)
+    return stmt.where(or_(d.decided_at < at_cmp, and_(d.decided_at == at_cmp, d.id < row_id)))
+
+
+def _page_of(rows: list[db.DecisionRow], limit: int) -> tuple[list[db.DecisionRow], str | None]:
+    """The first ``limit`` of ``limit + 1`` rows fetched, and the cursor of the next page."""
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = _encode_cursor(rows[-1].decided_at, rows[-1].id) if more and rows else None
-    return DecisionPage(decisions=[_out(r) for r in rows], next_cursor=nxt)
+    return rows, _encode_cursor(rows[-1].decided_at, rows[-1].id) if more and rows else None
 
 
 def route_counts(
@@ -206,7 +224,7 @@ def save_feedback(
     engine: Engine,
     source: str,
     ticket_id: str,
-    verdict: Literal["confirm", "veto"],
+    verdict: Verdict,
     agent: str,
     comment: str | None,
 ) -> FeedbackOut | tuple[int, str]:
@@ -428,6 +446,7 @@ def read_dashboard(
             }
             for f in failures
         ],
+        "review": review_stats(engine, thresholds),
     }
 
 
@@ -475,4 +494,236 @@ def read_cluster(engine: Engine, source: str, ticket_id: str) -> dict[str, Any] 
         "queue": row.queue,
         "tickets": tickets,
         "root_decided": any(t["root"] for t in tickets),
+    }
+
+
+# --- the review queue and what reviews measured ---------------------------------------------
+
+REVIEW_ROUTES = ("duplicate", "suggest")
+EXCERPT_CHARS = 400
+# Matches shown per decision: a decision lists up to TRIAGE_TOP_K (≤ 100), an agent reads
+# the best few.
+REVIEW_MATCHES = 5
+
+
+def review_filters(route: str | None, queue: str | None, source: str | None) -> list[Any]:
+    """The review queue's WHERE: `duplicate` / `suggest` decisions no agent has judged yet,
+    narrowed to a route, queue and source when given."""
+    d, f = db.DecisionRow, db.FeedbackRow
+    if route and route not in REVIEW_ROUTES:
+        raise BadQuery("route", f"route must be one of {', '.join(REVIEW_ROUTES)}")
+    judged = select(f.id).where(f.source == d.source, f.ticket_id == d.ticket_id).exists()
+    where = [d.route.in_([route] if route else REVIEW_ROUTES), ~judged]
+    if queue:
+        where.append(d.queue == queue)
+    if source:
+        where.append(d.source == source)
+    return where
+
+
+def _texts(s: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Subject and the start of the body of each stored ticket (only that much is read)."""
+    if not keys:
+        return {}
+    t = db.TicketRow
+    stmt = select(t.source, t.ticket_id, t.subject, func.substr(t.body, 1, EXCERPT_CHARS + 1))
+    found = {}
+    for source, ticket_id, subject, head in s.execute(
+        stmt.where(db.key_filter(t, [TicketKey(*k) for k in keys]))
+    ):
+        text = " ".join((head or "").split())
+        long = len(head or "") > EXCERPT_CHARS
+        found[(source, ticket_id)] = {
+            "subject": subject,
+            "excerpt": text[:EXCERPT_CHARS].rstrip() + ("…" if long else ""),
+        }
+    return found
+
+
+def _shown_matches(row: db.DecisionRow) -> list[dict[str, Any]]:
+    matches = list(row.matches or [])
+    if not matches and row.matched_ticket_id is not None:
+        # rows decided before the match list was recorded name their best match only
+        matches = [
+            {"source": row.matched_source, "ticket_id": row.matched_ticket_id, "score": row.score}
+        ]
+    return matches
+
+
+def review_queue(
+    engine: Engine,
+    *,
+    route: str | None,
+    queue: str | None,
+    source: str | None,
+    limit: int,
+    cursor: str | None,
+    count: bool = True,
+) -> dict[str, Any]:
+    """One page of the review queue, newest first, each decision with its new ticket's text
+    and its best matches' (from ``triage_tickets``), and how many wait in all (None unless
+    ``count``: a scan of the whole queue, which the pages after the first do not show)."""
+    d = db.DecisionRow
+    where = review_filters(route, queue, source)
+    stmt = select(d).where(*where).order_by(d.decided_at.desc(), d.id.desc()).limit(limit + 1)
+    if cursor:
+        stmt = _older_than(engine, stmt, cursor)
+    with Session(engine) as s:
+        rows, nxt = _page_of(list(s.scalars(stmt)), limit)
+        shown = {r.id: _shown_matches(r)[:REVIEW_MATCHES] for r in rows}
+        keys = {(r.source, r.ticket_id) for r in rows} | {
+            (str(m["source"]), str(m["ticket_id"])) for ms in shown.values() for m in ms
+        }
+        texts = _texts(s, keys)
+        waiting = (
+            int(s.scalar(select(func.count()).select_from(d).where(*where)) or 0) if count else None
+        )
+
+    def ticket(source: str, ticket_id: str, fallback_subject: str | None) -> dict[str, Any]:
+        text = texts.get((source, ticket_id))
+        return {
+            "source": source,
+            "ticket_id": ticket_id,
+            "subject": text["subject"] if text else fallback_subject,
+            "excerpt": text["excerpt"] if text else None,
+            "stored": text is not None,
+            "link": helpdesk_link(source, ticket_id),
+        }
+
+    items = []
+    for r in rows:
+        matches = [
+            {
+                **ticket(str(m["source"]), str(m["ticket_id"]), None),
+                "score": m.get("score"),
+            }
+            for m in shown[r.id]
+        ]
+        items.append(
+            {
+                **ticket(r.source, r.ticket_id, r.subject),
+                "route": r.route,
+                "score": r.score,
+                "queue": r.queue,
+                "decided_at": _iso(r.decided_at),
+                "matches": matches,
+                "more_matches": len(_shown_matches(r)) - len(matches),
+            }
+        )
+    return {"items": items, "next_cursor": nxt, "waiting": waiting}
+
+
+BAND_WIDTH = 0.05
+_PER_UNIT = 20  # bands per unit of score: 1 / BAND_WIDTH, exact in floating point
+# A score exactly on a band's edge counts in the band above it, as it does against a
+# threshold (``score >= threshold``), even when (score - low) × 20 lands a hair below a whole
+# number in floating point (0.95 - 0.85 = 0.09999999999999998).
+_EDGE = 1e-9
+
+
+def band_top(low: float, high: float) -> int:
+    """The index of the last 0.05 band from ``low`` that starts below ``high``."""
+    return max(math.ceil((high - low) * _PER_UNIT - _EDGE) - 1, 0)
+
+
+def score_band(score: float, low: float, top: int) -> int:
+    """The 0.05-wide band of ``score`` counted from ``low`` (negative below it); a score of
+    1 or more in band ``top``. :func:`_band_sql` is the same arithmetic in SQL."""
+    if score >= 1:
+        return top
+    return math.floor((score - low) * _PER_UNIT + _EDGE)
+
+
+def _band_sql(engine: Engine, score: Any, low: Any, top: Any) -> Any:
+    x = (score - low) * _PER_UNIT + bindparam("edge", _EDGE, type_=Float())
+    if engine.dialect.name == "postgresql":
+        floor: Any = cast(func.floor(x), Integer)
+    else:
+        # No floor() in every SQLite build: CAST truncates toward zero, so step negatives down.
+        floor = cast(x, Integer) - case((x < cast(x, Integer), 1), else_=0)
+    return case((score >= 1, top), else_=floor)
+
+
+def review_stats(engine: Engine, thresholds: Thresholds) -> dict[str, Any]:
+    """Per route, and per 0.05 band of score from the route's threshold (duplicate up to 1,
+    suggest up to the duplicate threshold): the decisions shown to agents, those judged, and
+    the precision measured (confirmed / judged). Judged and labelled exactly as
+    `triage calibrate --feedback` labels them (:func:`tickets.feedback.load_verdicts`)."""
+    lows = {"duplicate": thresholds.duplicate, "suggest": thresholds.suggest}
+    tops = {
+        "duplicate": band_top(thresholds.duplicate, 1.0),
+        "suggest": band_top(thresholds.suggest, thresholds.duplicate),
+    }
+    d, f = db.DecisionRow, db.FeedbackRow
+    is_dup = d.route == "duplicate"
+    low = case(
+        (is_dup, bindparam("dup_low", lows["duplicate"], type_=Float())),
+        else_=bindparam("sug_low", lows["suggest"], type_=Float()),
+    )
+    top = case(
+        (is_dup, bindparam("dup_top", tops["duplicate"], type_=Integer())),
+        else_=bindparam("sug_top", tops["suggest"], type_=Integer()),
+    )
+    band = _band_sql(engine, d.score, low, top).label("band")
+    judged_any = select(f.id).where(f.source == d.source, f.ticket_id == d.ticket_id).exists()
+    with Session(engine) as s:
+        shown = s.execute(
+            select(d.route, band, func.count())
+            .where(d.route.in_(REVIEW_ROUTES))
+            .group_by(d.route, band)
+        ).all()
+        waiting = int(
+            s.scalar(
+                select(func.count()).select_from(d).where(d.route.in_(REVIEW_ROUTES), ~judged_any)
+            )
+            or 0
+        )
+    verdicts = load_verdicts(engine)
+
+    cells: dict[str, dict[int | None, list[int]]] = {r: {} for r in REVIEW_ROUTES}
+    for route, index, n in shown:
+        key = None if index is None else int(index)
+        cells[str(route)].setdefault(key, [0, 0, 0])[0] += int(n)
+    for j in verdicts.judged:
+        if j.route not in cells:
+            continue
+        index = score_band(j.score, lows[j.route], tops[j.route])
+        cell = cells[j.route].setdefault(index, [0, 0, 0])
+        cell[1] += 1
+        cell[2] += int(j.confirmed)
+
+    def numbers(shown_n: int, judged: int, confirmed: int) -> dict[str, Any]:
+        return {
+            "shown": shown_n,
+            "judged": judged,
+            "confirmed": confirmed,
+            "vetoed": judged - confirmed,
+            "precision": confirmed / judged if judged else None,
+        }
+
+    routes = {}
+    for route in REVIEW_ROUTES:
+        by_band = cells[route]
+        indexes = [i for i in by_band if i is not None]
+        span = range(min([0, *indexes]), max([tops[route], *indexes]) + 1)
+        bands = []
+        for i in span:
+            band_low = lows[route] + i * BAND_WIDTH
+            band_high = 1.0 if i == tops[route] and route == "duplicate" else band_low + BAND_WIDTH
+            bands.append(
+                {
+                    "low": round(band_low, 4),
+                    "high": round(band_high, 4),
+                    **numbers(*by_band.get(i, [0, 0, 0])),
+                }
+            )
+        total = [sum(c[k] for c in by_band.values()) for k in range(3)]
+        routes[route] = {**numbers(*total), "threshold": lows[route], "bands": bands}
+    return {
+        "band_width": BAND_WIDTH,
+        "routes": routes,
+        "awaiting": waiting,
+        "verdicts": verdicts.verdicts,
+        "tied": verdicts.conflicting,
+        "unscored": verdicts.unscored,
     }

@@ -8,6 +8,7 @@ Each test gets its own queue name, Chroma folder, SQLite file or PostgreSQL data
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -159,6 +160,15 @@ def ingest(settings: Settings, path: Path, *extra: str) -> subprocess.CompletedP
     out = run_triage(settings, "ingest", str(path), "--source", "e2e", "--quiet", *extra)
     assert out.returncode == 0, out.stderr
     return out
+
+
+def tickets_csv(path: Path, tickets: list[tuple[str, str, str]]) -> Path:
+    """A CSV of ``(id, subject, body)`` tickets as `triage ingest` reads it."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "subject", "body"])
+        writer.writerows(tickets)
+    return path
 
 
 def rows(database: str | Engine, model: type[Any]) -> list[Any]:

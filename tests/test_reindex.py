@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from config.settings import Settings
@@ -89,3 +90,33 @@ def test_reindex_command(make_settings: Callable[..., Settings], sqlite_url: str
     assert "re-embedded 1 tickets" in out.stdout and "'tickets-v2'" in out.stdout
     again = run_triage(settings, "reindex", "--collection", "tickets-v2", timeout=300)
     assert again.returncode == 1 and "active one" in again.stderr
+
+
+def test_reindex_embeds_what_the_worker_embedded(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    # A body intake converted from HTML is stored as text: "<div>" in it is what the customer
+    # wrote. Reindexing reads the stored format and embeds the same text again, not the text
+    # with the "<div>" read as a tag a second time.
+    settings = make_settings(database_url=sqlite_url)
+    model = LocalEmbedder()
+    s = _services(settings, model)
+    quoting = Ticket(
+        source="freshdesk",
+        ticket_id="7",
+        subject="Page title",
+        body="The title shows <div> since the update",
+        body_format="text",
+    )
+    markup = Ticket(source="api", ticket_id="8", body="<p>Printer <b>jammed</b></p>")
+    triage_batch([WorkItem(quoting), WorkItem(markup)], s)
+    before = s.store.fetch([quoting.key, markup.key])
+    s.store.close()
+
+    engine = db.make_engine(sqlite_url)
+    result = reindex(settings, model, engine, collection="tickets-again")
+    after_store = open_store(settings, model, result.new)
+    after = after_store.fetch([quoting.key, markup.key])
+    after_store.close()
+    for key in (quoting.key, markup.key):
+        assert float(np.dot(before[key][0], after[key][0])) == pytest.approx(1.0, abs=1e-6)

@@ -470,6 +470,8 @@ SCOPED = {
     ("GET", "/v1/stats/routes"): "read",
     ("GET", "/v1/status"): "read",
     ("POST", "/v1/decisions/{source}/{ticket_id:path}/feedback"): "feedback",
+    # also a cookie session with the page's CSRF token (tests/test_review.py)
+    ("POST", "/dashboard/review/feedback"): "feedback",
 }
 OPEN = {
     "/healthz": "liveness probe",
@@ -483,6 +485,8 @@ OPEN = {
     "/dashboard/logout": "clears the cookie",
     "/dashboard/data": "read token or cookie (tests/test_dashboard.py)",
     "/dashboard/clusters/{source}/{ticket_id:path}": "read token or cookie",
+    "/dashboard/review": "read token or cookie (tests/test_review.py)",
+    "/dashboard/review/items": "read token or cookie (tests/test_review.py)",
 }
 TOKENS = {
     "reader": ["read"],

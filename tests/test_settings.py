@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from config.settings import SettingsError, load_settings
+from config.celery_app import celery_config, create_app
+from config.redis_client import sentinel_addresses
+from config.settings import SettingsError, load_settings, mask_url
+from tickets.model import Ticket
+from tickets.queue import BrokerUnavailable, publish
 
 
 def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +120,72 @@ def test_low_entropy_secrets_are_refused_in_production(secret: str, why: str) ->
 def test_varied_secrets_are_taken_in_production(secret: str) -> None:
     s = load_settings(env="production", webhook_secrets={"github": [secret]})
     assert s.webhook_secrets == {"github": [secret]}
+
+
+SENTINELS = (
+    "sentinel://:s3cr3t-Pw-9fQ2xL7v@10.0.0.1:26379/2;sentinel://:s3cr3t-Pw-9fQ2xL7v@10.0.0.2/2"
+)
+
+
+def test_a_sentinel_url_is_taken_and_shown_masked() -> None:
+    s = load_settings(
+        env="production", redis_url=SENTINELS, redis_sentinel_password="Zq9xK2mW4vB8nR3t"
+    )
+    assert s.uses_sentinel and s.redis_sentinel_master == "mymaster"
+    shown = repr(s)
+    assert "s3cr3t" not in shown and "Zq9xK2mW4vB8nR3t" not in shown
+    # each sentinel keeps its address; only the passwords are hidden
+    assert mask_url(SENTINELS) == ("sentinel://:***@10.0.0.1:26379/2;sentinel://:***@10.0.0.2/2")
+    assert sentinel_addresses(SENTINELS) == [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
+    config = celery_config(s)
+    assert config["broker_transport"] == "config.broker:SentinelTransport"
+    options = config["broker_transport_options"]
+    assert options["master_name"] == "mymaster"
+    assert options["sentinel_kwargs"]["password"] == "Zq9xK2mW4vB8nR3t"
+
+
+def test_a_mask_never_swallows_the_next_sentinel() -> None:
+    # Without a password in the first URL, a single pattern over the whole string once ran
+    # from its port to the next URL's password: hosts vanished from what doctor shows.
+    url = "sentinel://h1:26379;sentinel://:pw-long-enough-1@h2:26379"
+    assert mask_url(url) == "sentinel://h1:26379;sentinel://:***@h2:26379"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://h:6379/0;redis://h2:6379/0", "only sentinel:// URLs may be listed"),
+        ("sentinel://h:26379;redis://h2:6379", "only sentinel:// URLs may be listed"),
+        ("http://h:6379/0", "the scheme must be one of"),
+        ("sentinel://:26379", "names no host"),
+        ("sentinel://h:26379/zero", "database number"),
+        ("redis://h:port/0", "Port could not be cast"),
+    ],
+)
+def test_a_bad_redis_url_is_refused_at_start(url: str, why: str) -> None:
+    with pytest.raises(SettingsError, match=why) as exc:
+        load_settings(env="development", redis_url=url)
+    assert "TRIAGE_REDIS_URL" in str(exc.value)
+
+
+def test_a_weak_sentinel_password_is_refused_in_production() -> None:
+    with pytest.raises(SettingsError, match="TRIAGE_REDIS_SENTINEL_PASSWORD is shorter"):
+        load_settings(env="production", redis_url=SENTINELS, redis_sentinel_password="short")
+
+
+def test_a_failed_publish_never_shows_the_redis_password() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    settings = load_settings(
+        env="development", redis_url=f"redis://:hunter2-Xy7@127.0.0.1:{port}/0"
+    )
+    app = create_app(settings)
+    with pytest.raises(BrokerUnavailable) as exc:
+        list(
+            publish(
+                app, [Ticket(source="s", ticket_id="1", body="b")], retry_policy={"max_retries": 0}
+            )
+        )
+    assert "hunter2" not in str(exc.value) and f"127.0.0.1:{port}" in str(exc.value)
+    app.close()

@@ -29,7 +29,6 @@ from producer.webhooks import (
     PayloadError,
     SignatureError,
     adapt,
-    html_to_text,
     verify_signature,
 )
 
@@ -667,46 +666,6 @@ def test_github_without_its_delivery_header_is_refused() -> None:
     with pytest.raises(MissingHeader, match="GitHub sends it with every delivery") as err:
         adapt("github", payload(FIXTURE_FOR["github"]), headers, received_at=RECEIVED)
     assert err.value.field == "X-GitHub-Delivery"
-
-
-# ---------------------------------------------------------------------------------------
-# HTML → text
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("markup", "text"),
-    [
-        ("<div>Test ticket description ☃.</div>", "Test ticket description ☃."),
-        ("a<br>b<br/>c", "a\nb\nc"),
-        ("<p>one</p><p>two</p>", "one\n\ntwo"),
-        ("<div>one</div><div>two</div>", "one\ntwo"),
-        ("x<script>alert('<p>')</script>y<style>p{color:red}</style>z", "xyz"),
-        (
-            "Tom &amp; Jerry &lt;3 &quot;hi&quot; caf&eacute;&nbsp;&#8364;5",
-            'Tom & Jerry <3 "hi" café €5',
-        ),
-        ("  lots\n\n   of \t  space  ", "lots of space"),
-        ("<ul><li>first</li><li>second</li></ul>", "- first\n- second"),
-        ("<p>a</p><br><br><br><br><p>b</p>", "a\n\nb"),
-        ("<pre>  keep\n    indent</pre>", "keep\n    indent"),
-        ("<table><tr><td>k</td><td>v</td></tr></table>", "k v"),
-        ("<html><head><title>T</title></head><body><h1>Hi</h1>there</body></html>", "Hi\n\nthere"),
-        ("plain text, no tags", "plain text, no tags"),
-        ("a < b and c > d", "a < b and c > d"),
-        ("<img src=x.png><div><br></div>", ""),
-        ("", ""),
-    ],
-)
-def test_html_to_text(markup: str, text: str) -> None:
-    assert html_to_text(markup) == text
-
-
-def test_html_to_text_survives_parser_errors() -> None:
-    # html.parser raises AssertionError on an unknown marked-section keyword.
-    text = html_to_text("<p>before</p><![foo[ x")
-    assert text.startswith("before") and "<p>" not in text
-    assert html_to_text("<b>unclosed <i>tags") == "unclosed tags"
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from tickets.model import Ticket, TicketKey
+from tickets.model import BodyFormat, Ticket, TicketKey
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -61,6 +61,11 @@ class TicketRow(Base):
     ticket_id: Mapped[str] = mapped_column(String(255))
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
+    # "text" or "html" (tickets/model.py BodyFormat): whether preparing the body again, for
+    # `triage reindex` or the BM25 index, converts HTML tags in it.
+    body_format: Mapped[BodyFormat] = mapped_column(
+        String(8), default="html", server_default="html"
+    )
     queue: Mapped[str | None] = mapped_column(String(100))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -275,6 +280,7 @@ def ticket_values(
         "ticket_id": ticket.ticket_id,
         "subject": ticket.subject,
         "body": ticket.body,
+        "body_format": ticket.body_format,
         "queue": ticket.queue,
         "tags": list(ticket.tags),
         "created_at": ticket.created_at,

@@ -8,7 +8,7 @@ never ORM objects or arrays, so any producer in any language can enqueue one.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,14 @@ from tickets.errors import InvalidTicket
 # tokens); the cap only stops a runaway payload from filling the queue and the database.
 MAX_BODY_CHARS = 200_000
 MAX_SUBJECT_CHARS = 2_000
+
+# What a body is, so that it is converted to text once (tickets/html.py):
+# - "text": plain text already: intake converted the helpdesk's HTML, or the helpdesk sends
+#   plain text. Nothing in it is read as a tag again: "&lt;div&gt;" that a customer typed
+#   became "<div>" at intake and stays so.
+# - "html": it may hold HTML tags among plain lines (Markdown, imported files, the ingest
+#   API, producers that do not say): text preparation converts the tags it finds.
+BodyFormat = Literal["html", "text"]
 
 
 class TicketKey(NamedTuple):
@@ -52,6 +60,7 @@ class Ticket(BaseModel):
     ticket_id: str = Field(min_length=1, max_length=255)
     subject: str | None = None
     body: str = ""
+    body_format: BodyFormat = "html"
     created_at: datetime | None = None
     queue: str | None = Field(None, max_length=100)
     tags: tuple[str, ...] = ()

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import KombuError
 
 from config.celery_app import TICKET_TASK, TICKETS_TASK
+from config.settings import mask_url
 from tickets.ledger import Ledger
 from tickets.model import Ticket
 
@@ -57,8 +58,13 @@ def publish(
                     except redis.RedisError as exc:
                         raise BrokerUnavailable(f"cannot record tickets in Redis: {exc}") from exc
                 yield from _send(app, producer, chunk, mode, queue, retry_policy, per_message)
-    except (OperationalError, OSError) as exc:
-        raise BrokerUnavailable(f"cannot publish to Redis at {app.conf.broker_url}: {exc}") from exc
+    except (KombuError, OSError, redis.RedisError) as exc:
+        # KombuError: also kombu's BatchPublishError ("delivery is uncertain") when the
+        # connection dies mid-batch, as when a Sentinel master stops: the ledger entry
+        # covers a message that did get through. RedisError: a reply kombu does not retry,
+        # e.g. NOREPLICAS from a master short of replicas (min-replicas-to-write).
+        where = mask_url(str(app.conf.broker_url))
+        raise BrokerUnavailable(f"cannot publish to Redis at {where}: {exc}") from exc
 
 
 def _send(

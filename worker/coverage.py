@@ -112,5 +112,6 @@ class CoverageGuard:
         return (
             f"unreadable for {self.model}: {ratio:.0%} of its tokens are unknown to the model "
             f"(limit {self.max_unknown_ratio:.0%}); routed manual. For such languages use a "
-            "multilingual model (TRIAGE_EMBEDDER=ollama with paraphrase-multilingual or bge-m3)"
+            "multilingual model (TRIAGE_EMBEDDER=openai with multilingual-e5-small, or ollama "
+            "with bge-m3) and `triage reindex` (docs: Languages and models)"
         )

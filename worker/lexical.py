@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tickets.db import TicketRow
-from tickets.model import TicketKey
+from tickets.model import BodyFormat, TicketKey
 from worker.text import prepare_text
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def tokenize(text: str, cjk: CjkMode = DEFAULT_CJK, *, nfkc: bool = True) -> lis
     return tokens
 
 
-def lexical_text(subject: str | None, body: str) -> str:
-    return prepare_text(subject, body, LEXICAL_STEPS)
+def lexical_text(subject: str | None, body: str, body_format: BodyFormat = "html") -> str:
+    return prepare_text(subject, body, LEXICAL_STEPS, body_format=body_format)
 
 
 class LexicalIndex:
@@ -192,6 +192,7 @@ class LexicalIndex:
                         TicketRow.ticket_id,
                         TicketRow.subject,
                         TicketRow.body,
+                        TicketRow.body_format,
                     )
                     .where(TicketRow.id > self.watermark)
                     .order_by(TicketRow.id)
@@ -199,7 +200,7 @@ class LexicalIndex:
                 ).all()
                 for row in rows:
                     key = TicketKey(row.source, row.ticket_id)
-                    added += self.add(key, lexical_text(row.subject, row.body))
+                    added += self.add(key, lexical_text(row.subject, row.body, row.body_format))
                 if rows:
                     self.watermark = int(rows[-1].id)
                 if len(rows) < _REFRESH_CHUNK:

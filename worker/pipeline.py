@@ -453,7 +453,7 @@ def _lexical_side(
     wanted: dict[int, list[TicketKey]] = {}
     for n, i in enumerate(fresh):
         ticket = items[i].ticket
-        text = lexical_text(ticket.subject, ticket.body)
+        text = lexical_text(ticket.subject, ticket.body, ticket.body_format)
         if to_route[n]:
             known = {nb.key for nb in stored[n]} | {items[j].ticket.key for j in fresh[:n]}
             scores, wanted[n] = lexical_scores(

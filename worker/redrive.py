@@ -124,6 +124,7 @@ def _ticket_of(row: db.FailureRow, stored: db.TicketRow | None) -> tuple[Ticket 
             ticket_id=stored.ticket_id,
             subject=stored.subject,
             body=stored.body,
+            body_format=stored.body_format,
             queue=stored.queue,
             tags=tuple(stored.tags or ()),
             created_at=stored.created_at,

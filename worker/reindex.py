@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from config.redis_client import connect as redis_connect
 from config.settings import Settings
 from tickets import db
 from tickets.model import Ticket, TicketKey
@@ -93,6 +93,7 @@ def _index(
             ticket_id=t.ticket_id,
             subject=t.subject,
             body=t.body or "",
+            body_format=t.body_format,
             queue=t.queue,
             tags=tuple(t.tags or ()),
             received_at=t.received_at,
@@ -141,7 +142,7 @@ def reindex(
             # Stop workers' critical sections for the catch-up and the switch: the workers'
             # own lock, whose fence also stops a section that outlived its lock from
             # committing into the old collection after the catch-up read past it.
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_connect(settings)
             lock = DecisionLock(
                 client, engine, DECISION_LOCK, ttl_s=settings.decision_lock_ttl_s, wait_s=60
             )()

@@ -30,6 +30,7 @@ from actions.delivery import Deliverer, Holds
 from actions.outbox import Outbox, Publisher
 from actions.sweeper import OutboxSweeper
 from config.celery_app import create_app
+from config.redis_client import connect as redis_connect
 from config.settings import Settings, load_settings
 from tickets import migrate
 from tickets.db import make_engine
@@ -54,7 +55,7 @@ from worker.pipeline import (
 )
 from worker.reindex import active_collection
 from worker.store import embedder_digest, open_store
-from worker.thresholds import load_thresholds, model_advice
+from worker.thresholds import load_for_model, model_advice
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class LedgerSweeper:
 def start_delivery(settings: Settings, engine: Engine) -> tuple[Deliverer, OutboxSweeper]:
     """This process's outbox delivery: one HTTP client, the targets' shared holds, and the
     sweeper of due actions."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = redis_connect(settings, timeout_s=10)
     http = requests.Session()
     http.headers["user-agent"] = "ticket-triage"
     deliverer = Deliverer(settings, engine, http, Holds(client, settings.queue))
@@ -178,14 +179,15 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their critical sections.
         lock = DecisionLock(
-            redis.Redis.from_url(settings.redis_url),
+            redis_connect(settings),
             engine,
             DECISION_LOCK,
             ttl_s=settings.decision_lock_ttl_s,
         )
     advice = model_advice(settings, embedder)  # per-model calibrated defaults
-    for note in advice.notes:
-        logger.warning("%s", note)
+    for note in (*advice.notes, advice.guard_note):
+        if note:
+            logger.warning("%s", note)
     thresholds: ThresholdSource = advice.thresholds
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
@@ -221,7 +223,7 @@ def build_runtime(settings: Settings) -> Runtime:
 
         services.before_decide = before_decide
 
-    ledger = Ledger(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.queue)
+    ledger = Ledger(redis_connect(settings, timeout_s=10), settings.queue)
 
     digest_watch = DigestWatch(services)
 
@@ -263,15 +265,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def _threshold_table(path: Path, model_id: str) -> ThresholdSource:
     try:
-        table = load_thresholds(path)
+        table = load_for_model(path, model_id)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"TRIAGE_THRESHOLDS_FILE: {exc}") from exc
-    if table.model and table.model != model_id:
-        # Cosine scales differ between models: thresholds calibrated on one mean nothing on another.
-        raise ConfigError(
-            f"TRIAGE_THRESHOLDS_FILE {path} was calibrated for {table.model!r}, but the worker "
-            f"embeds with {model_id!r}: run `triage calibrate` again with this model"
-        )
     logger.info(
         "thresholds from %s: default %s, %d queue(s)", path, table.default, len(table.queues)
     )

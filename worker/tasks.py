@@ -19,7 +19,6 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, NoReturn
 
-import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, worker_shutdown
@@ -33,6 +32,7 @@ from config.celery_app import (
     actions_queue,
     search_queue,
 )
+from config.redis_client import connect as redis_connect
 from tickets import db
 from tickets.errors import FatalError, PermanentError, TransientError
 from tickets.model import Ticket, TicketKey
@@ -305,9 +305,7 @@ def _beat(sender: Any = None, **_: Any) -> None:
             if _heartbeat is None:
                 runtime = get_runtime()
                 settings = runtime.settings
-                client = redis.Redis.from_url(
-                    settings.redis_url, socket_timeout=1, socket_connect_timeout=1
-                )
+                client = redis_connect(settings, timeout_s=1)
                 name = getattr(getattr(sender, "eventer", None), "hostname", None)
                 _heartbeat = HeartbeatWriter(
                     client, settings.queue, name or f"pid{os.getpid()}", runtime.facts

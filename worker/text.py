@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
-from html.parser import HTMLParser
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from tickets.model import Ticket
+from tickets.html import contains_html, html_to_text
+from tickets.model import BodyFormat, Ticket
 
 _SPACE = re.compile(r"\s+")
 
@@ -47,116 +47,16 @@ def _has_words(lines: Iterable[str]) -> bool:
 
 # --- HTML to text ----------------------------------------------------------------------------
 
-# Only real HTML is parsed: bug reports and plain-text mail are full of `<any jar>`-like
-# placeholders and XML snippets that a parser would swallow as unknown tags.
-_HTML_TAG = re.compile(
-    r"</?(?:p|div|br|span|a|b|i|u|em|strong|ul|ol|li|table|tbody|thead|tr|td|th|h[1-6]|pre"
-    r"|code|blockquote|html|body|head|font|hr|img|style|script|details|summary)\b[^>]*>",
-    re.IGNORECASE,
-)
-_BLOCK_TAGS: Final = frozenset(
-    [
-        "p",
-        "div",
-        "br",
-        "ul",
-        "ol",
-        "li",
-        "table",
-        "tbody",
-        "thead",
-        "tr",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "pre",
-        "blockquote",
-        "hr",
-        "details",
-        "summary",
-    ]
-)
-_SKIP_TAGS: Final = frozenset({"script", "style", "head"})
 
+def strip_html(text: str) -> str:
+    """Visible text of a body that holds HTML tags; a body without any is left as it is.
 
-_ANY_TAG = re.compile(r"<[^>]*>")
-
-
-class _HtmlText(HTMLParser):
-    """Block elements become line breaks; <blockquote> lines get a "> " prefix per level.
-
-    The prefix hands quoted mail (HTML clients quote replies in <blockquote>) to the
-    ``quotes`` step, which decides whether to drop it, so the two steps compose.
+    Source line breaks are kept (tickets/html.py, ``source_lines``): bodies mixing Markdown
+    with tags (GitHub-style) rely on them, and whitespace normalisation joins soft wraps.
+    ``<blockquote>`` lines get a "> " prefix per level, which hands quoted mail (HTML
+    clients quote replies in <blockquote>) to the ``quotes`` step, so the two steps compose.
     """
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[str] = []
-        self._line: list[str] = []
-        self._quote_depth = 0
-        self._line_depth = 0
-        self._skip = 0
-
-    def _flush(self) -> None:
-        text = "".join(self._line).strip()
-        self.lines.append(("> " * self._line_depth + text) if text else "")
-        self._line = []
-        self._line_depth = self._quote_depth
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip += 1
-        elif tag in _BLOCK_TAGS:
-            self._flush()
-            if tag == "blockquote":
-                self._quote_depth += 1
-                self._line_depth = self._quote_depth
-            elif tag == "li":
-                self._line.append("- ")
-        elif tag in ("td", "th"):
-            self._line.append(" ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK_TAGS:
-            self._flush()
-            if tag == "blockquote":
-                self._quote_depth = max(0, self._quote_depth - 1)
-                self._line_depth = self._quote_depth
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        # Source newlines are kept as line breaks: pages mixing Markdown with tags
-        # (GitHub-style bodies) rely on them, and whitespace normalisation joins soft wraps.
-        first, *rest = data.split("\n")
-        self._line.append(first)
-        for part in rest:
-            self._flush()
-            self._line.append(part)
-
-    def text(self) -> str:
-        self._flush()
-        return "\n".join(self.lines)
-
-
-def html_to_text(text: str) -> str:
-    """Visible text of an HTML body (entities decoded, scripts dropped); plain text unchanged."""
-    if not _HTML_TAG.search(text):
-        return text
-    parser = _HtmlText()
-    try:
-        parser.feed(text)
-        parser.close()
-    except Exception:
-        # html.parser raises on some malformed markup (e.g. AssertionError for "<![foo["):
-        # a ticket's text must never fail its batch, so fall back to dropping the tags.
-        return _ANY_TAG.sub(" ", text)
-    return parser.text()
+    return html_to_text(text, source_lines=True) if contains_html(text) else text
 
 
 # --- quoted replies --------------------------------------------------------------------------
@@ -361,7 +261,7 @@ Step = Callable[[str], str]
 # The order here is the order of application (HTML first so that the other steps see
 # lines; quotes before signatures, since a quoted thread carries other people's signatures).
 STEPS: Final[dict[str, Step]] = {
-    "html": html_to_text,
+    "html": strip_html,
     "quotes": strip_quoted_replies,
     "signature": strip_signature,
     "boilerplate": strip_template_boilerplate,
@@ -402,8 +302,14 @@ def resolve_steps(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in STEPS if name in wanted)
 
 
-def prepare_body(body: str, steps: Iterable[str] = DEFAULT_STEPS) -> str:
+def prepare_body(
+    body: str, steps: Iterable[str] = DEFAULT_STEPS, body_format: BodyFormat = "html"
+) -> str:
     for name in resolve_steps(steps):
+        # A body intake already made plain text is never converted again: a "<div>" in it
+        # is what the customer wrote (tickets/model.py, BodyFormat).
+        if name == "html" and body_format == "text":
+            continue
         body = STEPS[name](body)
     return body
 
@@ -432,16 +338,17 @@ def prepare_text(
     body: str,
     steps: Iterable[str] = DEFAULT_STEPS,
     subject_mode: str = DEFAULT_SUBJECT,
+    body_format: BodyFormat = "html",
 ) -> str:
     """The text to embed for a subject and body, prepared by ``steps``."""
     steps = resolve_steps(steps)
     prepared_subject = normalise_whitespace(subject or "")
-    return join_subject(prepared_subject, prepare_body(body, steps), subject_mode)
+    return join_subject(prepared_subject, prepare_body(body, steps, body_format), subject_mode)
 
 
 def embedding_text(ticket: Ticket) -> str:
     """What the pipeline embeds for ``ticket``: the default preparation."""
-    return prepare_text(ticket.subject, ticket.body)
+    return prepare_text(ticket.subject, ticket.body, body_format=ticket.body_format)
 
 
 # --- chunking --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -244,7 +244,9 @@ class ModelAdvice:
     thresholds: Thresholds
     source: str  # where the thresholds come from
     calibrated: bool  # False: the numbers were not calibrated for this model and prefix
-    notes: tuple[str, ...]
+    notes: tuple[str, ...]  # about the thresholds
+    # The language-coverage guard's rule when it is off for a model nobody measured.
+    guard_note: str | None = None
 
 
 def shipped_thresholds(
@@ -294,15 +296,27 @@ def model_advice(settings: Settings, embedder: Embedder) -> ModelAdvice:
         configured=configured,
         explicit=explicit,
     )
-    notes = list(advice.notes)
     if settings.thresholds_file is not None:
         advice = ModelAdvice(advice.thresholds, str(settings.thresholds_file), True, ())
-        notes = []
-    model = known_model(embedder.model_id, fingerprint)
-    if settings.embedder == "openai" and model is None:
-        notes.append(
+    guard_note = None
+    if settings.embedder == "openai" and known_model(embedder.model_id, fingerprint) is None:
+        guard_note = (
             f"language-coverage guard off: {embedder.model_id} is not a model this project "
             "has measured, so it is taken as multilingual; if it is English-only, tickets in "
             "other languages are matched on noise"
         )
-    return ModelAdvice(advice.thresholds, advice.source, advice.calibrated, tuple(notes))
+    return replace(advice, guard_note=guard_note)
+
+
+def load_for_model(path: Path, model_id: str) -> ThresholdTable:
+    """The thresholds file the worker routes by, refused (ValueError) when it was calibrated
+    for another model: cosine scales differ between models, so its numbers mean nothing for
+    this one."""
+    table = load_thresholds(path)
+    if table.model and table.model != model_id:
+        raise ValueError(
+            f"thresholds file {path} was calibrated for {table.model!r}, but the worker "
+            f"embeds with {model_id!r}: run `triage calibrate` again with this model, or "
+            "unset TRIAGE_THRESHOLDS_FILE to use the thresholds shipped for it"
+        )
+    return table

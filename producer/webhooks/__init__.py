@@ -19,7 +19,6 @@ from producer.webhooks.adapters import (
     PayloadError,
     adapt,
 )
-from producer.webhooks.html import html_to_text
 from producer.webhooks.signatures import VENDORS, SignatureError, verify_signature
 
 __all__ = [
@@ -31,6 +30,5 @@ __all__ = [
     "PayloadError",
     "SignatureError",
     "adapt",
-    "html_to_text",
     "verify_signature",
 ]

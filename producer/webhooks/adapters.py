@@ -24,6 +24,14 @@ helpscout  id                          subject         first customer thread (HT
                                                        else ``preview``
 =========  ==========================  ==============  ===================================
 
+HTML is converted here, once, with tickets/html.py, and such tickets (and Zammad's
+``text/plain`` articles) carry ``body_format="text"``: text preparation in the worker leaves
+them as they are, so ``&lt;div&gt;`` a customer typed is ``<div>`` in the stored and embedded
+text instead of a tag removed by a second pass. The converted text is what the read API and
+the dashboard show, and the canonical ticket's checks (no text at all, the length cap) apply
+to what a reader sees. The other vendors' bodies keep ``body_format="html"``: the worker
+converts the HTML tags it finds there (Markdown may hold inline HTML), as it does for imports.
+
 Decisions worth knowing:
 
 - **Zendesk**: the supported path is a trigger/automation webhook with the JSON body of
@@ -66,9 +74,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producer.webhooks.html import html_to_text
 from producer.webhooks.signatures import VENDORS, lower_headers
-from tickets.model import Ticket
+from tickets.html import html_to_text
+from tickets.model import BodyFormat, Ticket
 
 __all__ = ["Delivery", "IgnoredEvent", "MissingHeader", "PayloadError", "adapt"]
 
@@ -261,6 +269,7 @@ class _Draft:
     created_at: datetime | None = None
     queue: str | None = None
     tags: tuple[str, ...] = ()
+    body_format: BodyFormat = "html"
     # Ticket field → the vendor path it came from, for error messages.
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -424,6 +433,7 @@ def _freshdesk(payload: JSON, headers: Mapping[str, str]) -> _Draft:
         ticket_id=_ident(hook, "ticket_id", "freshdesk_webhook.ticket_id"),
         subject=_text(hook, "ticket_subject", "freshdesk_webhook.ticket_subject"),
         body=html_to_text(description or ""),
+        body_format="text",
         queue=_text(hook, "ticket_type", "freshdesk_webhook.ticket_type"),
         paths={
             "ticket_id": "freshdesk_webhook.ticket_id",
@@ -439,8 +449,14 @@ def _zammad(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     article = _optional_object(payload, "article", "article")  # {} when fired without one
     body = _text(article, "body", "article.body") or ""
     content_type = _text(article, "content_type", "article.content_type") or ""
-    if content_type.strip().lower().startswith("text/html"):
-        body = html_to_text(body)
+    # Zammad says what an article is: HTML is converted here, text/plain is text already;
+    # an article that does not say is left to the worker, which converts the tags it finds.
+    kind = content_type.strip().lower()
+    body_format: BodyFormat = "html"
+    if kind.startswith("text/html"):
+        body, body_format = html_to_text(body), "text"
+    elif kind.startswith("text/plain"):
+        body_format = "text"
     group = ticket.get("group")
     if isinstance(group, dict):
         queue = _text(group, "name", "ticket.group.name")
@@ -450,6 +466,7 @@ def _zammad(payload: JSON, headers: Mapping[str, str]) -> _Draft:
         ticket_id=_ident(ticket, "number", "ticket.number"),
         subject=_text(ticket, "title", "ticket.title"),
         body=body,
+        body_format=body_format,
         created_at=_time(ticket, "created_at", "ticket.created_at"),
         queue=queue,
         # Not in the default payload; a custom payload may add them.
@@ -477,6 +494,7 @@ def _helpscout(payload: JSON, headers: Mapping[str, str]) -> _Draft:
         ticket_id=_ident(payload, "id", "id"),
         subject=_text(payload, "subject", "subject"),
         body=body,
+        body_format="text",  # a thread converted here, or the plain-text preview
         created_at=_time(payload, "createdAt", "createdAt"),
         queue=_optional_ident(payload, "mailboxId", "mailboxId"),
         tags=_clean_tags(_named_list(payload, "tags", "tags", "tag"), "tags"),
@@ -541,6 +559,7 @@ def _build(vendor: str, draft: _Draft, received_at: datetime) -> Ticket:
             ticket_id=draft.ticket_id,
             subject=draft.subject,
             body=draft.body,
+            body_format=draft.body_format,
             created_at=draft.created_at,
             queue=draft.queue,
             tags=draft.tags,

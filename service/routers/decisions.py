@@ -21,7 +21,7 @@ QueueQ = Annotated[str | None, Query(max_length=100, pattern=ID_PATTERN)]
 
 
 class FeedbackIn(BaseModel):
-    verdict: Literal["confirm", "veto"]
+    verdict: queries.Verdict
     agent: str = Field(min_length=1, max_length=200, pattern=ID_PATTERN)
     # Any text but NUL, which PostgreSQL cannot store.
     comment: str | None = Field(None, max_length=5000, pattern=r"^[^\x00]*$")

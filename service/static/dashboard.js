@@ -144,6 +144,32 @@
     });
   }
 
+  function pct(p) { return p === null ? "\u2013" : (100 * p).toFixed(1) + " %"; }
+  function reviewRow(kind, route, label, n, low) {
+    var tr = html("tr", {"data-testid": "precision-" + kind, "data-route": route, "data-low": low,
+      "data-shown": n.shown, "data-judged": n.judged, "data-confirmed": n.confirmed,
+      "data-precision": n.precision === null ? "" : n.precision});
+    tr.appendChild(html("td", {"class": kind === "band" ? "band" : "route-" + route}, label));
+    [n.shown, n.judged, n.confirmed, n.vetoed].forEach(function (v) { tr.appendChild(html("td", {"class": "num"}, v)); });
+    tr.appendChild(html("td", {"class": "num"}, pct(n.precision)));
+    return tr;
+  }
+
+  function drawReview(r) {
+    var tb = clear(byId("precision-body"));
+    ["duplicate", "suggest"].forEach(function (route) {
+      var s = r.routes[route];
+      tb.appendChild(reviewRow("route", route, route + " (\u2265 " + s.threshold.toFixed(2) + ")", s, null));
+      s.bands.forEach(function (b) {
+        tb.appendChild(reviewRow("band", route, b.low.toFixed(2) + "\u2013" + b.high.toFixed(2), b, b.low));
+      });
+    });
+    setText("review-awaiting", r.awaiting);
+    setText("review-verdicts", r.verdicts);
+    setText("review-tied", r.tied);
+    setText("review-band-width", r.band_width.toFixed(2));
+  }
+
   function render(d) {
     setText("total-decisions", d.totals.decisions);
     ["duplicate", "suggest", "manual"].forEach(function (r) { setText("route-total-" + r, d.totals.routes[r]); });
@@ -155,6 +181,7 @@
     drawHistogram({bins: d.histogram.bins, noScore: d.totals.no_score}, d.thresholds);
     drawClusters(d.clusters);
     drawFailures(d.failures);
+    drawReview(d.review);
     setText("updated-at", d.generated_at.slice(0, 19).replace("T", " ") + " UTC");
   }
 

@@ -12,7 +12,7 @@ attention stays as plain MatMul / Softmax nodes.
 The batch is packed: the dense layers (QKV, attention output, FFN, LayerNorms: ≈ 95 % of
 the FLOPs for ticket-length texts) run on the real tokens only, as [tokens, hidden]; just
 the attention itself is done per text, on a padded [batch, seq] view gathered with
-``unpack_index`` and gathered back with ``pack_index``. Padding no longer costs dense work,
+``unpack_index`` and gathered back with ``pack_index``. Padding costs no dense work,
 so a batch of mixed lengths costs what its real tokens cost.
 
 The graph computes exactly what sentence-transformers does for a BERT model followed by mean

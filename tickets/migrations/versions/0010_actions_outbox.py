@@ -1,8 +1,8 @@
 """The outbox of actions: what a decision must cause outside (a signed webhook, later a
 helpdesk's tag or note), written in the decision's own transaction.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04
 
 tickets/outbox.py describes the columns and the life of a row.
@@ -11,8 +11,8 @@ tickets/outbox.py describes the columns and the life of a row.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
