@@ -113,7 +113,8 @@ class Outbox:
 
     def __init__(self, settings: Settings, publish: Callable[[list[str]], object]) -> None:
         self.settings = settings
-        self._publish = publish
+        # Where the ids of committed actions go (a Publisher; the sweeper shares it).
+        self.publish = publish
         self._committed: list[str] = []
         self._lock = threading.Lock()
 
@@ -145,7 +146,7 @@ class Outbox:
         if not ids:
             return 0
         try:
-            self._publish(ids)
+            self.publish(ids)
         except Exception as exc:  # the decisions are committed: nothing may fail them now
             logger.warning("could not publish %d action(s), the sweeper will: %s", len(ids), exc)
             return 0

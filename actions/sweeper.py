@@ -52,7 +52,7 @@ class OutboxSweeper:
         settings: Settings,
         engine: Engine,
         client: redis.Redis,
-        publish: Callable[[list[str]], Any],
+        publish: Callable[[list[str]], object],
     ) -> None:
         self.settings, self.engine, self.redis, self.publish = settings, engine, client, publish
         self.claim = f"triage:actions-sweep:{settings.queue}"

@@ -62,9 +62,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
-        # Tickets, and a small queue of `triage search` requests that every worker also
-        # consumes (worker/tasks.py): a search never waits behind a backlog of tickets,
-        # and the backlog's depth (backpressure, the ledger sweep) counts tickets only.
+        # Tickets, and the small queues of `triage search` requests and of outbox
+        # deliveries that every worker also consumes (worker/tasks.py): neither waits behind
+        # a backlog of tickets, and the backlog's depth (backpressure, the ledger sweep)
+        # counts tickets only.
         "task_queues": [
             Queue(settings.queue),
             Queue(search_queue(settings.queue)),

@@ -159,14 +159,16 @@ class LedgerSweeper:
                 logger.warning("ledger sweep failed: %s", exc)
 
 
-def start_delivery(settings: Settings, engine: Engine) -> tuple[Deliverer, OutboxSweeper]:
+def start_delivery(
+    settings: Settings, engine: Engine, publish: Callable[[list[str]], object]
+) -> tuple[Deliverer, OutboxSweeper]:
     """This process's outbox delivery: one HTTP client, the targets' shared holds, and the
-    sweeper of due actions."""
+    sweeper of due actions (publishing through the outbox's own publisher)."""
     client = redis_connect(settings, timeout_s=10)
     http = requests.Session()
     http.headers["user-agent"] = "ticket-triage"
     deliverer = Deliverer(settings, engine, http, Holds(client, settings.queue))
-    return deliverer, OutboxSweeper(settings, engine, client, Publisher(settings))
+    return deliverer, OutboxSweeper(settings, engine, client, publish)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -348,7 +350,10 @@ def get_runtime() -> Runtime:
             _runtime_pid = os.getpid()
             r = _runtime
             r.sweeper = LedgerSweeper(r.settings, r.ledger, r.services.engine)
-            r.deliverer, r.outbox_sweeper = start_delivery(r.settings, r.services.engine)
+            assert r.services.outbox is not None
+            r.deliverer, r.outbox_sweeper = start_delivery(
+                r.settings, r.services.engine, r.services.outbox.publish
+            )
         return _runtime
 
 
