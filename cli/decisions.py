@@ -9,7 +9,7 @@ import click
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from cli.common import print_rows
+from cli.common import format_option, print_rows
 from cli.common import settings as load
 from config.settings import Settings
 from tickets import db
@@ -18,13 +18,7 @@ from tickets import db
 @click.command()
 @click.option("-n", "--limit", default=20, show_default=True)
 @click.option("--route", type=click.Choice(["duplicate", "suggest", "manual"]), default=None)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-)
+@format_option
 @click.option("--failures", is_flag=True, help="Show the failure table instead.")
 def decisions(limit: int, route: str | None, fmt: str, failures: bool) -> None:
     """Print the most recent decisions (or failures)."""

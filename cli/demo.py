@@ -239,6 +239,8 @@ def _run_demo(
     with reachable_redis(settings, data_dir) as redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url, "queue": queue})
         env = {**os.environ, **overrides, "TRIAGE_REDIS_URL": redis_url, "TRIAGE_QUEUE": queue}
+        # The demo's decisions are samples: they must never reach a configured webhook.
+        env["TRIAGE_OUTBOUND_WEBHOOK_URL"] = ""
         log_path = data_dir / "demo-worker.log"
         with log_path.open("w") as log:
             worker = subprocess.Popen(

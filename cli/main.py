@@ -72,6 +72,12 @@ COMMANDS = {
     "redrive": Lazy(
         "cli.admin", "redrive", "Publish failed tickets (the failure table) to the queue again."
     ),
+    "actions": Lazy(
+        "cli.actions",
+        "actions",
+        "List the outbox's pending, failed and dead deliveries; --redrive sends the dead ones "
+        "again.",
+    ),
     "demo": Lazy(
         "cli.demo", "demo", "Run the whole flow on embedded defaults and print the routing table."
     ),

@@ -23,11 +23,18 @@ from config.settings import Settings, SettingsError, load_settings
 TICKET_TASK = "triage.ticket"  # one ticket per message (webhooks, the ingest API)
 TICKETS_TASK = "triage.tickets"  # a group of tickets per message (file ingest)
 SEARCH_TASK = "triage.search"  # `triage search`, answered by a running worker
+ACTION_TASK = "triage.action"  # one outbox action to deliver (actions/, tickets/outbox.py)
 
 
 def search_queue(queue: str) -> str:
     """The queue of search requests answered by the workers of ``queue``."""
     return f"{queue}.search"
+
+
+def actions_queue(queue: str) -> str:
+    """The queue of outbox deliveries of the workers of ``queue``: a delivery never waits
+    behind a backlog of tickets, nor a ticket behind a slow receiver."""
+    return f"{queue}.actions"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -55,12 +62,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
-        # Tickets, and a small queue of `triage search` requests that every worker also
-        # consumes (worker/tasks.py): a search never waits behind a backlog of tickets,
-        # and the backlog's depth (backpressure, the ledger sweep) counts tickets only.
-        "task_queues": [Queue(settings.queue), Queue(search_queue(settings.queue))],
+        # Tickets, and the small queues of `triage search` requests and of outbox
+        # deliveries that every worker also consumes (worker/tasks.py): neither waits behind
+        # a backlog of tickets, and the backlog's depth (backpressure, the ledger sweep)
+        # counts tickets only.
+        "task_queues": [
+            Queue(settings.queue),
+            Queue(search_queue(settings.queue)),
+            Queue(actions_queue(settings.queue)),
+        ],
         "task_routes": {
             SEARCH_TASK: {"queue": search_queue(settings.queue)},
+            ACTION_TASK: {"queue": actions_queue(settings.queue)},
             "triage.*": {"queue": settings.queue},
         },
         # At-least-once: a message is acked only after its ticket is decided or

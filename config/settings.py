@@ -11,25 +11,32 @@ Nothing here is read at import time: entry points (CLI, Celery app, tests) call
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TRIAGE_"
 
 # Fields whose values are secrets: never shown by repr(), str() or a validation error.
 SECRET_FIELDS = frozenset(
     {"webhook_secrets", "api_tokens", "openai_api_key", "redis_sentinel_password"}
+    | {"outbound_webhook_secret"}
 )
 # URL fields that may carry a password (user:password@host): shown with it masked.
-URL_FIELDS = frozenset({"redis_url", "database_url", "chroma_url", "ollama_url", "openai_base_url"})
+URL_FIELDS = frozenset(
+    {"redis_url", "database_url", "chroma_url", "ollama_url", "openai_base_url"}
+    | {"outbound_webhook_url"}
+)
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
 MIN_SECRET_CHARS = 16
@@ -614,6 +621,79 @@ class Settings(BaseSettings):
         description="Requests a source may send at once on top of the sustained rate.",
     )
 
+    # --- actions: what a decision causes outside ------------------------------------------
+    # actions/ and tickets/outbox.py: rows written with the decision, delivered by the workers.
+    outbound_webhook_url: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Where every decision is POSTed as a signed webhook (Standard Webhooks): one "
+            "`http(s)://` URL, or a JSON list of URLs, each delivered independently. The body "
+            "is the decision as `GET /v1/decisions/{source}/{ticket_id}` returns it. Unset: "
+            "no webhook."
+        ),
+    )
+    outbound_webhook_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "The webhooks' signing secret in the Standard Webhooks form `whsec_<base64>` "
+            "(the bytes after the prefix, base64-decoded, are the HMAC-SHA256 key; "
+            "production wants at least 24 of them). Required with "
+            "`TRIAGE_OUTBOUND_WEBHOOK_URL`."
+        ),
+    )
+    actions_dry_run: bool = Field(
+        False,
+        description=(
+            "Record each action with status `dry-run` and what it would send (`triage "
+            "actions --status dry-run`), without sending anything."
+        ),
+    )
+    # Standard Webhooks recommends giving a receiver 15-30 s.
+    actions_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description=(
+            "How long one delivery waits for the receiver (connect and answer), in seconds. "
+            "An action taken by a worker that dies is sent again after twice this plus 5 s."
+        ),
+    )
+    # 1, 2, 4 ... 4096 s, then every 2 h: 30 attempts span about a day and a half.
+    actions_max_attempts: int = Field(
+        30,
+        ge=1,
+        le=1000,
+        description=(
+            "Attempts of an action before it is dead (`triage actions` lists it, "
+            "`--redrive` sends it again). A permanent refusal (401, 403, 404, 410, 422 and "
+            "other 4xx but 408, 409, 425, 429; a redirect) is dead at once."
+        ),
+    )
+    actions_backoff_max_s: float = Field(
+        7200.0,
+        ge=1,
+        description=(
+            "Retry backoff doubles from 1 s up to this cap, in seconds (±25 % jitter); a "
+            "longer `Retry-After` or `X-RateLimit-Reset` of the receiver is waited out."
+        ),
+    )
+    actions_sweep_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description=(
+            "Every this many seconds one worker publishes the actions that are due: retries "
+            "whose time has come, and actions committed but never picked up (a crash "
+            "between the decision's commit and its publish)."
+        ),
+    )
+    actions_concurrency: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Deliveries one worker process runs at once to the same target.",
+    )
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.suggest_threshold > self.duplicate_threshold:
@@ -639,6 +719,11 @@ class Settings(BaseSettings):
                 "TRIAGE_RETRY_BACKOFF_MAX_S must be below TRIAGE_VISIBILITY_TIMEOUT_S: a retry "
                 "waits inside the worker unacked and would otherwise be redelivered twice"
             )
+        if self.outbound_webhook_url and self.outbound_webhook_secret is None:
+            raise ValueError(
+                "TRIAGE_OUTBOUND_WEBHOOK_URL needs TRIAGE_OUTBOUND_WEBHOOK_SECRET: every "
+                "webhook is signed"
+            )
         if self.env == "production":
             self._refuse_weak_secrets()
         return self
@@ -662,6 +747,12 @@ class Settings(BaseSettings):
             why = _weak(self.redis_sentinel_password.get_secret_value())
             if why:
                 problems.append(f"TRIAGE_REDIS_SENTINEL_PASSWORD {why}")
+        key = self.outbound_webhook_key
+        if key is not None and len(key) < MIN_WEBHOOK_KEY_BYTES:
+            problems.append(
+                f"TRIAGE_OUTBOUND_WEBHOOK_SECRET: the key is {len(key)} bytes, under the "
+                f"{MIN_WEBHOOK_KEY_BYTES} Standard Webhooks asks for"
+            )
         if problems:
             raise ValueError(
                 "; ".join(problems)
@@ -678,8 +769,53 @@ class Settings(BaseSettings):
                 yield name, "***"
             elif name in URL_FIELDS and isinstance(value, str):
                 yield name, mask_url(value)
+            elif name in URL_FIELDS and isinstance(value, list):
+                yield name, [mask_url(str(url)) for url in value]
             else:
                 yield name, value
+
+    @field_validator("outbound_webhook_url", mode="before")
+    @classmethod
+    def _webhook_urls(cls, value: Any) -> Any:
+        """One URL, or a JSON list of them."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return []
+            return json.loads(value) if value.startswith("[") else [value]
+        return value
+
+    @field_validator("outbound_webhook_url", mode="after")
+    @classmethod
+    def _webhook_urls_valid(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {mask_url(url)!r}")
+            if len(url) > MAX_TARGET_CHARS:
+                raise ValueError(f"a URL longer than {MAX_TARGET_CHARS} characters")
+        if len(set(urls)) != len(urls):
+            raise ValueError("a URL is listed twice")
+        return urls
+
+    @field_validator("outbound_webhook_secret", mode="after")
+    @classmethod
+    def _webhook_secret_form(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            webhook_key(secret.get_secret_value())  # raises ValueError naming the problem
+        return secret
+
+    @property
+    def outbound_webhook_key(self) -> bytes | None:
+        """The HMAC key of the outbound webhooks: the secret's bytes after ``whsec_``."""
+        secret = self.outbound_webhook_secret
+        return None if secret is None else webhook_key(secret.get_secret_value())
+
+    @property
+    def actions_lease_s(self) -> float:
+        """How long an action taken by a worker is its alone: a worker killed mid-delivery
+        frees it after this (two timeouts, for the connect and the answer, plus 5 s)."""
+        return 2 * self.actions_timeout_s + 5
 
     @property
     def uses_sentinel(self) -> bool:
@@ -694,6 +830,28 @@ class Settings(BaseSettings):
         if self.ledger_silence_s is not None:
             return self.ledger_silence_s
         return self.visibility_timeout_s + self.retry_backoff_max_s + 180.0
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# Standard Webhooks: a symmetric signing secret is random, at least 24 bytes.
+MIN_WEBHOOK_KEY_BYTES = 24
+# The outbox's target column holds this many characters.
+MAX_TARGET_CHARS = 1000
+
+
+def webhook_key(secret: str) -> bytes:
+    """The key of a ``whsec_<base64>`` secret, as the reference library `standardwebhooks`
+    reads it: the base64 after the prefix, decoded (padding optional)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"must have the form {WEBHOOK_SECRET_PREFIX}<base64>")
+    try:
+        encoded = secret[len(WEBHOOK_SECRET_PREFIX) :].rstrip("=")
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"the part after {WEBHOOK_SECRET_PREFIX} is not base64") from None
+    if not key:
+        raise ValueError(f"nothing after {WEBHOOK_SECRET_PREFIX}")
+    return key
 
 
 def _describe(error: ValidationError) -> str:

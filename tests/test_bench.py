@@ -121,6 +121,12 @@ def test_webhook_latency(redis_url: str) -> None:
     assert "p99" in stdout
 
 
+def test_actions_latency(redis_url: str) -> None:
+    stdout = run(BENCH / "actions_latency.py", "-n", "6", "--rate", "20", "--redis-url", redis_url)
+    assert "decided 6/6, delivered 6/6" in stdout
+    assert "decision row -> webhook received ms: p50" in stdout
+
+
 def test_heldout_calibration() -> None:
     quality = ROOT / "tests" / "fixtures" / "quality"
     stdout = run(

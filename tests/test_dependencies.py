@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = ("config", "tickets", "producer", "worker", "service", "cli", "quality")
+OWN = ("config", "tickets", "actions", "producer", "worker", "service", "cli", "quality")
 # Modules that may import the `quality` extra (and only they): `triage evaluate` / `calibrate`.
 QUALITY_ONLY = ROOT / "quality"
 

@@ -69,6 +69,7 @@ from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
 
 if TYPE_CHECKING:
+    from actions.outbox import Outbox
     from worker.coverage import CoverageGuard
     from worker.decision_lock import Section
 
@@ -156,6 +157,9 @@ class Services:
     local_lock: threading.Lock = field(default_factory=threading.Lock)
     repair_after_s: float = REPAIR_AFTER_S
     hooks: SectionHooks = field(default_factory=SectionHooks)
+    # The outbox (actions/outbox.py): a decision's actions are inserted in its transaction;
+    # None: decisions cause nothing outside.
+    outbox: Outbox | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -759,6 +763,8 @@ def _section(
                 check(session)
                 _check_collection(session, snapshot.collection)
             db.save_batch(session, ticket_rows, decision_rows, rerouted)
+            if services.outbox is not None:  # the decisions' actions, in the same transaction
+                services.outbox.stage(session, decision_rows)
 
         _sql(write, services.engine, commit=True)
     logger.info(

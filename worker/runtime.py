@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
+from actions.delivery import Deliverer, Holds
+from actions.outbox import Outbox, Publisher
+from actions.sweeper import OutboxSweeper
 from config.celery_app import create_app
 from config.redis_client import connect as redis_connect
 from config.settings import Settings, load_settings
@@ -66,6 +70,9 @@ class Runtime:
     batcher: Batcher[WorkItem, ItemResult]
     ledger: Ledger
     sweeper: LedgerSweeper | None = None
+    # The outbox's delivery side (actions/): this process's deliverer and sweeper.
+    deliverer: Deliverer | None = None
+    outbox_sweeper: OutboxSweeper | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # When this process last finished a critical section (its worker heartbeat shows it).
     last_batch_at: datetime | None = None
@@ -91,6 +98,10 @@ class Runtime:
     def close(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+        if self.outbox_sweeper is not None:
+            self.outbox_sweeper.stop()
+        if self.deliverer is not None:
+            self.deliverer.close()
         self.batcher.stop()
         self.services.store.close()
         self.services.engine.dispose()
@@ -148,6 +159,18 @@ class LedgerSweeper:
                 logger.warning("ledger sweep failed: %s", exc)
 
 
+def start_delivery(
+    settings: Settings, engine: Engine, publish: Callable[[list[str]], object]
+) -> tuple[Deliverer, OutboxSweeper]:
+    """This process's outbox delivery: one HTTP client, the targets' shared holds, and the
+    sweeper of due actions (publishing through the outbox's own publisher)."""
+    client = redis_connect(settings, timeout_s=10)
+    http = requests.Session()
+    http.headers["user-agent"] = "ticket-triage"
+    deliverer = Deliverer(settings, engine, http, Holds(client, settings.queue))
+    return deliverer, OutboxSweeper(settings, engine, client, publish)
+
+
 def build_runtime(settings: Settings) -> Runtime:
     embedder = make_embedder(settings)
     embedder.check()
@@ -200,6 +223,7 @@ def build_runtime(settings: Settings) -> Runtime:
         hybrid_alpha=settings.hybrid_alpha,
         hybrid_pool=settings.hybrid_pool,
         vector_cache=VectorCache(),
+        outbox=Outbox(settings, Publisher(settings)),
     )
 
     if settings.uses_chroma_server:
@@ -224,6 +248,9 @@ def build_runtime(settings: Settings) -> Runtime:
             if result.error is None
         ]
         quietly("clear", ledger.clear, settled)
+        # Outside the decision lock: the committed decisions' actions go to their queue.
+        if services.outbox is not None:
+            services.outbox.publish_committed()
         return results
 
     # Two stages: the next batch is embedded while this one is in its critical section.
@@ -328,6 +355,10 @@ def get_runtime() -> Runtime:
             _runtime_pid = os.getpid()
             r = _runtime
             r.sweeper = LedgerSweeper(r.settings, r.ledger, r.services.engine)
+            assert r.services.outbox is not None
+            r.deliverer, r.outbox_sweeper = start_delivery(
+                r.settings, r.services.engine, r.services.outbox.publish
+            )
         return _runtime
 
 

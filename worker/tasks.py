@@ -24,7 +24,14 @@ from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, heartbeat_sent, worker_init, worker_shutdown
 from sqlalchemy.orm import Session
 
-from config.celery_app import SEARCH_TASK, TICKET_TASK, TICKETS_TASK, search_queue
+from config.celery_app import (
+    ACTION_TASK,
+    SEARCH_TASK,
+    TICKET_TASK,
+    TICKETS_TASK,
+    actions_queue,
+    search_queue,
+)
 from config.redis_client import connect as redis_connect
 from tickets import db
 from tickets.errors import FatalError, PermanentError, TransientError
@@ -167,11 +174,34 @@ def triage_search(self: Task, reply_to: str, text: str, k: int = 5) -> None:
     send_reply(runtime.redis, reply_to, payload)
 
 
+@shared_task(
+    name=ACTION_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=0,  # retries are the outbox's: the row's next_attempt_at and the sweeper
+)
+def deliver_action(self: Task, action_id: str) -> str:
+    """One attempt at one outbox action (actions/delivery.py). Whatever goes wrong here, the
+    action's row stays open in SQL and the sweeper publishes it again."""
+    runtime = get_runtime()
+    assert runtime.deliverer is not None
+    try:
+        return runtime.deliverer.deliver(str(action_id)).status
+    except Exception as exc:
+        logger.warning("action %s not delivered now: %r", action_id, exc)
+        return "error"
+
+
 @celeryd_after_setup.connect
 def _consume_search_requests(sender: Any = None, instance: Any = None, **_: Any) -> None:
-    """Every worker also consumes its queue's search requests, whatever `-Q` it was given."""
+    """Every worker also consumes its queue's search requests and outbox deliveries,
+    whatever `-Q` it was given."""
     if instance is not None:
-        instance.app.amqp.queues.select_add(search_queue(instance.app.conf.task_default_queue))
+        queue = instance.app.conf.task_default_queue
+        instance.app.amqp.queues.select_add(search_queue(queue))
+        instance.app.amqp.queues.select_add(actions_queue(queue))
 
 
 def _settle_error(task: Task, message: Any, exc: Exception, attempts: int, mode: str) -> str:

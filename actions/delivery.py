@@ -1,0 +1,261 @@
+"""One attempt of one outbox action, and what follows from the receiver's answer.
+
+:meth:`Deliverer.deliver` claims the action (only a ``pending`` one: a duplicate message,
+or one for an action another worker holds, is skipped), sends it, and records the outcome:
+
+- ``2xx``: delivered.
+- ``429``, ``5xx``, ``408``, ``409``, ``425``, a timeout or a connection error: failed, tried
+  again after an exponential backoff with jitter, or after the wait the receiver asked for
+  (``Retry-After`` in seconds or as an HTTP date, ``X-RateLimit-Reset`` as an epoch or in
+  seconds), whichever is longer. A 429 (or a 503 with ``Retry-After``) also holds every
+  worker's deliveries to that target until then (a Redis key), instead of each action
+  finding out on its own.
+- Any other ``4xx`` (401, 403, 404, 410, 422 ...) or a redirect: dead at once, with the
+  receiver's answer; the same request would be refused again (Standard Webhooks: a 3xx is
+  a failure, the URL is to be updated; a 410 asks the sender to stop).
+- After ``TRIAGE_ACTIONS_MAX_ATTEMPTS`` attempts: dead.
+
+A worker killed mid-attempt leaves the action ``sending``; after the lease the sweeper
+makes it pending again and it is sent again under the same id (at-least-once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import redis
+import requests
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from actions import webhook
+from config.settings import Settings, mask_url
+from tickets import outbox
+from tickets.outbox import ActionRow
+
+logger = logging.getLogger(__name__)
+
+# Client errors that a later attempt may get past; every other 4xx is permanent.
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# X-RateLimit-Reset above this is an epoch time (GitHub, Zendesk), below it a delay.
+EPOCH_FLOOR = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt ended as."""
+
+    status: str  # delivered, failed, dead (or skipped, held: nothing was sent)
+    http_status: int | None = None
+    error: str | None = None
+    # The wait the receiver asked for, in seconds.
+    wait_s: float | None = None
+
+
+def backoff_s(attempt: int, cap: float) -> float:
+    """1, 2, 4 ... seconds after attempts 1, 2, 3 ..., up to cap, with ±25 % jitter so the
+    retries of a burst of failures spread out."""
+    base = min(cap, 2.0 ** min(attempt - 1, 62))
+    return base * random.uniform(0.75, 1.25)
+
+
+def requested_wait_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a receiver asks for: ``Retry-After`` (seconds or an HTTP date, RFC 9110
+    10.2.3) or ``X-RateLimit-Reset`` (an epoch time or seconds); None without either."""
+    now = time.time() if now is None else now
+    waits = []
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        value = retry_after.strip()
+        if value.isdigit():
+            waits.append(float(value))
+        else:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                waits.append(email.utils.parsedate_to_datetime(value).timestamp() - now)
+    reset = headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            number = float(reset.strip())
+        except ValueError:
+            number = None
+        if number is not None:
+            waits.append(number - now if number > EPOCH_FLOOR else number)
+    return max(0.0, *waits) if waits else None
+
+
+def classify(status: int) -> str:
+    """delivered, failed (retry) or dead, for an HTTP status."""
+    if 200 <= status < 300:
+        return outbox.DELIVERED
+    if 300 <= status < 400 or (400 <= status < 500 and status not in RETRYABLE_4XX):
+        return outbox.DEAD
+    return outbox.FAILED
+
+
+def excerpt(response: requests.Response) -> str:
+    """The receiver's status and the start of its body, for last_error."""
+    text = " ".join(response.text[: outbox.ERROR_EXCERPT * 2].split())[: outbox.ERROR_EXCERPT]
+    if 300 <= response.status_code < 400 and response.headers.get("location"):
+        text = f"redirect to {mask_url(response.headers['location'])} (update the URL) {text}"
+    return f"HTTP {response.status_code} {response.reason}: {text}".rstrip(": ")
+
+
+class Holds:
+    """A receiver's "wait until" shared by every worker (a Redis key per target)."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.redis, self.prefix = client, f"triage:actions:hold:{queue}:"
+
+    def _key(self, target: str) -> str:
+        return self.prefix + hashlib.sha256(target.encode()).hexdigest()[:24]
+
+    def until(self, target: str) -> float | None:
+        try:
+            value = self.redis.get(self._key(target))
+        except redis.RedisError as exc:  # a hold is an optimisation: send anyway
+            logger.warning("could not read the hold of a target: %s", exc)
+            return None
+        if value is None:
+            return None
+        until = float(value)
+        return until if until > time.time() else None
+
+    def hold(self, target: str, wait_s: float) -> None:
+        if wait_s <= 0:
+            return
+        try:
+            self.redis.set(self._key(target), time.time() + wait_s, px=max(1, int(wait_s * 1000)))
+        except redis.RedisError as exc:
+            logger.warning("could not record the hold of a target: %s", exc)
+
+
+class Deliverer:
+    """Delivers actions: one HTTP client per process (``http``), passed in."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        http: requests.Session,
+        holds: Holds | None = None,
+    ) -> None:
+        self.settings, self.engine, self.http, self.holds = settings, engine, http, holds
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+
+    def _slot(self, target: str) -> threading.BoundedSemaphore:
+        with self._slots_lock:
+            slot = self._slots.get(target)
+            if slot is None:
+                slot = self._slots[target] = threading.BoundedSemaphore(
+                    self.settings.actions_concurrency
+                )
+            return slot
+
+    def deliver(self, action_id: str) -> Outcome:
+        """One attempt at ``action_id``, if it is pending; the outcome is recorded."""
+        with Session(self.engine) as session:
+            target = session.scalar(
+                select(ActionRow.target).where(
+                    ActionRow.action_id == action_id, ActionRow.status == outbox.PENDING
+                )
+            )
+            if target is None:
+                return Outcome("skipped")
+            held = self.holds.until(target) if self.holds is not None else None
+            if held is not None:
+                outbox.postpone(session, action_id, datetime.fromtimestamp(held, UTC))
+                return Outcome("held")
+        slot = self._slot(target)
+        if not slot.acquire(timeout=self.settings.actions_timeout_s):
+            # This process already sends that many to the target: the sweeper comes back.
+            with Session(self.engine) as session:
+                outbox.postpone(session, action_id, datetime.now(UTC) + timedelta(seconds=1))
+            return Outcome("held")
+        try:
+            return self._attempt(action_id)
+        finally:
+            slot.release()
+
+    def _attempt(self, action_id: str) -> Outcome:
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=self.settings.actions_lease_s)
+        with Session(self.engine) as session:
+            row = outbox.claim(session, action_id, now, lease)
+            if row is None:
+                return Outcome("skipped")
+            attempt, kind, target, payload = row.attempts, row.kind, row.target, row.payload
+        if kind == webhook.KIND:
+            outcome = self._send_webhook(action_id, target, payload)
+        else:
+            outcome = Outcome(outbox.DEAD, error=f"no sender for actions of kind {kind!r}")
+        self._record(action_id, attempt, target, outcome)
+        return outcome
+
+    def _send_webhook(self, action_id: str, url: str, payload: dict[str, object]) -> Outcome:
+        key = self.settings.outbound_webhook_key
+        if key is None:
+            return Outcome(outbox.FAILED, error="TRIAGE_OUTBOUND_WEBHOOK_SECRET is not set")
+        data = webhook.body(payload)
+        headers = webhook.headers(key, action_id, int(time.time()), data)
+        timeout = self.settings.actions_timeout_s
+        try:
+            response = self.http.post(
+                url,
+                data=data,
+                headers=headers,
+                timeout=(min(timeout, 5.0), timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return Outcome(outbox.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+        result = classify(response.status_code)
+        wait = requested_wait_s(response.headers)
+        error = None if result == outbox.DELIVERED else excerpt(response)
+        return Outcome(result, response.status_code, error, wait)
+
+    def _record(self, action_id: str, attempt: int, target: str, outcome: Outcome) -> None:
+        now = datetime.now(UTC)
+        status, error, after = outcome.status, outcome.error, 0.0
+        if status == outbox.FAILED:
+            asked = outcome.wait_s is not None and outcome.http_status in (429, 503)
+            if asked and self.holds is not None:
+                self.holds.hold(target, outcome.wait_s or 0.0)
+            if attempt >= self.settings.actions_max_attempts:
+                status, error = outbox.DEAD, f"gave up after {attempt} attempts: {error}"
+            else:
+                after = max(
+                    backoff_s(attempt, self.settings.actions_backoff_max_s), outcome.wait_s or 0.0
+                )
+        with Session(self.engine) as session:
+            held = outbox.settle(
+                session,
+                action_id,
+                attempt,
+                status=status,
+                next_attempt_at=now + timedelta(seconds=after),
+                last_status=outcome.http_status,
+                last_error=error,
+                delivered_at=now if status == outbox.DELIVERED else None,
+            )
+        log = logger.info if status == outbox.DELIVERED else logger.warning
+        log(
+            "action %s attempt %d: %s%s%s",
+            action_id,
+            attempt,
+            status,
+            f" ({error})" if error else "",
+            "" if held else " (its lease had passed: another attempt holds it)",
+        )
+
+    def close(self) -> None:
+        self.http.close()
