@@ -225,6 +225,11 @@ PROBES: list[tuple[str, str, Callable[[str], bool]]] = [
         lambda t: "alert" not in t and "{" not in t,
     ),
     ("entities: &lt;div&gt; → <div>", "<p>type &lt;div&gt; here</p>", lambda t: "<div>" in t),
+    (
+        "text inside 300 nested <div>s kept",
+        "<div>" * 300 + "deep" + "</div>" * 300 + "<p>after</p>",
+        lambda t: "deep" in t and "after" in t,
+    ),
 ]
 # Worker-step probes: Markdown with tags (source lines kept, placeholders kept).
 STEP_PROBES: list[tuple[str, str, Callable[[str], bool]]] = [

@@ -153,7 +153,7 @@ def test_html_to_text() -> None:
     assert "descriptions hold HTML by the product's check" in stdout
     features = stdout.split("== features")[1].split("== adversarial")[0].splitlines()[3:]
     rows = [re.split(r"\s{2,}", line) for line in features if line.strip()]
-    assert len(rows) == 11 and all(row[1] == "✓" for row in rows)  # the product's column
+    assert len(rows) == 12 and all(row[1] == "✓" for row in rows)  # the product's column
     adversarial = stdout.split("== adversarial")[1].split("== install size")[0]
     product = [line for line in adversarial.splitlines() if "tickets/html.py" in line]
     assert len(product) == 10 and not any(">20" in line for line in product)
