@@ -217,9 +217,9 @@ def instrument(sink: Sink, table: dict[str, np.ndarray], phases: dict[str, float
         phases["embedder_s"] = phases.get("embedder_s", 0) + time.perf_counter() - t
         return FixtureEmbedder(embedder, table)
 
-    def refresh(self: Any, engine: Any) -> int:
+    def refresh(self: Any, engine: Any, *args: Any, **kwargs: Any) -> int:
         t = time.perf_counter()
-        added = real_refresh(self, engine)
+        added = real_refresh(self, engine, *args, **kwargs)
         if added > 1000:
             phases["lexical_refresh_s"] = time.perf_counter() - t
             phases["lexical_tickets"] = added
