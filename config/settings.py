@@ -693,6 +693,21 @@ class Settings(BaseSettings):
         le=1000,
         description="Deliveries one worker process runs at once to the same target.",
     )
+    # Helpdesk tag names: lowercase letters, digits, `-` and `_` are accepted by every
+    # supported vendor (Zendesk lowercases tags and refuses spaces, GitHub labels are free text).
+    actions_duplicate_tag: str = Field(
+        "triage-duplicate",
+        pattern=r"^[a-z0-9_-]{1,50}$",
+        description=(
+            "The tag (GitHub: label) write-back puts on a ticket routed `duplicate`. An agent "
+            "removing it in the helpdesk is recorded as a veto of the decision."
+        ),
+    )
+    actions_suggest_tag: str = Field(
+        "triage-similar",
+        pattern=r"^[a-z0-9_-]{1,50}$",
+        description="The tag (GitHub: label) write-back puts on a ticket routed `suggest`.",
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
