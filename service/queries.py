@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel
@@ -37,7 +38,7 @@ from sqlalchemy import table as sql_table
 from sqlalchemy.orm import Session
 
 from service.helpdesk_links import helpdesk_link
-from tickets import db
+from tickets import db, outbox
 from tickets.decisions import DecisionOut as DecisionOut  # the read API's response model
 from tickets.decisions import as_utc, decision_out
 from tickets.feedback import load_verdicts
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 ROUTES = ("duplicate", "suggest", "manual")
 HOURS = 48  # the dashboard's time series covers at most the last 48 hours
 TOP_CLUSTERS = 10
+FAILING_DELIVERIES = 10  # the dashboard lists this many failed or dead deliveries, newest first
 MEMBERS_SHOWN = 500
 # What an agent may say of a `duplicate` / `suggest` decision: the API's and the dashboard's.
 Verdict = Literal["confirm", "veto"]
@@ -372,6 +374,8 @@ def read_dashboard(
         failures = s.execute(
             select(FAILURES).order_by(FAILURES.c.failures.desc(), FAILURES.c.error_type)
         ).all()
+        delivery_totals = outbox.status_totals(s)
+        failing = outbox.listing(s, (outbox.FAILED, outbox.DEAD), FAILING_DELIVERIES)
 
     # Hourly series: the last 48 hours, or since the first decision if that is more recent.
     counts: dict[datetime, dict[str, int]] = {}
@@ -447,7 +451,38 @@ def read_dashboard(
             for f in failures
         ],
         "review": review_stats(engine, thresholds),
+        "deliveries": {
+            "totals": delivery_totals,
+            "failing": [
+                {
+                    "action_id": a.action_id,
+                    "source": a.source,
+                    "ticket_id": a.ticket_id,
+                    "kind": a.kind,
+                    "target": delivery_target(a.target),
+                    "status": a.status,
+                    "attempts": int(a.attempts),
+                    "last_status": a.last_status,
+                    "last_error": a.last_error,
+                    "next_attempt_at": _iso(a.next_attempt_at)
+                    if a.status == outbox.FAILED
+                    else None,
+                    "created_at": _iso(a.created_at),
+                }
+                for a in failing
+            ],
+        },
     }
+
+
+def delivery_target(target: str) -> str:
+    """Where an action goes, as a read-only viewer may see it: a URL's scheme and host only
+    (webhook URLs often carry their secret in the path or query, as Slack's do)."""
+    where = urlsplit(target)
+    if where.scheme and where.hostname:
+        port = f":{where.port}" if where.port else ""
+        return f"{where.scheme}://{where.hostname}{port}"
+    return target
 
 
 def read_cluster(engine: Engine, source: str, ticket_id: str) -> dict[str, Any] | None:

@@ -35,9 +35,10 @@ from cli.demo import sample_path
 from config.settings import Settings
 from producer.importer import read_tickets
 from service.app import create_app
+from service.queries import read_dashboard
 from service.routers.dashboard import COOKIE, SESSION_S, RedactToken, session_cookie
 from tests.services import CHROMIUM_FLAGS, chromium_binary, served_app
-from tickets import db
+from tickets import db, outbox
 from tickets.model import Ticket, TicketKey
 from worker.embedding.local import LocalEmbedder
 from worker.pipeline import Services, WorkItem, triage_batch
@@ -141,6 +142,46 @@ def seed(engine: Engine, now: datetime) -> None:
                 failure("f3", "InvalidMessage", h(0)),
             ],
         )
+
+
+SECRET_HOOK = "https://hooks.example.com/services/T0/B0/s3cr3t-path?token=q-s3cr3t"
+
+
+def action(n: int, status: str, now: datetime, **extra: Any) -> dict[str, Any]:
+    """An outbox row `n` minutes old in state `status`."""
+    return {
+        "action_id": f"msg_{n:04d}",
+        "source": "t",
+        "ticket_id": f"act-{n}",
+        "kind": "webhook",
+        "target": SECRET_HOOK,
+        "payload": {"ticket_id": f"act-{n}"},
+        "status": status,
+        "attempts": extra.pop("attempts", 1),
+        "next_attempt_at": now + timedelta(minutes=5),
+        "created_at": now - timedelta(minutes=n),
+        "last_status": None,
+        "last_error": None,
+        "delivered_at": None,
+        **extra,
+    }
+
+
+def seed_actions(engine: Engine, now: datetime) -> None:
+    """Delivered, pending, a retrying failure and two dead ones: three to list."""
+    with Session(engine) as s:
+        outbox.stage(
+            s,
+            [
+                action(1, outbox.DELIVERED, now, delivered_at=now),
+                action(2, outbox.DELIVERED, now, delivered_at=now),
+                action(3, outbox.PENDING, now, attempts=0),
+                action(4, outbox.FAILED, now, attempts=3, last_status=503, last_error="503 busy"),
+                action(5, outbox.DEAD, now, last_status=410, last_error="410 <b>gone</b>"),
+                action(6, outbox.DEAD, now, attempts=30, last_error="connection refused"),
+            ],
+        )
+        s.commit()
 
 
 # --- what SQL says, computed from the raw tables (not through the views) ---------------------
@@ -334,6 +375,30 @@ def test_data_equals_sql(client: TestClient, engine: Engine, dash_settings: Sett
     # the page embeds the same numbers for its first paint, escaped inside <script>
     page = client.get("/dashboard", headers=BEARER).text
     assert "Refund \\u003cb\\u003etwice" in page and "<b>twice" not in page
+
+
+def test_deliveries_panel_lists_the_failed_and_dead_newest_first(
+    client: TestClient, engine: Engine
+) -> None:
+    now = datetime.now(UTC)
+    empty = read_dashboard(engine, thresholds=Thresholds(0.85, 0.70), queue_depth=lambda: 0)
+    assert empty["deliveries"] == {"totals": dict.fromkeys(outbox.STATUSES, 0), "failing": []}
+
+    seed_actions(engine, now)
+    data = client.get("/dashboard/data", headers=BEARER).json()["deliveries"]
+    with Session(engine) as s:
+        by_status = Counter(s.scalars(select(outbox.ActionRow.status)))
+    assert data["totals"] == {st: by_status.get(st, 0) for st in outbox.STATUSES}
+    assert data["totals"]["dead"] == 2 and data["totals"]["delivered"] == 2
+    assert [a["action_id"] for a in data["failing"]] == ["msg_0004", "msg_0005", "msg_0006"]
+    retrying, gone, _ = data["failing"]
+    assert retrying["status"] == "failed" and retrying["attempts"] == 3
+    assert retrying["last_status"] == 503 and retrying["next_attempt_at"] is not None
+    assert gone["status"] == "dead" and gone["next_attempt_at"] is None
+    # a read-only viewer sees where, not the secret in the webhook URL's path or query
+    assert {a["target"] for a in data["failing"]} == {"https://hooks.example.com"}
+    body = client.get("/dashboard/data", headers=BEARER).text
+    assert "s3cr3t" not in body
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -554,6 +619,12 @@ def test_dashboard_in_a_real_browser(
     )
     assert accepted.status_code == 202, accepted.text
 
+    engine = db.make_engine(settings.database_url)
+    try:
+        seed_actions(engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+
     dom = run_chromium(binary, f"{url}/dashboard?token={READ_TOKEN}", "--dump-dom").stdout
     page = parse(dom)
     assert READ_TOKEN not in dom
@@ -603,6 +674,14 @@ def test_dashboard_in_a_real_browser(
         for f, c in zip(page.all("failure-row"), page.all("failure-count"), strict=True)
     }
     assert failures == truth["failures"] == {"EmbeddingRejected": 2, "InvalidMessage": 1}
+
+    deliveries = page.all("delivery-row")
+    assert [d["data-action-id"] for d in deliveries] == ["msg_0004", "msg_0005", "msg_0006"]
+    assert [d["data-status"] for d in deliveries] == ["failed", "dead", "dead"]
+    assert int(page.one("deliveries-dead")) == 2 and int(page.one("deliveries-pending")) == 1
+    assert [t["text"] for t in page.all("delivery-target")] == ["https://hooks.example.com"] * 3
+    assert page.all("delivery-error")[1]["text"] == "410 410 <b>gone</b>"  # text, not markup
+    assert "s3cr3t" not in dom
 
     # click-through: the first cluster's link lists its tickets
     link = page.all("cluster-link")[0]["href"]

@@ -235,3 +235,11 @@ def counts(session: Session) -> dict[tuple[str, str], int]:
         )
     ).all()
     return {(str(kind), str(status)): int(n) for kind, status, n in rows}
+
+
+def status_totals(session: Session) -> dict[str, int]:
+    """Actions by status, every status present (0 when none)."""
+    totals = dict.fromkeys(STATUSES, 0)
+    for (_kind, status), n in counts(session).items():
+        totals[status] = totals.get(status, 0) + n
+    return totals

@@ -144,6 +144,30 @@
     });
   }
 
+  function drawDeliveries(d) {
+    ["pending", "sending", "failed", "dead", "delivered", "dry-run"].forEach(function (st) {
+      setText("deliveries-" + st, d.totals[st] || 0);
+    });
+    setText("deliveries-shown", d.failing.length);
+    var tb = clear(byId("deliveries-body"));
+    if (!d.failing.length) {
+      tb.appendChild(html("tr")).appendChild(html("td", {colspan: 7, "class": "muted"}, "No failed deliveries."));
+      return;
+    }
+    d.failing.forEach(function (a) {
+      var tr = html("tr", {"data-testid": "delivery-row", "data-action-id": a.action_id, "data-status": a.status});
+      tr.appendChild(html("td", {"data-testid": "delivery-ticket"}, a.source + ":" + a.ticket_id));
+      tr.appendChild(html("td", null, a.kind));
+      tr.appendChild(html("td", {"data-testid": "delivery-target"}, a.target));
+      tr.appendChild(html("td", {"class": "status-" + a.status}, a.status));
+      tr.appendChild(html("td", {"class": "num", "data-testid": "delivery-attempts"}, a.attempts));
+      tr.appendChild(html("td", {"data-testid": "delivery-error", title: a.last_error || ""},
+        (a.last_status === null ? "" : a.last_status + " ") + (a.last_error || "").slice(0, 120)));
+      tr.appendChild(html("td", {"data-value": a.next_attempt_at || ""}, a.next_attempt_at ? when(a.next_attempt_at) : "\u2013"));
+      tb.appendChild(tr);
+    });
+  }
+
   function pct(p) { return p === null ? "\u2013" : (100 * p).toFixed(1) + " %"; }
   function reviewRow(kind, route, label, n, low) {
     var tr = html("tr", {"data-testid": "precision-" + kind, "data-route": route, "data-low": low,
@@ -182,6 +206,7 @@
     drawClusters(d.clusters);
     drawFailures(d.failures);
     drawReview(d.review);
+    drawDeliveries(d.deliveries);
     setText("updated-at", d.generated_at.slice(0, 19).replace("T", " ") + " UTC");
   }
 
