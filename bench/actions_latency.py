@@ -8,6 +8,7 @@ The worker, its SQLite database, embedded Chroma and the receiver (a thread of t
 process) run on this machine, one clock. latency = the receiver's arrival time − decided_at
 of the decision row (the worker's clock, taken just before the commit that also inserts
 the action). Prints p50 / p90 / p99 / max, and the same from acceptance (received_at).
+`--split` runs a `tickets` worker and a `deliveries` worker (TRIAGE_WORKER_ROLE) instead.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def main() -> None:
         help="no URL configured: the same run's decision latency without the outbox",
     )
     ap.add_argument(
+        "--split",
+        action="store_true",
+        help="a `tickets` worker and a `deliveries` worker (TRIAGE_WORKER_ROLE) instead of one "
+        "worker doing both",
+    )
+    ap.add_argument(
         "--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = ap.parse_args()
@@ -117,24 +124,29 @@ def main() -> None:
             env["TRIAGE_OUTBOUND_WEBHOOK_SECRET"] = secret
         engine = db.make_engine(env["TRIAGE_DATABASE_URL"])
         migrate.upgrade(engine)
-        log_path = Path(tmp) / "worker.log"
-        log = log_path.open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        roles = ["tickets", "deliveries"] if args.split else ["all"]
+        log_paths = [Path(tmp) / f"worker-{role}.log" for role in roles]
+        logs = [path.open("wb") for path in log_paths]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO", "--role", role],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for role, log in zip(roles, logs, strict=True)
+        ]
         settings = load_settings(
             redis_url=args.redis_url, queue=queue, env="development", database_url="sqlite://"
         )
         app = create_app(settings)
         try:
-            while " ready." not in log_path.read_text(errors="replace"):
-                if worker.poll() is not None:
-                    raise SystemExit(log_path.read_text(errors="replace")[-3000:])
-                time.sleep(0.1)
+            for worker, log_path in zip(workers, log_paths, strict=True):
+                while " ready." not in log_path.read_text(errors="replace"):
+                    if worker.poll() is not None:
+                        raise SystemExit(log_path.read_text(errors="replace")[-3000:])
+                    time.sleep(0.1)
             start = time.perf_counter()
             for i, row in enumerate(rows):
                 time.sleep(max(0.0, start + i / args.rate - time.perf_counter()))
@@ -171,9 +183,11 @@ def main() -> None:
                 }
         finally:
             app.close()
-            worker.terminate()
-            worker.wait(30)
-            log.close()
+            for worker in workers:
+                worker.terminate()
+            for worker, log in zip(workers, logs, strict=True):
+                worker.wait(30)
+                log.close()
             server.shutdown()
 
     def ts(value: datetime) -> float:
@@ -187,7 +201,8 @@ def main() -> None:
         (arrived[t] - ts(claimed[t])) * 1000 for t in decided if claimed.get(t) and t in arrived
     ]
     print(
-        f"machine: {os.cpu_count()} cores; {len(rows)} tickets at {args.rate}/s, one worker, "
+        f"machine: {os.cpu_count()} cores; {len(rows)} tickets at {args.rate}/s, "
+        + ("a tickets worker and a deliveries worker, " if args.split else "one worker, ")
         + ("no webhook" if args.without_webhook else "one receiver answering 200 at once")
         + f", {datetime.now(UTC):%Y-%m-%d}"
     )

@@ -695,6 +695,18 @@ class Settings(BaseSettings):
     )
     # Helpdesk tag names: lowercase letters, digits, `-` and `_` are accepted by every
     # supported vendor (Zendesk lowercases tags and refuses spaces, GitHub labels are free text).
+    # A worker whose 64 task threads all hold tickets takes an action only when one frees:
+    # bench/results/actions-latency.txt measured deliveries waiting seconds behind a backlog.
+    worker_role: Literal["all", "tickets", "deliveries"] = Field(
+        "all",
+        description=(
+            "What a `triage worker` process consumes. `all`: tickets, `triage search` "
+            "requests and outbox deliveries. `tickets`: tickets and searches, no deliveries. "
+            "`deliveries`: outbox deliveries only (write-back and webhooks) and the outbox "
+            "sweep; it loads no model and opens no vector store, so it starts in seconds and "
+            "runs beside the ticket workers to keep deliveries prompt while they are busy."
+        ),
+    )
     actions_duplicate_tag: str = Field(
         "triage-duplicate",
         pattern=r"^[a-z0-9_-]{1,50}$",

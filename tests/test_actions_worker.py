@@ -215,3 +215,34 @@ def test_dry_run_sends_nothing(
     assert listed.stdout.count("dry-run") == N_TICKETS
     time.sleep(settings.actions_sweep_s * 3)  # sweeps that must not send anything
     assert receiver.all() == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_deliveries_worker_delivers_what_ticket_workers_leave_and_needs_no_model(
+    hook_settings: Callable[..., Settings],
+    database_url: str,
+    receiver: Receiver,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    settings = hook_settings(database_url=database_url, worker_role="tickets")
+    start_worker(settings)
+    ingest(settings, TICKETS)
+    url = database_url
+    wait_for(lambda: len(actions_of(url)) >= N_TICKETS, 90, "12 decisions with their actions")
+    # A `tickets` worker neither delivers nor sweeps: the actions wait for a delivery worker.
+    time.sleep(3 * settings.actions_sweep_s + 1)
+    assert {a.status for a in actions_of(url)} == {"pending"} and receiver.all() == []
+
+    # No model: an embedder that cannot be reached does not stop a deliveries worker.
+    deliveries = hook_settings(
+        database_url=database_url,
+        worker_role="deliveries",
+        embedder="ollama",
+        ollama_url="http://127.0.0.1:9",
+    )
+    worker = start_worker(deliveries)
+    wait_for(lambda: len(receiver.delivered()) >= N_TICKETS, 60, "12 deliveries")
+    wait_for(lambda: {a.status for a in actions_of(url)} == {"delivered"}, 30, "rows settled")
+    ids = [r.headers["webhook-id"] for r in receiver.all()]
+    assert len(ids) == len(set(ids)) == N_TICKETS, "one POST per decision"
+    assert "Task triage.action" in worker.log()

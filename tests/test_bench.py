@@ -125,6 +125,12 @@ def test_actions_latency(redis_url: str) -> None:
     stdout = run(BENCH / "actions_latency.py", "-n", "6", "--rate", "20", "--redis-url", redis_url)
     assert "decided 6/6, delivered 6/6" in stdout
     assert "decision row -> webhook received ms: p50" in stdout
+    split = run(
+        BENCH / "actions_latency.py", "-n", "6", "--rate", "20", "--split",
+        "--redis-url", redis_url,
+    )  # fmt: skip
+    assert "a tickets worker and a deliveries worker" in split
+    assert "decided 6/6, delivered 6/6" in split
 
 
 def test_heldout_calibration() -> None:

@@ -68,6 +68,7 @@ def test_the_example_has_every_part() -> None:
         ("Secret", "triage-secrets"),
         ("Job", "triage-migrate"),
         ("Deployment", "triage-worker"),
+        ("Deployment", "triage-deliveries"),
         ("Deployment", "triage-serve"),
         ("Service", "triage-serve"),
         ("StatefulSet", "triage-chroma"),
@@ -136,6 +137,7 @@ def test_selectors_match_their_pods() -> None:
 def test_every_app_container_reads_the_shared_settings() -> None:
     for kind, name in (
         ("Deployment", "triage-worker"),
+        ("Deployment", "triage-deliveries"),
         ("Deployment", "triage-serve"),
         ("Job", "triage-migrate"),
     ):
@@ -148,11 +150,17 @@ def test_every_app_container_reads_the_shared_settings() -> None:
         name: _containers(_one(kind, name))[0]["command"]
         for kind, name in (
             ("Deployment", "triage-worker"),
+            ("Deployment", "triage-deliveries"),
             ("Deployment", "triage-serve"),
             ("Job", "triage-migrate"),
         )
     }
-    assert commands["triage-worker"] == ["triage", "worker"]
+    # Between them the two worker Deployments consume every queue: tickets and searches,
+    # and the outbox's deliveries (the role's choices are the setting's own).
+    roles = Settings.model_fields["worker_role"].annotation.__args__  # type: ignore[union-attr]
+    assert set(roles) == {"all", "tickets", "deliveries"}
+    assert commands["triage-worker"] == ["triage", "worker", "--role", "tickets"]
+    assert commands["triage-deliveries"] == ["triage", "worker", "--role", "deliveries"]
     assert commands["triage-migrate"] == ["triage", "db", "upgrade"]
     assert commands["triage-serve"][:2] == ["triage", "serve"]
     serve = _containers(_one("Deployment", "triage-serve"))[0]

@@ -342,8 +342,35 @@ def _follow_switch(settings: Settings, services: Services) -> None:
 
 
 _runtime: Runtime | None = None
+
+
+@dataclass
+class DeliveryRuntime:
+    """A `deliveries` worker's runtime (TRIAGE_WORKER_ROLE): the database and the outbox's
+    delivery side, no model, no vector store, no batcher."""
+
+    settings: Settings
+    engine: Engine
+    deliverer: Deliverer
+    outbox_sweeper: OutboxSweeper
+
+    def close(self) -> None:
+        self.outbox_sweeper.stop()
+        self.deliverer.close()
+        self.engine.dispose()
+
+
+def build_delivery_runtime(settings: Settings) -> DeliveryRuntime:
+    engine = make_engine(settings.database_url)
+    migrate.require_current(engine)
+    deliverer, sweeper = start_delivery(settings, engine, Publisher(settings))
+    logger.info("triage delivery runtime ready: database %s", engine.url.render_as_string())
+    return DeliveryRuntime(settings, engine, deliverer, sweeper)
+
+
 _runtime_pid: int | None = None
 _runtime_lock = threading.Lock()
+_delivery: DeliveryRuntime | None = None
 
 
 def get_runtime() -> Runtime:
@@ -356,15 +383,42 @@ def get_runtime() -> Runtime:
             r = _runtime
             r.sweeper = LedgerSweeper(r.settings, r.ledger, r.services.engine)
             assert r.services.outbox is not None
-            r.deliverer, r.outbox_sweeper = start_delivery(
-                r.settings, r.services.engine, r.services.outbox.publish
-            )
+            if r.settings.worker_role == "all":
+                r.deliverer, r.outbox_sweeper = start_delivery(
+                    r.settings, r.services.engine, r.services.outbox.publish
+                )
         return _runtime
 
 
+def get_delivery_runtime() -> DeliveryRuntime:
+    """A `deliveries` worker's runtime, built on first use (and again after a fork)."""
+    global _delivery, _runtime_pid
+    with _runtime_lock:
+        if _delivery is None or _runtime_pid != os.getpid():
+            _delivery = build_delivery_runtime(load_settings())
+            _runtime_pid = os.getpid()
+        return _delivery
+
+
+def get_deliverer() -> Deliverer:
+    """This process's deliverer, whatever its role (a `tickets` worker has none)."""
+    built = _delivery if _runtime_pid == os.getpid() else None
+    if built is not None:
+        return built.deliverer
+    if _runtime is None and load_settings().worker_role == "deliveries":
+        return get_delivery_runtime().deliverer
+    deliverer = get_runtime().deliverer
+    if deliverer is None:
+        raise ConfigError("this worker's TRIAGE_WORKER_ROLE is `tickets`: it delivers nothing")
+    return deliverer
+
+
 def close_runtime() -> None:
-    global _runtime
+    global _runtime, _delivery
     with _runtime_lock:
         if _runtime is not None and _runtime_pid == os.getpid():
             _runtime.close()
+        if _delivery is not None and _runtime_pid == os.getpid():
+            _delivery.close()
         _runtime = None
+        _delivery = None

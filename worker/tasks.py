@@ -33,12 +33,19 @@ from config.celery_app import (
     search_queue,
 )
 from config.redis_client import connect as redis_connect
+from config.settings import load_settings
 from tickets import db
 from tickets.errors import FatalError, PermanentError, TransientError
 from tickets.model import Ticket, TicketKey
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
-from worker.runtime import close_runtime, get_runtime, quietly
+from worker.runtime import (
+    close_runtime,
+    get_deliverer,
+    get_delivery_runtime,
+    get_runtime,
+    quietly,
+)
 from worker.search import search, send_reply
 
 logger = logging.getLogger(__name__)
@@ -185,23 +192,42 @@ def triage_search(self: Task, reply_to: str, text: str, k: int = 5) -> None:
 def deliver_action(self: Task, action_id: str) -> str:
     """One attempt at one outbox action (actions/delivery.py). Whatever goes wrong here, the
     action's row stays open in SQL and the sweeper publishes it again."""
-    runtime = get_runtime()
-    assert runtime.deliverer is not None
     try:
-        return runtime.deliverer.deliver(str(action_id)).status
+        return get_deliverer().deliver(str(action_id)).status
     except Exception as exc:
         logger.warning("action %s not delivered now: %r", action_id, exc)
         return "error"
 
 
+_roles: dict[int, str] = {}
+
+
+def _role() -> str:
+    """This process's TRIAGE_WORKER_ROLE (read once per process)."""
+    pid = os.getpid()
+    if pid not in _roles:
+        _roles[pid] = load_settings().worker_role
+    return _roles[pid]
+
+
 @celeryd_after_setup.connect
-def _consume_search_requests(sender: Any = None, instance: Any = None, **_: Any) -> None:
-    """Every worker also consumes its queue's search requests and outbox deliveries,
-    whatever `-Q` it was given."""
-    if instance is not None:
-        queue = instance.app.conf.task_default_queue
-        instance.app.amqp.queues.select_add(search_queue(queue))
-        instance.app.amqp.queues.select_add(actions_queue(queue))
+def _consume_by_role(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """The queues follow TRIAGE_WORKER_ROLE, whatever `-Q` the worker was given: tickets
+    and search requests (`all`, `tickets`), outbox deliveries (`all`, `deliveries`)."""
+    if instance is None:
+        return
+    queue = instance.app.conf.task_default_queue
+    queues = instance.app.amqp.queues
+    role = _role()
+    if role == "deliveries":
+        queues.select_add(actions_queue(queue))
+        queues.deselect([queue, search_queue(queue)])
+        return
+    queues.select_add(search_queue(queue))
+    if role == "all":
+        queues.select_add(actions_queue(queue))
+    else:
+        queues.deselect([actions_queue(queue)])
 
 
 def _settle_error(task: Task, message: Any, exc: Exception, attempts: int, mode: str) -> str:
@@ -285,7 +311,10 @@ def _start_runtime(**_: Any) -> None:
     each one; Celery only logs exceptions raised in signal handlers, hence the exit.
     """
     try:
-        get_runtime()
+        if _role() == "deliveries":
+            get_delivery_runtime()
+        else:
+            get_runtime()
     except (FatalError, RuntimeError) as exc:
         logger.critical("triage worker cannot start: %s", exc)
         os._exit(1)
@@ -300,6 +329,8 @@ def _beat(sender: Any = None, **_: Any) -> None:
     """The consumer's event heartbeat (every 2 s while connected): this worker's beat in
     Redis for readiness and `triage doctor` (worker/liveness.py)."""
     global _heartbeat
+    if _role() == "deliveries":
+        return  # the beat tells readers about ticket workers (their model, their batches)
     try:
         with _heartbeat_lock:
             if _heartbeat is None:
