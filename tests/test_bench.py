@@ -226,3 +226,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_match_window(tmp_path: Path) -> None:
+    stdout = run(
+        BENCH / "match_window.py", "--sizes", "3000", "--windows", "30,365", "--batches", "3",
+        "--path", tmp_path / "store",
+    )  # fmt: skip
+    assert "window 30 d" in stdout and "window 365 d" in stdout
+    for design in ("where", "overfetch_x4", "overfetch_x16", "exact"):
+        assert design in stdout
+    # brute force over the window is the exact answer it is measured against
+    assert stdout.count("exact") == 2 and stdout.count("recall@6 1.000") >= 2
