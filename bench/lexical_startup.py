@@ -125,7 +125,7 @@ def child_load(args: argparse.Namespace) -> None:
 
     path = Path(args.snapshot)
     engine = create_engine(args.database)
-    rss0 = status_mib("VmRSS")
+    rss0, anon0 = status_mib("VmRSS"), status_mib("RssAnon")
     # What open_index() does at a worker's start, timed by part.
     w0, c0 = time.perf_counter(), time.process_time()
     index = load_snapshot(snapshot_path(path, None))
@@ -135,7 +135,8 @@ def child_load(args: argparse.Namespace) -> None:
     t, c = time.perf_counter(), time.process_time()
     caught_up = index.refresh(engine)
     catch_up_s, catch_up_cpu_s = time.perf_counter() - t, time.process_time() - c
-    rss_caught_up = status_mib("VmRSS")
+    rss_caught_up, anon_caught_up = status_mib("VmRSS"), status_mib("RssAnon")
+    file_caught_up = status_mib("RssFile")
     expected = np.load(path / "expected_scores.npy")
     queries = json.loads((path / "queries.json").read_text())
     t = time.perf_counter()
@@ -144,6 +145,10 @@ def child_load(args: argparse.Namespace) -> None:
     got = np.stack([first, *(index.scores(q) for q in queries[1:])])
     same = got.shape == expected.shape and bool(np.array_equal(got, expected))
     rss_queried = status_mib("VmRSS")
+    # Private memory (anonymous) and mapped file pages (the snapshot: shared by every process
+    # of the host mapping it, and the page cache's to drop).
+    anon, file = status_mib("RssAnon"), status_mib("RssFile")
+    peak = status_mib("VmHWM")
     # The writer's next run on a copy: the snapshot plus the tickets since, rewritten.
     again = path / "update"
     again.mkdir(exist_ok=True)
@@ -165,8 +170,13 @@ def child_load(args: argparse.Namespace) -> None:
                 "first_query_s": round(first_query_s, 3),
                 "rss_loaded_mib": round(rss_loaded - rss0, 1),
                 "rss_caught_up_mib": round(rss_caught_up - rss0, 1),
+                "rss_anon_caught_up_mib": round(anon_caught_up - anon0, 1),
+                "rss_file_caught_up_mib": round(file_caught_up, 1),
                 "rss_after_queries_mib": round(rss_queried - rss0, 1),
-                "peak_rss_mib": round(status_mib("VmHWM"), 1),
+                "peak_rss_mib": round(peak, 1),
+                "rss_anon_mib": round(anon, 1),
+                "rss_file_mib": round(file, 1),
+                "rss_anon_before_mib": round(anon0, 1),
                 "scores_equal_rebuilt": same,
                 "queries": len(queries),
                 "update_s": round(update_s, 2),
@@ -227,8 +237,11 @@ def run_refresh(args: argparse.Namespace) -> None:
             f"{loaded['load_s']} s (CPU {loaded['load_cpu_s']} s, RSS "
             f"+{loaded['rss_loaded_mib']} MiB) + catch-up of {loaded['catch_up_rows']} rows in "
             f"{loaded['catch_up_s']} s (CPU {loaded['catch_up_cpu_s']} s, RSS "
-            f"+{loaded['rss_caught_up_mib']} MiB); first query {loaded['first_query_s']} s, "
-            f"RSS after {loaded['queries']} queries +{loaded['rss_after_queries_mib']} MiB, peak "
+            f"+{loaded['rss_caught_up_mib']} MiB: private +{loaded['rss_anon_caught_up_mib']} MiB, "
+            f"mapped file {loaded['rss_file_caught_up_mib']} MiB); first query {loaded['first_query_s']} s, "
+            f"RSS after {loaded['queries']} queries +{loaded['rss_after_queries_mib']} MiB "
+            f"(private {loaded['rss_anon_mib']} MiB of which {loaded['rss_anon_before_mib']} "
+            f"before loading, mapped file {loaded['rss_file_mib']} MiB), peak "
             f"{loaded['peak_rss_mib']} MiB; scores equal to the rebuilt index's: "
             f"{loaded['scores_equal_rebuilt']}; writer's update (+{loaded['update_added']}) "
             f"{loaded['update_s']} s (CPU {loaded['update_cpu_s']} s)",
