@@ -236,6 +236,18 @@ def instrument(sink: Sink, table: dict[str, np.ndarray], phases: dict[str, float
         sink.add({"pid": os.getpid(), "ready": True, **phases})
         return rt
 
+    real_open = getattr(runtime, "open_index", None)
+
+    def open_index(*args: Any, **kwargs: Any) -> Any:
+        t, c = time.perf_counter(), time.process_time()
+        index = real_open(*args, **kwargs)  # type: ignore[misc]
+        phases["lexical_open_s"] = time.perf_counter() - t
+        phases["lexical_open_cpu_s"] = time.process_time() - c
+        phases["lexical_mapped"] = getattr(index, "mapped_size", 0)
+        return index
+
+    if real_open is not None:  # the snapshot-aware start-up (worker/lexical_snapshot.py)
+        runtime.open_index = open_index
     runtime.make_embedder = make_embedder
     runtime.build_runtime = build_runtime
     LexicalIndex.refresh = refresh  # type: ignore[method-assign]

@@ -1,18 +1,19 @@
 """A new worker's start-up at scale: the BM25 index rebuilt from SQL, a snapshot prototype, and
 a worker joining the cluster until its first decision.
 
-    nice -n 10 python bench/lexical_startup.py refresh --sizes 100000,1000000 --code /work/main
-    nice -n 10 python bench/lexical_startup.py join --size 1000000 --code /work/main
+    nice -n 10 python bench/lexical_startup.py refresh --sizes 100000,1000000 --delta 10000
+    nice -n 10 python bench/lexical_startup.py join --size 1000000 --snapshot without,with
 
 ``refresh``: in a fresh process per size (the checkout's code first on ``sys.path``),
-``LexicalIndex().refresh(engine)`` against the fixture database ``bench_{size}``
-(bench/fixture.py): wall and CPU time, RSS before / after and peak (VmHWM). Then a prototype
-of a persisted index, written by this script from the index's own arrays (no product code
-changes): every posting list concatenated into two NumPy arrays (documents, term
-frequencies) with per-term offsets, the keys and lengths beside them, and the SQL watermark;
-saved with ``np.save`` (uncompressed). A second fresh process loads it into a LexicalIndex,
-catches up from SQL by ticket id (``refresh`` from the saved watermark: the rows stored since)
-and checks that its BM25 scores equal the rebuilt index's on 20 queries.
+``LexicalIndex().refresh(engine)`` against a copy of the fixture database ``bench_{size}``
+(bench/fixture.py), all but the newest ``--delta`` tickets: wall and CPU time, RSS before /
+after and peak (VmHWM). Then the product's snapshot of it (worker/lexical_snapshot.py
+``write_snapshot``, as `triage lexical snapshot` writes it): time and size. A second fresh
+process does what a starting worker does (``load_snapshot``, the deletion check, ``refresh``
+from the watermark: the ``--delta`` tickets), timed by part, with RSS after each part; checks
+that its BM25 scores equal the fully rebuilt index's exactly on 22 queries (two Chinese); and
+times the writer's next run (``update_snapshot``: the snapshot plus the tickets since,
+rewritten) on a copy.
 
 ``join``: a real `triage worker` of the checkout (Celery, TRIAGE_CHROMA_URL set) is started
 against a copy of the fixture database with one new ticket already waiting in its queue; the
@@ -49,132 +50,149 @@ QUERIES = 20
 
 
 def child_build(args: argparse.Namespace) -> None:
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, func, select
+    from sqlalchemy.orm import Session
 
+    from tickets.db import TicketRow
     from worker.lexical import LexicalIndex
+    from worker.lexical_snapshot import snapshot_path, write_snapshot
 
     engine = create_engine(args.database)
+    with Session(engine) as session:
+        ids = (
+            session.execute(
+                select(TicketRow.id).order_by(TicketRow.id.desc()).limit(args.delta + 1)
+            )
+            .scalars()
+            .all()
+        )
+        stored = int(session.scalar(select(func.count()).select_from(TicketRow)) or 0)
+    # The snapshot covers all but the newest ``delta`` tickets: those a starting worker reads
+    # from SQL, as when the snapshot was written a while before it starts.
+    upto = int(ids[-1]) if len(ids) > args.delta else 0
     rss0 = status_mib("VmRSS")
     w0, c0 = time.perf_counter(), time.process_time()
     index = LexicalIndex()
-    added = index.refresh(engine)
+    added = index.refresh(engine, upto) if args.delta else index.refresh(engine)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     rss1, hwm = status_mib("VmRSS"), status_mib("VmHWM")
     out: dict[str, Any] = {
-        "tickets": added,
+        "tickets": stored,
+        "snapshot_tickets": added,
         "refresh_s": round(wall, 2),
         "refresh_cpu_s": round(cpu, 2),
         "rss_before_mib": round(rss0, 1),
         "rss_after_mib": round(rss1, 1),
         "rss_index_mib": round(rss1 - rss0, 1),
         "peak_rss_mib": round(hwm, 1),
-        "terms": len(index._postings),
+        "terms": len(index.terms()),
         "postings": sum(len(p[0]) for p in index._postings.values()),
     }
-    # The snapshot prototype: the index's arrays, saved whole.
-    queries = _queries(index)
-    t = time.perf_counter()
+    # The product's snapshot (worker/lexical_snapshot.py), as `triage lexical snapshot` writes it.
     path = Path(args.snapshot)
-    path.mkdir(parents=True, exist_ok=True)
-    terms = list(index._postings)
-    lengths = np.fromiter((len(index._postings[x][0]) for x in terms), np.int64, len(terms))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    docs = np.concatenate([np.frombuffer(index._postings[x][0], np.int32) for x in terms])
-    tfs = np.concatenate([np.frombuffer(index._postings[x][1], np.float32) for x in terms])
-    np.save(path / "docs.npy", docs)
-    np.save(path / "tfs.npy", tfs)
-    np.save(path / "offsets.npy", offsets)
-    np.save(path / "lengths.npy", np.frombuffer(index._lengths, np.float32))
-    np.save(path / "terms.npy", np.array(terms, dtype=str))
-    np.save(path / "sources.npy", np.array([k.source for k in index.keys], dtype=str))
-    np.save(path / "ticket_ids.npy", np.array([k.ticket_id for k in index.keys], dtype=str))
-    (path / "meta.json").write_text(
-        json.dumps(
-            {"watermark": index.watermark, "total_length": index._total_length, "queries": queries}
-        )
-    )
-    out["snapshot_save_s"] = round(time.perf_counter() - t, 2)
+    w, c = time.perf_counter(), time.process_time()
+    size = write_snapshot(index, snapshot_path(path, None))
+    out["snapshot_write_s"] = round(time.perf_counter() - w, 2)
+    out["snapshot_write_cpu_s"] = round(time.process_time() - c, 2)
+    out["snapshot_mib"] = round(size / 2**20, 1)
+    index.refresh(engine)  # the rest: the rebuilt index a worker would have
+    queries = _queries(index)
     np.save(path / "expected_scores.npy", np.stack([index.scores(q) for q in queries]))
-    out["snapshot_mib"] = round(
-        sum(f.stat().st_size for f in path.iterdir() if f.name != "expected_scores.npy") / 2**20, 1
-    )
+    (path / "queries.json").write_text(json.dumps(queries))
     print("RESULT " + json.dumps(out), flush=True)
 
 
 def _queries(index: Any) -> list[str]:
-    """Ticket texts from the fixture's own generator: realistic lexical queries."""
+    """Ticket texts from the fixture's own generator (realistic lexical queries), and Chinese."""
     from fixture import Generator
 
     chunk = Generator().chunk(499)
-    return [f"{chunk['subjects'][k]} {chunk['bodies'][k]}" for k in range(QUERIES)]
+    texts = [f"{chunk['subjects'][k]} {chunk['bodies'][k]}" for k in range(QUERIES)]
+    return [*texts, "用户反映订单未发货，请尽快处理退款", "ＡＰＰ１ 登录 crash 错误"]
 
 
 def child_load(args: argparse.Namespace) -> None:
-    from array import array
+    import shutil
 
     from sqlalchemy import create_engine
 
-    from tickets.model import TicketKey
-    from worker.lexical import LexicalIndex
+    from worker.lexical_snapshot import (
+        _check_no_deletions,
+        load_snapshot,
+        snapshot_path,
+        update_snapshot,
+    )
 
     path = Path(args.snapshot)
-    rss0 = status_mib("VmRSS")
-    w0, c0 = time.perf_counter(), time.process_time()
-    meta = json.loads((path / "meta.json").read_text())
-    docs = np.load(path / "docs.npy")
-    tfs = np.load(path / "tfs.npy")
-    offsets = np.load(path / "offsets.npy")
-    terms = np.load(path / "terms.npy").tolist()
-    index = LexicalIndex()
-    index.keys = [
-        TicketKey(s, t)
-        for s, t in zip(
-            np.load(path / "sources.npy").tolist(),
-            np.load(path / "ticket_ids.npy").tolist(),
-            strict=True,
-        )
-    ]
-    index._position = {k: i for i, k in enumerate(index.keys)}
-    index._lengths = array("f", np.load(path / "lengths.npy").tobytes())
-    index._total_length = meta["total_length"]
-    for j, term in enumerate(terms):
-        lo, hi = offsets[j], offsets[j + 1]
-        index._postings[term] = (
-            array("i", docs[lo:hi].tobytes()),
-            array("f", tfs[lo:hi].tobytes()),
-        )
-    index.watermark = meta["watermark"]
-    load_s, load_cpu_s = time.perf_counter() - w0, time.process_time() - c0
     engine = create_engine(args.database)
+    rss0, anon0 = status_mib("VmRSS"), status_mib("RssAnon")
+    # What open_index() does at a worker's start, timed by part.
+    w0, c0 = time.perf_counter(), time.process_time()
+    index = load_snapshot(snapshot_path(path, None))
+    _check_no_deletions(index, engine)
+    load_s, load_cpu_s = time.perf_counter() - w0, time.process_time() - c0
+    rss_loaded = status_mib("VmRSS")
     t, c = time.perf_counter(), time.process_time()
     caught_up = index.refresh(engine)
     catch_up_s, catch_up_cpu_s = time.perf_counter() - t, time.process_time() - c
+    rss_caught_up, anon_caught_up = status_mib("VmRSS"), status_mib("RssAnon")
+    file_caught_up = status_mib("RssFile")
     expected = np.load(path / "expected_scores.npy")
-    got = np.stack([index.scores(q) for q in meta["queries"]])
-    same = got.shape == expected.shape and bool(np.allclose(got, expected, rtol=1e-6, atol=1e-6))
+    queries = json.loads((path / "queries.json").read_text())
+    t = time.perf_counter()
+    first = index.scores(queries[0])
+    first_query_s = time.perf_counter() - t
+    got = np.stack([first, *(index.scores(q) for q in queries[1:])])
+    same = got.shape == expected.shape and bool(np.array_equal(got, expected))
+    rss_queried = status_mib("VmRSS")
+    # Private memory (anonymous) and mapped file pages (the snapshot: shared by every process
+    # of the host mapping it, and the page cache's to drop).
+    anon, file = status_mib("RssAnon"), status_mib("RssFile")
+    peak = status_mib("VmHWM")
+    # The writer's next run on a copy: the snapshot plus the tickets since, rewritten.
+    again = path / "update"
+    again.mkdir(exist_ok=True)
+    shutil.copy(snapshot_path(path, None), snapshot_path(again, None))
+    w, c = time.perf_counter(), time.process_time()
+    updated = update_snapshot(engine, again)
+    update_s, update_cpu_s = time.perf_counter() - w, time.process_time() - c
     print(
         "RESULT "
         + json.dumps(
             {
                 "load_s": round(load_s, 2),
                 "load_cpu_s": round(load_cpu_s, 2),
-                "catch_up_cpu_s": round(catch_up_cpu_s, 3),
                 "catch_up_rows": caught_up,
                 "catch_up_s": round(catch_up_s, 3),
-                "rss_index_mib": round(status_mib("VmRSS") - rss0, 1),
-                "peak_rss_mib": round(status_mib("VmHWM"), 1),
+                "catch_up_cpu_s": round(catch_up_cpu_s, 3),
+                "open_s": round(load_s + catch_up_s, 2),
+                "open_cpu_s": round(load_cpu_s + catch_up_cpu_s, 2),
+                "first_query_s": round(first_query_s, 3),
+                "rss_loaded_mib": round(rss_loaded - rss0, 1),
+                "rss_caught_up_mib": round(rss_caught_up - rss0, 1),
+                "rss_anon_caught_up_mib": round(anon_caught_up - anon0, 1),
+                "rss_file_caught_up_mib": round(file_caught_up, 1),
+                "rss_after_queries_mib": round(rss_queried - rss0, 1),
+                "peak_rss_mib": round(peak, 1),
+                "rss_anon_mib": round(anon, 1),
+                "rss_file_mib": round(file, 1),
+                "rss_anon_before_mib": round(anon0, 1),
                 "scores_equal_rebuilt": same,
+                "queries": len(queries),
+                "update_s": round(update_s, 2),
+                "update_cpu_s": round(update_cpu_s, 2),
+                "update_added": updated["added"],
             }
         ),
         flush=True,
     )
 
 
-def _child(mode: str, code: Path, database: str, snapshot: Path) -> dict[str, Any]:
+def _child(mode: str, code: Path, database: str, snapshot: Path, delta: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.run(
         [sys.executable, str(BENCH / "lexical_startup.py"), mode, "--database", database,
-         "--snapshot", str(snapshot)],
+         "--snapshot", str(snapshot), "--delta", str(delta)],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -204,20 +222,29 @@ def run_refresh(args: argparse.Namespace) -> None:
         migrate(args.code, database)
         snapshot = args.snapshots / cs.size_label(size)
         try:
-            built = _child("child-build", args.code, database, snapshot)
-            loaded = _child("child-load", args.code, database, snapshot)
+            built = _child("child-build", args.code, database, snapshot, args.delta)
+            loaded = _child("child-load", args.code, database, snapshot, args.delta)
         finally:
             cs.drop_db(db)
         r = {"size": size, "rebuild": built, "snapshot": loaded}
         results.append(r)
         print(
-            f"{size:>8} tickets: refresh from SQL {built['refresh_s']} s (CPU "
-            f"{built['refresh_cpu_s']} s), index RSS +{built['rss_index_mib']} MiB, peak "
-            f"{built['peak_rss_mib']} MiB, {built['terms']} terms, {built['postings']} postings; "
-            f"snapshot {built['snapshot_mib']} MiB saved in {built['snapshot_save_s']} s, loaded "
-            f"in {loaded['load_s']} s (CPU {loaded['load_cpu_s']} s) + catch-up {loaded['catch_up_rows']} rows in "
-            f"{loaded['catch_up_s']} s (RSS +{loaded['rss_index_mib']} MiB, peak "
-            f"{loaded['peak_rss_mib']} MiB); scores equal: {loaded['scores_equal_rebuilt']}",
+            f"{size:>8} tickets: refresh from SQL of {built['snapshot_tickets']} tickets "
+            f"{built['refresh_s']} s (CPU {built['refresh_cpu_s']} s), index RSS "
+            f"+{built['rss_index_mib']} MiB, peak {built['peak_rss_mib']} MiB, {built['terms']} "
+            f"terms, {built['postings']} postings; snapshot {built['snapshot_mib']} MiB written "
+            f"in {built['snapshot_write_s']} s (CPU {built['snapshot_write_cpu_s']} s); mapped in "
+            f"{loaded['load_s']} s (CPU {loaded['load_cpu_s']} s, RSS "
+            f"+{loaded['rss_loaded_mib']} MiB) + catch-up of {loaded['catch_up_rows']} rows in "
+            f"{loaded['catch_up_s']} s (CPU {loaded['catch_up_cpu_s']} s, RSS "
+            f"+{loaded['rss_caught_up_mib']} MiB: private +{loaded['rss_anon_caught_up_mib']} MiB, "
+            f"mapped file {loaded['rss_file_caught_up_mib']} MiB); first query {loaded['first_query_s']} s, "
+            f"RSS after {loaded['queries']} queries +{loaded['rss_after_queries_mib']} MiB "
+            f"(private {loaded['rss_anon_mib']} MiB of which {loaded['rss_anon_before_mib']} "
+            f"before loading, mapped file {loaded['rss_file_mib']} MiB), peak "
+            f"{loaded['peak_rss_mib']} MiB; scores equal to the rebuilt index's: "
+            f"{loaded['scores_equal_rebuilt']}; writer's update (+{loaded['update_added']}) "
+            f"{loaded['update_s']} s (CPU {loaded['update_cpu_s']} s)",
             flush=True,
         )
     if args.json:
@@ -230,6 +257,7 @@ def run_join(args: argparse.Namespace) -> None:
 
     cs.header(args, {"code": args.code})
     size = args.size
+    cs.DB_PREFIX[0] = args.db_prefix
     db = f"bench_join_{cs.size_label(size)}"
     t = time.perf_counter()
     url = cs.copy_db(size, db)
@@ -242,12 +270,40 @@ def run_join(args: argparse.Namespace) -> None:
             migrate(args.code, url)
             # A query of the collection first: a joining worker meets a running server.
             cs.cleanup_vectors(args.code, env, 1, 900_000 + 0)
-            for rep in range(args.repeat):
-                results.append(_join_once(args, cs, env, url, rep, chroma.pid, redis))
+            for mode in args.snapshot.split(","):
+                run_env = dict(env)
+                if mode == "with":
+                    run_env["TRIAGE_LEXICAL_SNAPSHOT_DIR"] = str(args.snapshot_dir)
+                    written = _write_snapshot(args, run_env)
+                for rep in range(args.repeat):
+                    out = _join_once(args, cs, run_env, url, rep, chroma.pid, redis)
+                    out["snapshot"] = mode
+                    if mode == "with":
+                        out["snapshot_writer"] = written
+                    results.append(out)
     finally:
         cs.drop_db(db)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1) + "\n")
+
+
+def _write_snapshot(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """`triage lexical snapshot` of the checkout, unless the directory holds one already
+    (one written for the same fixture, e.g. by ``refresh``: the worker catches up the rest)."""
+    from worker.lexical_snapshot import snapshot_path
+
+    if snapshot_path(args.snapshot_dir, None).exists() and not args.write_snapshot:
+        return {"reused": str(snapshot_path(args.snapshot_dir, None))}
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "lexical", "snapshot"],
+        env=env, cwd=args.code, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"triage lexical snapshot failed:\n{proc.stderr[-3000:]}")
+    out = {"wall_s": round(time.perf_counter() - t, 2), "output": proc.stdout.strip()}
+    print(f"triage lexical snapshot: {out['output']} ({out['wall_s']} s)", flush=True)
+    return out
 
 
 def _join_once(
@@ -308,11 +364,15 @@ def _join_once(
         "runtime_ready_s": round(phases.get("ready_at", 0) - published, 2) if phases else None,
         "phases": {k: round(v, 2) for k, v in phases.items() if k.endswith("_s")},
         "lexical_tickets": phases.get("lexical_tickets"),
+        "lexical_mapped": phases.get("lexical_mapped"),
     }
+    how = "snapshot" if env.get("TRIAGE_LEXICAL_SNAPSHOT_DIR") else "no snapshot"
     print(
-        f"join {rep}: first decision {out['first_decision_s']} s after the process started "
+        f"join {rep} ({how}): "
+        f"first decision {out['first_decision_s']} s after the process started "
         f"(runtime ready at {out['runtime_ready_s']} s: {out['phases']}; "
-        f"{out['lexical_tickets']} tickets indexed)",
+        f"{out['lexical_mapped'] or 0} tickets mapped from the snapshot, "
+        f"{out['lexical_tickets'] or 0} read from SQL)",
         flush=True,
     )
     return out
@@ -323,8 +383,10 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("refresh")
     r.add_argument("--sizes", default="100000,1000000")
-    r.add_argument("--db-prefix", default="bench", help="fixture databases PREFIX_100k ...")
     r.add_argument("--snapshots", type=Path, default=SNAPSHOTS)
+    r.add_argument(
+        "--delta", type=int, default=0, help="the newest N tickets left out of the snapshot"
+    )
     j = sub.add_parser("join")
     j.add_argument("--size", type=int, default=1_000_000)
     j.add_argument("--collection", default="bench-100k")
@@ -332,13 +394,26 @@ def main() -> None:
     j.add_argument("--port", type=int, default=8717)
     j.add_argument("--repeat", type=int, default=2)
     j.add_argument("--timeout", type=float, default=600)
+    j.add_argument(
+        "--snapshot",
+        default="without,with",
+        help="without: the worker rebuilds its BM25 index; with: TRIAGE_LEXICAL_SNAPSHOT_DIR set",
+    )
+    j.add_argument("--snapshot-dir", type=Path, default=Path("/tmp/lexical-join-snapshot"))
+    j.add_argument(
+        "--write-snapshot",
+        action="store_true",
+        help="run `triage lexical snapshot` even if the directory holds a snapshot",
+    )
     for s in (r, j):
+        s.add_argument("--db-prefix", default="bench", help="fixture databases PREFIX_100k ...")
         s.add_argument("--code", type=lambda x: Path(x).resolve(), default=BENCH.parent)
         s.add_argument("--json", type=Path)
     for mode in ("child-build", "child-load"):
         c = sub.add_parser(mode)
         c.add_argument("--database", required=True)
         c.add_argument("--snapshot", required=True)
+        c.add_argument("--delta", type=int, default=0)
     args = p.parse_args()
     {
         "refresh": run_refresh,

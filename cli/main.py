@@ -69,6 +69,7 @@ COMMANDS = {
         "Re-embed every stored ticket with the configured model into a new collection, then "
         "switch the workers over to it (the old collection serves until then).",
     ),
+    "lexical": Lazy("cli.lexical", "lexical_group", "BM25 index commands."),
     "redrive": Lazy(
         "cli.admin", "redrive", "Publish failed tickets (the failure table) to the queue again."
     ),

@@ -16,7 +16,7 @@ from tickets import db
 from tickets.errors import StoreLocked, TriageError
 from tickets.heartbeat import WorkerBeat, live_workers
 from worker.embedding import make_embedder
-from worker.lexical import LexicalIndex
+from worker.lexical_snapshot import open_index
 from worker.pipeline import Services
 from worker.reindex import active_collection
 from worker.routing import Thresholds
@@ -132,8 +132,11 @@ def _search_here(settings: Settings, text: str, k: int) -> SearchAnswer:
         with opened_store(settings, embedder, active_collection(engine, settings)) as store:
             lexical = None
             if settings.hybrid_alpha < 1:
-                lexical = LexicalIndex()
-                lexical.refresh(engine)
+                lexical = open_index(
+                    engine,
+                    directory=settings.lexical_snapshot_dir,
+                    scope_field=None if settings.match_scope == "global" else settings.match_scope,
+                )
             services = Services(
                 embedder=embedder,
                 store=store,

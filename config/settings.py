@@ -386,6 +386,18 @@ class Settings(BaseSettings):
             "plus this many best by BM25."
         ),
     )
+    # docs/performance.md, "Lexical index at start-up": the rebuild costs about 100 CPU
+    # seconds per million stored tickets, the mapped snapshot a few.
+    lexical_snapshot_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory of the BM25 index snapshot (`triage lexical snapshot` writes it; a "
+            "volume every worker of a host can read). A starting worker maps it and reads "
+            "from SQL only the tickets stored after it, instead of rebuilding the index from "
+            "every stored ticket; a missing or unusable snapshot is logged and the index "
+            "rebuilt. Unset: every worker rebuilds."
+        ),
+    )
 
     match_scope: Literal["global", "queue", "source"] = Field(
         "global",

@@ -209,12 +209,12 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         lexical = tmp_path / "lexical.json"
         run(
             BENCH / "lexical_startup.py", "refresh", "--sizes", "300", "--db-prefix", prefix,
-            "--snapshots", tmp_path / "snapshots", "--json", lexical,
+            "--snapshots", tmp_path / "snapshots", "--delta", "40", "--json", lexical,
         )  # fmt: skip
         (row,) = json.loads(lexical.read_text())["results"]
-        assert row["rebuild"]["tickets"] == 300
+        assert row["rebuild"]["tickets"] == 300 and row["rebuild"]["snapshot_tickets"] == 260
         assert row["snapshot"]["scores_equal_rebuilt"] is True
-        assert row["snapshot"]["catch_up_rows"] == 0
+        assert row["snapshot"]["catch_up_rows"] == 40 and row["snapshot"]["update_added"] == 40
     finally:
         admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

@@ -25,7 +25,8 @@ import re
 import unicodedata
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -103,6 +104,41 @@ def lexical_text(subject: str | None, body: str, body_format: BodyFormat = "html
     return prepare_text(subject, body, LEXICAL_STEPS, body_format=body_format)
 
 
+def tokenizer_settings() -> dict[str, object]:
+    """What decides a text's tokens: a persisted index is valid only under the same
+    (worker/lexical_snapshot.py records it and refuses another)."""
+    return {
+        "pattern": _TOKEN.pattern,
+        "cjk": DEFAULT_CJK,
+        "nfkc": True,
+        "steps": list(LEXICAL_STEPS),
+        # NFKC and ``\w`` follow the Unicode database Python ships.
+        "unicode": unicodedata.unidata_version,
+    }
+
+
+@dataclass(frozen=True)
+class MappedPart:
+    """The first ``len(lengths)`` positions of an index, read from a snapshot file: posting
+    lists in compressed-sparse-row form (term row ``t`` owns ``docs[offsets[t]:offsets[t+1]]``
+    and the same slice of ``tfs``). The arrays are views of a read-only memory map, so
+    every worker on a host shares their pages."""
+
+    terms: dict[str, int]
+    offsets: npt.NDArray[np.int64]
+    docs: npt.NDArray[np.int32]
+    tfs: npt.NDArray[np.float32]
+    lengths: npt.NDArray[np.float32]
+    scopes: npt.NDArray[np.int32]
+
+    def posting(self, term: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
+        row = self.terms.get(term)
+        if row is None:
+            return None
+        lo, hi = int(self.offsets[row]), int(self.offsets[row + 1])
+        return self.docs[lo:hi], self.tfs[lo:hi]
+
+
 class _Every:
     """No scope: every indexed ticket is a candidate."""
 
@@ -116,6 +152,11 @@ class LexicalIndex:
     ``scope_field`` (TRIAGE_MATCH_SCOPE): each ticket is labelled with its queue or source,
     and :meth:`top` can keep to one label. Statistics (document count, frequencies) are
     those of every indexed ticket.
+
+    An index loaded from a snapshot (worker/lexical_snapshot.py) holds its first positions in
+    a :class:`MappedPart` and the tickets added since in the in-memory postings; document
+    count, average length and each term's document frequency are those of both parts, so
+    the scores equal those of an index built by adding every ticket.
     """
 
     def __init__(self, *, k1: float = 1.5, b: float = 0.75, scope_field: ScopeField = None) -> None:
@@ -136,6 +177,88 @@ class LexicalIndex:
         # refresh_scope().
         self.watermark = 0
         self._scope_marks: dict[str | None, int] = {}
+        self._mapped: MappedPart | None = None
+        # Mapped + in-memory lengths and scope labels as one array, rebuilt when it grows.
+        self._joined: dict[str, npt.NDArray[np.generic]] = {}
+
+    @classmethod
+    def from_mapped(
+        cls,
+        mapped: MappedPart,
+        keys: list[TicketKey],
+        *,
+        total_length: int,
+        labels: list[str | None],
+        watermark: int,
+        scope_field: ScopeField = None,
+    ) -> LexicalIndex:
+        """An index whose first ``len(keys)`` positions are ``mapped``."""
+        index = cls(scope_field=scope_field)
+        index._mapped = mapped
+        index.keys = keys
+        index._position = dict(zip(keys, range(len(keys)), strict=True))
+        index._total_length = total_length
+        index._labels = {label: n for n, label in enumerate(labels)}
+        index.watermark = watermark
+        return index
+
+    @property
+    def mapped_size(self) -> int:
+        """How many positions the mapped part holds (0 without one)."""
+        return 0 if self._mapped is None else len(self._mapped.lengths)
+
+    @property
+    def total_length(self) -> int:
+        return self._total_length
+
+    @property
+    def labels(self) -> list[str | None]:
+        """The scope labels by their number."""
+        return list(self._labels)
+
+    def terms(self) -> list[str]:
+        """Every indexed term, the mapped part's first."""
+        mapped = list(self._mapped.terms) if self._mapped is not None else []
+        seen = set(mapped)
+        return mapped + [t for t in self._postings if t not in seen]
+
+    def postings(
+        self, term: str
+    ) -> Iterator[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]]:
+        """``term``'s (positions, term frequencies), one pair per part holding it."""
+        if self._mapped is not None:
+            part = self._mapped.posting(term)
+            if part is not None:
+                yield part
+        posting = self._postings.get(term)
+        if posting is not None:
+            yield (
+                np.frombuffer(posting[0], dtype=np.int32),
+                np.frombuffer(posting[1], dtype=np.float32),
+            )
+
+    def _df(self, term: str) -> int:
+        return sum(len(docs) for docs, _ in self.postings(term))
+
+    def lengths(self) -> npt.NDArray[np.float32]:
+        """Each position's length in tokens."""
+        return self._join("lengths", self._lengths, np.float32)  # type: ignore[return-value]
+
+    def scope_labels(self) -> npt.NDArray[np.int32]:
+        """Each position's scope label number."""
+        return self._join("scopes", self._scopes, np.int32)  # type: ignore[return-value]
+
+    def _join(
+        self, name: str, own: array[int] | array[float], dtype: type
+    ) -> npt.NDArray[np.generic]:
+        tail: npt.NDArray[np.generic] = np.frombuffer(own, dtype=dtype)
+        if self._mapped is None:
+            return tail
+        joined = self._joined.get(name)
+        if joined is None or len(joined) != self.mapped_size + len(tail):
+            head = self._mapped.lengths if name == "lengths" else self._mapped.scopes
+            joined = self._joined[name] = np.concatenate((head, tail))
+        return joined
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -177,16 +300,17 @@ class LexicalIndex:
         out = np.zeros(n, dtype=np.float32)
         if n == 0:
             return out
-        lengths = np.frombuffer(self._lengths, dtype=np.float32)
+        lengths = self.lengths()
         norm = self.k1 * (1 - self.b + self.b * lengths / (self._total_length / n))
         for term, times in Counter(tokenize(query)).items():
-            posting = self._postings.get(term)
-            if posting is None:
+            parts = list(self.postings(term))
+            if not parts:
                 continue
-            docs = np.frombuffer(posting[0], dtype=np.int32)
-            tf = np.frombuffer(posting[1], dtype=np.float32)
-            idf = np.log1p((n - len(docs) + 0.5) / (len(docs) + 0.5))
-            out[docs] += times * idf * tf / (tf + norm[docs])
+            df = sum(len(docs) for docs, _ in parts)
+            idf = np.log1p((n - df + 0.5) / (df + 0.5))
+            # The parts hold disjoint positions: the same sums as one posting list.
+            for docs, tf in parts:
+                out[docs] += times * idf * tf / (tf + norm[docs])
         return out
 
     def score_texts(self, query: str, texts: Sequence[str]) -> list[float]:
@@ -208,7 +332,7 @@ class LexicalIndex:
                 tf = counts.get(term, 0)
                 if not tf:
                     continue
-                df = len(self._postings[term][0]) if term in self._postings else 0
+                df = self._df(term)
                 idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
                 total += times * idf * tf / (tf + norm)
             out.append(total)
@@ -233,7 +357,7 @@ class LexicalIndex:
             scores[skip] = 0.0
         if not isinstance(scope, _Every):
             label = self._labels.get(scope)
-            labels = np.frombuffer(self._scopes, dtype=np.int32)[: len(scores)]
+            labels = self.scope_labels()[: len(scores)]
             scores[labels != label] = 0.0
         m = min(m, len(scores))
         best = np.argpartition(-scores, m - 1)[:m]

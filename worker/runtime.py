@@ -41,7 +41,7 @@ from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
 from worker.decision_lock import DecisionLock, ScopeLocks, Section
 from worker.embedding import make_embedder
-from worker.lexical import LexicalIndex
+from worker.lexical_snapshot import open_index
 from worker.pipeline import (
     DECISION_LOCK,
     ItemResult,
@@ -206,8 +206,7 @@ def build_runtime(settings: Settings) -> Runtime:
     lexical = None
     if settings.hybrid_alpha < 1:
         # Catch up with the stored tickets now, not in the first batch.
-        lexical = LexicalIndex(scope_field=scope)
-        lexical.refresh(engine)
+        lexical = open_index(engine, directory=settings.lexical_snapshot_dir, scope_field=scope)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
