@@ -210,3 +210,23 @@ def test_a_worker_process_started_on_history_routes_within_the_window(
     assert d["new"].route == "duplicate" and d["new"].matched_ticket_id == "recent"
     assert d["again"].route == "manual"
     assert "old" not in {m["ticket_id"] for m in d["again"].matches}
+
+
+def test_a_scoped_window_ranks_within_the_scope_only() -> None:
+    # TRIAGE_MATCH_SCOPE=queue with a window: the nearest ticket of another queue is never
+    # offered, even when it is the closest of all.
+    window = WindowIndex(DAYS, 3, scope_field="queue")
+    now = datetime.now(UTC)
+    unit = np.eye(3, dtype=np.float32)
+    for name, vector, queue in (
+        ("a", unit[0], "alpha"),
+        ("b", unit[1], "alpha"),
+        ("c", unit[0], "beta"),
+    ):
+        key = TicketKey("test", name)
+        window.add(key, vector, now, key, "manual", scope=queue)
+    [[first, second]] = window.query(unit[:1], 5, "alpha")
+    assert (first.key.ticket_id, second.key.ticket_id) == ("a", "b")
+    assert first.score == pytest.approx(1.0) and second.score == pytest.approx(0.0)
+    assert [nb.key.ticket_id for nb in window.query(unit[:1], 5, "beta")[0]] == ["c"]
+    assert window.query(unit[:1], 5, None) == [[]]  # no ticket without a queue

@@ -181,19 +181,20 @@ class WindowIndex:
             return []
         if self._n == 0 or depth <= 0:
             return [[] for _ in range(len(vectors))]
-        scores = self._matrix[: self._n] @ np.asarray(vectors, np.float32).T  # (held, batch)
+        n = self._n
+        # (batch, held): each query's scores contiguous, partitioned in place (no copy).
+        scores = np.asarray(vectors, np.float32) @ self._matrix[:n].T
         if not isinstance(scope, _All):
             label = self._label_of.get(scope)
-            scores[self._labels[: self._n] != label] = -np.inf
-        m = min(depth, self._n)
-        best = np.argpartition(-scores, m - 1, axis=0)[:m]  # (m, batch), unordered
+            scores[:, self._labels[:n] != label] = -np.inf
+        m = min(depth, n)
+        best = np.argpartition(scores, n - m, axis=1)[:, n - m :]  # the m best, unordered
         out: list[list[Neighbour]] = []
-        for col in range(scores.shape[1]):
-            rows = best[:, col]
-            rows = rows[np.argsort(-scores[rows, col], kind="stable")]
+        for row, held in enumerate(best):
+            held = held[np.argsort(-scores[row, held], kind="stable")]
             found = []
-            for p in rows:
-                score = float(scores[p, col])
+            for p in held:
+                score = float(scores[row, p])
                 if score == -np.inf:
                     break
                 canonical, route, readable = self._meta[p]
