@@ -66,6 +66,19 @@ def test_a_twin_received_before_the_window_is_not_offered(
         assert new.status == "duplicate" and d.matched_ticket_id == "old"
 
 
+@pytest.mark.parametrize("window_on", [True, False])
+def test_a_batch_mate_received_before_the_window_is_not_offered(
+    services: Services, window_on: bool
+) -> None:
+    # An old ticket routed in the same batch as its twin (a late import): the batch-mate is
+    # compared in routing itself, and is only offered when it is inside the window.
+    run = windowed(services) if window_on else services
+    res = triage_batch(
+        [WorkItem(aged("old", CRASH, days=DAYS + 5)), WorkItem(aged("new", CRASH2, days=0))], run
+    )
+    assert res[1].status == ("manual" if window_on else "duplicate")
+
+
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_a_twin_inside_the_window_is_found(services: Services, hybrid: bool) -> None:
     run = windowed(services, hybrid=hybrid)

@@ -739,6 +739,9 @@ def _section(
         lexical=lexical,
         alpha=services.hybrid_alpha,
         pool=services.hybrid_pool,
+        offered=None
+        if services.window is None
+        else [services.window.admits(items[i].ticket.received_at) for i in fresh],
     )
 
     now = datetime.now(UTC)
