@@ -3,6 +3,7 @@ Chroma, SQLite and PostgreSQL; its clock injected, never slept on."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -243,3 +244,34 @@ def test_a_scoped_window_ranks_within_the_scope_only() -> None:
     assert first.score == pytest.approx(1.0) and second.score == pytest.approx(0.0)
     assert [nb.key.ticket_id for nb in window.query(unit[:1], 5, "beta")[0]] == ["c"]
     assert window.query(unit[:1], 5, None) == [[]]  # no ticket without a queue
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_queue_scoped_window_offers_the_queues_in_window_tickets_only(
+    services: Services, hybrid: bool
+) -> None:
+    # TRIAGE_MATCH_SCOPE=queue with a window: each scope catches its window up on its own
+    # (scopes commit out of id order); a twin is offered only from the same queue and
+    # inside the window.
+    window = WindowIndex(DAYS, services.embedder.dimension, scope_field="queue")
+    window.load(services.engine, services.store)
+    run = replace(
+        services,
+        match_scope="queue",
+        scope_lock=lambda name: contextlib.nullcontext(),
+        lexical=LexicalIndex(scope_field="queue") if hybrid else None,
+        window=window,
+    )
+    triage_batch(
+        [
+            WorkItem(aged("a-old", CRASH, days=DAYS + 2, queue="alpha")),
+            WorkItem(aged("b-recent", CRASH, days=1, queue="beta")),
+        ],
+        run,
+    )
+    [alpha] = triage_batch([WorkItem(aged("a-new", CRASH2, days=0, queue="alpha"))], run)
+    [beta] = triage_batch([WorkItem(aged("b-new", CRASH2, days=0, queue="beta"))], run)
+    d = rows(services)
+    assert alpha.status == "manual" and d["a-new"].matches == []
+    assert beta.status == "duplicate" and d["b-new"].matched_ticket_id == "b-recent"
+    assert {m["ticket_id"] for m in d["b-new"].matches} == {"b-recent"}
