@@ -9,7 +9,7 @@ each worker holds the window's unit vectors in one float32 matrix and ranks a ba
 one matrix product: exact, and its cost grows with the window, not with the history.
 
 Memory: (tickets in the window) x dimension x 4 bytes, per worker process (plus a key and
-a few fields per ticket).
+a few fields per ticket, and up to a quarter more of room to grow).
 
 The index is filled at start from the vectors SQL keeps (``triage_tickets.vector``; a row
 without one gets its vector from the vector store, in bulk), caught up to the snapshot's
@@ -141,7 +141,9 @@ class WindowIndex:
     def _grow(self, size: int) -> None:
         if size <= len(self._received):
             return
-        capacity = max(size, 2 * len(self._received), 1024)
+        # A quarter more each time: amortised appends, at most a quarter of the vectors
+        # unused (the window's memory stays close to its tickets × dimension × 4 bytes).
+        capacity = max(size, len(self._received) * 5 // 4, 1024)
         matrix = np.zeros((capacity, self.dimension), np.float32)
         matrix[: self._n] = self._matrix[: self._n]
         received = np.zeros(capacity, np.float64)
