@@ -14,7 +14,14 @@ days (the newest ones), four designs:
 - ``overfetch xM``: the query without a filter for k × M neighbours, those outside the
   window dropped (what a filter on the SQL side would do);
 - ``exact``: brute-force cosine over the window's vectors held in memory (NumPy, one matrix
-  product per batch): what a worker could keep for a window that holds few tickets.
+  product per batch): what a worker could keep for a window that holds few tickets;
+- ``index``: the product's own window index (worker/window.py, what TRIAGE_MATCH_WINDOW_DAYS
+  runs): filled ticket by ticket as a worker's start fills it, evicting at the window's
+  start, queried for the batch's Neighbours; its fill time and vector memory are printed.
+
+``--designs`` picks which of ``where``, ``overfetch``, ``exact``, ``index`` to run (the
+window-off query is always timed); the ratio printed for ``index`` is its p99 over the
+window-off p99 (the target: at most 2).
 
 Recall@6 of each design against the exact in-window top 6 (brute force over every window
 vector). Queries are fresh vectors drawn near random cluster centres, so each has
@@ -30,6 +37,7 @@ import platform
 import statistics
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,9 +51,13 @@ from bench.scale import DIM, TOP_K, Vectors, disk_mib, pct, rss_mib  # noqa: E40
 from tickets.model import TicketKey  # noqa: E402
 from worker.pipeline import vector_meta  # noqa: E402
 from worker.store import VectorStore  # noqa: E402
+from worker.window import WindowIndex  # noqa: E402
 
 K = TOP_K + 1  # what the worker asks for
 BATCH = 32
+DESIGNS = ("where", "overfetch", "exact", "index")
+# The history's day 0; "now" is the end of its last day.
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def day_of(i: int, size: int, days: int) -> int:
@@ -114,6 +126,25 @@ def recall(found: list[list[set[int]]], truth: list[list[set[int]]]) -> float:
     return hits / sum(len(t) for tb in truth for t in tb)
 
 
+def window_index(
+    vectors: np.ndarray, size: int, days: int, window: int, first: int
+) -> tuple[WindowIndex, float, int]:
+    """The product's window index as a worker fills it: every ticket of the newest
+    ``window`` days plus one more day (evicted at the window's start, as time passes);
+    returns it, the fill time (ms) and how many were evicted."""
+    index = WindowIndex(window, DIM)
+    now = EPOCH + timedelta(days=days)
+    older = next((i for i in range(first) if day_of(i, size, days) >= days - window - 1), first)
+    t0 = time.perf_counter()
+    for i in range(older, size):
+        key = TicketKey("bench", str(i))
+        received = EPOCH + timedelta(days=day_of(i, size, days))
+        index.add(key, vectors[i], received, key, "manual")
+    fill_ms = (time.perf_counter() - t0) * 1000
+    evicted = index.evict(now)
+    return index, fill_ms, evicted
+
+
 def measure(
     store: VectorStore,
     gen: Vectors,
@@ -123,6 +154,7 @@ def measure(
     windows: list[int],
     batches: int,
     overfetch: list[int],
+    designs: tuple[str, ...] = DESIGNS,
 ) -> dict[str, Any]:
     queries = [gen.take(BATCH) for _ in range(batches)]
     out: dict[str, Any] = {"stored": size, "windows": []}
@@ -134,20 +166,37 @@ def measure(
         inside = vectors[first:size]
         truth = [exact_top(inside, first, q) for q in queries]
         row: dict[str, Any] = {"window_days": window, "tickets_in_window": size - first}
-        where = {"received_day": {"$gte": cutoff}}
-        ms, found = run(queries, lambda q, w=where: [ids(h) for h in store.query(q, K, where=w)])
-        row["where"] = {**summary(ms), "recall": recall(found, truth)}
-        for m in overfetch:
+        if "where" in designs:
+            where = {"received_day": {"$gte": cutoff}}
+            ms, found = run(
+                queries, lambda q, w=where: [ids(h) for h in store.query(q, K, where=w)]
+            )
+            row["where"] = {**summary(ms), "recall": recall(found, truth)}
+        for m in overfetch if "overfetch" in designs else []:
             ms, found = run(
                 queries, lambda q, m=m, f=first: [ids(h, f) for h in store.query(q, K * m)]
             )
             row[f"overfetch_x{m}"] = {**summary(ms), "recall": recall(found, truth)}
-        ms, found = run(queries, lambda q, v=inside, f=first: exact_top(v, f, q))
-        row["exact"] = {
-            **summary(ms),
-            "recall": recall(found, truth),
-            "window_mib": inside.nbytes / 2**20,
-        }
+        if "exact" in designs:
+            ms, found = run(queries, lambda q, v=inside, f=first: exact_top(v, f, q))
+            row["exact"] = {
+                **summary(ms),
+                "recall": recall(found, truth),
+                "window_mib": inside.nbytes / 2**20,
+            }
+        if "index" in designs:
+            index, fill_ms, evicted = window_index(vectors, size, days, window, first)
+            assert len(index) == size - first, (len(index), size - first)
+            ms, found = run(queries, lambda q, ix=index: [ids(h) for h in ix.query(q, K)])
+            row["index"] = {
+                **summary(ms),
+                "recall": recall(found, truth),
+                "window_mib": index.nbytes / 2**20,
+                "fill_ms": fill_ms,
+                "evicted": evicted,
+                "p99_over_off": pct(ms, 99) / out["off"]["p99_ms"],
+            }
+            del index
         out["windows"].append(row)
     return out
 
@@ -162,8 +211,13 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=30, help="worker batches of 32 per design")
     ap.add_argument("--overfetch", default="4,16", help="k multipliers without a filter")
     ap.add_argument("--path", type=Path, help="store directory, kept and reused")
+    ap.add_argument("--designs", default=",".join(DESIGNS), help="which designs to time")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    designs = tuple(args.designs.split(","))
+    unknown = set(designs) - set(DESIGNS)
+    if unknown:
+        ap.error(f"unknown designs {sorted(unknown)}: choose among {', '.join(DESIGNS)}")
     sizes = [int(s) for s in args.sizes.split(",")]
     windows = [int(w) for w in args.windows.split(",")]
     overfetch = [int(m) for m in args.overfetch.split(",")]
@@ -189,7 +243,7 @@ def main() -> None:
             vectors = all_vectors(store, size)
             row = measure(
                 store, Vectors("clustered", seed=1), vectors, size, args.days, windows,
-                args.batches, overfetch,
+                args.batches, overfetch, designs,
             )  # fmt: skip
             row["rss_mib"], row["disk_mib"] = rss_mib(), disk_mib(path)
         finally:
@@ -199,12 +253,20 @@ def main() -> None:
               f"p99 {row['off']['p99_ms']:.1f} ms")  # fmt: skip
         for w in row["windows"]:
             print(f"  window {w['window_days']} d ({w['tickets_in_window']} tickets):")
-            for name in ("where", *(f"overfetch_x{m}" for m in overfetch), "exact"):
+            for name in ("where", *(f"overfetch_x{m}" for m in overfetch), "exact", "index"):
+                if name not in w:
+                    continue
                 r = w[name]
                 print(
                     f"    {name:13s} p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
                     f"recall@{K} {r['recall']:.3f}"
                 )
+                if name == "index":
+                    print(
+                        f"    {'':13s} p99 / window-off p99 {r['p99_over_off']:.2f}; "
+                        f"{r['window_mib']:.1f} MiB of vectors; filled in {r['fill_ms']:.0f} ms, "
+                        f"{r['evicted']} evicted"
+                    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

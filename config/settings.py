@@ -399,6 +399,17 @@ class Settings(BaseSettings):
         ),
     )
 
+    match_window_days: float = Field(
+        0,
+        ge=0,
+        description=(
+            "Only tickets received within this many days are offered as matches (dense, "
+            "BM25 and the decision section's catch-up); `0` (the default) offers every "
+            "stored ticket. Each worker process then holds the window's vectors in memory "
+            "and ranks them exactly: (tickets in the window) x model dimension x 4 bytes, "
+            "e.g. 50,000 tickets x 384 = 77 MB, filled from SQL at start."
+        ),
+    )
     match_scope: Literal["global", "queue", "source"] = Field(
         "global",
         description=(

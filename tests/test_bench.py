@@ -234,7 +234,10 @@ def test_match_window(tmp_path: Path) -> None:
         "--path", tmp_path / "store",
     )  # fmt: skip
     assert "window 30 d" in stdout and "window 365 d" in stdout
-    for design in ("where", "overfetch_x4", "overfetch_x16", "exact"):
+    for design in ("where", "overfetch_x4", "overfetch_x16", "exact", "index"):
         assert design in stdout
-    # brute force over the window is the exact answer it is measured against
-    assert stdout.count("exact") == 2 and stdout.count("recall@6 1.000") >= 2
+    # brute force over the window is the exact answer it is measured against; the
+    # product's window index finds the same neighbours
+    assert stdout.count("exact") == 2 and stdout.count("recall@6 1.000") >= 4
+    assert stdout.count("p99 / window-off p99") == 2
+    assert stdout.count(" evicted") == 2 and " 0 evicted" not in stdout

@@ -345,6 +345,7 @@ class StoredTicket:
     route: str  # its decision's route, 'history' for a backfilled ticket
     canonical: TicketKey
     stored_at: datetime
+    received_at: datetime | None = None
 
 
 def _stored(row: Any) -> StoredTicket:
@@ -362,6 +363,7 @@ def _stored(row: Any) -> StoredTicket:
         route=row.route if decided else "history",
         canonical=TicketKey(row.canonical_source, row.canonical_ticket_id) if decided else key,
         stored_at=row.stored_at,
+        received_at=row.received_at,
     )
 
 
@@ -377,6 +379,7 @@ def _stored_query() -> Any:
         TicketRow.vector,
         TicketRow.readable,
         TicketRow.stored_at,
+        TicketRow.received_at,
         DecisionRow.route,
         DecisionRow.canonical_source,
         DecisionRow.canonical_ticket_id,

@@ -67,6 +67,7 @@ from worker.lexical import EVERY, LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
+from worker.window import EVERY_SCOPE, LEXICAL_OVERFETCH, WindowIndex
 
 if TYPE_CHECKING:
     from actions.outbox import Outbox
@@ -160,6 +161,9 @@ class Services:
     # The outbox (actions/outbox.py): a decision's actions are inserted in its transaction;
     # None: decisions cause nothing outside.
     outbox: Outbox | None = None
+    # TRIAGE_MATCH_WINDOW_DAYS (worker/window.py): the in-window tickets this process ranks
+    # against instead of the store; None: every stored ticket is a candidate.
+    window: WindowIndex | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -570,7 +574,12 @@ def _snapshot(
     if services.lexical is not None:
         depth = max(depth, services.hybrid_pool + 1)
     where: dict[str, Any] | None = None if field_ is None else {field_: _meta_scope(scope)}
-    found = services.store.query(_stack([vectors[i] for i in routed], services), depth, where)
+    query = _stack([vectors[i] for i in routed], services)
+    if services.window is not None:
+        pending = [id_ for id_, _ in unindexed]
+        found = _window_query(services.window, query, depth, scope, newest, pending, services)
+    else:
+        found = services.store.query(query, depth, where)
     ranked = {i: Ranked(list(nbs)) for i, nbs in zip(routed, found, strict=True)}
     queries: dict[int, str] = {}
     if services.lexical is not None:
@@ -603,6 +612,23 @@ def _snapshot(
         reasons,
         ratios,
     )
+
+
+def _window_query(
+    window: WindowIndex,
+    vectors: Vectors,
+    depth: int,
+    scope: str | None,
+    newest: int,
+    unindexed: list[int],
+    services: Services,
+) -> list[list[Neighbour]]:
+    """The dense side under a match window: the window caught up to the snapshot (the
+    scope's newest ticket, and the tickets not yet in the store re-read), then ranked
+    exactly in memory, as the store would answer."""
+    within = EVERY_SCOPE if services.match_scope is None else scope
+    window.refresh(services.engine, services.store, newest, scope=within, ids=unindexed)
+    return window.query(vectors, depth, within)
 
 
 def _meta_scope(value: str | None) -> str:
@@ -639,15 +665,18 @@ def _lexical_snapshot(
             r = ranked[i]
             known = {nb.key for nb in r.dense} | {items[j].ticket.key for j in part[:n]}
             scores = index.scores(text)
+            window = services.window
             top = [
                 index.keys[p]
                 for p in index.top(
                     scores,
-                    services.hybrid_pool,
+                    services.hybrid_pool * (1 if window is None else LEXICAL_OVERFETCH),
                     exclude=ticket.key,
                     scope=within,  # type: ignore[arg-type]
                 )
             ]
+            if window is not None:  # earlier batch-mates are compared by routing itself
+                top = window.keep_in_window(top, services.hybrid_pool)
             r.lexical_top = {key: float(scores[index.position(key)]) for key in top}  # type: ignore[index]
             r.lexical_known = {
                 key: float(scores[pos]) for key in known if (pos := index.position(key)) is not None
@@ -682,6 +711,8 @@ def _section(
         return known, since
 
     known, since = _sql(read, services.engine)
+    if services.window is not None:  # the catch-up offers in-window tickets only
+        since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
     model = services.embedder.model_id
     results: dict[int, ItemResult] = {}
 
@@ -708,6 +739,9 @@ def _section(
         lexical=lexical,
         alpha=services.hybrid_alpha,
         pool=services.hybrid_pool,
+        offered=None
+        if services.window is None
+        else [services.window.admits(items[i].ticket.received_at) for i in fresh],
     )
 
     now = datetime.now(UTC)

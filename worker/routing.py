@@ -80,6 +80,7 @@ def decide(
     lexical: Sequence[Mapping[TicketKey, float]] | None = None,
     alpha: float = 1.0,
     pool: int | None = None,
+    offered: Sequence[bool] | None = None,
 ) -> list[Outcome | None]:
     """Decide, in order, every ticket whose ``decide_mask`` is true.
 
@@ -93,7 +94,8 @@ def decide(
     earlier in the batch; a missing key scores 0): candidates are then ranked by
     worker.hybrid.fuse with ``alpha`` over a ``pool`` (each match carries its fused score
     too). The route reads the cosine of the top-ranked match only. Matches always carry
-    their cosine.
+    their cosine. ``offered[j]`` false: ticket j is never offered to its later batch-mates
+    (received before the match window).
     Returns one Outcome per decided ticket, None for the others.
     """
     per_ticket = (
@@ -112,6 +114,8 @@ def decide(
                 candidates[nb.key] = nb
         for j in range(i):
             if keys[j] == keys[i] or reasons[j] is not None:
+                continue
+            if offered is not None and not offered[j]:
                 continue
             earlier = outcomes[j]
             canonical = earlier.canonical if earlier is not None else keys[j]

@@ -56,6 +56,7 @@ from worker.pipeline import (
 from worker.reindex import active_collection
 from worker.store import embedder_digest, open_store
 from worker.thresholds import load_for_model, model_advice
+from worker.window import WindowIndex
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,11 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.hybrid_alpha < 1:
         # Catch up with the stored tickets now, not in the first batch.
         lexical = open_index(engine, directory=settings.lexical_snapshot_dir, scope_field=scope)
+    window = None
+    if settings.match_window_days > 0:
+        # Filled from SQL's kept vectors now, not in the first batch.
+        window = WindowIndex(settings.match_window_days, embedder.dimension, scope_field=scope)
+        window.load(engine, store)
     services = Services(
         coverage=CoverageGuard.for_embedder(embedder, settings),
         embedder=embedder,
@@ -223,6 +229,7 @@ def build_runtime(settings: Settings) -> Runtime:
         hybrid_pool=settings.hybrid_pool,
         vector_cache=VectorCache(),
         outbox=Outbox(settings, Publisher(settings)),
+        window=window,
     )
 
     if settings.uses_chroma_server:
@@ -337,6 +344,10 @@ def _follow_switch(settings: Settings, services: Services) -> None:
         raise StoreUnavailable(f"this worker's model does not match collection {active!r}") from exc
     old, services.store = services.store, new
     old.close()
+    if services.window is not None:  # the window's vectors are the old collection's
+        window = services.window
+        services.window = WindowIndex(window.days, window.dimension, scope_field=window.scope_field)
+        services.window.load(services.engine, new, from_store=True)
     logger.info("switched to collection %s", active)
 
 
