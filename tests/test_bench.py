@@ -238,3 +238,11 @@ def test_match_window(tmp_path: Path) -> None:
         assert design in stdout
     # brute force over the window is the exact answer it is measured against
     assert stdout.count("exact") == 2 and stdout.count("recall@6 1.000") >= 2
+
+
+def test_purge(redis_url: str) -> None:
+    stdout = run(BENCH / "purge.py", "--size", "300", "--live", "6", "--redis-url", redis_url)
+    report = json.loads(stdout[stdout.index("\n{") + 1 :])
+    assert report["counts"]["tickets"] == 300 and report["lost"] == 0
+    assert report["old_tickets_with_text"] == 0 and report["old_decisions_kept"] == 300
+    assert positive(report["purge_s"])

@@ -5,9 +5,10 @@ stays; and a purge while a worker decides loses no decision."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,60 @@ def test_purge_while_a_worker_decides_loses_no_decision(
         engine.dispose()
     assert all(subjects[t] is None for t in tombstoned)
     assert sum(1 for t, s in subjects.items() if t not in tombstoned and s) == n - purged
+
+
+def test_retention_runs_once_a_day_for_the_deployment(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    queue_name: str,
+    redis_url: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    settings = make_settings(database_url=database_url, queue=queue_name)
+    app = create_app(settings)
+    client = redis.Redis.from_url(redis_url)
+    ledger = Ledger(client, queue_name)
+    old = datetime.now(UTC) - timedelta(days=10)
+
+    def ticket(tid: str, received: datetime) -> Ticket:
+        return Ticket(
+            source="r",
+            ticket_id=tid,
+            subject=f"Invoice {tid}",
+            body=f"Ticket {tid} about invoices",
+            received_at=received,
+        )
+
+    worker = start_worker(settings)
+    list(
+        publish(
+            app,
+            [ticket("old1", old), ticket("old2", old), ticket("new1", datetime.now(UTC))],
+            queue=queue_name,
+            ledger=ledger,
+        )
+    )
+    wait_for(lambda: n_rows(database_url, db.DecisionRow) == 3, 120, "3 decisions")
+    worker.stop()
+
+    claim = f"triage:retention:{queue_name}"
+    try:
+        kept = make_settings(
+            database_url=database_url, queue=queue_name, retention_days=5, ledger_sweep_s=1
+        )
+        start_worker(kept)
+        wait_for(lambda: n_rows(database_url, PurgeRunRow) >= 1, 60, "the retention run")
+        # The day is claimed: tickets that grow old later wait for the next day's run.
+        list(publish(app, [ticket("old3", old)], queue=queue_name, ledger=ledger))
+        wait_for(lambda: n_rows(database_url, db.DecisionRow) == 4, 120, "the 4th decision")
+        time.sleep(3)  # three more periods of the purge thread
+        [run] = rows(database_url, PurgeRunRow)
+        assert run.reason == "retention" and run.tickets == 2 and run.decisions == 2
+        assert run.requested_by == "retention (TRIAGE_RETENTION_DAYS=5)"
+        assert 0 < int(client.ttl(claim)) <= 24 * 3600  # type: ignore[arg-type]
+        bodies = {t.ticket_id: t.body for t in rows(database_url, db.TicketRow)}
+        assert bodies["old1"] == bodies["old2"] == ""
+        assert bodies["new1"] and bodies["old3"]
+        assert len(decisions(database_url)) == 4
+    finally:
+        client.delete(claim)
