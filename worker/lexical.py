@@ -177,10 +177,11 @@ class LexicalIndex:
         dead = [p for k in keys if (p := self._position.pop(k, None)) is not None]
         if not dead:
             return 0
-        gone = np.asarray(dead, dtype=np.int32)
+        dropped = np.zeros(len(self.keys), dtype=bool)
+        dropped[dead] = True
         for term in list(self._postings):
             docs, tfs = self._postings[term]
-            keep = ~np.isin(np.frombuffer(docs, dtype=np.int32), gone)
+            keep = ~dropped[np.frombuffer(docs, dtype=np.int32)]
             if keep.all():
                 continue
             if not keep.any():

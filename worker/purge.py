@@ -37,6 +37,9 @@ from worker.pipeline import Services, forget_purged
 
 logger = logging.getLogger(__name__)
 
+# Tombstones one catch-up applies at most (the rest at the next batch or period): a batch
+# never waits long behind a large purge. Each worker's write checks its own keys anyway.
+CATCH_UP_LIMIT = 20_000
 # Keys per purge transaction: small enough that a worker's write never waits long on the
 # purge lock.
 PURGE_CHUNK = 2000
@@ -192,7 +195,7 @@ class PurgeWatch:
         """Apply the tombstones committed since the last call; the caller holds the
         process's local lock. Returns how many keys were dropped from memory."""
         with Session(self.engine) as session:
-            newest, keys = sql.tombstones_after(session, self.seen, limit=1_000_000)
+            newest, keys = sql.tombstones_after(session, self.seen, limit=CATCH_UP_LIMIT)
         if keys:
             forget_purged(services, keys)
             self.seen = newest
@@ -208,7 +211,9 @@ class PurgeWatch:
         with Session(self.engine) as session:
             mark = int(db.get_state(session, name) or 0)
             newest, keys = sql.tombstones_after(session, mark, limit=PURGE_CHUNK)
-        while keys:
+        done = 0
+        while keys and done < CATCH_UP_LIMIT:
+            done += len(keys)
             store.delete(keys)
             with Session(self.engine) as session:
                 sql.erase(session, keys)
