@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import chromadb
+import pytest
 import redis
 import requests
 from sqlalchemy import inspect, select, text
+from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
 from config.settings import Settings
@@ -36,7 +38,12 @@ from tickets.model import Ticket, TicketKey
 from tickets.outbox import ActionRow
 from tickets.purge import PurgeRow, PurgeRunRow
 from tickets.queue import publish
+from worker.embedding.local import LocalEmbedder
 from worker.lexical import LexicalIndex
+from worker.pipeline import Services, VectorCache, WorkItem, triage_batch
+from worker.purge import PurgeWatch, purge
+from worker.routing import Thresholds
+from worker.store import VectorStore
 
 READ_TOKEN = "rd-5e1b7a9c33d2f0"
 TOKENS = {READ_TOKEN: ["read"]}
@@ -377,3 +384,81 @@ def test_retention_runs_once_a_day_for_the_deployment(
         assert len(decisions(database_url)) == 4
     finally:
         client.delete(claim)
+
+
+@pytest.fixture
+def services(tmp_path: Path, database_url: str) -> Iterator[Services]:
+    embedder = LocalEmbedder()
+    store = VectorStore.open(
+        model_id=embedder.model_id,
+        dimension=embedder.dimension,
+        collection="tickets",
+        path=tmp_path / "chroma",
+    )
+    engine = db.make_engine(database_url)
+    made = Services(
+        embedder=embedder,
+        store=store,
+        engine=engine,
+        thresholds=Thresholds(0.85, 0.70),
+        top_k=5,
+        lexical=LexicalIndex(),
+        hybrid_alpha=0.7,
+        hybrid_pool=20,
+        vector_cache=VectorCache(),
+    )
+    made.purges = PurgeWatch(engine)
+    yield made
+    store.close()
+    engine.dispose()
+
+
+def _stored_text(services: Services, key: TicketKey) -> tuple[str | None, str, bytes | None]:
+    with Session(services.engine) as session:
+        row = session.scalars(
+            select(db.TicketRow).where(
+                db.TicketRow.source == key.source, db.TicketRow.ticket_id == key.ticket_id
+            )
+        ).one()
+        return row.subject, row.body, row.vector
+
+
+@pytest.mark.parametrize("moment", ["in_section", "after_commit"])
+def test_a_ticket_purged_while_its_batch_is_decided_does_not_come_back(
+    services: Services, moment: str
+) -> None:
+    """The purge commits inside the decision section (before the batch's write) or between
+    its commit and the vectors' publish: the decision is kept, the text and vector are not."""
+    key = TicketKey("race", "1")
+    other = TicketKey("race", "2")
+
+    def purge_now(keys: list[TicketKey]) -> None:
+        if key in keys:
+            purge(services.engine, requested_by="test", keys=[key])
+
+    setattr(services.hooks, moment, purge_now)
+    results = triage_batch(
+        [
+            WorkItem(Ticket(source="race", ticket_id="1", subject="Secret name", body="zorblax 1")),
+            WorkItem(Ticket(source="race", ticket_id="2", body="Printer on fire again")),
+        ],
+        services,
+    )
+    setattr(services.hooks, moment, None)
+    assert [r.status for r in results] == ["manual", "manual"]
+    assert _stored_text(services, key) == (None, "", None)
+    assert _stored_text(services, other)[1] == "Printer on fire again"
+    assert services.store.present([key, other]) == {other}
+    assert services.lexical is not None and key not in services.lexical
+    assert services.lexical.top(services.lexical.scores("zorblax"), 5) == []
+    with Session(services.engine) as session:
+        decided = {d.ticket_id: d for d in session.scalars(select(db.DecisionRow))}
+    assert set(decided) == {"1", "2"} and decided["1"].subject is None
+    # Sent again after the purge: decided before, so unchanged, and still without text.
+    [again] = triage_batch(
+        [WorkItem(Ticket(source="race", ticket_id="1", subject="Secret name", body="zorblax 1"))],
+        services,
+    )
+    assert again.status == "unchanged"
+    assert _stored_text(services, key) == (None, "", None)
+    assert services.store.present([key]) == set()
