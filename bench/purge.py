@@ -11,8 +11,9 @@ starts on a queue of its own; ``--live`` new tickets are published while
 retention run does. Reported: the purge's wall time and rate, the worker's decisions
 (all ``--live`` must be decided: 0 lost, 0 failures), and that every old ticket's text and
 vector are gone while their decisions stay. The worker deletes the purged keys' vectors from
-its store when it reads the tombstones; the old tickets here were never in the store, so
-that delete is of absent ids (its time shows in the worker's log, not here).
+its store when it reads the tombstones: with ``--chroma`` the old vectors are put in its
+store first, and the report has the seconds the worker spent deleting them (from its log)
+and the vectors left once it stops (the new tickets' only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from config.settings import load_settings  # noqa: E402
 from tickets import db, migrate  # noqa: E402
-from tickets.model import Ticket  # noqa: E402
+from tickets.model import Ticket, TicketKey  # noqa: E402
 
 CHUNK = 5000
 
@@ -103,6 +106,52 @@ def fill(engine: db.Engine, size: int) -> float:
     return time.perf_counter() - t0
 
 
+def fill_store(settings: Any, engine: db.Engine, size: int) -> float:
+    """The old tickets' kept vectors into the store the worker will open (as its batches
+    would have put them); returns the seconds taken."""
+    from worker.embedding import make_embedder
+    from worker.pipeline import vector_meta
+    from worker.store import opened_store
+
+    t0 = time.perf_counter()
+    with opened_store(settings, make_embedder(settings)) as store, Session(engine) as session:
+        last = 0
+        while True:
+            rows = session.execute(
+                select(db.TicketRow.id, db.TicketRow.ticket_id, db.TicketRow.vector)
+                .where(db.TicketRow.id > last)
+                .order_by(db.TicketRow.id)
+                .limit(CHUNK)
+            ).all()
+            if not rows:
+                break
+            last = rows[-1][0]
+            keys = [TicketKey("bench", tid) for _, tid, _ in rows]
+            vectors = np.stack([np.frombuffer(v, dtype=np.float32) for _, _, v in rows])
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            store.upsert(keys, vectors, [vector_meta(k, k, "manual") for k in keys])
+    spent = time.perf_counter() - t0
+    print(f"stored {size} vectors in the worker's store in {spent:.1f} s", flush=True)
+    return spent
+
+
+def count_store(settings: Any) -> int:
+    from worker.embedding import make_embedder
+    from worker.store import opened_store
+
+    with opened_store(settings, make_embedder(settings)) as store:
+        return store.count()
+
+
+_DELETED = re.compile(r"purge: (\d+) purged keys deleted from \S+ in ([\d.]+) s")
+
+
+def store_deletions(log: str) -> tuple[int, float]:
+    """Vectors the worker deleted and the seconds it spent, from its log."""
+    found = [(int(n), float(s)) for n, s in _DELETED.findall(log)]
+    return sum(n for n, _ in found), sum(s for _, s in found)
+
+
 def count(engine: db.Engine, model: type, *where: object) -> int:
     with Session(engine) as session:
         return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
@@ -115,6 +164,11 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     parser.add_argument(
         "--redis-url", default=os.environ.get("TRIAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--chroma",
+        action="store_true",
+        help="also put the old tickets' vectors in the worker's store (it deletes them)",
     )
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", type=Path, default=None)
@@ -151,6 +205,7 @@ def main() -> None:
         migrate.upgrade(engine)
         fill_s = fill(engine, args.size)
         print(f"filled {args.size} old tickets + decisions in {fill_s:.1f} s", flush=True)
+        chroma_fill_s = fill_store(settings, engine, args.size) if args.chroma else None
         client = redis.Redis.from_url(args.redis_url)
         log = Path(tmp) / "worker.log"
         with log.open("wb") as fh:
@@ -222,10 +277,16 @@ def main() -> None:
                     db.DecisionRow.subject.is_not(None),
                 )
                 runs = count(engine, PurgeRunRow)
+                deleted, delete_s = 0, 0.0
+                while args.chroma and deleted < args.size and time.monotonic() < deadline:
+                    # The worker's purge thread (every TRIAGE_LEDGER_SWEEP_S) or its batches.
+                    time.sleep(1)
+                    deleted, delete_s = store_deletions(log.read_text(errors="replace"))
             finally:
                 proc.terminate()
                 proc.wait(60)
                 client.delete(queue, f"triage:ledger:{queue}", f"triage:ledger:{queue}:payload")
+        left = count_store(settings) if args.chroma else None
         engine.dispose()
     report = {
         "size": args.size,
@@ -242,6 +303,10 @@ def main() -> None:
         "old_tickets_with_text": old_with_text,
         "old_decisions_with_subject": old_subjects,
         "audit_runs": runs,
+        "chroma_fill_s": None if chroma_fill_s is None else round(chroma_fill_s, 1),
+        "chroma_deleted_by_worker": deleted if args.chroma else None,
+        "chroma_delete_s": round(delete_s, 2) if args.chroma else None,
+        "chroma_vectors_left": left,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }
     print(json.dumps(report, indent=2))
@@ -255,6 +320,7 @@ def main() -> None:
         and old_subjects == 0
         and old_decisions == args.size
         and result.counts["tickets"] == args.size
+        and (left is None or left == len(live))
     )
     if not ok:
         raise SystemExit("purge bench: a check failed (see the report)")

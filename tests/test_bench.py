@@ -241,8 +241,11 @@ def test_match_window(tmp_path: Path) -> None:
 
 
 def test_purge(redis_url: str) -> None:
-    stdout = run(BENCH / "purge.py", "--size", "300", "--live", "6", "--redis-url", redis_url)
+    stdout = run(
+        BENCH / "purge.py", "--size", "300", "--live", "6", "--chroma", "--redis-url", redis_url
+    )  # fmt: skip
     report = json.loads(stdout[stdout.index("\n{") + 1 :])
     assert report["counts"]["tickets"] == 300 and report["lost"] == 0
     assert report["old_tickets_with_text"] == 0 and report["old_decisions_kept"] == 300
     assert positive(report["purge_s"])
+    assert report["chroma_deleted_by_worker"] == 300 and report["chroma_vectors_left"] == 6

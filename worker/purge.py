@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -211,7 +212,7 @@ class PurgeWatch:
         with Session(self.engine) as session:
             mark = int(db.get_state(session, name) or 0)
             newest, keys = sql.tombstones_after(session, mark, limit=PURGE_CHUNK)
-        done = 0
+        done, t0 = 0, time.perf_counter()
         while keys and done < CATCH_UP_LIMIT:
             done += len(keys)
             store.delete(keys)
@@ -221,6 +222,14 @@ class PurgeWatch:
                 session.commit()
                 mark = newest
                 newest, keys = sql.tombstones_after(session, mark, limit=PURGE_CHUNK)
+        if done:
+            logger.info(
+                "purge: %d purged keys deleted from %s in %.2f s (up to tombstone %d)",
+                done,
+                store.collection_name,
+                time.perf_counter() - t0,
+                mark,
+            )
 
 
 class PurgeThread:
