@@ -4,6 +4,7 @@ stays; and a purge while a worker decides loses no decision."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -41,7 +42,7 @@ from tickets.queue import publish
 from worker.embedding.local import LocalEmbedder
 from worker.lexical import LexicalIndex
 from worker.pipeline import Services, VectorCache, WorkItem, triage_batch
-from worker.purge import PurgeWatch, purge
+from worker.purge import PurgeWatch, purge, scrub_redis
 from worker.routing import Thresholds
 from worker.store import VectorStore
 
@@ -462,3 +463,30 @@ def test_a_ticket_purged_while_its_batch_is_decided_does_not_come_back(
     assert again.status == "unchanged"
     assert _stored_text(services, key) == (None, "", None)
     assert services.store.present([key]) == set()
+
+
+def test_a_queued_message_is_rewritten_without_the_purged_ticket(
+    make_settings: Callable[..., Settings], queue_name: str, redis_url: str
+) -> None:
+    """One message carrying three tickets (`triage ingest --per-message 3`), no worker: the
+    purged ticket leaves the message and its headers, the other two stay queued."""
+    marker = f"zq{uuid.uuid4().hex[:12]}"
+    settings = make_settings(queue=queue_name)
+    client = redis.Redis.from_url(redis_url)
+    ledger = Ledger(client, queue_name)
+    tickets = [
+        Ticket(source="m", ticket_id="1", body=f"keep one {uuid.uuid4().hex}"),
+        Ticket(source="m", ticket_id="2", body=f"purge me {marker}"),
+        Ticket(source="m", ticket_id="3", body="keep three"),
+    ]
+    list(publish(create_app(settings), tickets, queue=queue_name, per_message=3, ledger=ledger))
+    assert client.llen(queue_name) == 1 and _redis_with(client, marker)
+    assert scrub_redis(client, [queue_name], [TicketKey("m", "2")]) == 1
+    [raw] = client.lrange(queue_name, 0, -1)  # type: ignore[misc]
+    envelope = json.loads(raw)
+    args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+    assert [t["ticket_id"] for t in args[0]] == ["1", "3"]
+    assert marker not in raw.decode() and _redis_with(client, marker) == []
+    assert ledger.size() == 2  # the others' ledger entries stay
+    # Nothing left to remove: a second scrub changes nothing.
+    assert scrub_redis(client, [queue_name], [TicketKey("m", "2")]) == 0
