@@ -44,8 +44,11 @@ def upgrade() -> None:
         sa.Column("purged_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("source", "ticket_id", name="uq_triage_purges_key"),
     )
+    # A purge finds a ticket's actions by key (the unique key leads with kind and target).
+    op.create_index("ix_triage_actions_key", "triage_actions", ["source", "ticket_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_triage_actions_key", table_name="triage_actions")
     op.drop_table("triage_purges")
     op.drop_table("triage_purge_runs")
