@@ -53,6 +53,11 @@ COMMANDS = {
         "Print the past tickets a ticket with TEXT would be matched with, ranked as the worker "
         "ranks (hybrid: cosine fused with BM25, unless TRIAGE_HYBRID_ALPHA=1).",
     ),
+    "purge": Lazy(
+        "cli.purge",
+        "purge",
+        "Erase tickets' text (by key, or older than a retention period); decisions stay.",
+    ),
     "decisions": Lazy(
         "cli.decisions", "decisions", "Print the most recent decisions (or failures)."
     ),

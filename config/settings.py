@@ -492,6 +492,15 @@ class Settings(BaseSettings):
             "must stay below the visibility timeout: a retry waits inside the worker."
         ),
     )
+    retention_days: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Purge, once a day, the text of every ticket received more than this many days "
+            "ago (as `triage purge --older-than`): decisions stay without text. One worker "
+            "of the deployment runs it each day (a Redis claim); unset: tickets are kept."
+        ),
+    )
     ledger_sweep_s: float = Field(
         30.0,
         gt=0,

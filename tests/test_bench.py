@@ -241,3 +241,14 @@ def test_match_window(tmp_path: Path) -> None:
     assert stdout.count("exact") == 2 and stdout.count("recall@6 1.000") >= 4
     assert stdout.count("p99 / window-off p99") == 2
     assert stdout.count(" evicted") == 2 and " 0 evicted" not in stdout
+
+
+def test_purge(redis_url: str) -> None:
+    stdout = run(
+        BENCH / "purge.py", "--size", "300", "--live", "6", "--chroma", "--redis-url", redis_url
+    )  # fmt: skip
+    report = json.loads(stdout[stdout.index("\n{") + 1 :])
+    assert report["counts"]["tickets"] == 300 and report["lost"] == 0
+    assert report["old_tickets_with_text"] == 0 and report["old_decisions_kept"] == 300
+    assert positive(report["purge_s"])
+    assert report["chroma_deleted_by_worker"] == 300 and report["chroma_vectors_left"] == 6

@@ -59,6 +59,8 @@ class ActionRow(Base):
             "kind", "target", "source", "ticket_id", name="uq_triage_actions_decision"
         ),
         Index("ix_triage_actions_due", "status", "next_attempt_at"),
+        # A purge (tickets/purge.py) finds a ticket's actions by key.
+        Index("ix_triage_actions_key", "source", "ticket_id"),
     )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)

@@ -294,6 +294,30 @@ class LexicalIndex:
             posting[1].append(tf)
         return True
 
+    def forget(self, keys: Sequence[TicketKey]) -> int:
+        """Drop these tickets (purged): their terms leave the postings, their positions stay
+        (empty, scoring 0) so that other positions do not move. Returns how many."""
+        dead = [p for k in keys if (p := self._position.pop(k, None)) is not None]
+        if not dead:
+            return 0
+        dropped = np.zeros(len(self.keys), dtype=bool)
+        dropped[dead] = True
+        for term in list(self._postings):
+            docs, tfs = self._postings[term]
+            keep = ~dropped[np.frombuffer(docs, dtype=np.int32)]
+            if keep.all():
+                continue
+            if not keep.any():
+                del self._postings[term]
+                continue
+            kept_docs = np.frombuffer(docs, dtype=np.int32)[keep]
+            kept_tfs = np.frombuffer(tfs, dtype=np.float32)[keep]
+            self._postings[term] = (array("i", kept_docs.tobytes()), array("f", kept_tfs.tobytes()))
+        for p in dead:
+            self._total_length += 1 - int(self._lengths[p])
+            self._lengths[p] = 1
+        return len(dead)
+
     def scores(self, query: str) -> Scores:
         """BM25 of every indexed ticket for ``query``, by position."""
         n = len(self.keys)

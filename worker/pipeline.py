@@ -53,6 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tickets import db
+from tickets import purge as purge_sql
 from tickets.errors import (
     CollectionSwitched,
     EmbeddingRejected,
@@ -91,6 +92,10 @@ class ThresholdSource(Protocol):
     """Thresholds for a ticket's queue: a single Thresholds, or a calibrated ThresholdTable."""
 
     def for_queue(self, queue: str | None) -> Thresholds: ...
+
+
+class PurgeFollower(Protocol):
+    def catch_up(self, services: Services) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,9 @@ class Services:
     # TRIAGE_MATCH_WINDOW_DAYS (worker/window.py): the in-window tickets this process ranks
     # against instead of the store; None: every stored ticket is a candidate.
     window: WindowIndex | None = None
+    # Purges (worker/purge.py PurgeWatch): tombstones applied at the start of each batch;
+    # None: no purges followed (tests of the pipeline alone).
+    purges: PurgeFollower | None = None
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -248,6 +256,8 @@ def finish_batch(batch: PreparedBatch, services: Services) -> list[ItemResult]:
     """Step 3, one match scope after the other, then one result per item, in order."""
     items, results = batch.items, batch.results
     with services.local_lock:
+        if services.purges is not None:
+            services.purges.catch_up(services)
         if batch.restore:
             results.update(_restore(items, batch.restore, services))
         for scope, part in _parts(items, batch.todo, services.match_scope).items():
@@ -400,6 +410,9 @@ class VectorCache:
             self._vectors.move_to_end(key)
             self.hits += 1
         return vector
+
+    def clear(self) -> None:
+        self._vectors.clear()
 
     def put(self, key: str, vector: np.ndarray) -> None:
         self._vectors[key] = vector
@@ -799,8 +812,13 @@ def _section(
             db.save_batch(session, ticket_rows, decision_rows, rerouted)
             if services.outbox is not None:  # the decisions' actions, in the same transaction
                 services.outbox.stage(session, decision_rows)
+            # Purged meanwhile (queued, or in this batch): stored without text, not indexed.
+            purged.update(purge_sql.guard(session, keys))
 
+        purged: set[TicketKey] = set()
         _sql(write, services.engine, commit=True)
+        if purged:
+            _drop_purged(out, purged, services)
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
         len(part),
@@ -950,11 +968,38 @@ def _publish(written: Written, store: VectorStore, services: Services) -> None:
         return
     store.upsert(written.keys, np.stack(written.vectors).astype(np.float32), written.metas)
 
-    def mark(session: Session) -> None:
+    def mark(session: Session) -> set[TicketKey]:
         db.keep_vectors(session, written.fill, only_missing=True)
         db.mark_indexed(session, written.keys, datetime.now(UTC))
+        # A purge committed between the decision and here: its vectors leave the store.
+        return purge_sql.guard(session, written.keys)
 
-    _sql(mark, services.engine, commit=True)
+    purged = _sql(mark, services.engine, commit=True)
+    if purged:
+        store.delete(list(purged))
+        forget_purged(services, list(purged))
+
+
+def _drop_purged(out: Written, purged: set[TicketKey], services: Services) -> None:
+    """Tickets purged before their batch committed: their decision stands (without
+    text), their vectors are not published, this process forgets their text."""
+    keep = [n for n, key in enumerate(out.keys) if key not in purged]
+    out.keys[:] = [out.keys[n] for n in keep]
+    out.vectors[:] = [out.vectors[n] for n in keep]
+    out.metas[:] = [out.metas[n] for n in keep]
+    for key in purged:
+        out.fill.pop(key, None)
+    forget_purged(services, list(purged))
+
+
+def forget_purged(services: Services, keys: Sequence[TicketKey]) -> None:
+    """Drop purged keys from this process's memory: the lexical index, the store's fetch
+    cache, and every cached vector (the vector cache is keyed by text no longer known)."""
+    if services.lexical is not None:
+        services.lexical.forget(keys)
+    services.store.forget(keys)
+    if services.vector_cache is not None:
+        services.vector_cache.clear()
 
 
 def lexical_scores(

@@ -100,6 +100,10 @@ def _index(
     subject_weight: float,
 ) -> None:
     """Embed these tickets and store them in ``store`` with their decisions' metadata."""
+    # A purged ticket (tickets/purge.py) has no text left and gets no vector.
+    rows = [(t, d) for t, d in rows if t.body or t.subject]
+    if not rows:
+        return
     tickets = [
         Ticket(
             source=t.source,

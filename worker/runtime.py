@@ -53,6 +53,7 @@ from worker.pipeline import (
     finish_batch,
     prepare_batch,
 )
+from worker.purge import PurgeThread, PurgeWatch
 from worker.reindex import active_collection
 from worker.store import embedder_digest, open_store
 from worker.thresholds import load_for_model, model_advice
@@ -71,6 +72,8 @@ class Runtime:
     batcher: Batcher[WorkItem, ItemResult]
     ledger: Ledger
     sweeper: LedgerSweeper | None = None
+    # Tombstones and the daily retention purge (worker/purge.py).
+    purge_thread: PurgeThread | None = None
     # The outbox's delivery side (actions/): this process's deliverer and sweeper.
     deliverer: Deliverer | None = None
     outbox_sweeper: OutboxSweeper | None = None
@@ -204,6 +207,8 @@ def build_runtime(settings: Settings) -> Runtime:
     thresholds: ThresholdSource = advice.thresholds
     if settings.thresholds_file is not None:
         thresholds = _threshold_table(settings.thresholds_file, embedder.model_id)
+    # Before the lexical index reads SQL: only tombstones committed after concern it.
+    purges = PurgeWatch(engine)
     lexical = None
     if settings.hybrid_alpha < 1:
         # Catch up with the stored tickets now, not in the first batch.
@@ -230,6 +235,7 @@ def build_runtime(settings: Settings) -> Runtime:
         vector_cache=VectorCache(),
         outbox=Outbox(settings, Publisher(settings)),
         window=window,
+        purges=purges,
     )
 
     if settings.uses_chroma_server:
@@ -392,6 +398,15 @@ def get_runtime() -> Runtime:
             _runtime_pid = os.getpid()
             r = _runtime
             r.sweeper = LedgerSweeper(r.settings, r.ledger, r.services.engine)
+            assert isinstance(r.services.purges, PurgeWatch)
+            r.purge_thread = PurgeThread(
+                r.services,
+                r.services.purges,
+                r.ledger.redis,
+                r.settings.queue,
+                r.settings.ledger_sweep_s,
+                r.settings.retention_days,
+            )
             assert r.services.outbox is not None
             if r.settings.worker_role == "all":
                 r.deliverer, r.outbox_sweeper = start_delivery(

@@ -115,6 +115,8 @@ def search(services: Services, text: str, k: int) -> SearchAnswer:
     with services.local_lock:
         if services.before_decide is not None:
             services.before_decide()  # follow a `triage reindex` switch
+        if services.purges is not None:
+            services.purges.catch_up(services)  # never shows a ticket purged meanwhile
         if services.lexical is not None:
             services.lexical.refresh(services.engine)  # what other workers stored since
         stored: list[list[Neighbour]] = [services.store.query(vector, depth)[0]]

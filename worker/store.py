@@ -303,6 +303,18 @@ class VectorStore:
             entry = (np.asarray(vector, dtype=np.float32), _neighbour(key.as_id(), 0.0, meta))
             self._remember(key, entry)
 
+    def delete(self, keys: Sequence[TicketKey]) -> None:
+        """Remove these keys' vectors (purged tickets); keys without one are ignored."""
+        for start in range(0, len(keys), MAX_WRITE_BATCH):
+            ids = [k.as_id() for k in keys[start : start + MAX_WRITE_BATCH]]
+            self._guard(self._collection.delete, ids=ids)
+        self.forget(keys)
+
+    def forget(self, keys: Sequence[TicketKey]) -> None:
+        """Drop these keys from this process's fetch cache."""
+        for key in keys:
+            self._cache.pop(key, None)
+
     @property
     def collection_name(self) -> str:
         return str(self._collection.name)

@@ -35,6 +35,7 @@ from config.celery_app import (
 from config.redis_client import connect as redis_connect
 from config.settings import load_settings
 from tickets import db
+from tickets import purge as purge_sql
 from tickets.errors import FatalError, PermanentError, TransientError
 from tickets.model import Ticket, TicketKey
 from worker.liveness import HeartbeatWriter
@@ -259,6 +260,8 @@ def _dead_letter(
                 # `triage redrive` re-publishes with this mode: history stays history.
                 mode=mode if mode in ("route", "backfill") else "route",
             )
+            # A purged ticket keeps no failure row: its payload is the text.
+            purge_sql.guard(session, [key])
             session.commit()
         quietly("clear", get_runtime().ledger.clear, [key])
     except Exception as db_exc:
