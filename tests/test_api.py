@@ -23,6 +23,7 @@ from config.settings import Settings
 from service.app import create_app
 from tests.conftest import FIXTURES, WorkerProcess, n_rows, wait_for
 from tests.services import free_port
+from tests.vendors import signed_headers
 from tickets import db
 
 HOOKS = FIXTURES / "webhooks"
@@ -110,15 +111,51 @@ def client(api_settings: Settings) -> Iterator[TestClient]:
         r.delete(key)
 
 
-def queued(settings: Settings) -> list[dict[str, Any]]:
-    """The tickets waiting on the queue, decoded from the Celery messages."""
+def queued(settings: Settings, task: str = "triage.ticket") -> list[dict[str, Any]]:
+    """The tickets (or, with ``task="triage.update"``, the updates) waiting on the queue,
+    decoded from the Celery messages."""
     r = redis.Redis.from_url(settings.redis_url)
     out = []
     for raw in r.lrange(settings.queue, 0, -1):
         msg = json.loads(raw)
+        if msg["headers"]["task"] not in (
+            task,
+            "triage.tickets" if task == "triage.ticket" else task,
+        ):
+            continue
         args, _kwargs, _ = json.loads(base64.b64decode(msg["body"]))
         out.append(args[0])
     return out
+
+
+def test_update_webhooks_queue_an_update(client: TestClient, api_settings: Settings) -> None:
+    body = json.loads((HOOKS / "github_issues_opened.json").read_bytes())
+    body.update(action="closed")
+    body["issue"].update(state="closed", state_reason="duplicate")
+    raw = json.dumps(body).encode()
+    r = client.post("/v1/hooks/github", content=raw, headers=signed_headers("github", raw, SECRET))
+    assert r.status_code == 202, r.text
+    assert r.json()["tickets"] == [{"key": "github:Codertocat/Hello-World#1", "status": "update"}]
+    (update,) = queued(api_settings, "triage.update")
+    assert (update["status"], update["duplicate"], update["event"]) == (
+        "closed",
+        True,
+        "issues.closed",
+    )
+    assert queued(api_settings) == []
+    # A Zammad delivery is a creation and an update: the second time, the creation is a
+    # duplicate and the update is queued again (the worker applies it only if it changed).
+    zbody, zheaders = vendor_request("zammad")
+    for _ in range(2):
+        client.post(
+            "/v1/hooks/zammad", content=zbody, headers={**zheaders, "X-Zammad-Delivery": str(_)}
+        )
+    assert len(queued(api_settings)) == 1
+    assert sorted(u["source"] for u in queued(api_settings, "triage.update")) == [
+        "github",
+        "zammad",
+        "zammad",
+    ]
 
 
 # --- ingest ----------------------------------------------------------------------------------

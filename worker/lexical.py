@@ -136,6 +136,11 @@ class LexicalIndex:
         # refresh_scope().
         self.watermark = 0
         self._scope_marks: dict[str | None, int] = {}
+        # The triage_tickets.id each key was indexed from: a row read again under a higher id
+        # (its text changed, worker/lifecycle.py) replaces the entry. The old position stays
+        # in the statistics but never scores again (a dead position).
+        self._row_ids: dict[TicketKey, int] = {}
+        self._dead: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,15 +151,23 @@ class LexicalIndex:
     def position(self, key: TicketKey) -> int | None:
         return self._position.get(key)
 
-    def add(self, key: TicketKey, text: str, scope: str | None = None) -> bool:
+    def add(
+        self, key: TicketKey, text: str, scope: str | None = None, row_id: int | None = None
+    ) -> bool:
         """Index ``text`` under ``key`` (labelled ``scope``); False (nothing changes) when
-        the key is indexed.
+        the key is indexed, unless ``row_id`` is higher than the one it was indexed from:
+        then the new text replaces the old one.
 
         Tickets are keyed like everywhere else: a redelivered or re-imported ticket is
         never counted twice in the document frequencies.
         """
-        if key in self._position:
-            return False
+        old = self._position.get(key)
+        if old is not None:
+            if row_id is None or row_id <= self._row_ids.get(key, row_id - 1):
+                return False
+            self._dead.add(old)
+        if row_id is not None:
+            self._row_ids[key] = row_id
         # An empty ticket still takes a position (and length 1, as bm25s gives it).
         tokens = tokenize(text) or [""]
         doc = len(self.keys)
@@ -170,6 +183,20 @@ class LexicalIndex:
             posting[0].append(doc)
             posting[1].append(tf)
         return True
+
+    def _stale(self, key: TicketKey, row_id: int, updated: bool) -> bool:
+        """Whether the row ``row_id`` of ``key`` must be (re)indexed: a key not indexed, or
+        indexed from a lower row id; a key a batch indexed without its row id is replaced
+        only when the row was updated since (``updated``), else its row id is recorded."""
+        if key not in self._position:
+            return True
+        known = self._row_ids.get(key)
+        if known is None:
+            if updated:
+                return True
+            self._row_ids[key] = row_id
+            return False
+        return row_id > known
 
     def scores(self, query: str) -> Scores:
         """BM25 of every indexed ticket for ``query``, by position."""
@@ -187,6 +214,8 @@ class LexicalIndex:
             tf = np.frombuffer(posting[1], dtype=np.float32)
             idf = np.log1p((n - len(docs) + 0.5) / (len(docs) + 0.5))
             out[docs] += times * idf * tf / (tf + norm[docs])
+        if self._dead:
+            out[list(self._dead)] = 0.0
         return out
 
     def score_texts(self, query: str, texts: Sequence[str]) -> list[float]:
@@ -274,7 +303,13 @@ class LexicalIndex:
         with Session(engine) as session:
             while True:
                 query = (
-                    select(TicketRow.id, TicketRow.source, TicketRow.ticket_id, column)
+                    select(
+                        TicketRow.id,
+                        TicketRow.source,
+                        TicketRow.ticket_id,
+                        column,
+                        TicketRow.updated_at,
+                    )
                     .where(TicketRow.id > last)
                     .order_by(TicketRow.id)
                     .limit(_REFRESH_CHUNK)
@@ -289,7 +324,7 @@ class LexicalIndex:
                 new = {
                     int(r[0]): (TicketKey(r[1], r[2]), r[3])
                     for r in rows
-                    if TicketKey(r[1], r[2]) not in self._position
+                    if self._stale(TicketKey(r[1], r[2]), int(r[0]), r[4] is not None)
                 }
                 if new:
                     texts = session.execute(
@@ -303,6 +338,7 @@ class LexicalIndex:
                             key,
                             lexical_text(subject, body, body_format),
                             label if self.scope_field is not None else None,
+                            int(id_),
                         )
                 if rows:
                     last = int(rows[-1][0])

@@ -29,6 +29,7 @@ from config.celery_app import (
     SEARCH_TASK,
     TICKET_TASK,
     TICKETS_TASK,
+    UPDATE_TASK,
     actions_queue,
     search_queue,
 )
@@ -36,7 +37,9 @@ from config.redis_client import connect as redis_connect
 from config.settings import load_settings
 from tickets import db
 from tickets.errors import FatalError, PermanentError, TransientError
-from tickets.model import Ticket, TicketKey
+from tickets.marks import product_tags
+from tickets.model import Ticket, TicketKey, TicketUpdate
+from worker.lifecycle import apply_update
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import (
@@ -157,6 +160,39 @@ def _triage_messages(
             quietly("touch", runtime.ledger.touch, [_key(m) for m in rest])
             _retry(task, first, countdown, args=retry_args(rest))
     return [statuses[n] for n in range(len(messages))]
+
+
+@shared_task(
+    name=UPDATE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def triage_update(self: Task, message: dict[str, Any]) -> str:
+    """A helpdesk's update of a stored ticket (worker/lifecycle.py). Idempotent: a
+    redelivery applies nothing new. An update whose ticket is not stored yet retries with
+    backoff until it is, then is dead-lettered past TRIAGE_MAX_RETRIES."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    attempts = self.request.retries + 1
+    try:
+        update = TicketUpdate.from_message(message)
+        return apply_update(
+            update,
+            runtime.services,
+            duplicate_tag=settings.actions_duplicate_tag,
+            own_tags=product_tags(settings.actions_duplicate_tag, settings.actions_suggest_tag),
+        ).result
+    except TransientError as exc:
+        if self.request.retries >= settings.max_retries:
+            return _dead_letter(self, message, exc, attempts, "gave up after retries: ", "route")
+        countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
+        _retry(self, exc, countdown, args=[message])
+    except Exception as exc:
+        return _settle_error(self, message, exc, attempts, "route")
+    raise AssertionError("unreachable")
 
 
 @shared_task(
