@@ -160,6 +160,14 @@ class Services:
     # The outbox (actions/outbox.py): a decision's actions are inserted in its transaction;
     # None: decisions cause nothing outside.
     outbox: Outbox | None = None
+    # TRIAGE_MATCH_STATUSES: the ticket statuses that may be offered as matches; None: all.
+    # Applied inside the section against SQL (the statuses' source of truth), over a snapshot
+    # fetched MATCH_OVERFETCH times deeper so that excluded tickets leave enough candidates.
+    match_statuses: tuple[str, ...] | None = None
+
+
+# How much deeper the snapshot ranks when TRIAGE_MATCH_STATUSES excludes some statuses.
+MATCH_OVERFETCH = 3
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -569,6 +577,8 @@ def _snapshot(
     depth = services.top_k + 1
     if services.lexical is not None:
         depth = max(depth, services.hybrid_pool + 1)
+    if services.match_statuses is not None:
+        depth *= MATCH_OVERFETCH
     where: dict[str, Any] | None = None if field_ is None else {field_: _meta_scope(scope)}
     found = services.store.query(_stack([vectors[i] for i in routed], services), depth, where)
     ranked = {i: Ranked(list(nbs)) for i, nbs in zip(routed, found, strict=True)}
@@ -669,7 +679,9 @@ def _section(
     keys = [items[i].ticket.key for i in part]
     field_ = services.match_scope
 
-    def read(session: Session) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket]]:
+    def read(
+        session: Session,
+    ) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket], set[TicketKey]]:
         # Re-read inside the lock: another worker may have decided one of these meanwhile.
         known = db.known_tickets(session, keys)
         since = db.stored_tickets(
@@ -679,9 +691,17 @@ def _section(
             field=field_,
             value=snapshot.scope,
         )
-        return known, since
+        excluded: set[TicketKey] = set()
+        if services.match_statuses is not None:
+            # Statuses read under the lock: a ticket closed after the snapshot is excluded.
+            excluded = db.excluded_keys(
+                session,
+                [*_snapshot_keys(snapshot), *(t.key for t in since)],
+                services.match_statuses,
+            )
+        return known, since, excluded
 
-    known, since = _sql(read, services.engine)
+    known, since, excluded = _sql(read, services.engine)
     model = services.embedder.model_id
     results: dict[int, ItemResult] = {}
 
@@ -695,6 +715,10 @@ def _section(
     stored, lexical = _candidates(
         items, fresh, snapshot, caught_up, fresh_vectors, to_route, services
     )
+    if excluded:
+        stored = [[nb for nb in nbs if nb.key not in excluded] for nbs in stored]
+        if lexical is not None:
+            lexical = [{k: v for k, v in ls.items() if k not in excluded} for ls in lexical]
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     reasons = [snapshot.reasons[i] for i in fresh]
     outcomes = decide(
@@ -775,6 +799,15 @@ def _section(
         len(repair),
     )
     return out, len(caught_up)
+
+
+def _snapshot_keys(snapshot: Snapshot) -> list[TicketKey]:
+    keys: list[TicketKey] = []
+    for r in snapshot.ranked.values():
+        keys += [nb.key for nb in r.dense]
+        keys += list(r.lexical_top)
+        keys += list(r.lexical_only)
+    return keys
 
 
 def _check_collection(session: Session, collection: str) -> None:

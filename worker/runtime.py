@@ -218,6 +218,7 @@ def build_runtime(settings: Settings) -> Runtime:
         top_k=settings.top_k,
         lock=lock,
         match_scope=scope,
+        match_statuses=settings.match_status_filter,
         scope_lock=scope_lock,
         lexical=lexical,
         hybrid_alpha=settings.hybrid_alpha,
