@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from config.settings import Settings
 from service.app import create_app
-from tests.conftest import FIXTURES, WorkerProcess, n_rows, wait_for
+from tests.conftest import FIXTURES, WorkerProcess, n_rows, rows, wait_for
 from tests.services import free_port
 from tests.vendors import signed_headers
 from tickets import db
@@ -435,3 +435,58 @@ def test_readme_curl_examples_exist() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for vendor in VENDORS:
         assert f"/v1/hooks/{vendor}" in readme
+
+
+def test_github_updates_through_the_webhook_and_a_real_worker(
+    client: TestClient,
+    api_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sqlite_url: str,
+) -> None:
+    """The loop guard and the helpdesk's feedback, from signed GitHub deliveries."""
+    worker = start_worker(api_settings)
+    opened = json.loads((HOOKS / "github_issues_opened.json").read_bytes())
+
+    def post(event: str, action: str, number: int, **extra: Any) -> None:
+        body = json.loads(json.dumps(opened))
+        body["action"] = action
+        body["issue"].update(number=number, **extra.pop("issue", {}))
+        body.update(extra)
+        raw = json.dumps(body).encode()
+        headers = signed_headers("github", raw, SECRET, {"X-GitHub-Event": event})
+        r = client.post("/v1/hooks/github", content=raw, headers=headers)
+        assert r.status_code == 202, r.text
+
+    def key_rows(model: type[Any], number: int) -> list[Any]:
+        return [r for r in rows(sqlite_url, model) if r.ticket_id.endswith(f"#{number}")]
+
+    post("issues", "opened", 1)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 1, 60, "issue 1")
+    post("issues", "opened", 2)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2, 60, "issue 2")
+    (two,) = key_rows(db.DecisionRow, 2)
+    assert two.route == "duplicate" and two.matched_ticket_id.endswith("#1")
+    (before,) = key_rows(db.TicketRow, 2)
+
+    # The product's own label and comment (what its write-back does) come back: nothing.
+    label = {"id": 1, "name": "triage-duplicate", "color": "ededed", "default": False}
+    post("issues", "labeled", 2, label=label, issue={"updated_at": "2026-01-01T00:00:00Z"})
+    comment = {"id": 9, "body": "Likely a duplicate\n<!-- ticket-triage:a-1 -->"}
+    post("issue_comment", "created", 2, comment={**comment, "created_at": "2026-01-01T00:01:00Z"})
+    wait_for(lambda: worker.log().count("'own'") >= 2, 60, "both own changes")
+    (after,) = key_rows(db.TicketRow, 2)
+    assert (after.id, after.vector, after.body) == (before.id, before.vector, before.body)
+    assert n_rows(sqlite_url, db.FeedbackRow) == 0
+
+    # An agent removes the label: a veto; closes the issue as a duplicate: a confirm.
+    post("issues", "unlabeled", 2, label=label, issue={"updated_at": "2026-01-01T00:02:00Z"})
+    wait_for(lambda: [r.verdict for r in rows(sqlite_url, db.FeedbackRow)] == ["veto"], 60, "veto")
+    closed = {"state": "closed", "state_reason": "duplicate", "updated_at": "2026-01-01T00:03:00Z"}
+    post("issues", "closed", 2, issue=closed)
+    wait_for(
+        lambda: [r.verdict for r in rows(sqlite_url, db.FeedbackRow)] == ["confirm"], 60, "confirm"
+    )
+    (fb,) = rows(sqlite_url, db.FeedbackRow)
+    assert fb.agent == "helpdesk:github" and fb.route == "duplicate"
+    wait_for(lambda: key_rows(db.TicketRow, 2)[0].status == "closed", 60, "status")
+    assert n_rows(sqlite_url, db.DecisionRow) == 2 and n_rows(sqlite_url, db.FailureRow) == 0
