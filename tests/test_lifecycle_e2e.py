@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -14,6 +15,7 @@ from config.celery_app import create_app
 from config.settings import Settings
 from tests.conftest import WorkerProcess, decisions, n_rows, rows, wait_for
 from tickets import db
+from tickets.ledger import Ledger
 from tickets.marks import note_marker
 from tickets.model import Ticket, TicketUpdate
 from tickets.queue import publish, publish_update
@@ -80,19 +82,27 @@ def test_updates_reembed_filter_guard_and_feedback(
     worker = start_worker(settings)
     app = create_app(settings)
 
-    def send(*tickets: Ticket) -> None:
-        list(publish(app, tickets, queue=queue_name))
+    ledger = Ledger(redis.Redis.from_url(settings.redis_url), queue_name)
+
+    def send(*tickets: Ticket) -> None:  # as every producer does: ledger, then queue
+        list(publish(app, tickets, queue=queue_name, ledger=ledger))
 
     def done(n: int) -> None:
         wait_for(lambda: worker.log().count("succeeded") >= n, 60, f"{n} tasks")
 
-    # An update that arrives before its ticket is decided waits for it (retried), and
+    # An update of a ticket the product never accepted is dropped.
+    publish_update(app, _update("0", 1, text=True, subject="x", body="y"), queue=queue_name)
+    wait_for(lambda: "'unknown'" in worker.log(), 60, "the unknown ticket's update")
+    assert n_rows(url, db.TicketRow) == 0 and n_rows(url, db.FailureRow) == 0
+
+    # An update that arrives while its ticket is in flight waits for it (retried), and
     # makes neither a second decision nor a lost change.
-    publish_update(app, _update("1", 5, text=True, subject=VPN[0], body=VPN[1]), queue=queue_name)
     send(_ticket("1", *PRINTER))
+    publish_update(app, _update("1", 5, text=True, subject=VPN[0], body=VPN[1]), queue=queue_name)
     wait_for(lambda: _subject(url, "1") == VPN[0], 60, "the early update applied")
-    edited = _row(url, "1")
-    assert edited.body == VPN[1] and edited.indexed_at is not None
+    # The vector reaches Chroma after the commit, then indexed_at is set.
+    wait_for(lambda: _row(url, "1").indexed_at is not None, 60, "the new vector stored")
+    assert _row(url, "1").body == VPN[1]
     assert n_rows(url, db.DecisionRow) == 1 and n_rows(url, db.FailureRow) == 0
 
     # An older update delivered late does not win.

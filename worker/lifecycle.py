@@ -10,8 +10,11 @@
   section against SQL (worker/pipeline.py), so a status needs no write to Chroma.
 - **Order**: an update whose helpdesk time (``updated_at``) is older than the last one
   applied changes nothing; the same time again (a redelivery) changes nothing new.
-- **Before the ticket is stored**: TicketNotStored, a transient error: the task retries
-  with backoff until the ticket's own message has been decided (never a second decision).
+- **Before the ticket is stored**: while the ticket is in flight (in the ledger,
+  tickets/ledger.py: accepted, its row not written yet), TicketNotStored, a transient error:
+  the task retries with backoff until the ticket's own message is settled (never a second
+  decision). A ticket neither stored nor in flight is one the product never accepted (a
+  helpdesk ticket older than the deployment, say): the update is ``unknown`` and dropped.
 - **Loop guard**: the product's own tags (TRIAGE_ACTIONS_*_TAG) and notes (ending with
   tickets/marks.py's marker) are no change: they neither re-embed nor count as feedback.
 - **Feedback** (tickets/feedback.py's table, agent ``helpdesk:<source>``): merged or closed
@@ -23,7 +26,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -47,7 +50,7 @@ from worker.text import content_hash, embed_tickets, embedding_text
 
 HELPDESK_AGENT = "helpdesk:{source}"
 
-Result = Literal["applied", "own", "unchanged", "stale"]
+Result = Literal["applied", "own", "unchanged", "stale", "unknown"]
 
 
 class TicketNotStored(TransientError):
@@ -119,8 +122,13 @@ def apply_update(
     *,
     duplicate_tag: str,
     own_tags: frozenset[str],
+    in_flight: Callable[[TicketKey], bool],
 ) -> Applied:
+    """Apply ``update``; ``in_flight(key)``: whether the ticket is accepted and not settled."""
     key = update.key
+    # Asked before SQL is read: a ticket settles (row committed) before it leaves the
+    # ledger, so "not in flight" and then "no row" means the product never accepted it.
+    flying = in_flight(key)
 
     def read(session: Session) -> tuple[db.TicketRow | None, db.DecisionRow | None]:
         row = db.tickets_by_key(session, [key]).get(key)
@@ -131,7 +139,9 @@ def apply_update(
 
     row, decision = _sql(read, services.engine)
     if row is None:
-        raise TicketNotStored(f"ticket {key} is not stored yet: the update waits for it")
+        if flying:
+            raise TicketNotStored(f"ticket {key} is not stored yet: the update waits for it")
+        return Applied("unknown")
     last = row.updated_at
     if update.updated_at is not None and last is not None:
         if last.tzinfo is None:

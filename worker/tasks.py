@@ -39,7 +39,7 @@ from tickets import db
 from tickets.errors import FatalError, PermanentError, TransientError
 from tickets.marks import product_tags
 from tickets.model import Ticket, TicketKey, TicketUpdate
-from worker.lifecycle import apply_update
+from worker.lifecycle import TicketNotStored, apply_update
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import (
@@ -172,11 +172,16 @@ def _triage_messages(
 )
 def triage_update(self: Task, message: dict[str, Any]) -> str:
     """A helpdesk's update of a stored ticket (worker/lifecycle.py). Idempotent: a
-    redelivery applies nothing new. An update whose ticket is not stored yet retries with
-    backoff until it is, then is dead-lettered past TRIAGE_MAX_RETRIES."""
+    redelivery applies nothing new. An update whose ticket is still in flight retries with
+    backoff until the ticket is settled, however long that takes (the ticket's own message
+    ends as a row, or as a failure that leaves the update ``unknown``).
+
+    An update that cannot be applied (its text refused by the embedder, say) is logged and
+    dropped, never a failure row: ``triage_failures`` holds tickets, one row per key, and an
+    update's payload there would replace its ticket's.
+    """
     runtime = get_runtime()
     settings = runtime.settings
-    attempts = self.request.retries + 1
     try:
         update = TicketUpdate.from_message(message)
         return apply_update(
@@ -184,15 +189,20 @@ def triage_update(self: Task, message: dict[str, Any]) -> str:
             runtime.services,
             duplicate_tag=settings.actions_duplicate_tag,
             own_tags=product_tags(settings.actions_duplicate_tag, settings.actions_suggest_tag),
+            in_flight=runtime.ledger.holds,
         ).result
+    except TicketNotStored as exc:
+        countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
+        _retry(self, exc, countdown, args=[message])
     except TransientError as exc:
         if self.request.retries >= settings.max_retries:
-            return _dead_letter(self, message, exc, attempts, "gave up after retries: ", "route")
+            logger.error("update of %s dropped after retries: %s", _key_text(message), exc)
+            return "failed"
         countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
         _retry(self, exc, countdown, args=[message])
     except Exception as exc:
-        return _settle_error(self, message, exc, attempts, "route")
-    raise AssertionError("unreachable")
+        logger.error("update of %s dropped: %r", _key_text(message), exc, exc_info=exc)
+        return "failed"
 
 
 @shared_task(
