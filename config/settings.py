@@ -394,7 +394,8 @@ class Settings(BaseSettings):
             "product's vocabulary `open`, `pending`, `solved`, `closed`, `deleted` (each "
             "helpdesk's statuses map onto it, docs/helpdesks/). A ticket's status follows "
             "its helpdesk's update webhooks; the filter is applied inside the decision "
-            "section against SQL, over a snapshot ranked deeper when a status is excluded."
+            "section against SQL, over a snapshot ranked 3 times deeper when a status other "
+            "than `deleted` is left out."
         ),
     )
 

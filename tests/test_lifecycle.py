@@ -79,8 +79,10 @@ def test_feedback_verdicts() -> None:
     assert _change("suggest", tags_added=("triage-duplicate",)).verdict == "confirm"
     tagged = _row(tags=["bug", "triage-duplicate"])
     assert _change(row=tagged, tags_removed=("triage-duplicate",)).verdict == "veto"
-    # Removing a tag the ticket does not carry is nothing.
-    assert _change(tags_removed=("triage-duplicate",)).verdict is None
+    # Removing the tag from a duplicate is a veto even if its addition never came back;
+    # from a ticket the product did not tag, and that does not carry it, it is nothing.
+    assert _change(tags_removed=("triage-duplicate",)).verdict == "veto"
+    assert _change("suggest", tags_removed=("triage-duplicate",)).verdict is None
     assert _change(status="closed").verdict is None
 
 

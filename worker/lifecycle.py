@@ -93,9 +93,11 @@ def classify(
     else:
         added = {t.lower() for t in update.tags_added} - lowered
         removed = {t.lower() for t in update.tags_removed} & lowered
-        if not update.tags_removed:
-            removed = set()
     dup = duplicate_tag.lower()
+    # The product tags its duplicates: removing that tag from one is a veto even when the
+    # event that added it never reached intake (a webhook not subscribed to tag changes).
+    if route == "duplicate" and dup in {t.lower() for t in update.tags_removed}:
+        removed.add(dup)
     new_tags: list[str] | None = None
     if added or removed:
         new_tags = [t for t in stored if t.lower() not in removed]

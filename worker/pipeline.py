@@ -166,8 +166,18 @@ class Services:
     match_statuses: tuple[str, ...] | None = None
 
 
-# How much deeper the snapshot ranks when TRIAGE_MATCH_STATUSES excludes some statuses.
+# How much deeper the snapshot ranks when TRIAGE_MATCH_STATUSES leaves out a status a large
+# share of the history may have (solved, closed...). Leaving out only `deleted` (the
+# default) ranks as deep as without a filter: deleted tickets are few, and one among a
+# ticket's candidates only shortens its list by one.
 MATCH_OVERFETCH = 3
+
+
+def overfetch(statuses: Sequence[str] | None) -> int:
+    """The snapshot's depth factor for TRIAGE_MATCH_STATUSES ``statuses``."""
+    if statuses is None or {"open", "pending", "solved", "closed"} <= set(statuses):
+        return 1
+    return MATCH_OVERFETCH
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -577,8 +587,7 @@ def _snapshot(
     depth = services.top_k + 1
     if services.lexical is not None:
         depth = max(depth, services.hybrid_pool + 1)
-    if services.match_statuses is not None:
-        depth *= MATCH_OVERFETCH
+    depth *= overfetch(services.match_statuses)
     where: dict[str, Any] | None = None if field_ is None else {field_: _meta_scope(scope)}
     found = services.store.query(_stack([vectors[i] for i in routed], services), depth, where)
     ranked = {i: Ranked(list(nbs)) for i, nbs in zip(routed, found, strict=True)}
