@@ -59,6 +59,7 @@ def purge(tickets: tuple[str, ...], older_than: str | None, requested_by: str | 
             older_than=cutoff,
             redis_client=client,
             queues=[settings.queue],
+            lexical_snapshot_dir=settings.lexical_snapshot_dir,
         )
     finally:
         engine.dispose()

@@ -23,6 +23,7 @@ from config.settings import Settings, SettingsError, load_settings
 TICKET_TASK = "triage.ticket"  # one ticket per message (webhooks, the ingest API)
 TICKETS_TASK = "triage.tickets"  # a group of tickets per message (file ingest)
 SEARCH_TASK = "triage.search"  # `triage search`, answered by a running worker
+UPDATE_TASK = "triage.update"  # a helpdesk's report that a stored ticket changed
 ACTION_TASK = "triage.action"  # one outbox action to deliver (actions/, tickets/outbox.py)
 
 

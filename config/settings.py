@@ -410,6 +410,18 @@ class Settings(BaseSettings):
             "e.g. 50,000 tickets x 384 = 77 MB, filled from SQL at start."
         ),
     )
+    match_statuses: str = Field(
+        "open,pending,solved,closed",
+        description=(
+            "The ticket statuses that may be offered as matches, a comma list of the "
+            "product's vocabulary `open`, `pending`, `solved`, `closed`, `deleted` (each "
+            "helpdesk's statuses map onto it, docs/helpdesks/). A ticket's status follows "
+            "its helpdesk's update webhooks; the filter is applied inside the decision "
+            "section against SQL, over a snapshot ranked 3 times deeper when a status other "
+            "than `deleted` is left out."
+        ),
+    )
+
     match_scope: Literal["global", "queue", "source"] = Field(
         "global",
         description=(
@@ -832,6 +844,22 @@ class Settings(BaseSettings):
                 yield name, [mask_url(str(url)) for url in value]
             else:
                 yield name, value
+
+    @field_validator("match_statuses", mode="after")
+    @classmethod
+    def _statuses(cls, value: str) -> str:
+        allowed = ("open", "pending", "solved", "closed", "deleted")
+        chosen = [v.strip().lower() for v in value.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown or not chosen:
+            raise ValueError(f"expected a comma list of {', '.join(allowed)}; got {value!r}")
+        return ",".join(v for v in allowed if v in chosen)
+
+    @property
+    def match_status_filter(self) -> tuple[str, ...] | None:
+        """TRIAGE_MATCH_STATUSES as a tuple; None when every status may match."""
+        chosen = tuple(self.match_statuses.split(","))
+        return None if len(chosen) == 5 else chosen
 
     @field_validator("outbound_webhook_url", mode="before")
     @classmethod

@@ -25,8 +25,8 @@ import redis
 from celery import Celery
 
 from tickets.ledger import Ledger
-from tickets.model import Ticket, TicketKey
-from tickets.queue import BrokerUnavailable, publish
+from tickets.model import Ticket, TicketKey, TicketUpdate
+from tickets.queue import BrokerUnavailable, publish, publish_update
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ class Intake:
         self.ledger = Ledger(client, queue)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+
+    def accept_update(self, update: TicketUpdate) -> None:
+        """Publish a helpdesk's update of a ticket; BrokerUnavailable if Redis is down. No
+        dedupe: the worker applies an update idempotently."""
+        publish_update(self.app, update, queue=self.queue)
 
     def _delivery_key(self, source: str, delivery_id: str) -> str:
         return f"{_PREFIX}:delivery:{source}:{delivery_id}"

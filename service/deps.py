@@ -44,7 +44,7 @@ from service import queries
 from service.health import Readiness
 from service.metrics import Metrics
 from tickets.db import make_engine
-from tickets.model import Ticket
+from tickets.model import Ticket, TicketUpdate
 from tickets.queue import BrokerUnavailable
 from worker.routing import Thresholds
 from worker.thresholds import load_thresholds
@@ -290,6 +290,19 @@ class Ingest:
         small pool: the event loop keeps answering (health probes, other requests), and at
         most CPU_WORKERS bodies are worked on at once whatever arrives."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.c.cpu_limiter)
+
+    async def enqueue_update(self, update: TicketUpdate, source: str) -> JSONResponse:
+        """Queue a helpdesk's update of a ticket (202), or 503 when Redis is down."""
+        try:
+            await run_in_threadpool(self.c.intake.accept_update, update)
+        except BrokerUnavailable as exc:
+            self.metrics.rejected(source, "broker_unavailable")
+            logger.error("cannot enqueue an update from %s: %s", source, exc)
+            raise ApiError(
+                503, "queue unavailable, retry later", {"Retry-After": RETRY_AFTER_S}
+            ) from exc
+        body = {"tickets": [{"key": update.key.as_id(), "status": "update"}]}
+        return JSONResponse(body, status_code=202)
 
     async def enqueue(
         self, tickets: list[Ticket], source: str, delivery_id: str | None

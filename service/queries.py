@@ -41,7 +41,7 @@ from service.helpdesk_links import helpdesk_link
 from tickets import db, outbox
 from tickets.decisions import DecisionOut as DecisionOut  # the read API's response model
 from tickets.decisions import as_utc, decision_out
-from tickets.feedback import load_verdicts
+from tickets.feedback import load_verdicts, record_verdict
 from tickets.model import TicketKey
 from worker.routing import Thresholds
 
@@ -245,25 +245,7 @@ def save_feedback(
                 f"{source}:{ticket_id} was routed {decision.route!r}: feedback applies to duplicate or suggest",
             )
         route = decision.route  # read before the commit expires the row
-        values = {
-            "source": source,
-            "ticket_id": ticket_id,
-            "verdict": verdict,
-            "agent": agent,
-            "comment": comment,
-            "route": route,
-            "score": decision.score,
-            "created_at": now,
-        }
-        insert = db._insert(s)
-        stmt = insert(db.FeedbackRow.__table__).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["source", "ticket_id", "agent"],
-            set_={
-                k: stmt.excluded[k] for k in ("verdict", "comment", "route", "score", "created_at")
-            },
-        )
-        s.execute(stmt)
+        record_verdict(s, decision, verdict=verdict, agent=agent, comment=comment, now=now)
         s.commit()
     return FeedbackOut(
         source=source,

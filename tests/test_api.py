@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 
 from config.settings import Settings
 from service.app import create_app
-from tests.conftest import FIXTURES, WorkerProcess, n_rows, wait_for
+from tests.conftest import FIXTURES, WorkerProcess, n_rows, rows, wait_for
 from tests.services import free_port
+from tests.vendors import signed_headers
 from tickets import db
 
 HOOKS = FIXTURES / "webhooks"
@@ -110,15 +111,51 @@ def client(api_settings: Settings) -> Iterator[TestClient]:
         r.delete(key)
 
 
-def queued(settings: Settings) -> list[dict[str, Any]]:
-    """The tickets waiting on the queue, decoded from the Celery messages."""
+def queued(settings: Settings, task: str = "triage.ticket") -> list[dict[str, Any]]:
+    """The tickets (or, with ``task="triage.update"``, the updates) waiting on the queue,
+    decoded from the Celery messages."""
     r = redis.Redis.from_url(settings.redis_url)
     out = []
     for raw in r.lrange(settings.queue, 0, -1):
         msg = json.loads(raw)
+        if msg["headers"]["task"] not in (
+            task,
+            "triage.tickets" if task == "triage.ticket" else task,
+        ):
+            continue
         args, _kwargs, _ = json.loads(base64.b64decode(msg["body"]))
         out.append(args[0])
     return out
+
+
+def test_update_webhooks_queue_an_update(client: TestClient, api_settings: Settings) -> None:
+    body = json.loads((HOOKS / "github_issues_opened.json").read_bytes())
+    body.update(action="closed")
+    body["issue"].update(state="closed", state_reason="duplicate")
+    raw = json.dumps(body).encode()
+    r = client.post("/v1/hooks/github", content=raw, headers=signed_headers("github", raw, SECRET))
+    assert r.status_code == 202, r.text
+    assert r.json()["tickets"] == [{"key": "github:Codertocat/Hello-World#1", "status": "update"}]
+    (update,) = queued(api_settings, "triage.update")
+    assert (update["status"], update["duplicate"], update["event"]) == (
+        "closed",
+        True,
+        "issues.closed",
+    )
+    assert queued(api_settings) == []
+    # A Zammad delivery is a creation and an update: the second time, the creation is a
+    # duplicate and the update is queued again (the worker applies it only if it changed).
+    zbody, zheaders = vendor_request("zammad")
+    for _ in range(2):
+        client.post(
+            "/v1/hooks/zammad", content=zbody, headers={**zheaders, "X-Zammad-Delivery": str(_)}
+        )
+    assert len(queued(api_settings)) == 1
+    assert sorted(u["source"] for u in queued(api_settings, "triage.update")) == [
+        "github",
+        "zammad",
+        "zammad",
+    ]
 
 
 # --- ingest ----------------------------------------------------------------------------------
@@ -398,3 +435,58 @@ def test_readme_curl_examples_exist() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for vendor in VENDORS:
         assert f"/v1/hooks/{vendor}" in readme
+
+
+def test_github_updates_through_the_webhook_and_a_real_worker(
+    client: TestClient,
+    api_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    sqlite_url: str,
+) -> None:
+    """The loop guard and the helpdesk's feedback, from signed GitHub deliveries."""
+    worker = start_worker(api_settings)
+    opened = json.loads((HOOKS / "github_issues_opened.json").read_bytes())
+
+    def post(event: str, action: str, number: int, **extra: Any) -> None:
+        body = json.loads(json.dumps(opened))
+        body["action"] = action
+        body["issue"].update(number=number, **extra.pop("issue", {}))
+        body.update(extra)
+        raw = json.dumps(body).encode()
+        headers = signed_headers("github", raw, SECRET, {"X-GitHub-Event": event})
+        r = client.post("/v1/hooks/github", content=raw, headers=headers)
+        assert r.status_code == 202, r.text
+
+    def key_rows(model: type[Any], number: int) -> list[Any]:
+        return [r for r in rows(sqlite_url, model) if r.ticket_id.endswith(f"#{number}")]
+
+    post("issues", "opened", 1)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 1, 60, "issue 1")
+    post("issues", "opened", 2)
+    wait_for(lambda: n_rows(sqlite_url, db.DecisionRow) == 2, 60, "issue 2")
+    (two,) = key_rows(db.DecisionRow, 2)
+    assert two.route == "duplicate" and two.matched_ticket_id.endswith("#1")
+    (before,) = key_rows(db.TicketRow, 2)
+
+    # The product's own label and comment (what its write-back does) come back: nothing.
+    label = {"id": 1, "name": "triage-duplicate", "color": "ededed", "default": False}
+    post("issues", "labeled", 2, label=label, issue={"updated_at": "2026-01-01T00:00:00Z"})
+    comment = {"id": 9, "body": "Likely a duplicate\n<!-- ticket-triage:a-1 -->"}
+    post("issue_comment", "created", 2, comment={**comment, "created_at": "2026-01-01T00:01:00Z"})
+    wait_for(lambda: worker.log().count("'own'") >= 2, 60, "both own changes")
+    (after,) = key_rows(db.TicketRow, 2)
+    assert (after.id, after.vector, after.body) == (before.id, before.vector, before.body)
+    assert n_rows(sqlite_url, db.FeedbackRow) == 0
+
+    # An agent removes the label: a veto; closes the issue as a duplicate: a confirm.
+    post("issues", "unlabeled", 2, label=label, issue={"updated_at": "2026-01-01T00:02:00Z"})
+    wait_for(lambda: [r.verdict for r in rows(sqlite_url, db.FeedbackRow)] == ["veto"], 60, "veto")
+    closed = {"state": "closed", "state_reason": "duplicate", "updated_at": "2026-01-01T00:03:00Z"}
+    post("issues", "closed", 2, issue=closed)
+    wait_for(
+        lambda: [r.verdict for r in rows(sqlite_url, db.FeedbackRow)] == ["confirm"], 60, "confirm"
+    )
+    (fb,) = rows(sqlite_url, db.FeedbackRow)
+    assert fb.agent == "helpdesk:github" and fb.route == "duplicate"
+    wait_for(lambda: key_rows(db.TicketRow, 2)[0].status == "closed", 60, "status")
+    assert n_rows(sqlite_url, db.DecisionRow) == 2 and n_rows(sqlite_url, db.FailureRow) == 0

@@ -319,3 +319,42 @@ def test_a_worker_started_on_a_snapshot_matches_in_both_parts(
     assert rows["q1"].matched_ticket_id == "h4"
     assert rows["q2"].matched_ticket_id == "h9"
     assert rows["q1"].ranked_by == rows["q2"].ranked_by == "hybrid"
+
+
+def test_purged_tickets_never_score_from_a_snapshot_and_a_purge_removes_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    from tickets.model import TicketKey
+    from worker.purge import purge
+
+    engine = db.make_engine(database_url)
+    rng = random.Random(11)
+    store(engine, rng, 0, 60)
+    update_snapshot(engine, tmp_path)
+    store(engine, rng, 60, 10)
+    marker = "zqxjmarker"
+    mapped, caught_up = TicketKey("s", "5"), TicketKey("s", "65")
+    index = open_index(engine, directory=tmp_path)
+    assert index.mapped_size == 60 and len(index) == 70
+    # forget() on a mapped position and on an in-memory one: neither scores again
+    assert index.forget([mapped, caught_up]) == 2
+    for key in (mapped, caught_up):
+        assert key not in index
+    for query in [random_text(rng) for _ in range(20)]:
+        positions = set(index.top(index.scores(query), 70))
+        assert not positions & {5, 65}
+
+    # A purge through the product: the snapshot file goes, and a snapshot written before
+    # the purge (put back here) still never offers the purged ticket.
+    stale = snapshot_path(tmp_path, None).read_bytes()
+    with Session(engine) as session:
+        row = session.query(db.TicketRow).filter_by(source="s", ticket_id="7").one()
+        row.body = f"{marker} {row.body}"
+        session.commit()
+    purge(engine, requested_by="test", keys=[TicketKey("s", "7")], lexical_snapshot_dir=tmp_path)
+    assert not snapshot_path(tmp_path, None).exists()
+    snapshot_path(tmp_path, None).write_bytes(stale)
+    index = open_index(engine, directory=tmp_path)
+    assert index.mapped_size == 60 and TicketKey("s", "7") not in index
+    assert 7 not in set(index.top(index.scores(marker), 70))
+    engine.dispose()

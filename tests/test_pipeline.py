@@ -18,7 +18,8 @@ from tickets.errors import EmbeddingRejected
 from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.embedding.local import LocalEmbedder
-from worker.pipeline import Services, VectorCache, WorkItem, triage_batch
+from worker.lexical import LexicalIndex
+from worker.pipeline import SectionHooks, Services, VectorCache, WorkItem, triage_batch
 from worker.routing import Thresholds
 from worker.store import VectorStore
 
@@ -504,3 +505,51 @@ def test_a_queue_scope_matches_within_the_queue_only(services: Services, hybrid:
     [later] = triage_batch([WorkItem(_q("b2", CRASH, "beta"))], scoped)
     assert later.outcome is not None and later.outcome.canonical == TicketKey("test", "b1")
     assert {m.key.ticket_id for m in later.outcome.matches} == {"b1"}
+
+
+def _set_status(services: Services, ticket_id: str, status: str) -> None:
+    with Session(services.engine) as s:
+        s.execute(
+            update(db.TicketRow).where(db.TicketRow.ticket_id == ticket_id).values(status=status)
+        )
+        s.commit()
+
+
+def test_match_statuses_leave_out_tickets_read_under_the_lock(services: Services) -> None:
+    triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
+    # TRIAGE_MATCH_STATUSES' default: all but deleted.
+    services.match_statuses = ("open", "pending", "solved", "closed")
+    _set_status(services, "1", "closed")
+    assert triage_batch([WorkItem(t("3", CRASH2))], services)[0].status == "duplicate"
+    _set_status(services, "1", "deleted")
+    _set_status(services, "3", "deleted")
+    (r,) = triage_batch([WorkItem(t("4", CRASH2))], services)
+    assert r.status == "manual"
+    assert {m["ticket_id"] for m in rows(services)["4"].matches}.isdisjoint({"1", "3"})
+
+    # A status changed after the snapshot was ranked is the one that counts: the snapshot
+    # found ticket 5's twin, the section reads it deleted and leaves it out.
+    for i in ("1", "3", "4"):
+        _set_status(services, i, "open")
+    services.hooks = SectionHooks(
+        after_snapshot=lambda keys: (
+            [_set_status(services, i, "deleted") for i in ("1", "3", "4")] and None
+        )
+    )
+    (r,) = triage_batch([WorkItem(t("5", CRASH2))], services)
+    assert r.status == "manual"
+    assert {m["ticket_id"] for m in rows(services)["5"].matches}.isdisjoint({"1", "3", "4"})
+
+    # Hybrid ranking: the BM25 candidates are filtered too.
+    services.hooks = SectionHooks()
+    services.lexical = LexicalIndex()
+    services.match_statuses = ("open",)
+    for i in ("1", "3", "4", "5"):
+        _set_status(services, i, "solved")
+    (r,) = triage_batch([WorkItem(t("6", CRASH2))], services)
+    assert r.status == "manual"
+    assert {m["ticket_id"] for m in rows(services)["6"].matches} <= {"2"}
+    _set_status(services, "6", "solved")
+    _set_status(services, "1", "open")
+    assert triage_batch([WorkItem(t("7", CRASH2))], services)[0].status == "duplicate"
+    assert rows(services)["7"].matched_ticket_id == "1"

@@ -105,6 +105,11 @@ class TicketRow(Base):
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The language-coverage guard's verdict (null on older rows: readable).
     readable: Mapped[bool | None] = mapped_column(Boolean)
+    # The ticket's status in the product's vocabulary (tickets/model.py Status), kept by the
+    # helpdesk's update webhooks; and the helpdesk's time of the last change applied, so that
+    # an older update delivered late never overwrites a newer one.
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class DecisionRow(Base):
@@ -502,6 +507,26 @@ def _next_ticket_id(session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return text("nextval(pg_get_serial_sequence('triage_tickets', 'id'))")
     return select(func.max(TicketRow.id) + 1).scalar_subquery()
+
+
+def next_ticket_id(session: Session) -> Any:
+    """The id a ticket row moves to when its text or vector changes (worker/lifecycle.py)."""
+    return _next_ticket_id(session)
+
+
+def excluded_keys(
+    session: Session, keys: Iterable[TicketKey], statuses: Sequence[str]
+) -> set[TicketKey]:
+    """Of ``keys``, the stored tickets whose status is not one of ``statuses``."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return set()
+    rows = session.execute(
+        select(TicketRow.source, TicketRow.ticket_id).where(
+            key_filter(TicketRow, keys), TicketRow.status.not_in(list(statuses))
+        )
+    )
+    return {TicketKey(r[0], r[1]) for r in rows}
 
 
 def save_batch(

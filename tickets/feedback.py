@@ -13,12 +13,46 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, select
 from sqlalchemy.orm import Session
 
-from tickets.db import DecisionRow, FeedbackRow
+from tickets.db import DecisionRow, FeedbackRow, dialect_insert
+
+# The routes an agent's verdict applies to: the ones that name a match.
+JUDGED_ROUTES = ("duplicate", "suggest")
+
+
+def record_verdict(
+    session: Session,
+    decision: DecisionRow,
+    *,
+    verdict: str,
+    agent: str,
+    comment: str | None,
+    now: datetime,
+) -> None:
+    """One agent's verdict on a decision, in the caller's transaction: a later verdict of
+    the same agent replaces the earlier one (an agent who changes their mind)."""
+    values = {
+        "source": decision.source,
+        "ticket_id": decision.ticket_id,
+        "verdict": verdict,
+        "agent": agent,
+        "comment": comment,
+        "route": decision.route,
+        "score": decision.score,
+        "created_at": now,
+    }
+    insert = dialect_insert(session.get_bind().dialect.name)
+    stmt = insert(FeedbackRow.__table__).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "ticket_id", "agent"],
+        set_={k: stmt.excluded[k] for k in ("verdict", "comment", "route", "score", "created_at")},
+    )
+    session.execute(stmt)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class Ledger:
             pipe.hdel(self.payloads, *ids)
             pipe.execute()
 
+    def holds(self, key: TicketKey) -> bool:
+        """Whether ``key`` is accepted and not yet settled (in flight to its SQL row)."""
+        return self.redis.zscore(self.times, key.as_id()) is not None
+
     def size(self) -> int:
         return int(self.redis.zcard(self.times))  # type: ignore[arg-type]
 

@@ -8,7 +8,7 @@ never ORM objects or arrays, so any producer in any language can enqueue one.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Self
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,12 @@ MAX_SUBJECT_CHARS = 2_000
 #   API, producers that do not say): text preparation converts the tags it finds.
 BodyFormat = Literal["html", "text"]
 
+# A ticket's life in the product's own words; each webhook adapter maps its helpdesk's
+# vocabulary onto these (docs/helpdesks/). TRIAGE_MATCH_STATUSES chooses which of them may be
+# offered as matches.
+Status = Literal["open", "pending", "solved", "closed", "deleted"]
+STATUSES: tuple[Status, ...] = ("open", "pending", "solved", "closed", "deleted")
+
 
 class TicketKey(NamedTuple):
     source: str
@@ -53,11 +59,33 @@ class TicketKey(NamedTuple):
         return self.as_id()
 
 
-class Ticket(BaseModel):
+class _Message(BaseModel):
+    """What every queue message about one ticket has: its key, JSON primitives only."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
     source: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     ticket_id: str = Field(min_length=1, max_length=255)
+
+    @property
+    def key(self) -> TicketKey:
+        return TicketKey(self.source, self.ticket_id)
+
+    def to_message(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_message(cls, message: object) -> Self:
+        """Validate a queue message; raise InvalidTicket naming the bad field."""
+        if not isinstance(message, dict):
+            raise InvalidTicket(f"message is not a JSON object: {type(message).__name__}")
+        try:
+            return cls.model_validate(message)
+        except ValidationError as exc:
+            raise InvalidTicket(describe_validation_error(exc)) from None
+
+
+class Ticket(_Message):
     subject: str | None = None
     body: str = ""
     body_format: BodyFormat = "html"
@@ -70,10 +98,7 @@ class Ticket(BaseModel):
     @field_validator("created_at", "received_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        # Naive timestamps are taken as UTC so that comparisons never mix the two kinds.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return _as_utc(value)
 
     @field_validator("source", "ticket_id", "subject", "body", "queue", mode="before")
     @classmethod
@@ -121,22 +146,12 @@ class Ticket(BaseModel):
             )
         return self
 
-    @property
-    def key(self) -> TicketKey:
-        return TicketKey(self.source, self.ticket_id)
 
-    def to_message(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_message(cls, message: object) -> Ticket:
-        """Validate a queue message; raise InvalidTicket naming the bad field."""
-        if not isinstance(message, dict):
-            raise InvalidTicket(f"message is not a JSON object: {type(message).__name__}")
-        try:
-            return cls.model_validate(message)
-        except ValidationError as exc:
-            raise InvalidTicket(describe_validation_error(exc)) from None
+def _as_utc(value: datetime | None) -> datetime | None:
+    # Naive timestamps are taken as UTC so that comparisons never mix the two kinds.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -146,3 +161,35 @@ def describe_validation_error(exc: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "ticket"
         parts.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+class TicketUpdate(_Message):
+    """A helpdesk's report that a stored ticket changed: what an update message carries.
+
+    Only what the event says is set: ``subject``/``body`` when the event carries the
+    ticket's text (``text`` True), ``status`` when it carries a status, the tags it added or
+    removed, the note or comment it added (``note``), and the feedback it implies
+    (``merged_into``: the ticket it was merged into; ``duplicate``: closed as a duplicate).
+    ``updated_at`` is the helpdesk's time of the change: an older one never overwrites a
+    newer one. worker/lifecycle.py applies it.
+    """
+
+    event: str = Field(max_length=200)
+    text: bool = False
+    subject: str | None = Field(None, max_length=MAX_SUBJECT_CHARS)
+    body: str | None = Field(None, max_length=MAX_BODY_CHARS)
+    body_format: BodyFormat = "html"
+    status: Status | None = None
+    tags: tuple[str, ...] | None = None  # the whole set, when the event carries it
+    tags_added: tuple[str, ...] = ()
+    tags_removed: tuple[str, ...] = ()
+    note: str | None = None
+    merged_into: str | None = Field(None, max_length=255)
+    duplicate: bool = False
+    updated_at: datetime | None = None
+    received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("updated_at", "received_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        return _as_utc(value)

@@ -1,7 +1,7 @@
 """Purges in SQL: erasing a ticket's text while its decision stays, and the tombstones that
 tell every worker process what was erased.
 
-Tables (migration 0014):
+Tables (migration 0013):
 
 - ``triage_purges``: one row per erased ticket key, with an increasing ``id``. It is the
   tombstone each worker reads from its last seen id (worker/purge.py) to drop the keys

@@ -17,10 +17,10 @@ import redis
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from config.celery_app import TICKET_TASK, TICKETS_TASK
+from config.celery_app import TICKET_TASK, TICKETS_TASK, UPDATE_TASK
 from config.settings import mask_url
 from tickets.ledger import Ledger
-from tickets.model import Ticket
+from tickets.model import Ticket, TicketUpdate
 
 # kombu 5.7's Producer.batch pipelines publishes (kombu/messaging.py): ≈2,100 vs ≈850
 # messages/s one by one, measured with Celery 5.7 on a 2-core VM.
@@ -63,6 +63,28 @@ def publish(
         # connection dies mid-batch, as when a Sentinel master stops: the ledger entry
         # covers a message that did get through. RedisError: a reply kombu does not retry,
         # e.g. NOREPLICAS from a master short of replicas (min-replicas-to-write).
+        where = mask_url(str(app.conf.broker_url))
+        raise BrokerUnavailable(f"cannot publish to Redis at {where}: {exc}") from exc
+
+
+def publish_update(app: Celery, update: TicketUpdate, *, queue: str | None = None) -> None:
+    """Put a helpdesk's update on the tickets' queue (worker/lifecycle.py applies it).
+
+    No ledger: the webhook is answered only after the publish, so a failed one is the
+    helpdesk's to retry (503), and applying an update twice changes nothing the second time.
+    """
+    queue = queue or app.conf.task_default_queue
+    stamp = (update.updated_at or update.received_at).timestamp()
+    try:
+        app.send_task(
+            UPDATE_TASK,
+            args=[update.to_message()],
+            queue=queue,
+            task_id=f"update:{update.key.as_id()}:{stamp:.6f}",
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except (KombuError, OSError, redis.RedisError) as exc:
         where = mask_url(str(app.conf.broker_url))
         raise BrokerUnavailable(f"cannot publish to Redis at {where}: {exc}") from exc
 

@@ -180,6 +180,11 @@ class LexicalIndex:
         self._mapped: MappedPart | None = None
         # Mapped + in-memory lengths and scope labels as one array, rebuilt when it grows.
         self._joined: dict[str, npt.NDArray[np.generic]] = {}
+        # The triage_tickets.id each key was indexed from: a row read again under a higher id
+        # (its text changed, worker/lifecycle.py) replaces the entry. The old position stays
+        # in the statistics but never scores again (a dead position).
+        self._row_ids: dict[TicketKey, int] = {}
+        self._dead: set[int] = set()
 
     @classmethod
     def from_mapped(
@@ -269,15 +274,23 @@ class LexicalIndex:
     def position(self, key: TicketKey) -> int | None:
         return self._position.get(key)
 
-    def add(self, key: TicketKey, text: str, scope: str | None = None) -> bool:
+    def add(
+        self, key: TicketKey, text: str, scope: str | None = None, row_id: int | None = None
+    ) -> bool:
         """Index ``text`` under ``key`` (labelled ``scope``); False (nothing changes) when
-        the key is indexed.
+        the key is indexed, unless ``row_id`` is higher than the one it was indexed from:
+        then the new text replaces the old one.
 
         Tickets are keyed like everywhere else: a redelivered or re-imported ticket is
         never counted twice in the document frequencies.
         """
-        if key in self._position:
-            return False
+        old = self._position.get(key)
+        if old is not None:
+            if row_id is None or row_id <= self._row_ids.get(key, row_id - 1):
+                return False
+            self._dead.add(old)
+        if row_id is not None:
+            self._row_ids[key] = row_id
         # An empty ticket still takes a position (and length 1, as bm25s gives it).
         tokens = tokenize(text) or [""]
         doc = len(self.keys)
@@ -295,28 +308,51 @@ class LexicalIndex:
         return True
 
     def forget(self, keys: Sequence[TicketKey]) -> int:
-        """Drop these tickets (purged): their terms leave the postings, their positions stay
-        (empty, scoring 0) so that other positions do not move. Returns how many."""
+        """Drop these tickets (purged): their positions stay, so that other positions do not
+        move. An in-memory position's terms leave the postings; a mapped one (the snapshot's,
+        read-only) becomes a dead position that never scores again. Returns how many."""
         dead = [p for k in keys if (p := self._position.pop(k, None)) is not None]
         if not dead:
             return 0
-        dropped = np.zeros(len(self.keys), dtype=bool)
-        dropped[dead] = True
-        for term in list(self._postings):
-            docs, tfs = self._postings[term]
-            keep = ~dropped[np.frombuffer(docs, dtype=np.int32)]
-            if keep.all():
-                continue
-            if not keep.any():
-                del self._postings[term]
-                continue
-            kept_docs = np.frombuffer(docs, dtype=np.int32)[keep]
-            kept_tfs = np.frombuffer(tfs, dtype=np.float32)[keep]
-            self._postings[term] = (array("i", kept_docs.tobytes()), array("f", kept_tfs.tobytes()))
-        for p in dead:
-            self._total_length += 1 - int(self._lengths[p])
-            self._lengths[p] = 1
+        base = self.mapped_size
+        self._dead.update(p for p in dead if p < base)
+        own = [p for p in dead if p >= base]
+        if own:
+            dropped = np.zeros(len(self.keys), dtype=bool)
+            dropped[own] = True
+            for term in list(self._postings):
+                docs, tfs = self._postings[term]
+                keep = ~dropped[np.frombuffer(docs, dtype=np.int32)]
+                if keep.all():
+                    continue
+                if not keep.any():
+                    del self._postings[term]
+                    continue
+                kept_docs = np.frombuffer(docs, dtype=np.int32)[keep]
+                kept_tfs = np.frombuffer(tfs, dtype=np.float32)[keep]
+                self._postings[term] = (
+                    array("i", kept_docs.tobytes()),
+                    array("f", kept_tfs.tobytes()),
+                )
+            for p in own:
+                self._total_length += 1 - int(self._lengths[p - base])
+                self._lengths[p - base] = 1
+            self._joined.pop("lengths", None)
         return len(dead)
+
+    def _stale(self, key: TicketKey, row_id: int, updated: bool) -> bool:
+        """Whether the row ``row_id`` of ``key`` must be (re)indexed: a key not indexed, or
+        indexed from a lower row id; a key a batch indexed without its row id is replaced
+        only when the row was updated since (``updated``), else its row id is recorded."""
+        if key not in self._position:
+            return True
+        known = self._row_ids.get(key)
+        if known is None:
+            if updated:
+                return True
+            self._row_ids[key] = row_id
+            return False
+        return row_id > known
 
     def scores(self, query: str) -> Scores:
         """BM25 of every indexed ticket for ``query``, by position."""
@@ -335,6 +371,8 @@ class LexicalIndex:
             # The parts hold disjoint positions: the same sums as one posting list.
             for docs, tf in parts:
                 out[docs] += times * idf * tf / (tf + norm[docs])
+        if self._dead:
+            out[list(self._dead)] = 0.0
         return out
 
     def score_texts(self, query: str, texts: Sequence[str]) -> list[float]:
@@ -422,7 +460,13 @@ class LexicalIndex:
         with Session(engine) as session:
             while True:
                 query = (
-                    select(TicketRow.id, TicketRow.source, TicketRow.ticket_id, column)
+                    select(
+                        TicketRow.id,
+                        TicketRow.source,
+                        TicketRow.ticket_id,
+                        column,
+                        TicketRow.updated_at,
+                    )
                     .where(TicketRow.id > last)
                     .order_by(TicketRow.id)
                     .limit(_REFRESH_CHUNK)
@@ -437,7 +481,7 @@ class LexicalIndex:
                 new = {
                     int(r[0]): (TicketKey(r[1], r[2]), r[3])
                     for r in rows
-                    if TicketKey(r[1], r[2]) not in self._position
+                    if self._stale(TicketKey(r[1], r[2]), int(r[0]), r[4] is not None)
                 }
                 if new:
                     texts = session.execute(
@@ -451,6 +495,7 @@ class LexicalIndex:
                             key,
                             lexical_text(subject, body, body_format),
                             label if self.scope_field is not None else None,
+                            int(id_),
                         )
                 if rows:
                     last = int(rows[-1][0])

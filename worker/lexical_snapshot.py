@@ -47,6 +47,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from tickets import purge as purge_sql
 from tickets.db import ScopeField, TicketRow
 from tickets.model import TicketKey
 from worker.lexical import LexicalIndex, MappedPart, tokenizer_settings
@@ -319,6 +320,31 @@ def _timed() -> Iterator[list[float]]:
     out.extend((time.perf_counter() - wall, time.process_time() - cpu))
 
 
+def _forget_purged(index: LexicalIndex, engine: Engine) -> None:
+    """Tickets purged since the snapshot was written never score (tickets/purge.py): a
+    purge removes the snapshot files, and this covers one written while a purge ran."""
+    after = 0
+    while True:
+        with Session(engine) as session:
+            after, keys = purge_sql.tombstones_after(session, after)
+        if not keys:
+            return
+        index.forget(keys)
+
+
+def remove_snapshots(directory: Path | None) -> int:
+    """Delete every BM25 snapshot in ``directory`` (after a purge: a snapshot holds the
+    purged tickets' terms); workers then rebuild from SQL until the next
+    `triage lexical snapshot` writes one again. How many were removed."""
+    if directory is None:
+        return 0
+    removed = 0
+    for path in directory.glob("bm25-*.snapshot"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def open_index(
     engine: Engine, *, directory: Path | None, scope_field: ScopeField = None
 ) -> LexicalIndex:
@@ -345,6 +371,7 @@ def open_index(
             "lexical index: %d tickets read from SQL in %.1f s (%.1f s CPU)", len(index), *took
         )
         return index
+    _forget_purged(index, engine)
     mark = index.watermark
     with _timed() as took:
         added = index.refresh(engine)

@@ -172,6 +172,24 @@ class Services:
     # Purges (worker/purge.py PurgeWatch): tombstones applied at the start of each batch;
     # None: no purges followed (tests of the pipeline alone).
     purges: PurgeFollower | None = None
+    # TRIAGE_MATCH_STATUSES: the ticket statuses that may be offered as matches; None: all.
+    # Applied inside the section against SQL (the statuses' source of truth), over a snapshot
+    # fetched MATCH_OVERFETCH times deeper so that excluded tickets leave enough candidates.
+    match_statuses: tuple[str, ...] | None = None
+
+
+# How much deeper the snapshot ranks when TRIAGE_MATCH_STATUSES leaves out a status a large
+# share of the history may have (solved, closed...). Leaving out only `deleted` (the
+# default) ranks as deep as without a filter: deleted tickets are few, and one among a
+# ticket's candidates only shortens its list by one.
+MATCH_OVERFETCH = 3
+
+
+def overfetch(statuses: Sequence[str] | None) -> int:
+    """The snapshot's depth factor for TRIAGE_MATCH_STATUSES ``statuses``."""
+    if statuses is None or {"open", "pending", "solved", "closed"} <= set(statuses):
+        return 1
+    return MATCH_OVERFETCH
 
 
 def triage_batch(items: Sequence[WorkItem], services: Services) -> list[ItemResult]:
@@ -586,6 +604,7 @@ def _snapshot(
     depth = services.top_k + 1
     if services.lexical is not None:
         depth = max(depth, services.hybrid_pool + 1)
+    depth *= overfetch(services.match_statuses)
     where: dict[str, Any] | None = None if field_ is None else {field_: _meta_scope(scope)}
     query = _stack([vectors[i] for i in routed], services)
     if services.window is not None:
@@ -711,7 +730,9 @@ def _section(
     keys = [items[i].ticket.key for i in part]
     field_ = services.match_scope
 
-    def read(session: Session) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket]]:
+    def read(
+        session: Session,
+    ) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket], set[TicketKey]]:
         # Re-read inside the lock: another worker may have decided one of these meanwhile.
         known = db.known_tickets(session, keys)
         since = db.stored_tickets(
@@ -721,9 +742,17 @@ def _section(
             field=field_,
             value=snapshot.scope,
         )
-        return known, since
+        excluded: set[TicketKey] = set()
+        if services.match_statuses is not None:
+            # Statuses read under the lock: a ticket closed after the snapshot is excluded.
+            excluded = db.excluded_keys(
+                session,
+                [*_snapshot_keys(snapshot), *(t.key for t in since)],
+                services.match_statuses,
+            )
+        return known, since, excluded
 
-    known, since = _sql(read, services.engine)
+    known, since, excluded = _sql(read, services.engine)
     if services.window is not None:  # the catch-up offers in-window tickets only
         since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
     model = services.embedder.model_id
@@ -739,6 +768,10 @@ def _section(
     stored, lexical = _candidates(
         items, fresh, snapshot, caught_up, fresh_vectors, to_route, services
     )
+    if excluded:
+        stored = [[nb for nb in nbs if nb.key not in excluded] for nbs in stored]
+        if lexical is not None:
+            lexical = [{k: v for k, v in ls.items() if k not in excluded} for ls in lexical]
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     reasons = [snapshot.reasons[i] for i in fresh]
     outcomes = decide(
@@ -827,6 +860,15 @@ def _section(
         len(repair),
     )
     return out, len(caught_up)
+
+
+def _snapshot_keys(snapshot: Snapshot) -> list[TicketKey]:
+    keys: list[TicketKey] = []
+    for r in snapshot.ranked.values():
+        keys += [nb.key for nb in r.dense]
+        keys += list(r.lexical_top)
+        keys += list(r.lexical_only)
+    return keys
 
 
 def _check_collection(session: Session, collection: str) -> None:

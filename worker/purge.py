@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -34,6 +35,7 @@ from tickets import db
 from tickets import purge as sql
 from tickets.ledger import Ledger
 from tickets.model import TicketKey
+from worker.lexical_snapshot import remove_snapshots
 from worker.pipeline import Services, forget_purged
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def purge(
     redis_client: redis.Redis | None = None,
     queues: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
+    lexical_snapshot_dir: Path | None = None,
 ) -> PurgeResult:
     """Erase these keys (an erasure request) or every ticket received before
     ``older_than`` (retention): SQL first, then the broker's queues and the ledgers. The
@@ -103,6 +106,9 @@ def purge(
                 break
             apply(chunk)
             after = last
+    if any(counts.values()) and remove_snapshots(lexical_snapshot_dir):
+        # A BM25 snapshot holds the purged tickets' terms (TRIAGE_LEXICAL_SNAPSHOT_DIR).
+        logger.info("purge: BM25 snapshots in %s removed", lexical_snapshot_dir)
     with Session(engine) as session:
         sql.finish_run(session, run_id, counts)
         session.commit()
@@ -244,7 +250,9 @@ class PurgeThread:
         queue: str,
         period_s: float,
         retention_days: int | None,
+        lexical_snapshot_dir: Path | None = None,
     ) -> None:
+        self.lexical_snapshot_dir = lexical_snapshot_dir
         self.services, self.watch, self.redis = services, watch, client
         self.queue, self.period_s, self.retention_days = queue, period_s, retention_days
         self._stop = threading.Event()
@@ -274,6 +282,7 @@ class PurgeThread:
             older_than=cutoff,
             redis_client=self.redis,
             queues=[self.queue],
+            lexical_snapshot_dir=self.lexical_snapshot_dir,
         )
         logger.info("retention purge: %s", result.counts)
         return result

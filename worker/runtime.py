@@ -228,6 +228,7 @@ def build_runtime(settings: Settings) -> Runtime:
         top_k=settings.top_k,
         lock=lock,
         match_scope=scope,
+        match_statuses=settings.match_status_filter,
         scope_lock=scope_lock,
         lexical=lexical,
         hybrid_alpha=settings.hybrid_alpha,
@@ -406,6 +407,7 @@ def get_runtime() -> Runtime:
                 r.settings.queue,
                 r.settings.ledger_sweep_s,
                 r.settings.retention_days,
+                r.settings.lexical_snapshot_dir,
             )
             assert r.services.outbox is not None
             if r.settings.worker_role == "all":

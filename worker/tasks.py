@@ -29,6 +29,7 @@ from config.celery_app import (
     SEARCH_TASK,
     TICKET_TASK,
     TICKETS_TASK,
+    UPDATE_TASK,
     actions_queue,
     search_queue,
 )
@@ -37,7 +38,9 @@ from config.settings import load_settings
 from tickets import db
 from tickets import purge as purge_sql
 from tickets.errors import FatalError, PermanentError, TransientError
-from tickets.model import Ticket, TicketKey
+from tickets.marks import product_tags
+from tickets.model import Ticket, TicketKey, TicketUpdate
+from worker.lifecycle import TicketNotStored, apply_update
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
 from worker.runtime import (
@@ -158,6 +161,49 @@ def _triage_messages(
             quietly("touch", runtime.ledger.touch, [_key(m) for m in rest])
             _retry(task, first, countdown, args=retry_args(rest))
     return [statuses[n] for n in range(len(messages))]
+
+
+@shared_task(
+    name=UPDATE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def triage_update(self: Task, message: dict[str, Any]) -> str:
+    """A helpdesk's update of a stored ticket (worker/lifecycle.py). Idempotent: a
+    redelivery applies nothing new. An update whose ticket is still in flight retries with
+    backoff until the ticket is settled, however long that takes (the ticket's own message
+    ends as a row, or as a failure that leaves the update ``unknown``).
+
+    An update that cannot be applied (its text refused by the embedder, say) is logged and
+    dropped, never a failure row: ``triage_failures`` holds tickets, one row per key, and an
+    update's payload there would replace its ticket's.
+    """
+    runtime = get_runtime()
+    settings = runtime.settings
+    try:
+        update = TicketUpdate.from_message(message)
+        return apply_update(
+            update,
+            runtime.services,
+            duplicate_tag=settings.actions_duplicate_tag,
+            own_tags=product_tags(settings.actions_duplicate_tag, settings.actions_suggest_tag),
+            in_flight=runtime.ledger.holds,
+        ).result
+    except TicketNotStored as exc:
+        countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
+        _retry(self, exc, countdown, args=[message])
+    except TransientError as exc:
+        if self.request.retries >= settings.max_retries:
+            logger.error("update of %s dropped after retries: %s", _key_text(message), exc)
+            return "failed"
+        countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
+        _retry(self, exc, countdown, args=[message])
+    except Exception as exc:
+        logger.error("update of %s dropped: %r", _key_text(message), exc, exc_info=exc)
+        return "failed"
 
 
 @shared_task(

@@ -1,14 +1,28 @@
-"""Vendor "new ticket" webhook payloads → the canonical ``Ticket`` (see tickets/model.py).
+"""Vendor webhook payloads → the canonical ``Ticket`` (a new ticket) or ``TicketUpdate`` (a
+stored ticket changed), see tickets/model.py.
 
 ``adapt(vendor, payload, headers, received_at=...)`` takes the parsed JSON of a delivery
-whose signature was already verified, and returns a ``Delivery``, or raises:
+whose signature was already verified, and returns a ``Delivery`` (``ticket`` for a new
+ticket, ``update`` for a change; a Zammad delivery carries both), or raises:
 
 - ``PayloadError`` (HTTP 422): a required field is missing or has the wrong type, or the
   canonical ticket rejects a value. ``.field`` is the dotted path in the vendor's payload
   (``issue.title``, ``_embedded.threads.0.body``).
 - ``MissingHeader`` (HTTP 400), a PayloadError: a header the vendor always sends is
   missing; ``.field`` is its name (``X-GitHub-Event``, ``X-GitHub-Delivery``).
-- ``IgnoredEvent`` (HTTP 200): a genuine delivery that is not a new ticket.
+- ``IgnoredEvent`` (HTTP 200): a genuine delivery that is neither a new ticket nor a
+  supported update.
+
+Update events, per vendor, with each vendor's statuses mapped onto the product's ``open``,
+``pending``, ``solved``, ``closed``, ``deleted`` (docs/helpdesks/ lists them): Zendesk's
+trigger body ``event: ticket_updated`` and its ``zen:event-type:ticket.*_changed`` /
+``comment_added`` / ``*deleted`` events; GitHub ``issues`` edited, closed (``state_reason``),
+reopened, deleted, labeled, unlabeled and ``issue_comment`` created; Jira
+``jira:issue_updated`` (read from ``changelog.items``), ``jira:issue_deleted`` and
+``comment_created``; a Freshdesk ``triggered_event`` other than the creation; every Zammad
+delivery (its payload does not say what fired it); Help Scout ``convo.status``,
+``convo.deleted``, ``convo.merged``, ``convo.tags``, ``convo.note.created`` and
+``convo.customer.reply.created``.
 
 ``source`` is the vendor name and vendor ids are kept as they are. Mapping per vendor:
 
@@ -40,20 +54,20 @@ Decisions worth knowing:
   ``event`` key other than ``ticket_created`` the delivery is ignored. The
   event-subscription shape (``type: zen:event-type:ticket.created``, fields under
   ``detail``) is accepted too, but Zendesk's ``detail`` may carry neither subject nor
-  description: that is a PayloadError naming ``detail.subject``. Other ``zen:event-type``
-  values are ignored.
+  description: that is a PayloadError naming ``detail.subject``. ``zen:event-type`` values
+  not listed above are ignored.
 - **Zammad**: ``ticket.number`` (the number agents see and search for, e.g. ``10081``)
   is the id, not the internal ``ticket.id``; one of the two had to be chosen so that the
   key never changes with the payload. A payload without ``number`` is a PayloadError.
-- **GitHub**: only ``X-GitHub-Event: issues`` with ``action: opened``; ``ping`` and every
-  other event or action are ignored. No queue (the repository is part of the id). A
+- **GitHub**: a new ticket from ``X-GitHub-Event: issues`` with ``action: opened``; ``ping``
+  and every event or action not listed above are ignored. No queue (the repository is part of the id). A
   delivery without ``X-GitHub-Delivery`` (GitHub always sends it) is a MissingHeader.
-- **Jira**: only ``webhookEvent: jira:issue_created``; queue = ``fields.project.key``.
+- **Jira**: a new ticket from ``webhookEvent: jira:issue_created``; queue = ``fields.project.key``.
   An ADF (object) description is a PayloadError: webhooks send the REST v2 string form.
 - **Freshdesk**: ``triggered_event`` (``{ticket_action:created}``) is optional; any other
   value is ignored. queue = ``ticket_type`` when non-empty; no tags or creation time in
   the documented template.
-- **Help Scout**: only ``X-HelpScout-Event: convo.created``. The body is the earliest
+- **Help Scout**: a new ticket from ``X-HelpScout-Event: convo.created``. The body is the earliest
   ``customer`` thread (any thread if none is from the customer) that has text, else
   ``preview``. queue = ``mailboxId`` as a string; tags = ``tags[].tag``.
 - Timestamps go through ``datetime.fromisoformat`` (Python ≥3.11 reads ``Z``, ``+0530``
@@ -70,13 +84,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from producer.webhooks.signatures import VENDORS, lower_headers
 from tickets.html import html_to_text
-from tickets.model import BodyFormat, Ticket
+from tickets.model import BodyFormat, Status, Ticket, TicketUpdate
 
 __all__ = ["Delivery", "IgnoredEvent", "MissingHeader", "PayloadError", "adapt"]
 
@@ -105,8 +119,25 @@ class IgnoredEvent(Exception):
 
 @dataclass(frozen=True)
 class Delivery:
-    ticket: Ticket
+    ticket: Ticket | None  # a new ticket; None when the delivery is an update
     delivery_id: str | None  # the vendor's id of this delivery, for dedupe; None if it has none
+    update: TicketUpdate | None = None  # a stored ticket changed (worker/lifecycle.py)
+
+
+class _Update(Exception):
+    """Raised by a vendor's function when the delivery reports a change to a ticket."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(fields.get("event", "update"))
+
+
+def _status(vocabulary: Mapping[str, Status], value: str | None) -> Status | None:
+    """A vendor's status name in the product's vocabulary (case and spacing ignored);
+    None for a name the vendor's documentation does not list (the status is left as is)."""
+    if value is None:
+        return None
+    return vocabulary.get(" ".join(value.lower().replace("_", " ").split()))
 
 
 # Where each vendor puts its delivery id (lower-cased header names).
@@ -282,6 +313,8 @@ def _zendesk(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     if "detail" in payload or (isinstance(kind, str) and kind.startswith(_ZENDESK_EVENT_PREFIX)):
         return _zendesk_event(payload)
     event = _text(payload, "event", "event")
+    if event and event.strip() == "ticket_updated":
+        _zendesk_updated(payload)
     if event and event.strip() != "ticket_created":
         raise IgnoredEvent(f"zendesk event {event.strip()[:64]!r} is not ticket_created")
     ticket = _object(payload, "ticket", "ticket")
@@ -314,6 +347,8 @@ def _zendesk_event(payload: JSON) -> _Draft:
     kind = payload.get("type")
     if not isinstance(kind, str):
         raise PayloadError("type", f"expected the event type string, got {_kind(kind)}")
+    if kind in _ZENDESK_UPDATES:
+        _zendesk_event_update(payload, kind)
     if kind != f"{_ZENDESK_EVENT_PREFIX}ticket.created":
         raise IgnoredEvent(f"zendesk event {kind[:80]!r} is not ticket.created")
     detail = _object(payload, "detail", "detail")
@@ -344,6 +379,85 @@ def _zendesk_event(payload: JSON) -> _Draft:
     )
 
 
+# Zendesk's ticket statuses (and the trigger placeholder's capitalised forms).
+ZENDESK_STATUSES: dict[str, Status] = {
+    "new": "open",
+    "open": "open",
+    "pending": "pending",
+    "hold": "pending",
+    "on-hold": "pending",
+    "solved": "solved",
+    "closed": "closed",
+    "deleted": "deleted",
+}
+_ZENDESK_UPDATES = {
+    f"{_ZENDESK_EVENT_PREFIX}ticket.{name}"
+    for name in (
+        "status_changed",
+        "subject_changed",
+        "description_changed",
+        "tags_changed",
+        "comment_added",
+        "soft_deleted",
+        "permanently_deleted",
+        "undeleted",
+    )
+}
+
+
+def _zendesk_updated(payload: JSON) -> NoReturn:
+    """The trigger template's ``"event": "ticket_updated"`` body: the ticket as it is now."""
+    ticket = _object(payload, "ticket", "ticket")
+    subject = _text(ticket, "subject", "ticket.subject")
+    body = _text(ticket, "description", "ticket.description")
+    raise _Update(
+        ticket_id=_ident(ticket, "id", "ticket.id"),
+        event="ticket_updated",
+        text=subject is not None or body is not None,
+        subject=subject,
+        body=body,
+        status=_status(ZENDESK_STATUSES, _text(ticket, "status", "ticket.status")),
+        tags=_clean_tags(_zendesk_tags(ticket, "ticket.tags"), "ticket.tags"),
+        note=_text(ticket, "latest_comment", "ticket.latest_comment"),
+        updated_at=_time(ticket, "updated_at", "ticket.updated_at"),
+    )
+
+
+def _zendesk_event_update(payload: JSON, kind: str) -> NoReturn:
+    """Zendesk's ticket event types (``detail`` the ticket, ``event`` the change)."""
+    name = kind.removeprefix(f"{_ZENDESK_EVENT_PREFIX}ticket.")
+    detail = _object(payload, "detail", "detail")
+    change = _optional_object(payload, "event", "event")
+    fields: dict[str, Any] = {
+        "ticket_id": _ident(detail, "id", "detail.id"),
+        "event": f"ticket.{name}",
+        "updated_at": _time(detail, "updated_at", "detail.updated_at"),
+    }
+    if name == "status_changed":
+        fields["status"] = _status(ZENDESK_STATUSES, _text(change, "current", "event.current"))
+    elif name in ("subject_changed", "description_changed"):
+        fields["text"] = True
+        key = "subject" if name == "subject_changed" else "body"
+        other, other_key = ("body", "description") if key == "subject" else ("subject", "subject")
+        fields[key] = _text(change, "current", "event.current")
+        fields[other] = _text(detail, other_key, f"detail.{other_key}")
+    elif name == "tags_changed":
+        fields["tags_added"] = _clean_tags(
+            _string_list(change, "tags_added", "event.tags_added"), "event.tags_added"
+        )
+        fields["tags_removed"] = _clean_tags(
+            _string_list(change, "tags_removed", "event.tags_removed"), "event.tags_removed"
+        )
+    elif name == "comment_added":
+        comment = _optional_object(change, "comment", "event.comment")
+        fields["note"] = _text(comment, "body", "event.comment.body") or ""
+    elif name in ("soft_deleted", "permanently_deleted"):
+        fields["status"] = "deleted"
+    elif name == "undeleted":
+        fields["status"] = _status(ZENDESK_STATUSES, _text(detail, "status", "detail.status"))
+    raise _Update(**fields)
+
+
 def _event_header(headers: Mapping[str, str], name: str, display: str) -> str:
     value = headers.get(name, "")
     if not value:
@@ -363,19 +477,18 @@ def _github(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     event = _event_header(headers, "x-github-event", "X-GitHub-Event")
     if event == "ping":
         raise IgnoredEvent("github ping")
+    if event == "issue_comment":
+        _github_comment(payload)
     if event != "issues":
         raise IgnoredEvent(f"github event {event[:64]!r} is not issues")
     action = _required_text(payload, "action", "action")
+    if action in _GITHUB_UPDATES:
+        _github_update(payload, action)
     if action != "opened":
         raise IgnoredEvent(f"github issues action {action[:64]!r} is not opened")
-    issue = _object(payload, "issue", "issue")
-    repository = _object(payload, "repository", "repository")
-    full_name = _required_text(repository, "full_name", "repository.full_name")
-    number = issue.get("number")
-    if not isinstance(number, int) or isinstance(number, bool):
-        raise PayloadError("issue.number", f"expected an integer, got {_kind(number)}")
+    issue, ticket_id = _github_key(payload)
     return _Draft(
-        ticket_id=f"{full_name}#{_int_text(number, 'issue.number')}",
+        ticket_id=ticket_id,
         subject=_text(issue, "title", "issue.title"),
         body=_text(issue, "body", "issue.body") or "",
         created_at=_time(issue, "created_at", "issue.created_at"),
@@ -390,8 +503,127 @@ def _github(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     )
 
 
+_GITHUB_UPDATES = ("edited", "closed", "reopened", "deleted", "labeled", "unlabeled")
+
+
+def _github_key(payload: JSON) -> tuple[JSON, str]:
+    issue = _object(payload, "issue", "issue")
+    repository = _object(payload, "repository", "repository")
+    full_name = _required_text(repository, "full_name", "repository.full_name")
+    number = issue.get("number")
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise PayloadError("issue.number", f"expected an integer, got {_kind(number)}")
+    return issue, f"{full_name}#{_int_text(number, 'issue.number')}"
+
+
+def _github_update(payload: JSON, action: str) -> NoReturn:
+    """``issues`` actions on an open issue: the issue object is the issue after the change."""
+    issue, ticket_id = _github_key(payload)
+    fields: dict[str, Any] = {
+        "ticket_id": ticket_id,
+        "event": f"issues.{action}",
+        "updated_at": _time(issue, "updated_at", "issue.updated_at"),
+    }
+    if action == "edited":
+        changes = _optional_object(payload, "changes", "changes")
+        if "title" in changes or "body" in changes or not changes:
+            fields.update(
+                text=True,
+                subject=_text(issue, "title", "issue.title"),
+                body=_text(issue, "body", "issue.body") or "",
+            )
+    elif action == "closed":
+        reason = _text(issue, "state_reason", "issue.state_reason")
+        # completed: solved; not_planned and duplicate: closed without a fix.
+        fields["status"] = "solved" if reason in (None, "completed") else "closed"
+        fields["duplicate"] = reason == "duplicate"
+    elif action == "reopened":
+        fields["status"] = "open"
+    elif action == "deleted":
+        fields["status"] = "deleted"
+    else:  # labeled / unlabeled: the one label in ``label``
+        label = _object(payload, "label", "label")
+        name = _clean_tags([_required_text(label, "name", "label.name")], "label.name")
+        fields["tags_added" if action == "labeled" else "tags_removed"] = name
+    raise _Update(**fields)
+
+
+def _github_comment(payload: JSON) -> NoReturn:
+    action = _required_text(payload, "action", "action")
+    if action != "created":
+        raise IgnoredEvent(f"github issue_comment action {action[:64]!r} is not created")
+    _, ticket_id = _github_key(payload)
+    comment = _object(payload, "comment", "comment")
+    raise _Update(
+        ticket_id=ticket_id,
+        event="issue_comment.created",
+        note=_text(comment, "body", "comment.body") or "",
+        updated_at=_time(comment, "created_at", "comment.created_at"),
+    )
+
+
+# Jira's status categories (``fields.status.statusCategory.key``): every workflow's statuses
+# fall in one of three; "done" with the resolution Duplicate is a duplicate closure.
+JIRA_CATEGORIES: dict[str, Status] = {"new": "open", "indeterminate": "pending", "done": "solved"}
+_JIRA_UPDATES = ("jira:issue_updated", "jira:issue_deleted", "comment_created")
+
+
+def _jira_update(payload: JSON, event: str) -> NoReturn:
+    issue = _object(payload, "issue", "issue")
+    fields_ = _optional_object(issue, "fields", "issue.fields")
+    fields: dict[str, Any] = {
+        "ticket_id": _ident(issue, "key", "issue.key"),
+        "event": event,
+        "updated_at": _time(fields_, "updated", "issue.fields.updated"),
+    }
+    if event == "jira:issue_deleted":
+        fields["status"] = "deleted"
+        raise _Update(**fields)
+    if event == "comment_created":
+        comment = _optional_object(payload, "comment", "comment")
+        fields["note"] = _text(comment, "body", "comment.body") or ""
+        fields["updated_at"] = _time(comment, "created", "comment.created")
+        raise _Update(**fields)
+    changelog = _optional_object(payload, "changelog", "changelog")
+    items = changelog.get("items") or []
+    if not isinstance(items, list):
+        raise PayloadError("changelog.items", f"expected an array, got {_kind(items)}")
+    changed: set[str] = set()
+    for i, raw in enumerate(items):
+        item = _as_object(raw, f"changelog.items.{i}")
+        name = (_text(item, "field", f"changelog.items.{i}.field") or "").lower()
+        changed.add(name)
+        if name == "labels":
+            before = set(
+                (_text(item, "fromString", f"changelog.items.{i}.fromString") or "").split()
+            )
+            after = set((_text(item, "toString", f"changelog.items.{i}.toString") or "").split())
+            fields["tags_added"] = tuple(sorted(after - before))
+            fields["tags_removed"] = tuple(sorted(before - after))
+        if name == "resolution":
+            resolution = _text(item, "toString", f"changelog.items.{i}.toString") or ""
+            fields["duplicate"] = resolution.strip().lower() == "duplicate"
+    if changed & {"summary", "description"}:
+        fields.update(
+            text=True,
+            subject=_text(fields_, "summary", "issue.fields.summary"),
+            body=_text(fields_, "description", "issue.fields.description") or "",
+        )
+    if changed & {"status", "resolution"}:
+        status = _optional_object(fields_, "status", "issue.fields.status")
+        category = _optional_object(status, "statusCategory", "issue.fields.status.statusCategory")
+        fields["status"] = _status(
+            JIRA_CATEGORIES, _text(category, "key", "issue.fields.status.statusCategory.key")
+        )
+        if fields.get("duplicate"):
+            fields["status"] = "closed"
+    raise _Update(**fields)
+
+
 def _jira(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     event = _required_text(payload, "webhookEvent", "webhookEvent")
+    if event in _JIRA_UPDATES:
+        _jira_update(payload, event)
     if event != "jira:issue_created":
         raise IgnoredEvent(f"jira event {event[:64]!r} is not jira:issue_created")
     issue = _object(payload, "issue", "issue")
@@ -427,7 +659,7 @@ def _freshdesk(payload: JSON, headers: Mapping[str, str]) -> _Draft:
         # "{ticket_action:created}"; an update rule renders e.g. "{status:{from:Open,to:Closed}}".
         normalized = re.sub(r"[{}\s]", "", triggered).lower()
         if normalized and normalized != _FRESHDESK_CREATED:
-            raise IgnoredEvent(f"freshdesk event {triggered[:80]!r} is not a ticket creation")
+            _freshdesk_update(hook, triggered.strip())
     description = _text(hook, "ticket_description", "freshdesk_webhook.ticket_description")
     return _Draft(
         ticket_id=_ident(hook, "ticket_id", "freshdesk_webhook.ticket_id"),
@@ -442,6 +674,83 @@ def _freshdesk(payload: JSON, headers: Mapping[str, str]) -> _Draft:
             "queue": "freshdesk_webhook.ticket_type",
         },
     )
+
+
+# Freshdesk's default statuses (``{{ticket.status}}`` renders the name).
+FRESHDESK_STATUSES: dict[str, Status] = {
+    "open": "open",
+    "pending": "pending",
+    "waiting on customer": "pending",
+    "waiting on third party": "pending",
+    "resolved": "solved",
+    "closed": "closed",
+}
+
+
+def _freshdesk_update(hook: JSON, triggered: str) -> NoReturn:
+    """An automation rule on ticket updates, with the documented update template: the
+    ticket's text, status, tags and latest private note as they are after the change."""
+    subject = _text(hook, "ticket_subject", "freshdesk_webhook.ticket_subject")
+    description = _text(hook, "ticket_description", "freshdesk_webhook.ticket_description")
+    tags = _text(hook, "ticket_tags", "freshdesk_webhook.ticket_tags")
+    raise _Update(
+        ticket_id=_ident(hook, "ticket_id", "freshdesk_webhook.ticket_id"),
+        event=triggered[:200],
+        text=subject is not None or description is not None,
+        subject=subject,
+        body=None if description is None else html_to_text(description),
+        body_format="text",
+        status=_status(
+            FRESHDESK_STATUSES, _text(hook, "ticket_status", "freshdesk_webhook.ticket_status")
+        ),
+        tags=None
+        if tags is None
+        else _clean_tags(tags.split(","), "freshdesk_webhook.ticket_tags"),
+        note=_text(
+            hook,
+            "ticket_latest_private_comment",
+            "freshdesk_webhook.ticket_latest_private_comment",
+        ),
+    )
+
+
+# Zammad's default ticket states (``ticket.state``); merged is a duplicate's closure.
+ZAMMAD_STATES: dict[str, Status] = {
+    "new": "open",
+    "open": "open",
+    "pending reminder": "pending",
+    "pending close": "pending",
+    "closed": "closed",
+    "merged": "closed",
+    "removed": "deleted",
+}
+
+
+def _zammad_update(payload: JSON) -> NoReturn:
+    """A Zammad trigger's payload says nothing of what fired it: every delivery is read as
+    the ticket as it is now (its title, state, tags and the article that fired it)."""
+    ticket = _object(payload, "ticket", "ticket")
+    article = _optional_object(payload, "article", "article")
+    state = ticket.get("state")
+    name = _text(state, "name", "ticket.state.name") if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        name = _text(ticket, "state", "ticket.state")
+    internal = article.get("internal") is True
+    tags = ticket.get("tags")
+    fields: dict[str, Any] = {
+        "ticket_id": _ident(ticket, "number", "ticket.number"),
+        "event": "trigger",
+        "text": True,
+        "subject": _text(ticket, "title", "ticket.title"),
+        "status": _status(ZAMMAD_STATES, name),
+        "duplicate": (name or "").strip().lower() == "merged",
+        "tags": None
+        if tags is None
+        else _clean_tags(_string_list(ticket, "tags", "ticket.tags"), "ticket.tags"),
+        "note": _text(article, "body", "article.body") if internal else None,
+        "updated_at": _time(ticket, "updated_at", "ticket.updated_at"),
+    }
+    raise _Update(**fields)
 
 
 def _zammad(payload: JSON, headers: Mapping[str, str]) -> _Draft:
@@ -487,6 +796,8 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 def _helpscout(payload: JSON, headers: Mapping[str, str]) -> _Draft:
     event = _event_header(headers, "x-helpscout-event", "X-HelpScout-Event")
+    if event in _HELPSCOUT_UPDATES:
+        _helpscout_update(payload, event)
     if event != "convo.created":
         raise IgnoredEvent(f"helpscout event {event[:64]!r} is not convo.created")
     body, body_path = _helpscout_body(payload)
@@ -507,6 +818,53 @@ def _helpscout(payload: JSON, headers: Mapping[str, str]) -> _Draft:
             "tags": "tags",
         },
     )
+
+
+# Help Scout's conversation statuses (``status``); spam is taken as closed.
+HELPSCOUT_STATUSES: dict[str, Status] = {
+    "active": "open",
+    "pending": "pending",
+    "closed": "closed",
+    "spam": "closed",
+}
+_HELPSCOUT_UPDATES = (
+    "convo.status",
+    "convo.deleted",
+    "convo.merged",
+    "convo.tags",
+    "convo.note.created",
+    "convo.customer.reply.created",
+)
+
+
+def _helpscout_update(payload: JSON, event: str) -> NoReturn:
+    """The conversation as it is after the event (Help Scout sends the whole object)."""
+    fields: dict[str, Any] = {
+        "ticket_id": _ident(payload, "id", "id"),
+        "event": event,
+        "updated_at": _time(payload, "userUpdatedAt", "userUpdatedAt"),
+    }
+    if event == "convo.status":
+        fields["status"] = _status(HELPSCOUT_STATUSES, _text(payload, "status", "status"))
+    elif event == "convo.deleted":
+        fields["status"] = "deleted"
+    elif event == "convo.merged":
+        # The payload is the conversation merged away; Help Scout closes it.
+        fields["status"] = "closed"
+        fields["duplicate"] = True
+    elif event == "convo.tags":
+        fields["tags"] = _clean_tags(_named_list(payload, "tags", "tags", "tag"), "tags")
+    elif event == "convo.note.created":
+        embedded = _optional_object(payload, "_embedded", "_embedded")
+        threads = embedded.get("threads") or []
+        notes = [t for t in threads if isinstance(t, dict) and t.get("type") == "note"]
+        fields["note"] = (
+            (_text(notes[0], "body", "_embedded.threads.0.body") or "") if notes else ""
+        )
+    else:  # a customer's reply changes the conversation's text
+        body, _ = _helpscout_body(payload)
+        fields.update(text=True, subject=_text(payload, "subject", "subject"), body=body)
+    raise _Update(**fields)
 
 
 def _helpscout_body(payload: JSON) -> tuple[str, str]:
@@ -589,8 +947,33 @@ def adapt(
     if not isinstance(payload, dict):
         raise PayloadError("body", f"expected a JSON object, got {_kind(payload)}")
     lowered = lower_headers(headers)
-    draft = _ADAPTERS[vendor](payload, lowered)
-    ticket = _build(vendor, draft, received_at)
     header = DELIVERY_ID_HEADERS[vendor]
     delivery_id = (lowered.get(header) or None) if header else None
-    return Delivery(ticket=ticket, delivery_id=delivery_id)
+    try:
+        draft = _ADAPTERS[vendor](payload, lowered)
+    except _Update as change:
+        return Delivery(None, delivery_id, _build_update(vendor, change.fields, received_at))
+    ticket = _build(vendor, draft, received_at)
+    update = None
+    if vendor == "zammad":
+        # Also an update: for a ticket stored already, the creation is a duplicate and the
+        # update carries the change; for a new one, the update changes nothing.
+        try:
+            _zammad_update(payload)
+        except _Update as change:
+            update = _build_update(vendor, change.fields, received_at)
+    return Delivery(ticket=ticket, delivery_id=delivery_id, update=update)
+
+
+def _build_update(vendor: str, fields: dict[str, Any], received_at: datetime) -> TicketUpdate:
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if fields.get("body_format") is None and vendor == "helpscout":
+        fields["body_format"] = "text"
+    try:
+        return TicketUpdate(source=vendor, received_at=received_at, **fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PayloadError(
+            ".".join(str(p) for p in err["loc"]) or "body",
+            err["msg"].removeprefix("Value error, "),
+        ) from None

@@ -35,7 +35,7 @@ class TicketIn(BaseModel):
 
 class AcceptedOut(BaseModel):
     key: str
-    status: Literal["accepted", "duplicate"]
+    status: Literal["accepted", "duplicate", "update"]
 
 
 class IngestOut(BaseModel):

@@ -68,7 +68,13 @@ def vendor_endpoint(vendor: str) -> Callable[..., Awaitable[JSONResponse]]:
         except PayloadError as exc:
             metrics.rejected(vendor, "invalid")
             raise _payload_error(exc) from None
-        return await ingest.enqueue([delivery.ticket], vendor, delivery.delivery_id)
+        if delivery.ticket is None:
+            assert delivery.update is not None
+            return await ingest.enqueue_update(delivery.update, vendor)
+        answer = await ingest.enqueue([delivery.ticket], vendor, delivery.delivery_id)
+        if delivery.update is not None:  # Zammad: every delivery is also an update
+            await ingest.enqueue_update(delivery.update, vendor)
+        return answer
 
     receive.__name__ = f"webhook_{vendor}"
     receive.__doc__ = (

@@ -1,8 +1,8 @@
 """Purges: one row per erased ticket (the tombstone workers catch up with) and one audit
 row per purge run (who, when, why, how many; never the text).
 
-Revision ID: 0014
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-05
 
 tickets/purge.py describes the tables and the order a purge follows.
@@ -11,8 +11,8 @@ tickets/purge.py describes the tables and the order a purge follows.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
