@@ -422,6 +422,16 @@ class Settings(BaseSettings):
         ),
     )
 
+    erase_on_delete: bool = Field(
+        False,
+        description=(
+            "Erase a ticket its helpdesk reports deleted, as `triage purge --ticket` does "
+            "(text out of SQL, the vector store, every worker's BM25 index and Redis; the "
+            "decision row kept without text; an audit row). Off: the ticket is only marked "
+            "`deleted` and never offered as a match."
+        ),
+    )
+
     match_scope: Literal["global", "queue", "source"] = Field(
         "global",
         description=(

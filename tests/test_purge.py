@@ -17,7 +17,7 @@ import chromadb
 import pytest
 import redis
 import requests
-from sqlalchemy import inspect, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from config.celery_app import create_app
@@ -490,3 +490,46 @@ def test_a_queued_message_is_rewritten_without_the_purged_ticket(
     assert ledger.size() == 2  # the others' ledger entries stay
     # Nothing left to remove: a second scrub changes nothing.
     assert scrub_redis(client, [queue_name], [TicketKey("m", "2")]) == 0
+
+
+def test_erase_on_delete_erases_a_deleted_ticket_once(database_url: str) -> None:
+    from tickets.model import TicketUpdate
+    from worker.purge import erase_deleted
+
+    engine = db.make_engine(database_url)
+    marker = f"erase-{uuid.uuid4().hex[:8]}"
+    tickets = [
+        Ticket(source="zendesk", ticket_id=str(n), subject=f"{marker} {n}", body=f"{marker} body")
+        for n in (1, 2)
+    ]
+    with Session(engine) as session:
+        rows = [db.ticket_values(t, content_hash=str(n), backfill=True, model="m")
+                for n, t in enumerate(tickets)]  # fmt: skip
+        db.save_batch(session, rows, [])
+        session.commit()
+
+    def deleted(ticket_id: str, status: str | None = "deleted") -> TicketUpdate:
+        return TicketUpdate(source="zendesk", ticket_id=ticket_id, event="deleted", status=status)
+
+    def texts() -> dict[str, str]:
+        with Session(engine) as session:
+            return {
+                r.ticket_id: f"{r.subject or ''} {r.body}"
+                for r in session.scalars(select(db.TicketRow))
+            }
+
+    # not applied (unknown, stale) or not a deletion: nothing erased
+    assert erase_deleted(engine, deleted("1"), "stale") is None
+    assert erase_deleted(engine, deleted("1", status="closed"), "applied") is None
+    assert all(marker in t for t in texts().values())
+
+    first = erase_deleted(engine, deleted("1"), "applied")
+    assert first is not None and first.counts["tickets"] == 1
+    after = texts()
+    assert marker not in after["1"] and marker in after["2"]
+    # a redelivered delete finds the tombstone: no second purge run
+    assert erase_deleted(engine, deleted("1"), "unchanged") is None
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(PurgeRunRow)) == 1
+        assert session.scalar(select(func.count()).select_from(PurgeRow)) == 1
+    engine.dispose()

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from tickets import db
 from tickets import purge as sql
 from tickets.ledger import Ledger
-from tickets.model import TicketKey
+from tickets.model import TicketKey, TicketUpdate
 from worker.lexical_snapshot import remove_snapshots
 from worker.pipeline import Services, forget_purged
 
@@ -113,6 +113,33 @@ def purge(
         sql.finish_run(session, run_id, counts)
         session.commit()
     return PurgeResult(run_id, counts)
+
+
+def erase_deleted(
+    engine: Engine,
+    update: TicketUpdate,
+    result: str,
+    *,
+    redis_client: redis.Redis | None = None,
+    queues: Sequence[str] = (),
+    lexical_snapshot_dir: Path | None = None,
+) -> PurgeResult | None:
+    """TRIAGE_ERASE_ON_DELETE: a ticket its helpdesk reports deleted is erased as `triage
+    purge --ticket` erases it. Once: a redelivered delete finds the ticket's tombstone. An
+    update the worker did not apply (``result`` ``unknown``, ``stale``) erases nothing."""
+    if update.status != "deleted" or result not in ("applied", "unchanged"):
+        return None
+    with Session(engine) as session:
+        if sql.purged(session, [update.key]):
+            return None
+    return purge(
+        engine,
+        requested_by=f"helpdesk {update.key.source}: ticket deleted",
+        keys=[update.key],
+        redis_client=redis_client,
+        queues=queues,
+        lexical_snapshot_dir=lexical_snapshot_dir,
+    )
 
 
 # --- Redis: queued messages and ledger payloads --------------------------------------------

@@ -43,6 +43,7 @@ from tickets.model import Ticket, TicketKey, TicketUpdate
 from worker.lifecycle import TicketNotStored, apply_update
 from worker.liveness import HeartbeatWriter
 from worker.pipeline import ItemResult, WorkItem
+from worker.purge import erase_deleted
 from worker.runtime import (
     close_runtime,
     get_deliverer,
@@ -185,13 +186,23 @@ def triage_update(self: Task, message: dict[str, Any]) -> str:
     settings = runtime.settings
     try:
         update = TicketUpdate.from_message(message)
-        return apply_update(
+        result = apply_update(
             update,
             runtime.services,
             duplicate_tag=settings.actions_duplicate_tag,
             own_tags=product_tags(settings.actions_duplicate_tag, settings.actions_suggest_tag),
             in_flight=runtime.ledger.holds,
         ).result
+        if settings.erase_on_delete:
+            erase_deleted(
+                runtime.services.engine,
+                update,
+                result,
+                redis_client=runtime.redis,
+                queues=[settings.queue],
+                lexical_snapshot_dir=settings.lexical_snapshot_dir,
+            )
+        return result
     except TicketNotStored as exc:
         countdown = backoff_s(self.request.retries, settings.retry_backoff_max_s)
         _retry(self, exc, countdown, args=[message])
