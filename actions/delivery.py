@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 import requests
@@ -38,8 +39,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from actions import webhook
+from actions.helpdesks.base import KIND as HELPDESK
+from actions.helpdesks.base import HelpdeskWriter, Refused, match_keys
 from config.settings import Settings, mask_url
-from tickets import outbox
+from tickets import db, outbox
 from tickets.outbox import ActionRow
 
 logger = logging.getLogger(__name__)
@@ -139,7 +142,8 @@ class Holds:
 
 
 class Deliverer:
-    """Delivers actions: one HTTP client per process (``http``), passed in."""
+    """Delivers actions: one HTTP client per process (``http``) and the helpdesk writers built
+    on it (``writers``, by source), passed in."""
 
     def __init__(
         self,
@@ -147,8 +151,10 @@ class Deliverer:
         engine: Engine,
         http: requests.Session,
         holds: Holds | None = None,
+        writers: Mapping[str, HelpdeskWriter] | None = None,
     ) -> None:
         self.settings, self.engine, self.http, self.holds = settings, engine, http, holds
+        self.writers = dict(writers or {})
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
 
@@ -196,6 +202,8 @@ class Deliverer:
             attempt, kind, target, payload = row.attempts, row.kind, row.target, row.payload
         if kind == webhook.KIND:
             outcome = self._send_webhook(action_id, target, payload)
+        elif kind == HELPDESK:
+            outcome = self._write_back(action_id, target, payload)
         else:
             outcome = Outcome(outbox.DEAD, error=f"no sender for actions of kind {kind!r}")
         self._record(action_id, attempt, target, outcome)
@@ -222,6 +230,31 @@ class Deliverer:
         wait = requested_wait_s(response.headers)
         error = None if result == outbox.DELIVERED else excerpt(response)
         return Outcome(result, response.status_code, error, wait)
+
+    def _write_back(self, action_id: str, source: str, decision: dict[str, Any]) -> Outcome:
+        writer = self.writers.get(source)
+        if writer is None:
+            # Another worker may have the credential; this one retries until its attempts run out.
+            return Outcome(
+                outbox.FAILED,
+                error=f"write-back to {source} is off in this worker: "
+                f"TRIAGE_{source.upper()}_API_TOKEN is not set",
+            )
+        with Session(self.engine) as session:
+            subjects = db.subjects(session, match_keys(decision))
+        try:
+            writer.write(writer.prepare(action_id, decision, subjects))
+        except Refused as refused:
+            response = refused.response
+            return Outcome(
+                classify(response.status_code),
+                response.status_code,
+                excerpt(response),
+                requested_wait_s(response.headers),
+            )
+        except requests.RequestException as exc:
+            return Outcome(outbox.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+        return Outcome(outbox.DELIVERED)
 
     def _record(self, action_id: str, attempt: int, target: str, outcome: Outcome) -> None:
         now = datetime.now(UTC)

@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from actions import webhook
+from actions.helpdesks import base as helpdesks
 from config.celery_app import ACTION_TASK, actions_queue, create_app
 from config.settings import Settings
 from tickets import outbox
@@ -43,9 +44,11 @@ def actions_for(
     decision_rows: Sequence[dict[str, Any]], settings: Settings, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """The outbox rows of these decisions (the values the worker inserts): one per decision
-    and configured target; none when no target is configured."""
+    and configured webhook, and one write-back into the decision's own helpdesk when that
+    helpdesk's credential is set; none when nothing is configured."""
     targets = settings.outbound_webhook_url
-    if not targets or not decision_rows:
+    vendors = settings.writeback_vendors
+    if not (targets or vendors) or not decision_rows:
         return []
     now = now or datetime.now(UTC)
     status = outbox.DRY_RUN if settings.actions_dry_run else outbox.PENDING
@@ -54,13 +57,16 @@ def actions_for(
     rows = []
     for decision in decision_rows:
         payload = decision_out(decision).model_dump(mode="json")
-        for target in targets:
+        kinds = [(webhook.KIND, target) for target in targets]
+        if vendors and helpdesks.wants_action(decision, settings):
+            kinds.append((helpdesks.KIND, decision["source"]))
+        for kind, target in kinds:
             rows.append(
                 {
                     "action_id": new_action_id(),
                     "source": decision["source"],
                     "ticket_id": decision["ticket_id"],
-                    "kind": webhook.KIND,
+                    "kind": kind,
                     "target": target,
                     "payload": payload,
                     "status": status,
@@ -120,7 +126,7 @@ class Outbox:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.settings.outbound_webhook_url)
+        return bool(self.settings.outbound_webhook_url or self.settings.writeback_vendors)
 
     def stage(self, session: Session, decision_rows: Sequence[dict[str, Any]]) -> None:
         """Insert the actions of these decisions in ``session``'s transaction; once it

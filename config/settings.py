@@ -31,11 +31,15 @@ ENV_PREFIX = "TRIAGE_"
 SECRET_FIELDS = frozenset(
     {"webhook_secrets", "api_tokens", "openai_api_key", "redis_sentinel_password"}
     | {"outbound_webhook_secret"}
+    | {f"{vendor}_api_token" for vendor in ("github", "zendesk", "jira", "freshdesk", "zammad")}
+    | {"helpscout_app_secret"}
 )
 # URL fields that may carry a password (user:password@host): shown with it masked.
 URL_FIELDS = frozenset(
     {"redis_url", "database_url", "chroma_url", "ollama_url", "openai_base_url"}
     | {"outbound_webhook_url"}
+    | {f"{vendor}_api_url" for vendor in ("github", "zendesk", "jira", "freshdesk", "zammad")}
+    | {"helpscout_api_url"}
 )
 # Shortest signing secret or bearer token accepted outside development: 16 random
 # characters; `python -c "import secrets; print(secrets.token_urlsafe(32))"` makes 43.
@@ -139,6 +143,21 @@ def _weak(secret: str) -> str | None:
             f"{MIN_BITS_PER_CHAR}): not a random value"
         )
     return None
+
+
+# The default write-back notes (TRIAGE_ACTIONS_*_TEMPLATE), Jinja over plain text.
+DUPLICATE_NOTE = (
+    "ticket-triage: likely a duplicate of {{ canonical.subject or canonical.ticket_id }}"
+    "{% if canonical.link %} ({{ canonical.link }}){% endif %}, "
+    "similarity {{ '%.2f' | format(score) }}.\n"
+    "Merge it if it is the same problem; remove the {{ tag }} tag if it is not."
+)
+SUGGEST_NOTE = (
+    "ticket-triage: similar earlier tickets, most similar first:\n"
+    "{% for match in matches %}- {{ match.subject or match.ticket_id }}"
+    "{% if match.link %} ({{ match.link }}){% endif %}, "
+    "similarity {{ '%.2f' | format(match.score) }}\n{% endfor %}"
+)
 
 
 class SettingsError(Exception):
@@ -774,6 +793,142 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9_-]{1,50}$",
         description="The tag (GitHub: label) write-back puts on a ticket routed `suggest`.",
     )
+    actions_manual_tag: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_-]{1,50}$",
+        description=(
+            "A tag write-back puts on a ticket routed `manual` (no note). Unset, the default: "
+            "a `manual` decision writes nothing back."
+        ),
+    )
+    actions_duplicate_template: str = Field(
+        DUPLICATE_NOTE,
+        min_length=1,
+        max_length=4000,
+        description=(
+            "The internal note on a ticket routed `duplicate`: a Jinja template of plain text "
+            "with `canonical` (`.ticket_id`, `.subject`, `.link`, `.score`), `matches` (a "
+            "list of the same, ranked), `score`, `route` and `vendor`. Only subjects and "
+            "links of other tickets are offered, never their bodies. HTML vendors get it "
+            "escaped, line breaks kept."
+        ),
+    )
+    actions_suggest_template: str = Field(
+        SUGGEST_NOTE,
+        min_length=1,
+        max_length=4000,
+        description=(
+            "The internal note on a ticket routed `suggest`, with the same variables as "
+            "`TRIAGE_ACTIONS_DUPLICATE_TEMPLATE`."
+        ),
+    )
+
+    # --- write-back: each helpdesk's API ----------------------------------------------------
+    # actions/helpdesks/: a vendor's write-back is on when its credential is set. Tickets are
+    # written back to the helpdesk they came from (the decision's source).
+    github_api_url: str = Field(
+        "https://api.github.com",
+        description=("GitHub's REST API root; `https://HOST/api/v3` for GitHub Enterprise Server."),
+    )
+    github_api_token: SecretStr | None = Field(
+        None,
+        description=(
+            "A GitHub token that may write issues of the repositories whose webhooks arrive "
+            "(fine-grained: Issues read and write). Set: decisions on `github` tickets get "
+            "a label and a comment."
+        ),
+    )
+    github_comment: bool = Field(
+        True,
+        description=(
+            "Post the note as an issue comment on GitHub. Issue comments are public, so the "
+            "note says it comes from a bot; false: labels only."
+        ),
+    )
+    zendesk_api_url: str | None = Field(
+        None,
+        description="The Zendesk account, `https://SUBDOMAIN.zendesk.com`.",
+    )
+    zendesk_email: str | None = Field(
+        None,
+        description=(
+            "The agent e-mail of a Zendesk API token (`EMAIL/token:TOKEN` basic auth). "
+            "Unset: `TRIAGE_ZENDESK_API_TOKEN` is an OAuth access token (bearer)."
+        ),
+    )
+    zendesk_api_token: SecretStr | None = Field(
+        None,
+        description=(
+            "A Zendesk API token (with `TRIAGE_ZENDESK_EMAIL`) or OAuth access token. Set: "
+            "decisions on `zendesk` tickets get tags and a private comment."
+        ),
+    )
+    jira_api_url: str | None = Field(
+        None,
+        description=(
+            "The Jira site, `https://SITE.atlassian.net` (Cloud) or the Jira Server / Data "
+            "Center base URL."
+        ),
+    )
+    jira_email: str | None = Field(
+        None,
+        description=(
+            "The Atlassian account e-mail of a Jira Cloud API token (basic auth). Unset: "
+            "`TRIAGE_JIRA_API_TOKEN` is a Server / Data Center personal access token (bearer)."
+        ),
+    )
+    jira_api_token: SecretStr | None = Field(
+        None,
+        description=(
+            "A Jira API token or personal access token. Set: decisions on `jira` issues get "
+            "labels, a comment and, for a duplicate, an issue link."
+        ),
+    )
+    jira_link_type: str = Field(
+        "Duplicate",
+        min_length=1,
+        description="The issue link type a `duplicate` decision creates in Jira (by name).",
+    )
+    freshdesk_api_url: str | None = Field(
+        None,
+        description="The Freshdesk account, `https://DOMAIN.freshdesk.com`.",
+    )
+    freshdesk_api_token: SecretStr | None = Field(
+        None,
+        description=(
+            "A Freshdesk agent API key. Set: decisions on `freshdesk` tickets get tags and a "
+            "private note."
+        ),
+    )
+    zammad_api_url: str | None = Field(
+        None,
+        description="The Zammad server, `https://zammad.example.com`.",
+    )
+    zammad_api_token: SecretStr | None = Field(
+        None,
+        description=(
+            "A Zammad access token (`ticket.agent` permission). Set: decisions on `zammad` "
+            "tickets get tags and an internal note."
+        ),
+    )
+    helpscout_api_url: str = Field(
+        "https://api.helpscout.net",
+        description="Help Scout's Mailbox API root.",
+    )
+    helpscout_app_id: str | None = Field(
+        None,
+        description=(
+            "The App ID of a Help Scout OAuth app (client credentials flow; the access token "
+            "it yields is refreshed when it expires)."
+        ),
+    )
+    helpscout_app_secret: SecretStr | None = Field(
+        None,
+        description=(
+            "The App Secret of that Help Scout app. Set with `TRIAGE_HELPSCOUT_APP_ID`: "
+            "decisions on `helpscout` conversations get tags and a note."
+        ),
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
@@ -805,6 +960,15 @@ class Settings(BaseSettings):
                 "TRIAGE_OUTBOUND_WEBHOOK_URL needs TRIAGE_OUTBOUND_WEBHOOK_SECRET: every "
                 "webhook is signed"
             )
+        for vendor in ("zendesk", "jira", "freshdesk", "zammad"):
+            if getattr(self, f"{vendor}_api_token") and not getattr(self, f"{vendor}_api_url"):
+                name = vendor.upper()
+                raise ValueError(
+                    f"TRIAGE_{name}_API_TOKEN needs TRIAGE_{name}_API_URL: the account's own "
+                    "address"
+                )
+        if bool(self.helpscout_app_id) != bool(self.helpscout_app_secret):
+            raise ValueError("TRIAGE_HELPSCOUT_APP_ID and TRIAGE_HELPSCOUT_APP_SECRET go together")
         if self.env == "production":
             self._refuse_weak_secrets()
         return self
@@ -870,6 +1034,36 @@ class Settings(BaseSettings):
         """TRIAGE_MATCH_STATUSES as a tuple; None when every status may match."""
         chosen = tuple(self.match_statuses.split(","))
         return None if len(chosen) == 5 else chosen
+
+    @field_validator(
+        "github_api_url",
+        "zendesk_api_url",
+        "jira_api_url",
+        "freshdesk_api_url",
+        "zammad_api_url",
+        "helpscout_api_url",
+        mode="after",
+    )
+    @classmethod
+    def _api_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {mask_url(url)!r}")
+        return url.rstrip("/")
+
+    @property
+    def writeback_vendors(self) -> tuple[str, ...]:
+        """The helpdesks write-back is on for (their credential is set), as sources."""
+        on = [
+            vendor
+            for vendor in ("github", "zendesk", "jira", "freshdesk", "zammad")
+            if getattr(self, f"{vendor}_api_token") is not None
+        ]
+        if self.helpscout_app_secret is not None:
+            on.append("helpscout")
+        return tuple(on)
 
     @field_validator("outbound_webhook_url", mode="before")
     @classmethod

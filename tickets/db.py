@@ -653,3 +653,26 @@ def record_failure(
         | {"redriven_at": None},
     )
     session.execute(stmt)
+
+
+def subjects(session: Session, keys: Sequence[TicketKey]) -> dict[TicketKey, str | None]:
+    """The stored subjects of these tickets (a purged or unknown ticket is absent)."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(TicketRow.source, TicketRow.ticket_id, TicketRow.subject).where(
+            keys_in(TicketRow, keys)
+        )
+    )
+    return {TicketKey(r.source, r.ticket_id): r.subject for r in rows}
+
+
+def keys_in(model: Any, keys: Sequence[TicketKey]) -> Any:
+    """``(source, ticket_id) IN keys`` as one ``ticket_id IN (...)`` per source: SQLite scans
+    the whole table for a row-value IN list, and finds these through the key's index."""
+    by_source: dict[str, list[str]] = {}
+    for key in keys:
+        by_source.setdefault(key.source, []).append(key.ticket_id)
+    return or_(
+        *((model.source == source) & model.ticket_id.in_(ids) for source, ids in by_source.items())
+    )

@@ -39,7 +39,6 @@ from sqlalchemy import (
     UniqueConstraint,
     delete,
     func,
-    or_,
     select,
     text,
     update,
@@ -54,6 +53,7 @@ from tickets.db import (
     TicketRow,
     _BigId,
     dialect_insert,
+    keys_in,
 )
 from tickets.model import TicketKey
 from tickets.outbox import ActionRow
@@ -161,7 +161,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
             session.execute(
                 update(TicketRow)
                 .where(
-                    _keys_in(TicketRow, part),
+                    keys_in(TicketRow, part),
                     (TicketRow.body != "")
                     | TicketRow.subject.is_not(None)
                     | TicketRow.vector.is_not(None),
@@ -180,7 +180,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
         counts["decisions"] += _rowcount(
             session.execute(
                 update(DecisionRow)
-                .where(_keys_in(DecisionRow, part), DecisionRow.subject.is_not(None))
+                .where(keys_in(DecisionRow, part), DecisionRow.subject.is_not(None))
                 .values(subject=None)
                 .execution_options(synchronize_session=False)
             )
@@ -188,14 +188,14 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
         counts["failures"] += _rowcount(
             session.execute(
                 delete(FailureRow)
-                .where(_keys_in(FailureRow, part))
+                .where(keys_in(FailureRow, part))
                 .execution_options(synchronize_session=False)
             )
         )
         counts["feedback"] += _rowcount(
             session.execute(
                 update(FeedbackRow)
-                .where(_keys_in(FeedbackRow, part), FeedbackRow.comment.is_not(None))
+                .where(keys_in(FeedbackRow, part), FeedbackRow.comment.is_not(None))
                 .values(comment=None)
                 .execution_options(synchronize_session=False)
             )
@@ -207,7 +207,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
 def _erase_actions(session: Session, keys: Sequence[TicketKey]) -> int:
     rows = session.execute(
         select(ActionRow.id, ActionRow.payload, ActionRow.last_error).where(
-            _keys_in(ActionRow, keys)
+            keys_in(ActionRow, keys)
         )
     ).all()
     changed = 0
@@ -236,17 +236,6 @@ def _blank_payload(payload: Any) -> Any:
     return payload
 
 
-def _keys_in(model: Any, keys: Sequence[TicketKey]) -> Any:
-    """``(source, ticket_id) IN keys`` as one ``ticket_id IN (...)`` per source: SQLite scans
-    the whole table for a row-value IN list, and finds these through the key's index."""
-    by_source: dict[str, list[str]] = {}
-    for key in keys:
-        by_source.setdefault(key.source, []).append(key.ticket_id)
-    return or_(
-        *((model.source == source) & model.ticket_id.in_(ids) for source, ids in by_source.items())
-    )
-
-
 def _rowcount(result: Any) -> int:
     return max(0, int(getattr(result, "rowcount", 0) or 0))
 
@@ -273,7 +262,7 @@ def purged(session: Session, keys: Sequence[TicketKey]) -> set[TicketKey]:
         out.update(
             TicketKey(s, t)
             for s, t in session.execute(
-                select(PurgeRow.source, PurgeRow.ticket_id).where(_keys_in(PurgeRow, part))
+                select(PurgeRow.source, PurgeRow.ticket_id).where(keys_in(PurgeRow, part))
             )
         )
     return out

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine
 
 from actions.delivery import Deliverer, Holds
+from actions.helpdesks import writers
 from actions.outbox import Outbox, Publisher
 from actions.sweeper import OutboxSweeper
 from config.celery_app import create_app
@@ -171,7 +172,9 @@ def start_delivery(
     client = redis_connect(settings, timeout_s=10)
     http = requests.Session()
     http.headers["user-agent"] = "ticket-triage"
-    deliverer = Deliverer(settings, engine, http, Holds(client, settings.queue))
+    deliverer = Deliverer(
+        settings, engine, http, Holds(client, settings.queue), writers(settings, http)
+    )
     return deliverer, OutboxSweeper(settings, engine, client, publish)
 
 
