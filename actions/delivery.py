@@ -246,11 +246,12 @@ class Deliverer:
             writer.write(writer.prepare(action_id, decision, subjects))
         except Refused as refused:
             response = refused.response
+            wait = refused.wait_s
             return Outcome(
-                classify(response.status_code),
-                response.status_code,
+                classify(refused.status),
+                refused.status,
                 excerpt(response),
-                requested_wait_s(response.headers),
+                requested_wait_s(response.headers) if wait is None else wait,
             )
         except requests.RequestException as exc:
             return Outcome(outbox.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])

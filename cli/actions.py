@@ -46,8 +46,9 @@ def actions(
     again.
 
     An action is what a decision causes outside: a signed webhook per URL of
-    TRIAGE_OUTBOUND_WEBHOOK_URL. last_error holds the receiver's status and the start of
-    its answer.
+    TRIAGE_OUTBOUND_WEBHOOK_URL, and the write-back (kind helpdesk) into the ticket's own
+    helpdesk when its credential is set. last_error holds the receiver's status and the
+    start of its answer.
     """
     settings = load()
     engine = db.make_engine(settings.database_url)

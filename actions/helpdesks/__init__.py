@@ -9,10 +9,13 @@ from __future__ import annotations
 import requests
 
 from actions.helpdesks.base import HelpdeskWriter
+from actions.helpdesks.github import GitHubWriter
 from config.settings import Settings
 
 # The writer of each source, as the webhook routes spell it.
-WRITERS: dict[str, type[HelpdeskWriter]] = {}
+WRITERS: dict[str, type[HelpdeskWriter]] = {
+    "github": GitHubWriter,
+}
 
 
 def writers(settings: Settings, http: requests.Session) -> dict[str, HelpdeskWriter]:

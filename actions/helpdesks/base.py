@@ -38,11 +38,20 @@ ROUTES_WITH_NOTE = ("duplicate", "suggest")
 
 class Refused(Exception):
     """A vendor answered a call with a status other than 2xx; the delivery's outcome (retry,
-    wait, dead) follows from that answer as for any receiver."""
+    wait, dead) follows from that answer as for any receiver. A vendor whose API signals a
+    rate limit otherwise (GitHub: a 403) passes ``status=429`` and the wait it documents."""
 
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(
+        self,
+        response: requests.Response,
+        *,
+        status: int | None = None,
+        wait_s: float | None = None,
+    ) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
+        self.status = response.status_code if status is None else status
+        self.wait_s = wait_s
 
 
 @dataclass(frozen=True)
