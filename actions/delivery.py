@@ -112,11 +112,26 @@ def excerpt(response: requests.Response) -> str:
     return f"HTTP {response.status_code} {response.reason}: {text}".rstrip(": ")
 
 
+# The generic cell rate algorithm: the key holds the theoretical arrival time (TAT) of the
+# next action in ms of the Redis server's clock; an action may go when now >= TAT - burst.
+_GCRA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + t[2] / 1000
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+if now < tat - burst then return tostring(tat - burst - now) end
+tat = tat + interval
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+return '0'
+"""
+
+
 class Holds:
     """A receiver's "wait until" shared by every worker (a Redis key per target)."""
 
     def __init__(self, client: redis.Redis, queue: str) -> None:
         self.redis, self.prefix = client, f"triage:actions:hold:{queue}:"
+        self._pace = client.register_script(_GCRA)
 
     def _key(self, target: str) -> str:
         return self.prefix + hashlib.sha256(target.encode()).hexdigest()[:24]
@@ -131,6 +146,21 @@ class Holds:
             return None
         until = float(value)
         return until if until > time.time() else None
+
+    def pace(self, target: str, per_min: float) -> float | None:
+        """Take a slot of ``target``'s rate (GCRA on the Redis clock, shared by every
+        worker, bursts of up to a second's worth); None when this action may go now, else
+        the wait in seconds before one may."""
+        interval_ms = 60_000.0 / per_min
+        burst_ms = max(0.0, 1000.0 - interval_ms)
+        try:
+            wait_ms = float(
+                self._pace(keys=[self._key(target) + ":rate"], args=[interval_ms, burst_ms])
+            )
+        except redis.RedisError as exc:  # pacing is a courtesy to the receiver: send anyway
+            logger.warning("could not pace a target: %s", exc)
+            return None
+        return wait_ms / 1000 if wait_ms > 0 else None
 
     def hold(self, target: str, wait_s: float) -> None:
         if wait_s <= 0:
@@ -181,6 +211,12 @@ class Deliverer:
             if held is not None:
                 outbox.postpone(session, action_id, datetime.fromtimestamp(held, UTC))
                 return Outcome("held")
+            rate = self.settings.actions_rate_per_min.get(target)
+            wait = self.holds.pace(target, rate) if rate and self.holds is not None else None
+            if wait is not None:
+                # Over the target's rate: the sweeper publishes it again once a slot is free.
+                outbox.postpone(session, action_id, datetime.now(UTC) + timedelta(seconds=wait))
+                return Outcome("held", wait_s=wait)
         slot = self._slot(target)
         if not slot.acquire(timeout=self.settings.actions_timeout_s):
             # This process already sends that many to the target: the sweeper comes back.

@@ -766,6 +766,17 @@ class Settings(BaseSettings):
         le=1000,
         description="Deliveries one worker process runs at once to the same target.",
     )
+    actions_rate_per_min: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Most actions sent per minute to a target, across every worker: a JSON object "
+            "from a helpdesk (`github`, `zendesk`, `jira`, `freshdesk`, `zammad`, "
+            '`helpscout`) or a webhook URL to a number, e.g. `{"zendesk": 200}`. One '
+            "action is the two to four API calls of one write-back. Keeps write-back under "
+            "the account's API quota, which the agents' own tools share; a target not listed "
+            "is paced only by its `429` answers."
+        ),
+    )
     # Helpdesk tag names: lowercase letters, digits, `-` and `_` are accepted by every
     # supported vendor (Zendesk lowercases tags and refuses spaces, GitHub labels are free text).
     # A worker whose 64 task threads all hold tickets takes an action only when one frees:
@@ -1064,6 +1075,14 @@ class Settings(BaseSettings):
         if self.helpscout_app_secret is not None:
             on.append("helpscout")
         return tuple(on)
+
+    @field_validator("actions_rate_per_min", mode="after")
+    @classmethod
+    def _rates(cls, rates: dict[str, float]) -> dict[str, float]:
+        for target, rate in rates.items():
+            if not rate > 0:
+                raise ValueError(f"the rate of {mask_url(target)!r} must be above 0")
+        return rates
 
     @field_validator("outbound_webhook_url", mode="before")
     @classmethod

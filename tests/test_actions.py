@@ -282,6 +282,28 @@ def test_retry_after_is_honoured_and_held_for_the_target(
     )
 
 
+def test_a_targets_rate_is_shared_by_every_worker(
+    outbox_env: Callable[..., tuple[Settings, Deliverer]], receiver: Receiver
+) -> None:
+    """TRIAGE_ACTIONS_RATE_PER_MIN: 60 a minute is one a second, whichever worker sends; the
+    action over the rate is postponed, not sent, and goes once its slot comes."""
+    settings, one = outbox_env(actions_rate_per_min={receiver.url: 60})
+    _, other = outbox_env(actions_rate_per_min={receiver.url: 60})
+    first, second, third = commit_decisions(settings, one.engine, "a", "b", "c")
+    before = datetime.now(UTC)
+    assert one.deliver(first).status == "delivered"
+    held = other.deliver(second)  # another process, the same target: over the rate
+    assert held.status == "held" and held.wait_s is not None and 0.5 < held.wait_s <= 1.0
+    assert db_time(action(one.engine, second).next_attempt_at) >= before + timedelta(seconds=0.5)
+    assert one.deliver(third).status == "held"
+    assert len(receiver.all()) == 1
+    time.sleep(held.wait_s + 0.05)
+    assert other.deliver(second).status == "delivered"
+    assert one.deliver(third).status == "held"  # the next slot is a second later again
+    with pytest.raises(SettingsError, match=r"TRIAGE_ACTIONS_RATE_PER_MIN: .* above 0"):
+        load_settings(env="development", actions_rate_per_min={"zendesk": 0})
+
+
 def db_time(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
