@@ -9,6 +9,8 @@ import click
 from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session
 
+from actions.helpdesks import base as helpdesks
+from actions.helpdesks import preview
 from actions.outbox import Publisher
 from cli.common import format_option, print_rows
 from cli.common import settings as load
@@ -48,7 +50,8 @@ def actions(
     An action is what a decision causes outside: a signed webhook per URL of
     TRIAGE_OUTBOUND_WEBHOOK_URL, and the write-back (kind helpdesk) into the ticket's own
     helpdesk when its credential is set. last_error holds the receiver's status and the
-    start of its answer.
+    start of its answer. With --format json, each write-back also shows what it writes
+    (tags and note, rendered now): how to read a TRIAGE_ACTIONS_DRY_RUN trial.
     """
     settings = load()
     engine = db.make_engine(settings.database_url)
@@ -77,6 +80,11 @@ def actions(
                 }
                 for r in found
             ]
+        if fmt == "json":
+            # The write-back each helpdesk action makes (rendered now): what a dry run shows.
+            for row, r in zip(rows, found, strict=True):
+                if r.kind == helpdesks.KIND:
+                    row["writes"] = preview(settings, engine, r.action_id, r.target, r.payload)
         print_rows(rows, fmt)
     finally:
         engine.dispose()

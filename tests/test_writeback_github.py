@@ -298,3 +298,12 @@ def test_dry_run_records_the_write_back_and_sends_nothing(
     assert action.payload["route"] == "duplicate"
     assert wb.deliverer.deliver(action.action_id).status == "skipped"
     assert standin.calls == []
+    # What would be written, rendered by `triage actions`.
+    wb.store_ticket("github", "acme/app#1", "Checkout button greyed out")
+    out = run_triage(wb.settings, "actions", "--status", "dry-run", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    (listed,) = json.loads(out.stdout)
+    assert listed["action_id"] == action.action_id
+    assert listed["writes"]["tags"] == ["triage-duplicate"]
+    assert "Checkout button greyed out" in listed["writes"]["note"]
+    assert standin.calls == []

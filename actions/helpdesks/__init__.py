@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
-import requests
+from typing import Any
 
-from actions.helpdesks.base import HelpdeskWriter
+import requests
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from actions.helpdesks.base import HelpdeskWriter, match_keys
 from actions.helpdesks.github import GitHubWriter
 from config.settings import Settings
+from tickets import db
 
 # The writer of each source, as the webhook routes spell it.
 WRITERS: dict[str, type[HelpdeskWriter]] = {
@@ -25,3 +30,18 @@ def writers(settings: Settings, http: requests.Session) -> dict[str, HelpdeskWri
         for source in settings.writeback_vendors
         if source in WRITERS
     }
+
+
+def preview(
+    settings: Settings, engine: Engine, action_id: str, source: str, decision: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What a write-back action would write now (its tags and note, as plain text), without
+    sending anything: what `triage actions` shows of a dry run. None when write-back to
+    ``source`` is off."""
+    cls = WRITERS.get(source)
+    if cls is None or source not in settings.writeback_vendors:
+        return None
+    with Session(engine) as session:
+        subjects = db.subjects(session, match_keys(decision))
+    write = cls(settings, requests.Session()).prepare(action_id, decision, subjects)
+    return {"tags": list(write.tags), "note": write.note}
