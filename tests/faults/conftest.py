@@ -212,6 +212,40 @@ class Supervisor:
         self._stop.set()
         self._thread.join()
 
+    def kill_through(
+        self,
+        n_kills: int,
+        progress: Callable[[], int],
+        step: int,
+        outage: tuple[Callable[[], None], Callable[[], None], float],
+    ) -> tuple[int, int]:
+        """SIGKILL the current worker ``n_kills`` times, the first across an outage of the
+        receiver (``down()``, half of ``down_s``, the kill, the other half, ``up()``), the
+        others each after ``step`` more deliveries (``progress()`` counts them) and mid-request
+        (the receiver answers slowly). Each kill waits for the restarted worker to be ready.
+        Returns (kills, kills mid-delivery)."""
+        down, up, down_s = outage
+        in_flight = 0
+        for k in range(n_kills):
+            if k == 0:
+                down()
+                time.sleep(down_s / 2)
+            else:
+                seen = progress() + step
+                wait_until(lambda s=seen: progress() > s, 120, "deliveries flowing")
+                time.sleep(0.05)  # mid-request: the receiver takes 0.25 s to answer
+                in_flight += 1
+            worker = self.workers[-1]
+            worker.proc.kill()
+            worker.proc.wait(10)
+            print(f"kill {k + 1}: {progress()} delivered at the kill")
+            wait_until(lambda w=worker: self.workers[-1] is not w, 30, "a restart")
+            self.workers[-1].wait_ready(90)
+            if k == 0:
+                time.sleep(down_s / 2)
+                up()
+        return n_kills, in_flight
+
 
 @pytest.fixture
 def supervise(start_worker: StartWorker) -> Iterator[Callable[[Settings], Supervisor]]:

@@ -48,31 +48,15 @@ def test_outage_and_kills_lose_no_delivery_and_send_none_under_two_ids(
         sent = fault_env.publish(settings, make_tickets(N_DECISIONS))
         supervisor = supervise(settings)
         wait_until(lambda: len(receiver.all()) > 0, 120, "the first delivery")
-        kills, in_flight_kills = 0, 0
         # First the outage (every decision's first attempts fail), then kills while the
-        # backlog of retries is being delivered.
-        outage_at = 0
+        # backlog of retries is being delivered, spread over it.
         started = time.monotonic()
-        for k in range(N_KILLS):
-            if k == outage_at:
-                receiver.stop()
-                time.sleep(DOWN_S / 2)
-            else:
-                # Spread over the backlog: some deliveries between two kills.
-                seen = len(receiver.all()) + N_DECISIONS // (3 * N_KILLS)
-                wait_until(lambda s=seen: len(receiver.all()) > s, 120, "deliveries flowing")
-                time.sleep(0.05)  # mid-request: the receiver takes 0.25 s to answer
-                in_flight_kills += 1
-            worker = supervisor.workers[-1]
-            worker.proc.kill()
-            worker.proc.wait(10)
-            kills += 1
-            print(f"kill {kills}: {len(receiver.delivered())} delivered at the kill")
-            wait_until(lambda w=worker: supervisor.workers[-1] is not w, 30, "a restart")
-            supervisor.workers[-1].wait_ready(90)
-            if k == outage_at:
-                time.sleep(DOWN_S / 2)
-                receiver.start()
+        kills, in_flight_kills = supervisor.kill_through(
+            N_KILLS,
+            lambda: len(receiver.delivered()),
+            N_DECISIONS // (3 * N_KILLS),
+            (receiver.stop, receiver.start, DOWN_S),
+        )
         fault_end = time.monotonic()
 
         def settled() -> bool:

@@ -8,6 +8,7 @@ headers, a 5xx, a 422...), then the app answers normally.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -53,6 +54,8 @@ class Standin:
     def __init__(self, name: str) -> None:
         self.app = FastAPI(title=f"{name} stand-in")
         self.calls: list[Call] = []
+        # Seconds every answer takes (a slow vendor: a worker killed meanwhile is mid-request).
+        self.delay_s = 0.0
         self._script: deque[Scripted] = deque()
         self._lock = threading.Lock()
         self.app.middleware("http")(self._record)
@@ -84,6 +87,8 @@ class Standin:
         )
         with self._lock:
             self.calls.append(call)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         scripted = self._take(request.method, request.url.path)
         if scripted is not None:
             content = b"" if scripted.body is None else json.dumps(scripted.body).encode()
