@@ -25,11 +25,12 @@ from typing import Any
 
 import redis
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from tickets import db
 from tickets.model import Ticket, TicketKey
+from tickets.outbox import ActionRow
 
 FULL = os.environ.get("TRIAGE_FAULTS", "").lower() == "full"
 RESULTS = Path(
@@ -378,6 +379,13 @@ def wait_settled(
         if now - start > timeout:
             raise AssertionError(f"no settled state after {timeout:.0f} s: {t}")
         time.sleep(0.2)
+
+
+def actions_settled(engine: Engine, n: int) -> bool:
+    """Whether the outbox holds ``n`` actions, every one delivered."""
+    with Session(engine) as session:
+        statuses = list(session.scalars(select(ActionRow.status)))
+    return len(statuses) == n and set(statuses) == {"delivered"}
 
 
 def report(scenario: str, t: Tally, recovery_s: float | None, **extra: Any) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from tests.faults.conftest import FaultEnv, Supervisor
-from tests.faults.harness import make_tickets, report, scale, tally, wait_until
+from tests.faults.harness import (
+    actions_settled,
+    make_tickets,
+    report,
+    scale,
+    tally,
+    wait_until,
+)
 from tests.receiver import SECRET, Answer, Receiver
 from tickets.outbox import ActionRow
 
@@ -59,12 +66,11 @@ def test_outage_and_kills_lose_no_delivery_and_send_none_under_two_ids(
         )
         fault_end = time.monotonic()
 
-        def settled() -> bool:
-            with Session(fault_env.engine) as session:
-                statuses = list(session.scalars(select(ActionRow.status)))
-            return len(statuses) == N_DECISIONS and set(statuses) == {"delivered"}
-
-        wait_until(settled, RECOVERY_BOUND_S + 60, "every action delivered")
+        wait_until(
+            lambda: actions_settled(fault_env.engine, N_DECISIONS),
+            RECOVERY_BOUND_S + 60,
+            "every action delivered",
+        )
         recovery_s = time.monotonic() - fault_end
         with Session(fault_env.engine) as session:
             rows = list(session.scalars(select(ActionRow)))

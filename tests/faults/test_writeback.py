@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from tests.faults.conftest import FaultEnv, Supervisor
-from tests.faults.harness import make_tickets, report, scale, tally, wait_until
+from tests.faults.harness import (
+    actions_settled,
+    make_tickets,
+    report,
+    scale,
+    tally,
+    wait_until,
+)
 from tests.standins import Scripted
 from tests.standins.github import GitHubStandin
 from tickets.db import DecisionRow
@@ -78,12 +85,11 @@ def test_vendor_outage_rate_limits_and_kills_post_each_note_once(
         )
         fault_end = time.monotonic()
 
-        def settled() -> bool:
-            with Session(fault_env.engine) as session:
-                statuses = list(session.scalars(select(ActionRow.status)))
-            return len(statuses) == N_DECISIONS and set(statuses) == {"delivered"}
-
-        wait_until(settled, RECOVERY_BOUND_S + 60, "every write-back delivered")
+        wait_until(
+            lambda: actions_settled(fault_env.engine, N_DECISIONS),
+            RECOVERY_BOUND_S + 60,
+            "every write-back delivered",
+        )
         recovery_s = time.monotonic() - fault_end
 
     with Session(fault_env.engine) as session:
