@@ -2,7 +2,7 @@
 
 import pytest
 
-from tickets.marks import marked_action, note_marker, product_tags
+from tickets.marks import marked_action, note_marker, note_ref, product_tags
 
 
 def test_a_note_ending_with_the_marker_names_its_action() -> None:
@@ -22,6 +22,13 @@ def test_a_note_ending_with_the_marker_names_its_action() -> None:
 )
 def test_text_without_the_marker_is_nobodys_action(text: str | None) -> None:
     assert marked_action(text) is None
+
+
+def test_the_visible_reference_line_names_its_action_after_any_sanitiser() -> None:
+    """What an HTML vendor keeps of a note whose comment it dropped, as HTML or as text."""
+    assert marked_action("<p>Similar tickets: ...</p><p>" + note_ref("msg_1a") + "</p>") == "msg_1a"
+    assert marked_action("Similar tickets: ...\n" + note_ref("msg_1a")) == "msg_1a"
+    assert marked_action("ticket-triage ref:") is None
 
 
 def test_a_marker_refuses_an_id_that_could_break_out_of_the_comment() -> None:

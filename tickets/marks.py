@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import re
 
-# An HTML comment survives every supported vendor's note formats (Markdown on GitHub and
-# Jira's wiki renderer show it as nothing; the HTML vendors keep it in the body) and is
-# invisible to the agent reading the note.
+# An HTML comment is invisible to the agent reading a Markdown note (GitHub) or a Jira
+# comment, and those keep a comment's text as sent.
 _MARKER = "<!-- ticket-triage:{action_id} -->"
 _MARKER_RE = re.compile(r"<!-- ticket-triage:([A-Za-z0-9_-]{1,64}) -->")
+# The HTML vendors (Zendesk, Freshdesk, Zammad, Help Scout) sanitise a note's HTML and may drop
+# comments from it; their notes also end with this line of visible text, which survives any
+# sanitiser and any HTML-to-text conversion.
+_REF = "ticket-triage ref: {action_id}"
+_REF_RE = re.compile(r"ticket-triage ref: ([A-Za-z0-9_-]{1,64})")
 
 
 def note_marker(action_id: str) -> str:
@@ -25,11 +29,18 @@ def note_marker(action_id: str) -> str:
     return _MARKER.format(action_id=action_id)
 
 
+def note_ref(action_id: str) -> str:
+    """The visible reference line that ends a note in HTML (see ``_REF``)."""
+    note_marker(action_id)  # the same id rules
+    return _REF.format(action_id=action_id)
+
+
 def marked_action(text: str | None) -> str | None:
-    """The action id of the product's marker in ``text``, or None for anyone else's text."""
+    """The action id of the product's marker (or reference line) in ``text``, or None for
+    anyone else's text."""
     if not text:
         return None
-    found = _MARKER_RE.search(text)
+    found = _MARKER_RE.search(text) or _REF_RE.search(text)
     return found.group(1) if found else None
 
 

@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 
 from actions.helpdesks.base import HelpdeskWriter, match_keys
 from actions.helpdesks.github import GitHubWriter
+from actions.helpdesks.zendesk import ZendeskWriter
 from config.settings import Settings
 from tickets import db
 
 # The writer of each source, as the webhook routes spell it.
 WRITERS: dict[str, type[HelpdeskWriter]] = {
     "github": GitHubWriter,
+    "zendesk": ZendeskWriter,
 }
 
 

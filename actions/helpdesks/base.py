@@ -29,7 +29,7 @@ import requests
 from jinja2.sandbox import SandboxedEnvironment
 
 from config.settings import Settings
-from tickets.marks import note_marker
+from tickets.marks import note_marker, note_ref
 from tickets.model import TicketKey
 
 KIND = "helpdesk"
@@ -85,10 +85,15 @@ class WriteBack:
         """The note as plain text (Markdown, Jira wiki markup), ending with the marker."""
         return f"{self.note or ''}\n\n{self.marker}"
 
+    @property
+    def ref(self) -> str:
+        return note_ref(self.action_id)
+
     def note_html(self) -> str:
-        """The note as HTML: the text escaped, its line breaks kept, ending with the marker."""
-        lines = html.escape(self.note or "").split("\n")
-        return "<p>" + "<br>\n".join(lines) + "</p>\n" + self.marker
+        """The note as HTML: the text escaped, its line breaks kept, then the visible
+        reference line and the marker (a sanitiser may drop the comment, never the line)."""
+        text = "<br>\n".join(html.escape(self.note or "").split("\n"))
+        return f"<p>{text}</p>\n<p><small>{self.ref}</small></p>\n{self.marker}"
 
 
 def tag_for(route: str, settings: Settings) -> str | None:

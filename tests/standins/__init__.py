@@ -46,6 +46,9 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     method: str | None = None
     path: str = ""
+    # True: the app handles the call first (its change is made) and this answer replaces
+    # its own, as when the vendor did the work and its answer was lost on the way.
+    after: bool = False
 
 
 class Standin:
@@ -91,6 +94,8 @@ class Standin:
             await asyncio.sleep(self.delay_s)
         scripted = self._take(request.method, request.url.path)
         if scripted is not None:
+            if scripted.after:
+                await call_next(request)
             content = b"" if scripted.body is None else json.dumps(scripted.body).encode()
             return Response(
                 content,
