@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from actions.helpdesks.base import HelpdeskWriter, match_keys
+from actions.helpdesks.freshdesk import FreshdeskWriter
 from actions.helpdesks.github import GitHubWriter
 from actions.helpdesks.zendesk import ZendeskWriter
 from config.settings import Settings
@@ -20,6 +21,7 @@ from tickets import db
 
 # The writer of each source, as the webhook routes spell it.
 WRITERS: dict[str, type[HelpdeskWriter]] = {
+    "freshdesk": FreshdeskWriter,
     "github": GitHubWriter,
     "zendesk": ZendeskWriter,
 }

@@ -29,7 +29,7 @@ import requests
 from jinja2.sandbox import SandboxedEnvironment
 
 from config.settings import Settings
-from tickets.marks import note_marker, note_ref
+from tickets.marks import marked_action, note_marker, note_ref
 from tickets.model import TicketKey
 
 KIND = "helpdesk"
@@ -137,8 +137,9 @@ class HelpdeskWriter:
         """The ticket's page for an agent, or None when it cannot be built."""
         return None
 
-    def has_note(self, ticket_id: str, marker: str) -> bool:
-        """Whether the ticket already carries a note ending with ``marker``."""
+    def has_note(self, ticket_id: str, action_id: str) -> bool:
+        """Whether the ticket already carries the note of ``action_id`` (its marker or its
+        reference line: :func:`written_by`)."""
         raise NotImplementedError
 
     def post_note(self, write: WriteBack) -> None:
@@ -151,7 +152,7 @@ class HelpdeskWriter:
 
     def write(self, write: WriteBack) -> None:
         """The note (once: its marker is looked for first), then the tags; safe to repeat."""
-        if write.note is not None and not self.has_note(write.ticket_id, write.marker):
+        if write.note is not None and not self.has_note(write.ticket_id, write.action_id):
             self.post_note(write)
         if write.tags:
             self.add_tags(write.ticket_id, write.tags)
@@ -222,6 +223,12 @@ class HelpdeskWriter:
             canonical=canonical,
             matches=matches,
         )
+
+
+def written_by(action_id: str, *texts: str | None) -> bool:
+    """Whether any of ``texts`` (a note's body, its HTML, its plain text) is the note of
+    ``action_id``."""
+    return any(marked_action(text) == action_id for text in texts)
 
 
 def match_keys(decision: Mapping[str, Any]) -> list[TicketKey]:

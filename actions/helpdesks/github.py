@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import requests
 
-from actions.helpdesks.base import HelpdeskWriter, Refused, WriteBack
+from actions.helpdesks.base import HelpdeskWriter, Refused, WriteBack, written_by
 
 # The adapter's id of an issue (producer/webhooks/adapters.py): ``owner/repo#number``.
 _ISSUE = re.compile(r"([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)#([0-9]+)")
@@ -79,12 +79,12 @@ class GitHubWriter(HelpdeskWriter):
         )
         return f"{web}/{quote(owner)}/{quote(repo)}/issues/{number}"
 
-    def has_note(self, ticket_id: str, marker: str) -> bool:
+    def has_note(self, ticket_id: str, action_id: str) -> bool:
         url: str | None = f"{self._issue(ticket_id)}/comments"
         params: dict[str, Any] | None = {"per_page": 100}
         while url is not None:
             response = self.call("GET", url, params=params)
-            if any(marker in (comment.get("body") or "") for comment in response.json()):
+            if any(written_by(action_id, comment.get("body")) for comment in response.json()):
                 return True
             url, params = response.links.get("next", {}).get("url"), None
         return False

@@ -24,8 +24,7 @@ from typing import Any
 
 import requests
 
-from actions.helpdesks.base import HelpdeskWriter, WriteBack
-from tickets.marks import marked_action
+from actions.helpdesks.base import HelpdeskWriter, WriteBack, written_by
 
 # The audit metadata key naming the action that wrote a note.
 METADATA_KEY = "ticket_triage_action"
@@ -52,8 +51,7 @@ class ZendeskWriter(HelpdeskWriter):
     def link(self, ticket_id: str) -> str | None:
         return f"{self.settings.zendesk_api_url}/agent/tickets/{ticket_id}"
 
-    def has_note(self, ticket_id: str, marker: str) -> bool:
-        action_id = marked_action(marker)
+    def has_note(self, ticket_id: str, action_id: str) -> bool:
         url: str | None = f"{self._ticket(ticket_id)}/audits"
         params: dict[str, Any] | None = {"page[size]": 100}
         while url is not None:
@@ -63,8 +61,9 @@ class ZendeskWriter(HelpdeskWriter):
                 if custom.get(METADATA_KEY) == action_id:
                     return True
                 for event in audit.get("events") or []:
-                    text = f"{event.get('html_body') or ''} {event.get('body') or ''}"
-                    if event.get("type") == "Comment" and marker in text:
+                    if event.get("type") == "Comment" and written_by(
+                        action_id, event.get("html_body"), event.get("body")
+                    ):
                         return True
             more = (page.get("meta") or {}).get("has_more")
             url, params = ((page.get("links") or {}).get("next") if more else None), None
@@ -73,7 +72,7 @@ class ZendeskWriter(HelpdeskWriter):
     def write(self, write: WriteBack) -> None:
         """One update: the note (unless an audit shows it is there) and the tags."""
         ticket: dict[str, Any] = {}
-        if write.note is not None and not self.has_note(write.ticket_id, write.marker):
+        if write.note is not None and not self.has_note(write.ticket_id, write.action_id):
             ticket["comment"] = {"html_body": write.note_html(), "public": False}
             ticket["metadata"] = {"custom": {METADATA_KEY: write.action_id}}
         if write.tags:
