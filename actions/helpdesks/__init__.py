@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from actions.helpdesks.base import HelpdeskWriter, match_keys
 from actions.helpdesks.freshdesk import FreshdeskWriter
 from actions.helpdesks.github import GitHubWriter
+from actions.helpdesks.jira import JiraWriter
 from actions.helpdesks.zendesk import ZendeskWriter
 from config.settings import Settings
 from tickets import db
@@ -23,6 +24,7 @@ from tickets import db
 WRITERS: dict[str, type[HelpdeskWriter]] = {
     "freshdesk": FreshdeskWriter,
     "github": GitHubWriter,
+    "jira": JiraWriter,
     "zendesk": ZendeskWriter,
 }
 

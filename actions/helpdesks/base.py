@@ -82,8 +82,13 @@ class WriteBack:
         return note_marker(self.action_id)
 
     def note_text(self) -> str:
-        """The note as plain text (Markdown, Jira wiki markup), ending with the marker."""
+        """The note as Markdown (GitHub), ending with the marker, which Markdown hides."""
         return f"{self.note or ''}\n\n{self.marker}"
+
+    def note_plain(self) -> str:
+        """The note as plain text, ending with the visible reference line (a vendor that
+        would show an HTML comment as text: Jira's wiki markup)."""
+        return f"{self.note or ''}\n\n{self.ref}"
 
     @property
     def ref(self) -> str:
