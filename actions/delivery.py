@@ -291,6 +291,8 @@ class Deliverer:
             )
         except requests.RequestException as exc:
             return Outcome(outbox.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+        except ValueError as exc:  # the vendor cannot address the ticket: sending again won't
+            return Outcome(outbox.DEAD, error=str(exc)[:500])
         return Outcome(outbox.DELIVERED)
 
     def _record(self, action_id: str, attempt: int, target: str, outcome: Outcome) -> None:

@@ -16,6 +16,7 @@ from actions.helpdesks.base import HelpdeskWriter, match_keys
 from actions.helpdesks.freshdesk import FreshdeskWriter
 from actions.helpdesks.github import GitHubWriter
 from actions.helpdesks.jira import JiraWriter
+from actions.helpdesks.zammad import ZammadWriter
 from actions.helpdesks.zendesk import ZendeskWriter
 from config.settings import Settings
 from tickets import db
@@ -25,6 +26,7 @@ WRITERS: dict[str, type[HelpdeskWriter]] = {
     "freshdesk": FreshdeskWriter,
     "github": GitHubWriter,
     "jira": JiraWriter,
+    "zammad": ZammadWriter,
     "zendesk": ZendeskWriter,
 }
 
