@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from actions.helpdesks.base import HelpdeskWriter, match_keys
 from actions.helpdesks.freshdesk import FreshdeskWriter
 from actions.helpdesks.github import GitHubWriter
+from actions.helpdesks.helpscout import HelpScoutWriter
 from actions.helpdesks.jira import JiraWriter
 from actions.helpdesks.zammad import ZammadWriter
 from actions.helpdesks.zendesk import ZendeskWriter
@@ -25,6 +26,7 @@ from tickets import db
 WRITERS: dict[str, type[HelpdeskWriter]] = {
     "freshdesk": FreshdeskWriter,
     "github": GitHubWriter,
+    "helpscout": HelpScoutWriter,
     "jira": JiraWriter,
     "zammad": ZammadWriter,
     "zendesk": ZendeskWriter,
