@@ -57,7 +57,8 @@ class Standin:
     def __init__(self, name: str) -> None:
         self.app = FastAPI(title=f"{name} stand-in")
         self.calls: list[Call] = []
-        # Seconds every answer takes (a slow vendor: a worker killed meanwhile is mid-request).
+        # Seconds every answer waits after the work is done: a worker killed meanwhile has
+        # its change made and never sees the answer.
         self.delay_s = 0.0
         self._script: deque[Scripted] = deque()
         self._lock = threading.Lock()
@@ -90,8 +91,6 @@ class Standin:
         )
         with self._lock:
             self.calls.append(call)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
         scripted = self._take(request.method, request.url.path)
         if scripted is not None:
             if scripted.after:
@@ -103,7 +102,10 @@ class Standin:
                 headers=scripted.headers,
                 media_type="application/json" if content else None,
             )
-        return await call_next(request)
+        response = await call_next(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return response
 
     @contextmanager
     def served(self) -> Iterator[str]:
