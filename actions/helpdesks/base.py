@@ -15,7 +15,7 @@ What is written, per route (``TRIAGE_ACTIONS_*``):
 
 A writer is safe to run again after a worker dies mid-delivery: the note ends with the
 action's marker (tickets/marks.py) and is not posted again when the ticket already has a note
-carrying it; tags are added, never replaced with a stale set.
+carrying it; tags are added beside the ticket's own.
 """
 
 from __future__ import annotations
