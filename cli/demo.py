@@ -277,12 +277,22 @@ def _run_demo(
     rows = _table(engine, keys)
     print_rows(rows, "table")
     counts = Counter(r["route"] for r in rows)
+    # The thresholds the worker applied, as each decision records them: the configured
+    # model's own numbers (worker/thresholds.py) unless a file or the settings say otherwise.
+    with Session(engine) as session:
+        applied = session.execute(
+            select(db.DecisionRow.duplicate_threshold, db.DecisionRow.suggest_threshold)
+            .where(db.DecisionRow.source == DEMO_SOURCE)
+            .distinct()
+        ).all()
     rule = (
-        f"duplicate at {settings.duplicate_threshold:.2f} or more, suggest at "
-        f"{settings.suggest_threshold:.2f} or more, else manual"
-        if settings.thresholds_file is None
-        else f"by the thresholds in {settings.thresholds_file}"
+        f"duplicate at {applied[0][0]:.4g} or more, suggest at {applied[0][1]:.4g} or more, "
+        "else manual"
+        if len(applied) == 1
+        else "by the thresholds of each decision (triage_decisions)"
     )
+    if settings.thresholds_file is not None:
+        rule += f" (from {settings.thresholds_file})"
     click.echo(f"cosine: similarity to `matched`, the top-ranked earlier ticket; route: {rule}")
     click.echo("")
     click.echo(

@@ -25,7 +25,7 @@ from tickets.db import DecisionRow
 
 N_WORKERS = 4
 # Four workers decide about 30 tickets/s here: enough backlog for every kill to land mid-run.
-N_TICKETS, N_KILLS = scale((1500, 4), (6000, 20))
+N_TICKETS, N_KILLS = scale((1500, 4), (10000, 20))
 RECOVERY_BOUND_S = 120
 
 
@@ -40,7 +40,7 @@ def test_four_workers_under_sigkill_decide_as_one_at_a_time(
     rng = random.Random(20261205)
     workers: list[WorkerProcess] = [start_worker(settings) for _ in range(N_WORKERS)]
     started = time.monotonic()
-    points = sorted(rng.randrange(N_TICKETS // 10, N_TICKETS * 8 // 10) for _ in range(N_KILLS))
+    points = sorted(rng.randrange(N_TICKETS // 10, N_TICKETS * 6 // 10) for _ in range(N_KILLS))
     kills_mid_run = 0
     for point in points:
         wait_until(
