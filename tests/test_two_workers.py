@@ -1,5 +1,6 @@
-"""Two worker processes sharing a real `chroma run` server, PostgreSQL and the Redis lock:
-near-duplicate pairs split across them are still caught (sequential semantics)."""
+"""Two and four worker processes sharing a real `chroma run` server, PostgreSQL and the
+Redis lock: near-duplicate pairs split across them are still caught, one way (sequential
+semantics)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def chroma_server(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_pairs_split_across_two_workers_are_caught(
+@pytest.mark.parametrize("n_workers", [2, 4])
+def test_pairs_split_across_workers_are_caught(
+    n_workers: int,
     make_settings: Callable[..., Settings],
     postgres_server: str,
     request: pytest.FixtureRequest,
@@ -99,18 +102,23 @@ def test_pairs_split_across_two_workers_are_caught(
     engine.dispose()
 
     common = {"database_url": url, "chroma_url": chroma_server, "batch_wait_ms": 500}
-    s1 = make_settings(queue=queue_name + "-a", **common)
-    s2 = make_settings(queue=queue_name + "-b", **common)
-    start_worker(s1)
-    start_worker(s2)
+    workers = [make_settings(queue=f"{queue_name}-{w}", **common) for w in range(n_workers)]
+    for settings in workers:
+        start_worker(settings)
 
-    # Both halves are published within milliseconds, so the two workers' batches flush
-    # together and race for the store: only the decision lock keeps them sequential.
-    for settings, prefix, texts in ((s1, "A", TOPICS), (s2, "B", [_twin(t) for t in TOPICS])):
-        tickets = [
-            Ticket(source="pair", ticket_id=f"{prefix}{i}", body=t) for i, t in enumerate(texts)
-        ]
-        assert len(list(publish(create_app(settings), tickets))) == len(TOPICS)
+    # The originals go to the first half of the workers, the twins to the other half, all
+    # published within milliseconds: the workers' batches flush together and race for the
+    # store, and only the decision lock keeps them sequential.
+    half = n_workers // 2
+    for prefix, texts, first in (("A", TOPICS, 0), ("B", [_twin(t) for t in TOPICS], half)):
+        for w in range(half):
+            settings = workers[first + w]
+            tickets = [
+                Ticket(source="pair", ticket_id=f"{prefix}{i}", body=t)
+                for i, t in enumerate(texts)
+                if i % half == w
+            ]
+            assert len(list(publish(create_app(settings), tickets))) == len(tickets)
 
     wait_for(lambda: n_rows(url, db.DecisionRow) == 2 * len(TOPICS), 120, "all decisions")
     rows = decisions(url)
@@ -122,5 +130,5 @@ def test_pairs_split_across_two_workers_are_caught(
         other = pair[1] if dup is pair[0] else pair[0]
         assert dup.matched_ticket_id == other.ticket_id == dup.canonical_ticket_id
         assert other.id < dup.id  # the original was decided first
-    # both workers really took part
+    # every worker really took part
     assert {r.ticket_id[0] for r in rows.values()} == {"A", "B"}
