@@ -15,7 +15,7 @@ already point at it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -676,3 +676,22 @@ def keys_in(model: Any, keys: Sequence[TicketKey]) -> Any:
     return or_(
         *((model.source == source) & model.ticket_id.in_(ids) for source, ids in by_source.items())
     )
+
+
+def pages_by_id(
+    session: Session, query: Any, *, after: int, upto: int | None, size: int
+) -> Iterator[Sequence[Any]]:
+    """The rows of ``query`` (a select over ``triage_tickets`` whose first column is its id)
+    with ``after`` < id ≤ ``upto``, in id order, ``size`` at a time: how a process catches
+    up with the tickets committed since it last read."""
+    last = after
+    while True:
+        page = query.where(TicketRow.id > last).order_by(TicketRow.id).limit(size)
+        if upto is not None:
+            page = page.where(TicketRow.id <= upto)
+        rows = session.execute(page).all()
+        if rows:
+            yield rows
+            last = int(rows[-1][0])
+        if len(rows) < size:
+            return

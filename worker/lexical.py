@@ -34,7 +34,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from tickets.db import ScopeField, TicketRow, scope_filter
+from tickets.db import ScopeField, TicketRow, pages_by_id, scope_filter
 from tickets.model import BodyFormat, TicketKey
 from worker.text import prepare_text
 
@@ -457,25 +457,13 @@ class LexicalIndex:
         column = TicketRow.queue if self.scope_field == "queue" else TicketRow.source
         added = 0
         last = after
+        query = select(
+            TicketRow.id, TicketRow.source, TicketRow.ticket_id, column, TicketRow.updated_at
+        )
+        if scoped:
+            query = query.where(scope_filter(self.scope_field, scope))
         with Session(engine) as session:
-            while True:
-                query = (
-                    select(
-                        TicketRow.id,
-                        TicketRow.source,
-                        TicketRow.ticket_id,
-                        column,
-                        TicketRow.updated_at,
-                    )
-                    .where(TicketRow.id > last)
-                    .order_by(TicketRow.id)
-                    .limit(_REFRESH_CHUNK)
-                )
-                if upto is not None:
-                    query = query.where(TicketRow.id <= upto)
-                if scoped:
-                    query = query.where(scope_filter(self.scope_field, scope))
-                rows = session.execute(query).all()
+            for rows in pages_by_id(session, query, after=after, upto=upto, size=_REFRESH_CHUNK):
                 # Keys first, texts for the new ones only: a scope's first pass re-reads
                 # tickets this index already holds.
                 new = {
@@ -497,10 +485,7 @@ class LexicalIndex:
                             label if self.scope_field is not None else None,
                             int(id_),
                         )
-                if rows:
-                    last = int(rows[-1][0])
-                if len(rows) < _REFRESH_CHUNK:
-                    break
+                last = int(rows[-1][0])
         # Every id up to ``upto`` was committed when it was read (the caller's snapshot).
         return added, last if upto is None else max(last, upto)
 

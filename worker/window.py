@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from tickets.db import DecisionRow, ScopeField, TicketRow, scope_filter
+from tickets.db import DecisionRow, ScopeField, TicketRow, pages_by_id, scope_filter
 from tickets.model import TicketKey
 from worker.store import Neighbour, VectorStore
 
@@ -277,42 +277,34 @@ class WindowIndex:
         start = self.start(now)
         added = 0
         last = after
+        query = (
+            select(
+                TicketRow.id,
+                TicketRow.source,
+                TicketRow.ticket_id,
+                TicketRow.received_at,
+                TicketRow.vector,
+                TicketRow.readable,
+                column,
+                DecisionRow.route,
+                DecisionRow.canonical_source,
+                DecisionRow.canonical_ticket_id,
+            )
+            .outerjoin(
+                DecisionRow,
+                (DecisionRow.source == TicketRow.source)
+                & (DecisionRow.ticket_id == TicketRow.ticket_id),
+            )
+            .where(TicketRow.received_at >= start)
+        )
+        if ids:
+            query = query.where(TicketRow.id.in_(list(ids)))
+        if not isinstance(scope, _All):
+            query = query.where(scope_filter(self.scope_field, scope))
         with Session(engine) as session:
-            while True:
-                query = (
-                    select(
-                        TicketRow.id,
-                        TicketRow.source,
-                        TicketRow.ticket_id,
-                        TicketRow.received_at,
-                        TicketRow.vector,
-                        TicketRow.readable,
-                        column,
-                        DecisionRow.route,
-                        DecisionRow.canonical_source,
-                        DecisionRow.canonical_ticket_id,
-                    )
-                    .outerjoin(
-                        DecisionRow,
-                        (DecisionRow.source == TicketRow.source)
-                        & (DecisionRow.ticket_id == TicketRow.ticket_id),
-                    )
-                    .where(TicketRow.id > last, TicketRow.received_at >= start)
-                    .order_by(TicketRow.id)
-                    .limit(_CHUNK)
-                )
-                if upto is not None:
-                    query = query.where(TicketRow.id <= upto)
-                if ids:
-                    query = query.where(TicketRow.id.in_(list(ids)))
-                if not isinstance(scope, _All):
-                    query = query.where(scope_filter(self.scope_field, scope))
-                rows = session.execute(query).all()
+            for rows in pages_by_id(session, query, after=after, upto=upto, size=_CHUNK):
                 added += self._add_rows(rows, store)
-                if rows:
-                    last = int(rows[-1][0])
-                if len(rows) < _CHUNK:
-                    break
+                last = int(rows[-1][0])
         return added, last
 
     def _add_rows(self, rows: Sequence[Any], store: VectorStore) -> int:
