@@ -56,6 +56,10 @@ def load(path: Path, n: int) -> list[Ticket]:
             for col in ("sentence1", "sentence2")
             for i, r in enumerate(pairs)
         ]
+    elif path.suffix == ".tsv":  # LCQMC: short Chinese questions, one ticket per sentence
+        with path.open(encoding="utf-8") as fh:
+            sentences = [x.split("\t")[0] for x in fh if x.strip()]
+        rows = [{"id": f"q{i}", "body": s} for i, s in enumerate(dict.fromkeys(sentences))]
     else:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = (
@@ -80,10 +84,11 @@ CPU: dict[str, list[float]] = {}  # core-ms per ticket, by variant (where the ti
 PUBLISH: dict[str, list[float]] = {}  # seconds the producer took to publish, by variant
 
 
-def engine_alone(texts: list[str], batch: int) -> float:
-    from worker.embedding.local import LocalEmbedder
+def engine_alone(texts: list[str], batch: int, embedder: str = "local") -> float:
+    from worker.embedding import make_embedder
 
-    emb = LocalEmbedder()
+    # TRIAGE_OPENAI_* of this environment say which server and model ``openai`` means.
+    emb = make_embedder(load_settings(embedder=embedder))
     emb.embed(texts[:8])  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(texts), batch):
@@ -107,6 +112,7 @@ def pipeline(
     profile: Path | None = None,
     per_message: int | None = None,
     hybrid_alpha: float | None = None,
+    embedder: str = "local",
 ) -> float:
     import redis
 
@@ -125,6 +131,9 @@ def pipeline(
         )
         if hybrid_alpha is not None:
             env["TRIAGE_HYBRID_ALPHA"] = str(hybrid_alpha)
+        env["TRIAGE_EMBEDDER"] = embedder
+        if embedder == "openai":
+            env.update({k: v for k, v in os.environ.items() if k.startswith("TRIAGE_OPENAI_")})
         settings = load_settings(
             redis_url=redis_url,
             database_url=env["TRIAGE_DATABASE_URL"],
@@ -251,6 +260,17 @@ def main() -> None:
         "--hybrid-alpha", type=float, default=None, help="TRIAGE_HYBRID_ALPHA for the worker"
     )
     ap.add_argument(
+        "--embedders",
+        default="local",
+        help="comma list of TRIAGE_EMBEDDER backends measured side by side, e.g. local,openai "
+        "(openai: the server and model of this environment's TRIAGE_OPENAI_*)",
+    )
+    ap.add_argument(
+        "--variants",
+        default="routed,backfill",
+        help="comma list of the pipeline variants to run: routed, backfill",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -277,23 +297,48 @@ def main() -> None:
         f"run(s), {args.per_message or args.batch_size} per message, hybrid alpha "
         f"{'default' if args.hybrid_alpha is None else args.hybrid_alpha}"
     )
-    results: dict[str, list[float]] = {"engine": [], "routed": [], "backfill": []}
+    embedders = [e.strip() for e in args.embedders.split(",") if e.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    results: dict[str, list[float]] = {}
+
+    def name(embedder: str, what: str) -> str:
+        return what if embedders == ["local"] else f"{embedder} {what}"
+
     for run in range(args.runs):
         # Interleaved so that the machine's background load hits every variant alike.
-        results["engine"].append(engine_alone(texts, args.batch_size))
-        for variant in ("routed", "backfill"):
-            results[variant].append(
-                pipeline(
-                    tickets,
-                    backfill=variant == "backfill",
-                    redis_url=args.redis_url,
-                    batch=args.batch_size,
-                    profile=args.profile,
-                    per_message=args.per_message,
-                    hybrid_alpha=args.hybrid_alpha,
+        for embedder in embedders:
+            results.setdefault(name(embedder, "engine"), []).append(
+                engine_alone(texts, args.batch_size, embedder)
+            )
+            for variant in variants:
+                results.setdefault(name(embedder, variant), []).append(
+                    pipeline(
+                        tickets,
+                        backfill=variant == "backfill",
+                        redis_url=args.redis_url,
+                        batch=args.batch_size,
+                        profile=args.profile,
+                        per_message=args.per_message,
+                        hybrid_alpha=args.hybrid_alpha,
+                        embedder=embedder,
+                    )
+                )
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
+    if embedders != ["local"] or variants != ["routed", "backfill"]:
+        med = {k: statistics.median(v) for k, v in results.items()}
+        for embedder in embedders:
+            engine = med[name(embedder, "engine")]
+            print(
+                f"{embedder}: median engine alone {engine:.1f} texts/s; "
+                + "; ".join(
+                    f"{v} {med[name(embedder, v)]:.1f} tickets/s "
+                    f"({med[name(embedder, v)] / engine:.2f}x engine)"
+                    for v in variants
                 )
             )
-        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
+        if args.json:
+            args.json.write_text(json.dumps({"runs": results, "median": med}, indent=2))
+        return
     med = {k: statistics.median(v) for k, v in results.items()}
     print(
         f"median texts|tickets/s: engine alone {med['engine']:.1f}, ingest+worker routed {med['routed']:.1f} "
