@@ -36,9 +36,11 @@ def test_four_workers_under_sigkill_decide_as_one_at_a_time(
     settings = fault_env.settings()
     tickets = make_tickets(N_TICKETS, seed=11)
     text_of = {t.ticket_id: t.body for t in tickets}
-    sent = fault_env.publish(settings, tickets, per_message=1)
     rng = random.Random(20261205)
+    # All four ready before the backlog arrives, and replacements not waited for: under a
+    # loaded machine a worker's start-up would otherwise outlast the backlog.
     workers: list[WorkerProcess] = [start_worker(settings) for _ in range(N_WORKERS)]
+    sent = fault_env.publish(settings, tickets, per_message=1)
     started = time.monotonic()
     points = sorted(rng.randrange(N_TICKETS // 10, N_TICKETS * 6 // 10) for _ in range(N_KILLS))
     kills_mid_run = 0
@@ -54,7 +56,7 @@ def test_four_workers_under_sigkill_decide_as_one_at_a_time(
         victim.proc.wait(10)
         kills_mid_run += before < N_TICKETS
         print(f"kill: {before}/{N_TICKETS} accounted for at the kill")
-        workers.append(start_worker(settings))  # the restart policy's replacement
+        workers.append(start_worker(settings, ready=False))  # the restart policy's replacement
     fault_end = time.monotonic()
     recovery_s = wait_settled(
         fault_env.engine,
