@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -60,6 +60,9 @@ from worker.text import (
     prepare_text,
     resolve_steps,
 )
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 PAIR_GRID = tuple(round(0.05 * i, 2) for i in range(6, 20))  # 0.30 … 0.95
 
@@ -484,19 +487,31 @@ def _product_subject_weight() -> float:
     return load_settings().subject_weight
 
 
+def _worker_thresholds(settings: Settings, embedder: Embedder) -> Thresholds:
+    """The thresholds the worker routes this embedder's tickets by (queue-independent): the
+    thresholds file's when one is set, else the operator's, else those shipped for the model."""
+    from worker.thresholds import load_for_model, model_advice
+
+    if settings.thresholds_file is not None:
+        try:
+            return load_for_model(settings.thresholds_file, embedder.model_id).for_queue(None)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return model_advice(settings, embedder).thresholds
+
+
 def _embedder_as(backend: str) -> tuple[Embedder, Thresholds]:
     """Another embedder from this environment's settings, with the thresholds the worker
     would use for it."""
     from config.settings import SettingsError, load_settings
     from worker.embedding import make_embedder
-    from worker.thresholds import model_advice
 
     try:
         settings = load_settings(embedder=backend)
     except SettingsError as exc:
         raise click.ClickException(f"--also-embedder {backend}: {exc}") from None
     embedder = make_embedder(settings)
-    return embedder, model_advice(settings, embedder).thresholds
+    return embedder, _worker_thresholds(settings, embedder)
 
 
 def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
@@ -509,11 +524,11 @@ def _product() -> tuple[Embedder, Thresholds, int, dict[str, Any]]:
         click.echo(f"triage: {exc}", err=True)
         sys.exit(2)
     embedder = make_embedder(settings)
-    thresholds = Thresholds(settings.duplicate_threshold, settings.suggest_threshold)
+    thresholds = _worker_thresholds(settings, embedder)
     info = {
         "model_id": embedder.model_id,
-        "duplicate_threshold": settings.duplicate_threshold,
-        "suggest_threshold": settings.suggest_threshold,
+        "duplicate_threshold": thresholds.duplicate,
+        "suggest_threshold": thresholds.suggest,
         "top_k": settings.top_k,
         "hybrid_alpha": settings.hybrid_alpha,
         "hybrid_pool": settings.hybrid_pool,

