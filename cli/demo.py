@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import redis
 import requests
-from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -334,17 +334,16 @@ def _label_summary(rows: list[dict[str, object]], labels: dict[str, str]) -> str
 
 
 def _done(engine: Engine, keys: list[TicketKey]) -> int:
-    wanted = [tuple(k) for k in keys]
     with Session(engine) as s:
         decided = s.scalar(
             select(func.count())
             .select_from(db.DecisionRow)
-            .where(tuple_(db.DecisionRow.source, db.DecisionRow.ticket_id).in_(wanted))
+            .where(db.key_filter(db.DecisionRow, keys))
         )
         failed = s.scalar(
             select(func.count())
             .select_from(db.FailureRow)
-            .where(tuple_(db.FailureRow.source, db.FailureRow.ticket_id).in_(wanted))
+            .where(db.key_filter(db.FailureRow, keys))
         )
     return int(decided or 0) + int(failed or 0)
 
@@ -383,23 +382,16 @@ def _wait(
 
 
 def _table(engine: Engine, keys: list[TicketKey]) -> list[dict[str, object]]:
-    wanted: list[tuple[str, str]] = [(k.source, k.ticket_id) for k in dict.fromkeys(keys)]
+    unique = list(dict.fromkeys(keys))
+    wanted: list[tuple[str, str]] = [(k.source, k.ticket_id) for k in unique]
     with Session(engine) as s:
         decisions = {
             (d.source, d.ticket_id): d
-            for d in s.scalars(
-                select(db.DecisionRow).where(
-                    tuple_(db.DecisionRow.source, db.DecisionRow.ticket_id).in_(wanted)
-                )
-            )
+            for d in s.scalars(select(db.DecisionRow).where(db.key_filter(db.DecisionRow, unique)))
         }
         failures = {
             (f.source, f.ticket_id): f
-            for f in s.scalars(
-                select(db.FailureRow).where(
-                    tuple_(db.FailureRow.source, db.FailureRow.ticket_id).in_(wanted)
-                )
-            )
+            for f in s.scalars(select(db.FailureRow).where(db.key_filter(db.FailureRow, unique)))
         }
     rows: list[dict[str, object]] = []
     for key in wanted:

@@ -53,7 +53,7 @@ from tickets.db import (
     TicketRow,
     _BigId,
     dialect_insert,
-    keys_in,
+    key_filter,
 )
 from tickets.model import TicketKey
 from tickets.outbox import ActionRow
@@ -161,7 +161,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
             session.execute(
                 update(TicketRow)
                 .where(
-                    keys_in(TicketRow, part),
+                    key_filter(TicketRow, part),
                     (TicketRow.body != "")
                     | TicketRow.subject.is_not(None)
                     | TicketRow.vector.is_not(None),
@@ -180,7 +180,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
         counts["decisions"] += _rowcount(
             session.execute(
                 update(DecisionRow)
-                .where(keys_in(DecisionRow, part), DecisionRow.subject.is_not(None))
+                .where(key_filter(DecisionRow, part), DecisionRow.subject.is_not(None))
                 .values(subject=None)
                 .execution_options(synchronize_session=False)
             )
@@ -188,14 +188,14 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
         counts["failures"] += _rowcount(
             session.execute(
                 delete(FailureRow)
-                .where(keys_in(FailureRow, part))
+                .where(key_filter(FailureRow, part))
                 .execution_options(synchronize_session=False)
             )
         )
         counts["feedback"] += _rowcount(
             session.execute(
                 update(FeedbackRow)
-                .where(keys_in(FeedbackRow, part), FeedbackRow.comment.is_not(None))
+                .where(key_filter(FeedbackRow, part), FeedbackRow.comment.is_not(None))
                 .values(comment=None)
                 .execution_options(synchronize_session=False)
             )
@@ -207,7 +207,7 @@ def erase(session: Session, keys: Sequence[TicketKey]) -> dict[str, int]:
 def _erase_actions(session: Session, keys: Sequence[TicketKey]) -> int:
     rows = session.execute(
         select(ActionRow.id, ActionRow.payload, ActionRow.last_error).where(
-            keys_in(ActionRow, keys)
+            key_filter(ActionRow, keys)
         )
     ).all()
     changed = 0
@@ -262,7 +262,7 @@ def purged(session: Session, keys: Sequence[TicketKey]) -> set[TicketKey]:
         out.update(
             TicketKey(s, t)
             for s, t in session.execute(
-                select(PurgeRow.source, PurgeRow.ticket_id).where(keys_in(PurgeRow, part))
+                select(PurgeRow.source, PurgeRow.ticket_id).where(key_filter(PurgeRow, part))
             )
         )
     return out

@@ -125,7 +125,7 @@ class Fence:
         table = db.DecisionFenceRow.__table__
         try:
             with self.engine.begin() as conn:
-                self._lock_timeout(conn)
+                self._lock_timeout(conn, flush=False)
                 insert = db.dialect_insert(conn.dialect.name)(table).values(
                     name=name, token=1, claimed_at=datetime.now(UTC)
                 )
@@ -224,13 +224,21 @@ class Fence:
 
         return check
 
-    def _lock_timeout(self, conn: Connection) -> None:
+    def _lock_timeout(self, conn: Connection, *, flush: bool = True) -> None:
         if self._postgres:
             # Bound the wait for a row another holder keeps locked (this transaction only:
             # set_config's third argument is SET LOCAL, and it takes a bound value).
+            # flush=False: the commit returns before its WAL reaches the disk (visible to
+            # every session at once, as any commit). A claim needs no flush of its own: the
+            # WAL is flushed in order, so the next decision commit (which waits for its
+            # flush) makes every claim before it durable, and a claim that a crash loses was
+            # followed by no durable decision, so the token it took back was never used.
             conn.execute(
-                text("SELECT set_config('lock_timeout', :ms, true)"),
-                {"ms": f"{int(self.wait_s * 1000)}ms"},
+                text(
+                    "SELECT set_config('lock_timeout', :ms, true), "
+                    "set_config('synchronous_commit', :sync, true)"
+                ),
+                {"ms": f"{int(self.wait_s * 1000)}ms", "sync": "on" if flush else "off"},
             )
 
 

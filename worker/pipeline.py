@@ -519,6 +519,8 @@ class Snapshot:
     queries: dict[int, str]  # BM25 query text by item index
     reasons: dict[int, str | None]
     ratios: dict[int, float | None]
+    # TRIAGE_MATCH_STATUSES: the candidates whose status was left out when ranked
+    excluded: set[TicketKey] = field(default_factory=set)
 
 
 @dataclass
@@ -626,6 +628,12 @@ def _snapshot(
                 if k in fetched
             }
 
+    excluded: set[TicketKey] = set()
+    if services.match_statuses is not None:
+        statuses = services.match_statuses
+        candidates = [k for r in ranked.values() for k in _ranked_keys(r)]
+        excluded = _sql(lambda s: db.excluded_keys(s, candidates, statuses), services.engine)
+
     reasons: dict[int, str | None] = dict.fromkeys(part)
     ratios: dict[int, float | None] = dict.fromkeys(part)
     if services.coverage is not None and part:
@@ -643,6 +651,7 @@ def _snapshot(
         queries,
         reasons,
         ratios,
+        excluded,
     )
 
 
@@ -730,9 +739,7 @@ def _section(
     keys = [items[i].ticket.key for i in part]
     field_ = services.match_scope
 
-    def read(
-        session: Session,
-    ) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket], set[TicketKey]]:
+    def read(session: Session) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket]]:
         # Re-read inside the lock: another worker may have decided one of these meanwhile.
         known = db.known_tickets(session, keys)
         since = db.stored_tickets(
@@ -742,17 +749,18 @@ def _section(
             field=field_,
             value=snapshot.scope,
         )
-        excluded: set[TicketKey] = set()
-        if services.match_statuses is not None:
-            # Statuses read under the lock: a ticket closed after the snapshot is excluded.
-            excluded = db.excluded_keys(
-                session,
-                [*_snapshot_keys(snapshot), *(t.key for t in since)],
-                services.match_statuses,
-            )
-        return known, since, excluded
+        return known, since
 
-    known, since, excluded = _sql(read, services.engine)
+    known, since = _sql(read, services.engine)
+    # TRIAGE_MATCH_STATUSES: the snapshot read the statuses of its candidates, outside the
+    # lock; the tickets caught up bring theirs. A status is not serialised with decisions
+    # (a helpdesk closes a ticket whenever it likes), so a ticket closed while its batch-mate
+    # waits for the lock may still be offered, as one closed a moment after the commit is.
+    statuses = services.match_statuses
+    excluded = set(snapshot.excluded)
+    if statuses is not None:
+        excluded.difference_update(t.key for t in since)
+        excluded.update(t.key for t in since if t.status not in statuses)
     if services.window is not None:  # the catch-up offers in-window tickets only
         since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
     model = services.embedder.model_id
@@ -768,12 +776,13 @@ def _section(
     stored, lexical = _candidates(
         items, fresh, snapshot, caught_up, fresh_vectors, to_route, services
     )
+    thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
+    reasons = [snapshot.reasons[i] for i in fresh]
+
     if excluded:
         stored = [[nb for nb in nbs if nb.key not in excluded] for nbs in stored]
         if lexical is not None:
             lexical = [{k: v for k, v in ls.items() if k not in excluded} for ls in lexical]
-    thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
-    reasons = [snapshot.reasons[i] for i in fresh]
     outcomes = decide(
         fresh_keys,
         fresh_vectors,
@@ -862,13 +871,8 @@ def _section(
     return out, len(caught_up)
 
 
-def _snapshot_keys(snapshot: Snapshot) -> list[TicketKey]:
-    keys: list[TicketKey] = []
-    for r in snapshot.ranked.values():
-        keys += [nb.key for nb in r.dense]
-        keys += list(r.lexical_top)
-        keys += list(r.lexical_only)
-    return keys
+def _ranked_keys(r: Ranked) -> list[TicketKey]:
+    return [nb.key for nb in r.dense] + list(r.lexical_top) + list(r.lexical_only)
 
 
 def _check_collection(session: Session, collection: str) -> None:

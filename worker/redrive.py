@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Engine, delete, select, tuple_, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 from tickets import db
@@ -228,7 +228,7 @@ def _decided(session: Session, keys: list[TicketKey]) -> set[TicketKey]:
         return set()
     rows = session.execute(
         select(db.DecisionRow.source, db.DecisionRow.ticket_id).where(
-            tuple_(db.DecisionRow.source, db.DecisionRow.ticket_id).in_([tuple(k) for k in keys])
+            db.key_filter(db.DecisionRow, keys)
         )
     )
     return {TicketKey(source, ticket_id) for source, ticket_id in rows}

@@ -126,7 +126,7 @@ def decide(
             continue
         ranked = list(candidates.values())
         if hybrid and lexical is not None:
-            ranked = _hybrid_order(ranked, lexical[i], alpha, pool)
+            ranked = _hybrid_order(ranked, lexical[i], alpha, pool, top_k)
         else:
             ranked.sort(key=lambda nb: -nb.score)
         matches = tuple(ranked[:top_k])
@@ -148,16 +148,20 @@ def decide(
 
 
 def _hybrid_order(
-    candidates: list[Neighbour], lexical: Mapping[TicketKey, float], alpha: float, pool: int | None
+    candidates: list[Neighbour],
+    lexical: Mapping[TicketKey, float],
+    alpha: float,
+    pool: int | None,
+    top_k: int,
 ) -> list[Neighbour]:
-    """Candidates in fused order (best first), each with its fused score; those outside the
-    pool left out."""
+    """The ``top_k`` best candidates in fused order, each with its fused score (those
+    outside the pool left out)."""
     if not candidates:
         return []
     dense = np.array([[nb.score for nb in candidates]], dtype=np.float32)
     bm25 = np.array([[lexical.get(nb.key, 0.0) for nb in candidates]], dtype=np.float32)
     fused = fuse(dense, bm25, alpha, pool)[0]
-    order = np.argsort(-fused, kind="stable")
+    order = np.argsort(-fused, kind="stable")[:top_k]
     return [
         replace(candidates[int(j)], fused=float(fused[j])) for j in order if np.isfinite(fused[j])
     ]
