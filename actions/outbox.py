@@ -128,13 +128,16 @@ class Outbox:
     def enabled(self) -> bool:
         return bool(self.settings.outbound_webhook_url or self.settings.writeback_vendors)
 
-    def stage(self, session: Session, decision_rows: Sequence[dict[str, Any]]) -> None:
+    def stage(
+        self, session: Session, decision_rows: Sequence[dict[str, Any]], *, again: bool = False
+    ) -> None:
         """Insert the actions of these decisions in ``session``'s transaction; once it
-        commits, their ids wait for :meth:`publish_committed`."""
+        commits, their ids wait for :meth:`publish_committed`. ``again``: decisions that
+        changed (a re-decision) replace the actions queued for them."""
         rows = actions_for(decision_rows, self.settings)
         if not rows:
             return
-        outbox.stage(session, rows)
+        (outbox.restage if again else outbox.stage)(session, rows)
         ids = [r["action_id"] for r in rows if r["status"] == outbox.PENDING]
         if ids:
             # Only what committed is published (a rolled-back batch is retried whole).

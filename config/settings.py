@@ -441,6 +441,17 @@ class Settings(BaseSettings):
         ),
     )
 
+    redecide_on_edit: bool = Field(
+        False,
+        description=(
+            "Route a ticket again when its helpdesk reports its text edited: against every "
+            "stored ticket but itself and those already linked to it, as a new ticket would "
+            "be. A decision an agent has reviewed (confirm or veto) is kept. When the route "
+            "or the matched ticket changes, the decision's webhooks and write-back are sent "
+            "again; every re-decision leaves an audit row in `triage_redecisions`. Off: an "
+            "edit re-embeds the ticket and keeps its decision."
+        ),
+    )
     erase_on_delete: bool = Field(
         False,
         description=(

@@ -7,10 +7,12 @@ Tables (schema owned by the Alembic migrations in ``tickets/migrations``):
 - ``triage_decisions``: one row per routed ticket; the stable surface dashboards query.
 - ``triage_failures``: tickets that will not succeed on retry, with the reason.
 - ``triage_decision_fence``: the decision lock's fencing token (worker/decision_lock.py).
+- ``triage_redecisions``: the audit of edited tickets routed again (worker/redecide.py).
 
 Every write is keyed by ``(source, ticket_id)`` and idempotent: a redelivered ticket
-never adds a row, and a decision, once made, is never rewritten (later tickets may
-already point at it).
+never adds a row, and a decision, once made, is never rewritten by its ticket's
+redelivery (later tickets may already point at it); only an edit of the ticket routes it
+again, when TRIAGE_REDECIDE_ON_EDIT says so (worker/redecide.py).
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class DecisionRow(Base):
     unknown_ratio: Mapped[float | None] = mapped_column(Float)
     # Why the route is what it is when the score alone does not say (e.g. unreadable text).
     reason: Mapped[str | None] = mapped_column(Text)
+    # When an edit of the ticket last re-decided it (TRIAGE_REDECIDE_ON_EDIT); null if never.
+    redecided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IndexStateRow(Base):
@@ -228,6 +232,29 @@ class RedriveRow(Base):
     redriven_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     # 'published', or 'already decided' (a stale failure row, removed without a publish).
     outcome: Mapped[str] = mapped_column(String(32))
+
+
+class RedecisionRow(Base):
+    """One re-decision of an edited ticket (worker/redecide.py): the decision before and
+    after, or ``kept`` when an agent had reviewed it. Keys and routes only, never text."""
+
+    __tablename__ = "triage_redecisions"
+    __table_args__ = (Index("ix_triage_redecisions_key", "source", "ticket_id"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[str] = mapped_column(String(255))
+    # 'changed' (route or matched ticket differ), 'same', or 'kept' (reviewed: not re-decided)
+    outcome: Mapped[str] = mapped_column(String(16))
+    route_before: Mapped[str] = mapped_column(String(16))
+    score_before: Mapped[float | None] = mapped_column(Float)
+    matched_source_before: Mapped[str | None] = mapped_column(String(64))
+    matched_ticket_id_before: Mapped[str | None] = mapped_column(String(255))
+    route_after: Mapped[str | None] = mapped_column(String(16))
+    score_after: Mapped[float | None] = mapped_column(Float)
+    matched_source_after: Mapped[str | None] = mapped_column(String(64))
+    matched_ticket_id_after: Mapped[str | None] = mapped_column(String(255))
+    redecided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # --- engine ------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ class DecisionOut(BaseModel):
     received_at: datetime
     decided_at: datetime
     latency_ms: int | None
+    redecided_at: datetime | None = Field(
+        None,
+        description="when an edit of the ticket last re-decided it (TRIAGE_REDECIDE_ON_EDIT); "
+        "null if it never was",
+    )
 
 
 def as_utc(value: datetime) -> datetime:
@@ -62,16 +67,13 @@ def decision_out(row: Any) -> DecisionOut:
     insert as one (a mapping of its columns)."""
 
     def get(column: str) -> Any:
-        return row[column] if isinstance(row, Mapping) else getattr(row, column)
+        # A decision about to be inserted has no re-decision time yet.
+        return row.get(column) if isinstance(row, Mapping) else getattr(row, column)
 
+    times = ("received_at", "decided_at", "redecided_at")
     return DecisionOut.model_validate(
         {
-            **{
-                c: get(c)
-                for c in DecisionOut.model_fields
-                if c not in ("received_at", "decided_at")
-            },
-            "received_at": as_utc(get("received_at")),
-            "decided_at": as_utc(get("decided_at")),
+            **{c: get(c) for c in DecisionOut.model_fields if c not in times},
+            **{c: None if get(c) is None else as_utc(get(c)) for c in times},
         }
     )

@@ -102,6 +102,26 @@ def stage(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def restage(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert action rows, replacing the one queued for the same decision and target (a
+    re-decided ticket's, worker/redecide.py): it is sent again, with the new decision and
+    a new idempotency id, whatever state the earlier one reached."""
+    if rows:
+        insert = dialect_insert(session.get_bind().dialect.name)(_TABLE)
+        replaced = ("action_id", "payload", "status", "attempts", "next_attempt_at", "created_at")
+        cleared = ("last_attempt_at", "last_status", "last_error", "delivered_at")
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["kind", "target", "source", "ticket_id"],
+                set_={
+                    **{c: insert.excluded[c] for c in replaced},
+                    **dict.fromkeys(cleared),
+                },
+            ),
+            list(rows),
+        )
+
+
 def claim(
     session: Session, action_id: str, now: datetime, lease_until: datetime
 ) -> ActionRow | None:

@@ -5,7 +5,8 @@
   history ticket's does (tickets/db.py save_batch): every decision section that took its
   snapshot earlier catches it up by id, and every process's BM25 index replaces the entry
   when it reads the row again (worker/lexical.py). The Chroma vector is replaced after the
-  commit. The ticket's decision is kept.
+  commit. The ticket's decision is kept, or routed again with TRIAGE_REDECIDE_ON_EDIT
+  (worker/redecide.py), in the same section and transaction.
 - **Status**: the row's ``status``; TRIAGE_MATCH_STATUSES is applied inside the decision
   section against SQL (worker/pipeline.py), so a status needs no write to Chroma.
 - **Order**: an update whose helpdesk time (``updated_at``) is older than the last one
@@ -46,6 +47,9 @@ from worker.pipeline import (
     scope_lock_name,
     vector_meta,
 )
+from worker.redecide import Redecision
+from worker.redecide import redecide as route_decision
+from worker.redecide import write as write_redecision
 from worker.text import content_hash, embed_tickets, embedding_text
 
 HELPDESK_AGENT = "helpdesk:{source}"
@@ -63,6 +67,8 @@ class Applied:
     reembedded: bool = False
     status: str | None = None
     feedback: str | None = None
+    # TRIAGE_REDECIDE_ON_EDIT: 'changed', 'same' or 'kept' (worker/redecide.py)
+    redecided: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,10 @@ def apply_update(
     duplicate_tag: str,
     own_tags: frozenset[str],
     in_flight: Callable[[TicketKey], bool],
+    redecide: bool = False,
 ) -> Applied:
-    """Apply ``update``; ``in_flight(key)``: whether the ticket is accepted and not settled."""
+    """Apply ``update``; ``in_flight(key)``: whether the ticket is accepted and not settled;
+    ``redecide``: an edited ticket's decision is routed again (TRIAGE_REDECIDE_ON_EDIT)."""
     key = update.key
     # Asked before SQL is read: a ticket settles (row committed) before it leaves the
     # ledger, so "not in flight" and then "no row" means the product never accepted it.
@@ -184,8 +192,14 @@ def apply_update(
             commit=True,
         )
         return Applied("own" if own_only else "applied", status=change.status, feedback=feedback)
-    _reembed(update, row, decision, values, services)
-    return Applied("applied", reembedded=True, status=change.status, feedback=feedback)
+    again = _reembed(update, row, decision, values, services, redecide=redecide)
+    return Applied(
+        "applied",
+        reembedded=True,
+        status=change.status,
+        feedback=feedback,
+        redecided=None if again is None else again.result,
+    )
 
 
 def update_stmt() -> Any:
@@ -235,7 +249,10 @@ def _reembed(
     decision: db.DecisionRow | None,
     values: dict[str, Any],
     services: Services,
-) -> None:
+    *,
+    redecide: bool = False,
+) -> Redecision | None:
+    """The edited text embedded and written; with ``redecide``, its decision routed again."""
     ticket = Ticket(
         source=update.source,
         ticket_id=update.ticket_id,
@@ -258,7 +275,10 @@ def _reembed(
         stored_at=datetime.now(UTC),
     )
     key = update.key
+    again: Redecision | None = None
     with services.local_lock, _section(services, row.queue, row.source) as section:
+        if redecide and decision is not None:
+            again = route_decision(ticket, text, vector, decision, services)
         committing = section.committing() if section is not None else contextlib.nullcontext()
         with committing as check:
 
@@ -271,11 +291,15 @@ def _reembed(
                     .where(db.key_filter(db.TicketRow, [key]))
                     .values(id=db.next_ticket_id(session), **values)
                 )
+                if again is not None and decision is not None:
+                    write_redecision(session, decision, again, services)
 
             _sql(write, services.engine, commit=True)
     canonical = key
     route = "history"
-    if decision is not None:
+    if again is not None:
+        canonical, route = again.canonical, again.route
+    elif decision is not None:
         canonical = TicketKey(decision.canonical_source, decision.canonical_ticket_id)
         route = decision.route
     readable = row.readable is not False
@@ -283,3 +307,6 @@ def _reembed(
         [key], vector[None, :], [vector_meta(key, canonical, route, readable, row.queue)]
     )
     _sql(lambda s: db.mark_indexed(s, [key], datetime.now(UTC)), services.engine, commit=True)
+    if again is not None and services.outbox is not None:
+        services.outbox.publish_committed()
+    return again

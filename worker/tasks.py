@@ -192,6 +192,7 @@ def triage_update(self: Task, message: dict[str, Any]) -> str:
             duplicate_tag=settings.actions_duplicate_tag,
             own_tags=product_tags(settings.actions_duplicate_tag, settings.actions_suggest_tag),
             in_flight=runtime.ledger.holds,
+            redecide=settings.redecide_on_edit,
         ).result
         if settings.erase_on_delete:
             erase_deleted(

@@ -1,0 +1,190 @@
+"""Re-deciding an edited ticket (TRIAGE_REDECIDE_ON_EDIT).
+
+An edit (worker/lifecycle.py) replaces a ticket's text and vector. With this setting on, its
+decision is routed again on the new text, inside the same decision section and written in
+the same SQL transaction as the new text: no section sees one without the other.
+
+- **Against what**: every ticket stored in its match scope now (the store's neighbours, the
+  BM25 index, and the tickets whose vectors have not reached the store yet, caught up from
+  SQL as every section does), except itself and the tickets whose canonical ticket it is.
+  Those were linked to it: offering one would make the ticket a duplicate of its own
+  duplicate. A new ticket meets every ticket decided before it; an edited one meets every
+  ticket stored now, as the agent reading it does.
+- **A reviewed decision is kept**: an agent's confirm or veto (the feedback table: the API,
+  the review queue, the helpdesk's own verdicts) judged it, and the product does not overrule
+  an agent.
+- **What changes**: the decision row's route, score, matches, canonical ticket, thresholds,
+  subject, and ``redecided_at``. ``decided_at`` and the latency stay the first decision's,
+  and tickets already linked to this one keep their link.
+- **Actions**: when the route or the matched ticket changed, the decision's actions (outbound
+  webhooks, write-back) are staged again in the same transaction, replacing the earlier ones
+  under new idempotency ids (tickets/outbox.py restage). The write-back's tag and note come
+  back as an update event that worker/lifecycle.py's loop guard sets aside, so a
+  re-decision never causes another.
+- **Audit**: one ``triage_redecisions`` row per edit that reached a decision: ``changed``,
+  ``same``, or ``kept`` (reviewed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from tickets import db
+from tickets.model import Ticket, TicketKey
+from worker.pipeline import (
+    PreparedBatch,
+    Services,
+    WorkItem,
+    _candidates,
+    _caught_up,
+    _decision_values,
+    _snapshot,
+    _sql,
+    _stack,
+    scope_of,
+)
+from worker.routing import decide
+
+Result = Literal["changed", "same", "kept"]
+
+# Columns of the first decision that a re-decision keeps.
+_KEPT = ("source", "ticket_id", "queue", "received_at", "decided_at", "latency_ms")
+
+
+@dataclass(frozen=True)
+class Redecision:
+    """A re-decision, routed under the section and waiting for the commit."""
+
+    result: Result
+    route: str
+    canonical: TicketKey
+    # The decision row's new columns; empty when the decision is kept.
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def reviewed(session: Session, key: TicketKey) -> bool:
+    """Whether an agent (or the helpdesk) has judged this ticket's decision."""
+    found = session.scalar(
+        select(db.FeedbackRow.id).where(db.key_filter(db.FeedbackRow, [key])).limit(1)
+    )
+    return found is not None
+
+
+def route_again(ticket: Ticket, text: str, vector: np.ndarray, services: Services) -> Redecision:
+    """Route the edited ``ticket`` (its new ``text`` and ``vector``). The caller holds its
+    scope's decision section, so nothing is committed in the scope meanwhile."""
+    batch = PreparedBatch([WorkItem(ticket)], {}, {ticket.key: 0}, [0], {0: text}, {0: vector})
+    scope = scope_of(ticket, services.match_scope)
+    snapshot = _snapshot(batch, [0], scope, services)
+
+    def read(session: Session) -> list[db.StoredTicket]:
+        return db.stored_tickets(
+            session,
+            after_id=snapshot.newest,
+            ids=snapshot.unindexed,
+            field=services.match_scope,
+            value=scope,
+        )
+
+    since = _sql(read, services.engine)
+    excluded = set(snapshot.excluded)
+    if services.match_statuses is not None:
+        excluded.difference_update(t.key for t in since)
+        excluded.update(t.key for t in since if t.status not in services.match_statuses)
+    if services.window is not None:
+        since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
+    vectors = _stack([vector], services)
+    stored, lexical = _candidates(
+        batch.items,
+        [0],
+        snapshot,
+        _caught_up(since, services.embedder.dimension),
+        vectors,
+        [True],
+        services,
+    )
+    excluded.update(nb.key for nb in stored[0] if nb.canonical == ticket.key)
+    candidates = [nb for nb in stored[0] if nb.key not in excluded]
+    scores = None
+    if lexical is not None:
+        scores = [{k: v for k, v in lexical[0].items() if k not in excluded}]
+    thresholds = services.thresholds.for_queue(ticket.queue)
+    outcome = decide(
+        [ticket.key],
+        vectors,
+        [candidates],
+        decide_mask=[True],
+        thresholds=[thresholds],
+        top_k=services.top_k,
+        unreadable=[snapshot.reasons[0]],
+        lexical=scores,
+        alpha=services.hybrid_alpha,
+        pool=services.hybrid_pool,
+    )[0]
+    assert outcome is not None
+    now = datetime.now(UTC)
+    values = _decision_values(
+        ticket, outcome, services.embedder.model_id, thresholds, now, snapshot.ratios[0]
+    )
+    for column in _KEPT:
+        values.pop(column)
+    values["redecided_at"] = now
+    return Redecision("same", outcome.route, outcome.canonical, values)
+
+
+def redecide(
+    ticket: Ticket, text: str, vector: np.ndarray, decision: db.DecisionRow, services: Services
+) -> Redecision:
+    """The edited ticket's decision: kept when reviewed, else routed again."""
+    if _sql(lambda s: reviewed(s, ticket.key), services.engine):
+        return Redecision("kept", decision.route, _canonical(decision))
+    again = route_again(ticket, text, vector, services)
+    changed = again.route != decision.route or (
+        again.values["matched_source"],
+        again.values["matched_ticket_id"],
+    ) != (decision.matched_source, decision.matched_ticket_id)
+    if not changed:
+        return again
+    return Redecision("changed", again.route, again.canonical, again.values)
+
+
+def write(
+    session: Session, decision: db.DecisionRow, redecision: Redecision, services: Services
+) -> None:
+    """In the edit's transaction: the decision's new columns, the audit row, and, when the
+    decision changed, its actions again."""
+    key = TicketKey(decision.source, decision.ticket_id)
+    values = redecision.values
+    if values:
+        session.execute(
+            update(db.DecisionRow).where(db.key_filter(db.DecisionRow, [key])).values(**values)
+        )
+    session.execute(
+        insert(db.RedecisionRow).values(
+            source=key.source,
+            ticket_id=key.ticket_id,
+            outcome=redecision.result,
+            route_before=decision.route,
+            score_before=decision.score,
+            matched_source_before=decision.matched_source,
+            matched_ticket_id_before=decision.matched_ticket_id,
+            route_after=values.get("route"),
+            score_after=values.get("score"),
+            matched_source_after=values.get("matched_source"),
+            matched_ticket_id_after=values.get("matched_ticket_id"),
+            redecided_at=values.get("redecided_at") or datetime.now(UTC),
+        )
+    )
+    if redecision.result == "changed" and services.outbox is not None:
+        columns = {c.key: getattr(decision, c.key) for c in db.DecisionRow.__mapper__.column_attrs}
+        services.outbox.stage(session, [{**columns, **values}], again=True)
+
+
+def _canonical(decision: db.DecisionRow) -> TicketKey:
+    return TicketKey(decision.canonical_source, decision.canonical_ticket_id)
