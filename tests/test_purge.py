@@ -5,6 +5,7 @@ stays; and a purge while a worker decides loses no decision."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -533,3 +534,60 @@ def test_erase_on_delete_erases_a_deleted_ticket_once(database_url: str) -> None
         assert session.scalar(select(func.count()).select_from(PurgeRunRow)) == 1
         assert session.scalar(select(func.count()).select_from(PurgeRow)) == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("moment", ["before", "in_section"])
+def test_an_edit_of_a_purged_ticket_does_not_store_its_text_again(
+    services: Services, moment: str
+) -> None:
+    """A helpdesk edit event of an erased ticket (its own redaction, say) arriving after
+    the purge, or while the edit waits for the decision section: nothing re-embedded."""
+    from tickets.model import TicketUpdate
+    from worker.lifecycle import apply_update
+
+    key = TicketKey("race", "1")
+    [first] = triage_batch(
+        [WorkItem(Ticket(source="race", ticket_id="1", subject="Secret name", body="zorblax"))],
+        services,
+    )
+    assert first.status == "manual"
+    if moment == "before":
+        purge(services.engine, requested_by="test", keys=[key])
+        assert services.purges is not None
+        services.purges.catch_up(services)  # as the worker's next batch does
+        assert services.store.present([key]) == set()
+    else:
+        # The purge commits while the edit holds the decision section, before its write.
+        lock = services.lock
+
+        @contextlib.contextmanager
+        def purging_lock() -> Iterator[Any]:
+            with lock() as section:
+                purge(services.engine, requested_by="test", keys=[key])
+                yield section
+
+        services.lock = purging_lock
+    edit = TicketUpdate(
+        source="race",
+        ticket_id="1",
+        event="ticket.updated",
+        text=True,
+        subject="Secret name again",
+        body="zorblax and more",
+    )
+    applied = apply_update(
+        edit,
+        services,
+        duplicate_tag="triage-duplicate",
+        own_tags=frozenset(),
+        in_flight=lambda _key: False,
+        redecide=True,
+    )
+    assert applied.result == "purged" and not applied.reembedded
+    assert _stored_text(services, key) == (None, "", None)
+    if moment == "before":
+        assert services.store.present([key]) == set()
+    with Session(services.engine) as session:
+        assert session.scalars(select(db.RedecisionRow)).all() == []
+        decision = session.scalars(select(db.DecisionRow)).one()
+        assert decision.subject is None and decision.redecided_at is None

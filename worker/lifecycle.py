@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tickets import db
+from tickets import purge as purge_sql
 from tickets.errors import TransientError
 from tickets.feedback import JUDGED_ROUTES, record_verdict
 from tickets.marks import marked_action
@@ -52,9 +54,11 @@ from worker.redecide import redecide as route_decision
 from worker.redecide import write as write_redecision
 from worker.text import content_hash, embed_tickets, embedding_text
 
+logger = logging.getLogger(__name__)
+
 HELPDESK_AGENT = "helpdesk:{source}"
 
-Result = Literal["applied", "own", "unchanged", "stale", "unknown"]
+Result = Literal["applied", "own", "unchanged", "stale", "unknown", "purged"]
 
 
 class TicketNotStored(TransientError):
@@ -140,14 +144,17 @@ def apply_update(
     # ledger, so "not in flight" and then "no row" means the product never accepted it.
     flying = in_flight(key)
 
-    def read(session: Session) -> tuple[db.TicketRow | None, db.DecisionRow | None]:
+    def read(session: Session) -> tuple[db.TicketRow | None, db.DecisionRow | None, bool]:
         row = db.tickets_by_key(session, [key]).get(key)
         decision = session.scalars(
             select(db.DecisionRow).where(db.key_filter(db.DecisionRow, [key]))
         ).first()
-        return row, decision
+        return row, decision, bool(purge_sql.purged(session, [key]))
 
-    row, decision = _sql(read, services.engine)
+    row, decision, erased = _sql(read, services.engine)
+    if erased:
+        # Erased (tickets/purge.py): whatever the helpdesk still sends of it is not stored.
+        return Applied("purged")
     if row is None:
         if flying:
             raise TicketNotStored(f"ticket {key} is not stored yet: the update waits for it")
@@ -192,7 +199,9 @@ def apply_update(
             commit=True,
         )
         return Applied("own" if own_only else "applied", status=change.status, feedback=feedback)
-    again = _reembed(update, row, decision, values, services, redecide=redecide)
+    stored, again = _reembed(update, row, decision, values, services, redecide=redecide)
+    if not stored:
+        return Applied("purged")
     return Applied(
         "applied",
         reembedded=True,
@@ -251,8 +260,9 @@ def _reembed(
     services: Services,
     *,
     redecide: bool = False,
-) -> Redecision | None:
-    """The edited text embedded and written; with ``redecide``, its decision routed again."""
+) -> tuple[bool, Redecision | None]:
+    """The edited text embedded and written (False: the ticket was erased meanwhile, and
+    nothing is); with ``redecide``, its decision routed again."""
     ticket = Ticket(
         source=update.source,
         ticket_id=update.ticket_id,
@@ -282,9 +292,13 @@ def _reembed(
         committing = section.committing() if section is not None else contextlib.nullcontext()
         with committing as check:
 
-            def write(session: Session) -> None:
+            def write(session: Session) -> bool:
                 if check is not None:
                     check(session)
+                # Holds the purge lock shared until the commit: a purge that committed while
+                # this edit waited for the section is seen, and none commits before this.
+                if purge_sql.guard(session, [key]):
+                    return False
                 # A new id: sections whose snapshot is older catch the new text up by id.
                 session.execute(
                     update_stmt()
@@ -293,8 +307,11 @@ def _reembed(
                 )
                 if again is not None and decision is not None:
                     write_redecision(session, decision, again, services)
+                return True
 
-            _sql(write, services.engine, commit=True)
+            stored = _sql(write, services.engine, commit=True)
+    if not stored:
+        return False, None
     canonical = key
     route = "history"
     if again is not None:
@@ -307,6 +324,8 @@ def _reembed(
         [key], vector[None, :], [vector_meta(key, canonical, route, readable, row.queue)]
     )
     _sql(lambda s: db.mark_indexed(s, [key], datetime.now(UTC)), services.engine, commit=True)
-    if again is not None and services.outbox is not None:
-        services.outbox.publish_committed()
-    return again
+    if again is not None:
+        logger.info("edit of %s re-decided: %s, now %s", key, again.result, again.route)
+        if services.outbox is not None:
+            services.outbox.publish_committed()
+    return True, again
