@@ -623,6 +623,7 @@ def review_queue(
                 "score": r.score,
                 "queue": r.queue,
                 "decided_at": _iso(r.decided_at),
+                "redecided_at": _iso(r.redecided_at),
                 "matches": matches,
                 "more_matches": len(_shown_matches(r)) - len(matches),
             }

@@ -27,7 +27,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
@@ -730,3 +730,19 @@ def test_fifty_decisions_reviewed_with_the_keyboard_alone(
         assert float(str(row.get_attribute("data-precision"))) == pytest.approx(shown["precision"])
     awaiting = browser.find_element(By.CSS_SELECTOR, "[data-testid='review-awaiting']").text
     assert awaiting == "10"
+
+
+def test_a_re_decided_decision_says_so(client: TestClient, engine: Engine) -> None:
+    seed_queue(engine, datetime.now(UTC))
+    at = datetime(2026, 12, 5, 9, 30, tzinfo=UTC)
+    with Session(engine) as session:
+        session.execute(
+            update(db.DecisionRow).where(db.DecisionRow.ticket_id == "q00").values(redecided_at=at)
+        )
+        session.commit()
+    page = queries.review_queue(engine, limit=100, cursor=None, route=None, queue=None, source=None)
+    marked = {i["ticket_id"]: i["redecided_at"] for i in page["items"] if i["redecided_at"]}
+    assert marked == {"q00": "2026-12-05T09:30:00Z"}
+    r = client.get("/dashboard/review", headers={"Authorization": f"Bearer {READ}"})
+    assert r.text.count("data-testid='review-redecided'") == 1
+    assert "re-decided after an edit 2026-12-05 09:30 UTC" in r.text
