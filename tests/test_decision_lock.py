@@ -46,14 +46,22 @@ def test_a_new_holder_waits_for_the_commit_in_progress(postgres_server: str) -> 
         fence = Fence(engine, "test", wait_s=1)
         token = fence.claim()
         errors: list[BaseException] = []
-        with fence.committing(token):
-            # A later holder's claim waits while this commit (and its vector upsert) runs...
+        with fence.committing(token) as check, Session(engine) as session:
+            check(session)  # the commit transaction's first statement
+            # A later holder's claim waits while this commit runs...
             claimer = threading.Thread(target=lambda: _claim(fence, errors))
             claimer.start()
             claimer.join(10)
+            session.commit()
         assert len(errors) == 1 and isinstance(errors[0], LockTimeout), errors
-        # ... and goes through once it is over.
+        # ... and goes through once it is over; this holder's next commit then fails.
         assert fence.claim() == token + 1
+        with (
+            pytest.raises(DecisionLockLost),
+            fence.committing(token) as check,
+            Session(engine) as session,
+        ):
+            check(session)
     finally:
         engine.dispose()
         drop()
@@ -119,14 +127,15 @@ def test_a_scoped_commit_waits_for_a_holder_of_the_shared_fence(postgres_server:
         shared = Fence(engine, "global", wait_s=1)
         scoped = Fence(engine, "scope-a", wait_s=1, shares="global")
         token = scoped.claim()
-        with scoped.committing(token):  # creates the shared row, shares it: no conflict
-            pass
+        _commit(scoped, token, [])  # creates the shared row, shares it: no conflict
         switch = shared.claim()
         errors: list[BaseException] = []
-        with shared.committing(switch):
+        with shared.committing(switch) as check, Session(engine) as session:
+            check(session)  # the switch's transaction holds the shared row
             committer = threading.Thread(target=lambda: _commit(scoped, token, errors))
             committer.start()
             committer.join(10)
+            session.commit()
         assert len(errors) == 1 and isinstance(errors[0], LockTimeout), errors
         _commit(scoped, token, errors)  # the switch over: it goes through
         assert len(errors) == 1
@@ -137,7 +146,8 @@ def test_a_scoped_commit_waits_for_a_holder_of_the_shared_fence(postgres_server:
 
 def _commit(fence: Fence, token: int, errors: list[BaseException]) -> None:
     try:
-        with fence.committing(token):
-            pass
+        with fence.committing(token) as check, Session(fence.engine) as session:
+            check(session)
+            session.commit()
     except BaseException as exc:
         errors.append(exc)

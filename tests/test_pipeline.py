@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -194,7 +196,7 @@ def test_vectors_are_unit_length_and_similarity_is_cosine(
 
 def test_one_call_per_external_system_per_batch(services: Services) -> None:
     """Batching on purpose: 1 embedding call, 1 Chroma query, 1 Chroma upsert and a fixed
-    handful of SQL statements for a whole batch, not per ticket; two of them inside the
+    handful of SQL statements for a whole batch, not per ticket; one of them inside the
     decision section's lock before its write."""
     from sqlalchemy import event
 
@@ -216,13 +218,15 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
     assert services.embedder.calls == [20]  # type: ignore[attr-defined]
     assert sorted(calls) == ["query", "upsert"]
     # SELECT known tickets (before embedding); the snapshot: SELECT the tickets not yet in
-    # the store, SELECT the newest id; the section: SELECT known tickets again, SELECT those
-    # committed since the snapshot, INSERT tickets, INSERT decisions, DELETE stale
-    # failures, SELECT the batch's purged keys; after it, UPDATE indexed_at and SELECT the
-    # purged keys again (tickets/purge.py guard, each after taking the purge lock shared on
-    # PostgreSQL): 11 (13), whatever the batch size.
+    # the store, SELECT the newest id; the plan: SELECT known tickets again, SELECT those
+    # committed since the snapshot; the section: SELECT whether that view still holds (one
+    # statement), INSERT tickets, INSERT decisions, DELETE stale failures, SELECT the
+    # batch's purged keys; after it, UPDATE indexed_at and SELECT the purged keys again
+    # (tickets/purge.py guard, each after taking the purge lock shared on PostgreSQL):
+    # 12 (14), whatever the batch size.
     lock = ["SELECT"] if services.engine.dialect.name == "postgresql" else []
     assert [s.upper() for s in statements if s.upper() != "PRAGMA"] == [
+        "SELECT",
         "SELECT",
         "SELECT",
         "SELECT",
@@ -459,6 +463,41 @@ def test_each_batch_records_its_section_time(services: Services) -> None:
     triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
     assert len(section_times()) == before + 1 and len(section_waits()) >= 1
     assert 0 < section_times()[-1] < 60
+
+
+def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import pipeline
+
+    routed: list[tuple[str, ...]] = []
+    route = pipeline._route
+
+    def counted(batch: Any, part: list[int], *args: Any) -> Any:
+        routed.append(tuple(batch.items[i].ticket.ticket_id for i in part))
+        return route(batch, part, *args)
+
+    monkeypatch.setattr(pipeline, "_route", counted)
+    # Nothing committed meanwhile: routed once, outside the lock, and written as planned.
+    results = triage_batch([WorkItem(t("1", REFUND)), WorkItem(t("2", SHIPPING))], services)
+    assert [r.status for r in results] == ["manual", "manual"]
+    assert routed == [("1", "2")]
+
+    # Another worker commits a twin after this batch's snapshot (and its plan): the view no
+    # longer holds inside the lock, so the batch is routed again, and finds the twin.
+    other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
+
+    def another_worker_decides(keys: list[TicketKey]) -> None:
+        services.hooks = SectionHooks()
+        assert triage_batch([WorkItem(t("3", CRASH2))], other)[0].status == "manual"
+
+    services.hooks = SectionHooks(after_snapshot=another_worker_decides)
+    routed.clear()
+    [res] = triage_batch([WorkItem(t("4", CRASH))], services)
+    assert routed == [("4",), ("3",), ("4",)]
+    assert res.status == "duplicate" and res.outcome is not None
+    assert res.outcome.canonical == TicketKey("test", "3")
+    assert {r.ticket_id: r.canonical_ticket_id for r in rows(services).values()}["4"] == "3"
 
 
 def _q(i: str, body: str, queue: str | None) -> Ticket:

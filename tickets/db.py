@@ -43,10 +43,12 @@ from sqlalchemy import (
     event,
     false,
     func,
+    literal,
     or_,
     select,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -469,6 +471,45 @@ def stored_tickets(
     return [_stored(r) for r in rows]
 
 
+@dataclass(frozen=True)
+class ViewMarks:
+    """What tells whether a section's view is still the one read before: which of its
+    keys are stored, and the ids of the scope's tickets committed since its watermark or
+    still unindexed (:func:`view_marks`)."""
+
+    stored: set[TicketKey]
+    since: set[int]
+
+
+def view_marks(
+    session: Session,
+    keys: Sequence[TicketKey],
+    *,
+    after_id: int,
+    ids: Sequence[int] = (),
+    field: ScopeField = None,
+    value: str | None = None,
+) -> ViewMarks:
+    """:func:`known_tickets`' keys and :func:`stored_tickets`' ids for the same arguments,
+    in one statement that reads no text, vector or decision."""
+    wanted = [TicketRow.id > after_id]
+    if ids:
+        wanted.append(TicketRow.id.in_(list(ids)))
+    stored = select(
+        literal(True).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
+    ).where(key_filter(TicketRow, keys))
+    since = select(
+        literal(False).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
+    ).where(or_(*wanted), scope_filter(field, value))
+    marks = ViewMarks(set(), set())
+    for is_key, id_, source, ticket_id in session.execute(union_all(stored, since)):
+        if is_key:
+            marks.stored.add(TicketKey(source, ticket_id))
+        else:
+            marks.since.add(int(id_))
+    return marks
+
+
 def keep_vectors(
     session: Session, vectors: Mapping[TicketKey, bytes], *, only_missing: bool = False
 ) -> None:
@@ -636,8 +677,8 @@ ACTIVE_COLLECTION = "active_collection"
 
 
 def get_state(session: Session, name: str) -> str | None:
-    row = session.get(IndexStateRow, name)
-    return row.value if row is not None else None
+    # One column, no ORM object: read inside every decision commit.
+    return session.scalar(select(IndexStateRow.value).where(IndexStateRow.name == name))
 
 
 def set_state(session: Session, name: str, value: str) -> None:

@@ -14,14 +14,17 @@ scheme of Kleppmann, "How to do distributed locking", 2016). On entry the holder
 the fence: one row per lock in ``triage_decision_fence``, its token incremented and
 committed before anything decided is read. Its commit then runs only while that row still
 carries its token, checked inside the commit itself, so no later holder can claim between
-the check and the commit:
+the check and the commit: the commit transaction's first statement is a conditional UPDATE
+of the fence row (``token = token`` where the token is still this holder's), which matches
+no row once a later holder has claimed, and locks what a claim needs until the commit:
 
-- PostgreSQL: a second connection holds the fence row ``FOR UPDATE`` across the decision's
-  SQL commit. A later holder's claim (an UPDATE of that row) waits for it, so every ticket
-  an earlier holder wrote is committed once the claim returns; if it waits longer than the
-  lock wait it gives its batch back (a transient error, retried).
-- SQLite (several processes on one file): the commit transaction's first statement is a
-  conditional UPDATE of the fence row, which takes SQLite's write lock until the commit.
+- PostgreSQL: the fence row, locked by the UPDATE until the transaction ends. A later
+  holder's claim (an UPDATE of that row) waits for it, so every ticket an earlier holder
+  wrote is committed once the claim returns; if it waits longer than the lock wait it gives
+  its batch back (a transient error, retried). One connection, one transaction: the check
+  costs one statement of the commit.
+- SQLite (several processes on one file): the UPDATE takes SQLite's write lock until the
+  commit.
 
 The vectors reach the store after the commit, outside the section (worker/pipeline.py):
 the next holder finds the tickets committed since its snapshot in SQL, vectors included.
@@ -32,8 +35,9 @@ batch was written, and the batch is retried on a fresh view.
 Match scopes (TRIAGE_MATCH_SCOPE=queue or source) each take a lock and fence row of their
 own (:class:`ScopeLocks`), so scopes decide in parallel. `triage reindex` still takes the
 global one, and its switch-over must also exclude every scope's commit: a scope's commit
-holds the global fence row ``FOR SHARE`` (PostgreSQL), which the switch holds ``FOR
-UPDATE`` across its final catch-up; on SQLite every commit takes the database's write lock. The token comes from the
+transaction holds the global fence row ``FOR SHARE`` (PostgreSQL), which the switch's own
+commit transaction holds locked (its fence check) across its final catch-up; on SQLite
+every commit takes the database's write lock. The token comes from the
 claim itself (an increment in SQL, not a Redis counter), so it stays monotonic when Redis
 restarts and loses its recent writes; the Redis lock only keeps sections from overlapping,
 the fence keeps a stale one from committing.
@@ -50,7 +54,7 @@ from datetime import UTC, datetime
 
 import redis
 from redis.exceptions import LockError, RedisError
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -62,6 +66,11 @@ logger = logging.getLogger(__name__)
 # How long a process waits for the lock (and for a PostgreSQL fence row held by a holder
 # finishing its commit) before it gives its batch back for a retry.
 LOCK_WAIT_S = 30
+# How often a process waiting for the Redis lock asks again (redis-py's default is 0.1 s):
+# the section takes milliseconds, so a waiter polling every 0.1 s would leave the lock idle
+# for most of its wait. At this pace a few waiting workers cost Redis a few hundred SET NX
+# per second.
+LOCK_POLL_S = 0.005
 # The critical section (query + decide + write) takes milliseconds; the TTL bounds how long
 # the other workers wait after a holder dies (a fixed 60 s stalled every worker for a
 # minute after a SIGKILL mid-section: tests/faults/test_kill.py).
@@ -76,10 +85,6 @@ class DecisionLockLost(TransientError):
 FenceCheck = Callable[[Session], None]
 
 
-def _no_check(_: Session) -> None:
-    return None
-
-
 @dataclass
 class Section:
     """One holder's stay in the critical section: its fence token and whether its Redis
@@ -91,9 +96,8 @@ class Section:
 
     @contextlib.contextmanager
     def committing(self) -> Iterator[FenceCheck]:
-        """Around the decision's SQL commit and its Chroma upsert: raises DecisionLockLost
-        if a later holder has claimed the fence; yields the check to run first inside the
-        commit transaction."""
+        """Around the decision's SQL commit: raises DecisionLockLost if the Redis lock is
+        known lost; yields the fence check to run first inside the commit transaction."""
         if self.lost.is_set():
             raise DecisionLockLost("the decision lock expired during the section (renewal failed)")
         with self.fence.committing(self.token) as check:
@@ -110,6 +114,11 @@ class Fence:
         self.engine, self.name, self.wait_s = engine, name, wait_s
         self.shares = shares
         self._shared_row = False
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def _lock_timeout_ms(self) -> str:
+        return f"{int(self.wait_s * 1000)}ms"
 
     @property
     def _postgres(self) -> bool:
@@ -124,8 +133,24 @@ class Fence:
     def _claim(self, name: str) -> int:
         table = db.DecisionFenceRow.__table__
         try:
+            if self._postgres:
+                # One statement in its own transaction: one round trip, where BEGIN,
+                # set_config, the upsert and COMMIT would take four. The settings are
+                # evaluated before the row is locked, and last until that transaction ends
+                # (see _CLAIM).
+                with self._autocommit.connect() as conn:
+                    return int(
+                        conn.execute(
+                            _CLAIM,
+                            {
+                                "name": name,
+                                "now": datetime.now(UTC),
+                                "ms": self._lock_timeout_ms,
+                                "sync": "off",
+                            },
+                        ).scalar_one()
+                    )
             with self.engine.begin() as conn:
-                self._lock_timeout(conn, flush=False)
                 insert = db.dialect_insert(conn.dialect.name)(table).values(
                     name=name, token=1, claimed_at=datetime.now(UTC)
                 )
@@ -146,59 +171,61 @@ class Fence:
 
     @contextlib.contextmanager
     def committing(self, token: int) -> Iterator[FenceCheck]:
-        if not self._postgres:
-            yield self._check_in_transaction(token)
-            return
-        try:
-            conn = self.engine.connect()
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"database error checking the decision fence: {exc}") from exc
-        with conn:
+        """Yields the check to run first inside the commit transaction (raises
+        DecisionLockLost if a later holder has claimed the fence)."""
+        yield self._check_in_transaction(token)
+
+    def _check_in_transaction(self, token: int) -> FenceCheck:
+        def check(session: Session) -> None:
+            row = db.DecisionFenceRow
             try:
-                conn.begin()
-                self._lock_timeout(conn)
-                current = conn.scalar(
-                    select(db.DecisionFenceRow.token)
-                    .where(db.DecisionFenceRow.name == self.name)
-                    .with_for_update()
-                )
+                # The fence row stays locked by this transaction until it ends (on SQLite,
+                # the database's write lock): a later holder's claim waits for the commit,
+                # and a claim committed before makes this match no row.
+                if self._postgres:
+                    result = session.execute(
+                        _CHECK, {"name": self.name, "token": token, "ms": self._lock_timeout_ms}
+                    )
+                else:
+                    result = session.execute(
+                        update(row)
+                        .where(row.name == self.name, row.token == token)
+                        .values(token=row.token)
+                        .execution_options(synchronize_session=False)
+                    )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    raise DecisionLockLost(
+                        f"decision fence {self.name!r} claimed by a later holder (this "
+                        f"section's token {token}): the batch is retried"
+                    )
+                if self.shares is not None and self._postgres:
+                    self._share(session)
+            except DBAPIError as exc:
+                if _lock_not_available(exc):
+                    raise LockTimeout(
+                        f"decision fence {self.name!r} (or the shared {self.shares!r}): "
+                        f"locked by another holder for longer than {self.wait_s:g} s"
+                    ) from exc
+                raise StoreUnavailable(
+                    f"database error checking the decision fence: {exc}"
+                ) from exc
             except SQLAlchemyError as exc:
                 raise StoreUnavailable(
                     f"database error checking the decision fence: {exc}"
                 ) from exc
-            if current != token:
-                raise DecisionLockLost(
-                    f"decision fence {self.name!r} claimed by a later holder (token {current}, "
-                    f"this section's {token}): the batch is retried"
-                )
-            if self.shares is not None:
-                self._share(conn)
-            # Held until the block ends (the decision committed): a later holder's claim
-            # waits for it. Rolled back: this connection wrote nothing.
-            yield _no_check
 
-    def _share(self, conn: Connection) -> None:
+        return check
+
+    def _share(self, session: Session) -> None:
         """Hold the shared fence row FOR SHARE until this commit ends: a holder of the
         shared lock (a reindex's switch-over) waits for the commit, or this waits for it."""
         row = db.DecisionFenceRow
-        try:
-            if not self._shared_row:
-                # The row must exist before it is locked: a row inserted while a commit
-                # runs would leave that commit unexcluded.
-                self._ensure(self.shares)  # type: ignore[arg-type]
-                self._shared_row = True
-            conn.execute(
-                select(row.token).where(row.name == self.shares).with_for_update(read=True)
-            )
-        except DBAPIError as exc:
-            if _lock_not_available(exc):
-                raise LockTimeout(
-                    f"decision fence {self.shares!r} held by a switch-over for longer than "
-                    f"{self.wait_s:g} s"
-                ) from exc
-            raise StoreUnavailable(f"database error sharing the decision fence: {exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"database error sharing the decision fence: {exc}") from exc
+        if not self._shared_row:
+            # The row must exist before it is locked: a row inserted while a commit runs
+            # would leave that commit unexcluded.
+            self._ensure(self.shares)  # type: ignore[arg-type]
+            self._shared_row = True
+        session.execute(select(row.token).where(row.name == self.shares).with_for_update(read=True))
 
     def _ensure(self, name: str) -> None:
         table = db.DecisionFenceRow.__table__
@@ -208,38 +235,29 @@ class Fence:
             )
             conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
 
-    def _check_in_transaction(self, token: int) -> FenceCheck:
-        def check(session: Session) -> None:
-            row = db.DecisionFenceRow
-            result = session.execute(
-                update(row)
-                .where(row.name == self.name, row.token == token)
-                .values(token=row.token)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                raise DecisionLockLost(
-                    f"decision fence {self.name!r} claimed by a later holder: the batch is retried"
-                )
 
-        return check
-
-    def _lock_timeout(self, conn: Connection, *, flush: bool = True) -> None:
-        if self._postgres:
-            # Bound the wait for a row another holder keeps locked (this transaction only:
-            # set_config's third argument is SET LOCAL, and it takes a bound value).
-            # flush=False: the commit returns before its WAL reaches the disk (visible to
-            # every session at once, as any commit). A claim needs no flush of its own: the
-            # WAL is flushed in order, so the next decision commit (which waits for its
-            # flush) makes every claim before it durable, and a claim that a crash loses was
-            # followed by no durable decision, so the token it took back was never used.
-            conn.execute(
-                text(
-                    "SELECT set_config('lock_timeout', :ms, true), "
-                    "set_config('synchronous_commit', :sync, true)"
-                ),
-                {"ms": f"{int(self.wait_s * 1000)}ms", "sync": "on" if flush else "off"},
-            )
+# The claim on PostgreSQL (Fence._claim), bound parameters only. lock_timeout (set_config's
+# third argument makes it SET LOCAL: this transaction only) bounds the wait for a fence row
+# a committing holder keeps locked. synchronous_commit off: the claim's commit returns
+# before its WAL reaches the disk (visible to every session at once, as any commit). A
+# claim needs no flush of its own: the WAL is flushed in order, so the next decision commit
+# (which waits for its flush) makes every claim before it durable, and a claim that a crash
+# loses was followed by no durable decision, so the token it took back was never used.
+_CLAIM = text(
+    "INSERT INTO triage_decision_fence (name, token, claimed_at) "
+    "SELECT :name, 1, :now FROM (SELECT set_config('lock_timeout', :ms, true), "
+    "set_config('synchronous_commit', :sync, true)) AS settings "
+    "ON CONFLICT (name) DO UPDATE SET token = triage_decision_fence.token + 1, "
+    "claimed_at = excluded.claimed_at RETURNING token"
+)
+# The fence check on PostgreSQL, the commit transaction's first statement: the row is only
+# locked once the one-row subquery has set lock_timeout for the rest of the transaction (so
+# it also bounds the wait of its FOR SHARE and of the commit's other statements).
+_CHECK = text(
+    "UPDATE triage_decision_fence SET token = token "
+    "FROM (SELECT set_config('lock_timeout', :ms, true)) AS settings "
+    "WHERE name = :name AND token = :token"
+)
 
 
 def _lock_not_available(exc: DBAPIError) -> bool:
@@ -272,7 +290,11 @@ class DecisionLock:
     def __call__(self) -> Iterator[Section]:
         # thread_local=False: the renewing thread must see the token this thread acquired.
         lock = self.client.lock(
-            self.key, timeout=self.ttl_s, blocking_timeout=self.wait_s, thread_local=False
+            self.key,
+            timeout=self.ttl_s,
+            sleep=LOCK_POLL_S,
+            blocking_timeout=self.wait_s,
+            thread_local=False,
         )
         try:
             acquired = lock.acquire()

@@ -10,7 +10,8 @@ SQL's ``triage_tickets`` holds every ticket, and :meth:`LexicalIndex.refresh` re
 rows added since the last call (by id), so every worker process sees the tickets the
 others stored. It is refreshed before a batch's decision section, up to the snapshot the
 batch is ranked on (worker/pipeline.py); the tickets committed after that snapshot are
-scored inside the section with :meth:`LexicalIndex.score_texts`.
+scored where the batch is routed (its plan, or its section when the plan no longer holds) with
+:meth:`LexicalIndex.score_texts`.
 
 Scoring is BM25 as Lucene (and bm25s, the library ``triage evaluate`` uses for its
 baseline) computes it: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), term weight

@@ -15,13 +15,18 @@ Follow one ticket through :func:`triage_batch`:
       the tickets whose vector has not reached the store yet (P); the BM25 index caught
       up to W; one store query for the batch's nearest neighbours, BM25 over the index,
       the lexical-only candidates' vectors fetched.
-   b. *Section* (one at a time per scope across all workers; see ``Services.lock``): the
-      tickets committed since the snapshot (id above W) and those in P are read from SQL
-      with their vectors and decisions (the catch-up: usually none or a few) and join each
-      ticket's candidates with their exact cosine and BM25 score; then routing in order
-      (:func:`worker.routing.decide`) and one SQL transaction with the ticket rows (their
-      vectors included) and the decision rows, fenced.
-   c. *Publish*, after the lock: one upsert of the vectors into the store, then
+   b. *Plan*, still outside the lock: the tickets committed since the snapshot (id above
+      W) and those in P are read from SQL with their vectors and decisions (the catch-up:
+      usually none or a few) and join each ticket's candidates with their exact cosine and
+      BM25 score; then routing in order (:func:`worker.routing.decide`) gives the rows to
+      write.
+   c. *Section* (one at a time per scope across all workers; see ``Services.lock``): one
+      light query tells whether the plan's view still holds (none of the batch's keys
+      stored since, the same tickets committed since W). If so the plan is written as it
+      is; if not (another worker committed in the scope meanwhile) the view is read again
+      and the batch routed again on it, under the lock. Then one SQL transaction with the
+      ticket rows (their vectors included) and the decision rows, fenced.
+   d. *Publish*, after the lock: one upsert of the vectors into the store, then
       ``indexed_at`` on those rows. SQL first: a crash in between leaves decisions whose
       vectors SQL holds, caught up by every later section and re-stored by the next batch
       of any worker or by the redelivery; never a vector without a decision (a phantom
@@ -148,7 +153,7 @@ class Services:
     subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
     coverage: CoverageGuard | None = None
-    # Called inside the section before anything is decided: lets a worker sharing a Chroma
+    # Called before each scope's snapshot, outside the lock: lets a worker sharing a Chroma
     # server follow a `triage reindex` switch (worker/runtime.py).
     before_decide: Callable[[], None] | None = None
     # Hybrid ranking (worker/hybrid.py): this process's BM25 index of the stored tickets,
@@ -541,8 +546,13 @@ def _decide_scope(
     """Step 3 for one match scope's tickets of the batch."""
     items = batch.items
     keys = [items[i].ticket.key for i in part]
+    if services.before_decide is not None:
+        # Outside the lock: a switch made later is caught by the commit, which checks the
+        # active collection after its fence (_check_collection) and gives the batch back.
+        services.before_decide()
     store = services.store
     snapshot = _snapshot(batch, part, scope, services)
+    plan = _plan(batch, part, snapshot, services)
     if services.hooks.after_snapshot is not None:
         services.hooks.after_snapshot(keys)
     lock = services.lock
@@ -556,13 +566,7 @@ def _decide_scope(
     asked = time.perf_counter()
     with lock() as section:
         entered = time.perf_counter()
-        if services.before_decide is not None:
-            services.before_decide()
-        if services.store is not store:
-            # `triage reindex` switched the collection after the snapshot was taken on the
-            # old one: rank again on the new one.
-            raise CollectionSwitched("the active collection changed during the batch: retried")
-        written, caught_up = _section(batch, part, snapshot, services, section)
+        written, caught_up = _section(batch, part, snapshot, services, section, plan)
         left = time.perf_counter()
     _SECTION_TIMES.append(left - entered)
     _SECTION_WAITS.append(entered - asked)
@@ -726,32 +730,75 @@ def _lexical_snapshot(
         index.add(ticket.key, text, scope if services.match_scope is not None else None)
 
 
-def _section(
-    batch: PreparedBatch,
-    part: list[int],
-    snapshot: Snapshot,
-    services: Services,
-    section: Section | None,
-) -> tuple[Written, int]:
-    """Step 3b, under the lock: catch up, decide, write. Returns what to publish and how
-    many tickets were caught up."""
+@dataclass
+class View:
+    """What a scope's part of a batch is routed on, from SQL: what is known of its keys, and
+    the tickets committed since the snapshot (id above W, or in P) with their vectors."""
+
+    known: dict[TicketKey, db.KnownTicket]
+    since: list[db.StoredTicket]
+
+    def holds(self, marks: db.ViewMarks) -> bool:
+        """Whether reading the view again would find the same: none of the keys stored
+        since, and the same tickets committed since the snapshot. Tickets of a scope are
+        committed one section at a time with new ids (a ticket changed moves to a new id),
+        so equal id sets are equal rows; a status may have changed (statuses are not
+        serialised with decisions, see _route)."""
+        return marks.stored == set(self.known) and marks.since == {t.id for t in self.since}
+
+
+@dataclass
+class Routed:
+    """A part routed on a view: the rows to write, and what to publish after."""
+
+    written: Written
+    ticket_rows: list[dict[str, Any]]
+    decision_rows: list[dict[str, Any]]
+    rerouted: list[TicketKey]
+    repaired: int
+    caught_up: int
+
+
+@dataclass
+class Plan:
+    """A part routed outside the lock, on the view read after its snapshot: written as it
+    is if that view still holds inside the lock, routed again on a fresh view otherwise."""
+
+    view: View
+    routed: Routed
+
+
+def _since(snapshot: Snapshot, field_: db.ScopeField) -> dict[str, Any]:
+    """The catch-up's tickets: the scope's committed above W, or in P."""
+    return {
+        "after_id": snapshot.newest,
+        "ids": snapshot.unindexed,
+        "field": field_,
+        "value": snapshot.scope,
+    }
+
+
+def _read_view(
+    session: Session, keys: list[TicketKey], snapshot: Snapshot, field_: db.ScopeField
+) -> View:
+    known = db.known_tickets(session, keys)
+    return View(known, db.stored_tickets(session, **_since(snapshot, field_)))
+
+
+def _plan(batch: PreparedBatch, part: list[int], snapshot: Snapshot, services: Services) -> Plan:
+    """Step 3b: route the part outside the lock, on the view as it is after the snapshot
+    (what was committed while the snapshot ranked is caught up here, not in the section)."""
+    keys = [batch.items[i].ticket.key for i in part]
+    view = _sql(lambda s: _read_view(s, keys, snapshot, services.match_scope), services.engine)
+    return Plan(view, _route(batch, part, snapshot, view, services))
+
+
+def _route(
+    batch: PreparedBatch, part: list[int], snapshot: Snapshot, view: View, services: Services
+) -> Routed:
+    """Catch up and decide the part on ``view``, in order: the rows to write."""
     items, texts, vectors = batch.items, batch.texts, batch.vectors
-    keys = [items[i].ticket.key for i in part]
-    field_ = services.match_scope
-
-    def read(session: Session) -> tuple[dict[TicketKey, db.KnownTicket], list[db.StoredTicket]]:
-        # Re-read inside the lock: another worker may have decided one of these meanwhile.
-        known = db.known_tickets(session, keys)
-        since = db.stored_tickets(
-            session,
-            after_id=snapshot.newest,
-            ids=snapshot.unindexed,
-            field=field_,
-            value=snapshot.scope,
-        )
-        return known, since
-
-    known, since = _sql(read, services.engine)
+    known, since = view.known, view.since
     # TRIAGE_MATCH_STATUSES: the snapshot read the statuses of its candidates, outside the
     # lock; the tickets caught up bring theirs. A status is not serialised with decisions
     # (a helpdesk closes a ticket whenever it likes), so a ticket closed while its batch-mate
@@ -841,6 +888,34 @@ def _section(
         if k.vector is None:
             out.fill[key] = encode_vector(vectors[i])
 
+    return Routed(out, ticket_rows, decision_rows, rerouted, len(repair), len(caught_up))
+
+
+def _section(
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    services: Services,
+    section: Section | None,
+    plan: Plan,
+) -> tuple[Written, int]:
+    """Step 3c, under the lock: the plan if its view still holds (one light query says),
+    else catch up and decide again; then the write. Returns what to publish and how many
+    tickets were caught up."""
+    keys = [batch.items[i].ticket.key for i in part]
+    field_ = services.match_scope
+
+    marks = _sql(lambda s: db.view_marks(s, keys, **_since(snapshot, field_)), services.engine)
+    if plan.view.holds(marks):
+        routed = plan.routed
+    else:
+        # Another worker committed in the scope since the plan's view was read: re-read
+        # inside the lock, and route again on it.
+        view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
+        routed = _route(batch, part, snapshot, view, services)
+    out = routed.written
+    _stamp(routed, datetime.now(UTC))
+
     if services.hooks.in_section is not None:
         services.hooks.in_section(keys)
     # Fenced: if this section's lock was lost and another holder decided meanwhile, nothing
@@ -851,9 +926,9 @@ def _section(
             if check is not None:
                 check(session)
                 _check_collection(session, snapshot.collection)
-            db.save_batch(session, ticket_rows, decision_rows, rerouted)
+            db.save_batch(session, routed.ticket_rows, routed.decision_rows, routed.rerouted)
             if services.outbox is not None:  # the decisions' actions, in the same transaction
-                services.outbox.stage(session, decision_rows)
+                services.outbox.stage(session, routed.decision_rows)
             # Purged meanwhile (queued, or in this batch): stored without text, not indexed.
             purged.update(purge_sql.guard(session, keys))
 
@@ -864,11 +939,22 @@ def _section(
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
         len(part),
-        len(decision_rows),
-        len(ticket_rows) - len(decision_rows),
-        len(repair),
+        len(routed.decision_rows),
+        len(routed.ticket_rows) - len(routed.decision_rows),
+        routed.repaired,
     )
-    return out, len(caught_up)
+    return out, routed.caught_up
+
+
+def _stamp(routed: Routed, now: datetime) -> None:
+    """The write's own time on its rows (the plan was routed before the lock was waited
+    for): a decision's latency runs to its commit, and a row's ``stored_at`` (which tells
+    when an unindexed vector is stale, _repair_stale) is not older than the row."""
+    for row in routed.ticket_rows:
+        row["stored_at"] = now
+    for row in routed.decision_rows:
+        row["decided_at"] = now
+        row["latency_ms"] = _latency_ms(row["received_at"], now)
 
 
 def _ranked_keys(r: Ranked) -> list[TicketKey]:
@@ -1009,7 +1095,7 @@ def _aware(at: datetime) -> datetime:
 
 
 def _publish(written: Written, store: VectorStore, services: Services) -> None:
-    """Step 3c, after the lock: the vectors into the store, then ``indexed_at`` in SQL."""
+    """Step 3d, after the lock: the vectors into the store, then ``indexed_at`` in SQL."""
     if not written.keys:
         return
     store.upsert(written.keys, np.stack(written.vectors).astype(np.float32), written.metas)
@@ -1132,10 +1218,14 @@ def _decision_values(
         "subject": ticket.subject,
         "received_at": ticket.received_at,
         "decided_at": now,
-        "latency_ms": max(0, round((now - ticket.received_at).total_seconds() * 1000)),
+        "latency_ms": _latency_ms(ticket.received_at, now),
         "unknown_ratio": None if unknown_ratio is None else round(unknown_ratio, 4),
         "reason": outcome.reason,
     }
+
+
+def _latency_ms(received_at: datetime, now: datetime) -> int:
+    return max(0, round((now - received_at).total_seconds() * 1000))
 
 
 def _match_values(m: Neighbour) -> dict[str, Any]:

@@ -243,7 +243,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
     if settings.uses_chroma_server:
-        # A `triage reindex` may switch the active collection: followed inside the section.
+        # A `triage reindex` may switch the active collection: followed before each snapshot.
         services.before_decide = lambda: _follow_switch(settings, services)
 
     ledger = Ledger(redis_connect(settings, timeout_s=10), settings.queue)

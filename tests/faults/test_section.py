@@ -33,6 +33,11 @@ def _ticket(fault_env: FaultEnv, ticket_id: str) -> db.TicketRow | None:
         return s.scalars(select(db.TicketRow).where(db.TicketRow.ticket_id == ticket_id)).first()
 
 
+def _indexed(fault_env: FaultEnv, ticket_id: str) -> bool:
+    row = _ticket(fault_env, ticket_id)
+    return row is not None and row.indexed_at is not None
+
+
 @pytest.mark.timeout(300)
 def test_a_twin_decided_after_the_snapshot_is_caught_up(
     fault_env: FaultEnv, start_worker: StartWorker
@@ -91,8 +96,9 @@ def test_a_kill_between_commit_and_upsert_loses_nothing(
     # K's vector reaches the store again (a later batch, or K's redelivery, re-stores it
     # from SQL), and K is not decided twice.
     wait_until(lambda: fault_env.chroma.count("tickets") == 2, 60, "K's vector re-stored")
-    row = _ticket(fault_env, "K")
-    assert row is not None and row.indexed_at is not None
+    # Marked indexed in SQL just after its upsert (a separate statement): waited for, as a
+    # read right after the count may fall between the two.
+    wait_until(lambda: _indexed(fault_env, "K"), 30, "K marked indexed")
     wait_until(lambda: fault_env.queue_depth() == 0, 60, "K's redelivery")
     result = tally(fault_env.engine, sent)
     assert (result.decided, result.lost, result.doubled) == (2, 0, 0), result
