@@ -793,23 +793,34 @@ def _plan(batch: PreparedBatch, part: list[int], snapshot: Snapshot, services: S
     return Plan(view, _route(batch, part, snapshot, view, services))
 
 
-def _route(
-    batch: PreparedBatch, part: list[int], snapshot: Snapshot, view: View, services: Services
-) -> Routed:
-    """Catch up and decide the part on ``view``, in order: the rows to write."""
-    items, texts, vectors = batch.items, batch.texts, batch.vectors
-    known, since = view.known, view.since
-    # TRIAGE_MATCH_STATUSES: the snapshot read the statuses of its candidates, outside the
-    # lock; the tickets caught up bring theirs. A status is not serialised with decisions
-    # (a helpdesk closes a ticket whenever it likes), so a ticket closed while its batch-mate
-    # waits for the lock may still be offered, as one closed a moment after the commit is.
+def catch_up_offers(
+    snapshot: Snapshot, since: list[db.StoredTicket], services: Services
+) -> tuple[list[db.StoredTicket], set[TicketKey]]:
+    """The tickets caught up that may be offered as matches, and the candidates left out by
+    their status.
+
+    TRIAGE_MATCH_STATUSES: the snapshot read the statuses of its candidates, outside the
+    lock; the tickets caught up bring theirs. A status is not serialised with decisions (a
+    helpdesk closes a ticket whenever it likes), so a ticket closed while its batch-mate
+    waits for the lock may still be offered, as one closed a moment after the commit is.
+    A match window offers in-window tickets only."""
     statuses = services.match_statuses
     excluded = set(snapshot.excluded)
     if statuses is not None:
         excluded.difference_update(t.key for t in since)
         excluded.update(t.key for t in since if t.status not in statuses)
-    if services.window is not None:  # the catch-up offers in-window tickets only
+    if services.window is not None:
         since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
+    return since, excluded
+
+
+def _route(
+    batch: PreparedBatch, part: list[int], snapshot: Snapshot, view: View, services: Services
+) -> Routed:
+    """Catch up and decide the part on ``view``, in order: the rows to write."""
+    items, texts, vectors = batch.items, batch.texts, batch.vectors
+    known = view.known
+    since, excluded = catch_up_offers(snapshot, view.since, services)
     model = services.embedder.model_id
     results: dict[int, ItemResult] = {}
 

@@ -44,9 +44,11 @@ from worker.pipeline import (
     _candidates,
     _caught_up,
     _decision_values,
+    _since,
     _snapshot,
     _sql,
     _stack,
+    catch_up_offers,
     scope_of,
 )
 from worker.routing import decide
@@ -83,22 +85,10 @@ def route_again(ticket: Ticket, text: str, vector: np.ndarray, services: Service
     scope = scope_of(ticket, services.match_scope)
     snapshot = _snapshot(batch, [0], scope, services)
 
-    def read(session: Session) -> list[db.StoredTicket]:
-        return db.stored_tickets(
-            session,
-            after_id=snapshot.newest,
-            ids=snapshot.unindexed,
-            field=services.match_scope,
-            value=scope,
-        )
-
-    since = _sql(read, services.engine)
-    excluded = set(snapshot.excluded)
-    if services.match_statuses is not None:
-        excluded.difference_update(t.key for t in since)
-        excluded.update(t.key for t in since if t.status not in services.match_statuses)
-    if services.window is not None:
-        since = [t for t in since if t.received_at is None or services.window.admits(t.received_at)]
+    committed = _sql(
+        lambda s: db.stored_tickets(s, **_since(snapshot, services.match_scope)), services.engine
+    )
+    since, excluded = catch_up_offers(snapshot, committed, services)
     vectors = _stack([vector], services)
     stored, lexical = _candidates(
         batch.items,
