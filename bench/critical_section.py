@@ -26,7 +26,10 @@ How each figure is taken:
   includes one Redis acquire and the fence claim): what one batch holds every other worker
   out for. Its share is section / (prepare + finish) of the same batch. The embedder is the
   real one (its cost is paid) but returns the fixture's vector for a fixture text, so the
-  tickets meet their stored cluster-mates (``FixtureEmbedder``).
+  tickets meet their stored cluster-mates (``FixtureEmbedder``). ``--contended N``: between
+  each batch's snapshot and its section, N tickets of the same clusters are committed as
+  another worker's would be (with their vectors), so the section catches them up: the cost
+  of a batch whose view changed while it waited for the lock.
 - ``workers``: N real worker processes (the checkout's `triage worker`, Celery threads pool,
   TRIAGE_CHROMA_URL set so the decision lock is used) consume ``--tickets`` published at once
   as `triage ingest` does (32 per message); tickets/s from the first publish to the last
@@ -291,6 +294,47 @@ def child_section(args: argparse.Namespace) -> None:
     rss1 = rss_mib()
     rows = []
     routes: dict[str, int] = {}
+    others: list[Any] = []
+    if args.contended:
+        # Another worker's commit between this batch's snapshot (and plan) and its section:
+        # ``contended`` tickets of the same clusters, stored with their vectors, which the
+        # section must catch up with, as when several workers take turns at the lock.
+        from sqlalchemy.orm import Session
+
+        from tickets import db as tdb
+
+        others = new_tickets(args.contended * (args.warmup + args.batches), args.offset + 5_000)
+        turn = iter(range(0, len(others), args.contended))
+
+        def commit_others(_keys: Any) -> None:
+            start = next(turn)
+            rows_ = [
+                tdb.ticket_values(
+                    t,
+                    content_hash=f"other-{start}-{n}",
+                    backfill=True,
+                    model=services.embedder.model_id,
+                    vector=pipeline.encode_vector(np.asarray(v, np.float32)),
+                )
+                for n, (t, v) in enumerate(others[start : start + args.contended])
+            ]
+            with Session(services.engine) as session:
+                tdb.save_batch(session, rows_, [])
+                session.commit()
+            # ... and publishes their vectors after its commit, as a worker does: later
+            # snapshots find them in the store, not among the unindexed.
+            part = others[start : start + args.contended]
+            keys = [t.key for t, _ in part]
+            services.store.upsert(
+                keys,
+                np.stack([np.asarray(v, np.float32) for _, v in part]),
+                [pipeline.vector_meta(t.key, t.key, "history", True, t.queue) for t, _ in part],
+            )
+            with Session(services.engine) as session:
+                tdb.mark_indexed(session, keys, datetime.now(UTC))
+                session.commit()
+
+        services.hooks.after_snapshot = commit_others
     for b in range(args.warmup + args.batches):
         items = [pipeline.WorkItem(t) for t, _ in pairs[b * BATCH : (b + 1) * BATCH]]
         before = len(sink.records)
@@ -316,7 +360,7 @@ def child_section(args: argparse.Namespace) -> None:
             }
         )
     # Leave the fixture as found: the vectors this run added (SQL is a per-run copy).
-    services.store._collection.delete(ids=[t.key.as_id() for t, _ in pairs])
+    services.store._collection.delete(ids=[t.key.as_id() for t, _ in pairs + others])
     rt.close()
     # A checkout that keeps its own section timer (seconds the lock was held): its figures too.
     own = getattr(pipeline, "section_times", None)
@@ -340,6 +384,7 @@ def child_section(args: argparse.Namespace) -> None:
         "ceiling_tickets_s": round(BATCH / pct(section, 50), 1),
         "ceiling_p99_tickets_s": round(BATCH / pct(section, 99), 1),
         "routes": routes,
+        "contended": args.contended,
         "own_timer_p50_ms": ms(pct(own_times, 50)) if own_times else None,
         "own_timer_p99_ms": ms(pct(own_times, 99)) if own_times else None,
         "migrate_s": round(migrate_s, 2),
@@ -495,6 +540,7 @@ def run_section(args: argparse.Namespace) -> None:
                         "--code", str(code), "--name", name, "--size", str(size),
                         "--batches", str(args.batches), "--warmup", str(args.warmup),
                         "--offset", str((rep * len(codes) + k) * 10_000),
+                        "--contended", str(args.contended),
                     ]  # fmt: skip
                     proc = subprocess.run(
                         cmd, env=child_env(code, url, size, args.port),
@@ -518,7 +564,8 @@ def run_section(args: argparse.Namespace) -> None:
                         f"tickets/s; CPU in the section (mean) {r['section_cpu_self_mean_ms']} ms "
                         f"here + {r['section_cpu_chroma_mean_ms']} ms Chroma server; "
                         f"routes {r['routes']}; runtime built in "
-                        f"{r['build_runtime_s']} s (lexical {r['lexical_refresh_s']} s)",
+                        f"{r['build_runtime_s']} s (lexical {r['lexical_refresh_s']} s); "
+                        f"{r.get('contended', 0)} tickets committed by another worker meanwhile",
                         flush=True,
                     )
     if args.json:
@@ -967,6 +1014,12 @@ def main() -> None:
     sub.choices["section"].add_argument("--sizes", default="10000,100000,1000000")
     sub.choices["section"].add_argument("--batches", type=int, default=40)
     sub.choices["section"].add_argument("--warmup", type=int, default=3)
+    sub.choices["section"].add_argument(
+        "--contended",
+        type=int,
+        default=0,
+        help="tickets another worker commits between each batch's snapshot and its section",
+    )
     sub.choices["workers"].add_argument("--size", type=int, default=100_000)
     sub.choices["workers"].add_argument("--processes", default="1,2,4")
     sub.choices["workers"].add_argument("--tickets", type=int, default=2048)
@@ -982,6 +1035,7 @@ def main() -> None:
     c.add_argument("--batches", type=int, required=True)
     c.add_argument("--warmup", type=int, required=True)
     c.add_argument("--offset", type=int, default=0)
+    c.add_argument("--contended", type=int, default=0)
     for name in ("child-worker", "child-publish", "child-cleanup"):
         w = sub.add_parser(name)
         w.add_argument("--code", required=True)

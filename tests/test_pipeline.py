@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -498,6 +498,37 @@ def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
     assert res.status == "duplicate" and res.outcome is not None
     assert res.outcome.canonical == TicketKey("test", "3")
     assert {r.ticket_id: r.canonical_ticket_id for r in rows(services).values()}["4"] == "3"
+
+    # Only the ticket committed meanwhile is read again (the view's other rows are the
+    # plan's), unless the batch's own key was stored meanwhile: then the whole view is.
+    reads: list[tuple[str, ...]] = []
+    read_view = pipeline._read_view
+
+    def counted_reads(session: Any, keys: list[TicketKey], *args: Any) -> Any:
+        reads.append(tuple(k.ticket_id for k in keys))
+        return read_view(session, keys, *args)
+
+    monkeypatch.setattr(pipeline, "_read_view", counted_reads)
+
+    def another_worker_commits(ticket_id: str) -> Callable[[list[TicketKey]], None]:
+        def commit(keys: list[TicketKey]) -> None:
+            services.hooks = SectionHooks()
+            assert triage_batch([WorkItem(t(ticket_id, CRASH2))], other)[0].status == "duplicate"
+
+        return commit
+
+    services.hooks = SectionHooks(after_snapshot=another_worker_commits("7"))
+    [res] = triage_batch([WorkItem(t("5", CRASH))], services)
+    # 5's plan, the other worker's plan for 7, and no second read of 5's view
+    assert res.status == "duplicate" and reads == [("5",), ("7",)]
+    services.hooks = SectionHooks(after_snapshot=another_worker_commits("6"))
+    reads.clear()
+    # A redelivery of 6 racing its original: decided once, by the other worker.
+    [res] = triage_batch([WorkItem(t("6", CRASH2))], services)
+    # this batch's plan, the other worker's, then this batch's whole view again
+    assert res.status == "unchanged" and reads == [("6",), ("6",), ("6",)]
+    decided = [r for r in rows(services).values() if r.ticket_id == "6"]
+    assert len(decided) == 1
 
 
 def _q(i: str, body: str, queue: str | None) -> Ticket:

@@ -147,6 +147,20 @@ class _Every:
 EVERY = _Every()
 
 
+@dataclass(frozen=True)
+class Document:
+    """A text as BM25 reads it: its term counts and its length in tokens."""
+
+    counts: Counter[str]
+    length: int
+
+    @classmethod
+    def of(cls, text: str) -> Document:
+        # An empty text still has length 1, as an indexed one (LexicalIndex.add).
+        tokens = tokenize(text) or [""]
+        return cls(Counter(tokens), len(tokens))
+
+
 class LexicalIndex:
     """BM25 over tickets added one at a time; positions are stable, so scores are arrays.
 
@@ -380,24 +394,29 @@ class LexicalIndex:
         """BM25 of ``texts`` for ``query`` under this index's statistics, as if each were
         indexed (they need not be): a few tickets committed after a snapshot, scored
         without touching the index inside the decision section."""
+        return self.score_documents(query, [Document.of(text) for text in texts])
+
+    def score_documents(self, query: str, documents: Sequence[Document]) -> list[float]:
+        """:meth:`score_texts` of texts tokenized once (:meth:`Document.of`): a batch scores
+        the same caught-up tickets for each of its tickets."""
         n = len(self.keys)
-        if n == 0 or not texts:
-            return [0.0] * len(texts)
+        if n == 0 or not documents:
+            return [0.0] * len(documents)
         avgdl = self._total_length / n
         query_terms = Counter(tokenize(query))
+        idf: dict[str, float] = {}
         out = []
-        for text in texts:
-            tokens = tokenize(text) or [""]
-            counts = Counter(tokens)
-            norm = self.k1 * (1 - self.b + self.b * len(tokens) / avgdl)
+        for doc in documents:
+            norm = self.k1 * (1 - self.b + self.b * doc.length / avgdl)
             total = 0.0
             for term, times in query_terms.items():
-                tf = counts.get(term, 0)
+                tf = doc.counts.get(term, 0)
                 if not tf:
                     continue
-                df = self._df(term)
-                idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
-                total += times * idf * tf / (tf + norm)
+                if term not in idf:
+                    df = self._df(term)
+                    idf[term] = float(np.log1p((n - df + 0.5) / (df + 0.5)))
+                total += times * idf[term] * tf / (tf + norm)
             out.append(total)
         return out
 

@@ -69,7 +69,7 @@ from tickets.errors import (
 from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
-from worker.lexical import EVERY, LexicalIndex, lexical_text
+from worker.lexical import EVERY, Document, LexicalIndex, lexical_text
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -746,6 +746,15 @@ class View:
         serialised with decisions, see _route)."""
         return marks.stored == set(self.known) and marks.since == {t.id for t in self.since}
 
+    def added(self, marks: db.ViewMarks) -> list[int] | None:
+        """The ids committed in the scope since this view was read, when they are all that
+        changed: the same keys stored, and every ticket of the view still at its id. None:
+        the view is to be read whole again."""
+        had = {t.id for t in self.since}
+        if marks.stored != set(self.known) or not had <= marks.since:
+            return None
+        return sorted(marks.since - had)
+
 
 @dataclass
 class Routed:
@@ -920,9 +929,22 @@ def _section(
     if plan.view.holds(marks):
         routed = plan.routed
     else:
-        # Another worker committed in the scope since the plan's view was read: re-read
-        # inside the lock, and route again on it.
-        view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
+        # Another worker committed in the scope since the plan's view was read: route again
+        # inside the lock, on the view with those tickets added (read alone), or read whole
+        # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
+        view = None
+        added = plan.view.added(marks)
+        if added is not None:
+            ids = added
+            new = _sql(
+                lambda s: db.stored_tickets(s, ids=ids, field=field_, value=snapshot.scope),
+                services.engine,
+            )
+            if not {t.key for t in new} & set(keys):
+                since = sorted(plan.view.since + new, key=lambda t: t.id)
+                view = View(plan.view.known, since)
+        if view is None:
+            view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
         routed = _route(batch, part, snapshot, view, services)
     out = routed.written
     _stamp(routed, datetime.now(UTC))
@@ -1017,6 +1039,15 @@ def _candidates(
     if with_vector:
         matrix = np.stack([c.vector for c in with_vector if c.vector is not None])
         cosines = matrix @ fresh_vectors.T  # (caught up, fresh)
+    # Each caught-up ticket's text, prepared and tokenized once for the whole batch.
+    documents = (
+        [
+            Document.of(lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format))
+            for c in with_vector
+        ]
+        if hybrid and with_vector
+        else []
+    )
     stored: list[list[Neighbour]] = []
     lexical: list[dict[TicketKey, float]] = []
     for n, i in enumerate(fresh):
@@ -1047,13 +1078,7 @@ def _candidates(
         scores = dict(r.lexical_known)
         pool = dict(r.lexical_top)
         if extra:
-            fresh_scores = services.lexical.score_texts(
-                snapshot.queries[i],
-                [
-                    lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format)
-                    for c in with_vector
-                ],
-            )
+            fresh_scores = services.lexical.score_documents(snapshot.queries[i], documents)
             for c, score in zip(with_vector, fresh_scores, strict=True):
                 if c.ticket.key in extra:
                     scores[c.ticket.key] = score
