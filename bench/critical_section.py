@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import gc
 import json
 import os
 import platform
@@ -78,6 +80,23 @@ NEW_CHUNK = 500
 BATCH = 32
 # The `chroma run` server's pid, for its CPU time (set by the orchestrator).
 CHROMA_PID = int(os.environ.get("BENCH_CHROMA_PID", "0"))
+# ``section --profile DIR``: the section's body under cProfile, one stats file per child.
+PROFILE = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
+# While a section is held: the garbage collector's pauses in it (seconds, and full
+# collections), and how often the checkout routes a batch inside it (its plan failed).
+HELD = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0}
+_GC_START = [0.0]
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _GC_START[0] = time.perf_counter()
+    elif HELD["on"]:
+        HELD["gc"] += time.perf_counter() - _GC_START[0]
+        HELD["gc_full"] += info["generation"] == 2
+
+
+gc.callbacks.append(_gc_timer)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -181,7 +200,15 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
             with lock(*args, **kwargs) as inner:
                 t1 = time.perf_counter()
                 c1, s1 = time.process_time(), proc_cpu_s(CHROMA_PID)
-                yield inner
+                HELD.update(on=True, gc=0.0, gc_full=0, routes=0)
+                if PROFILE is not None:
+                    PROFILE.enable()
+                try:
+                    yield inner
+                finally:
+                    if PROFILE is not None:
+                        PROFILE.disable()
+                    HELD["on"] = False
                 t2 = time.perf_counter()
             t3 = time.perf_counter()
             c3, s3 = time.process_time(), proc_cpu_s(CHROMA_PID)
@@ -197,6 +224,9 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
                     # server; on a shared machine they say what wall time cannot.
                     "cpu_self": c3 - c1,
                     "cpu_chroma": s3 - s1,
+                    "gc": HELD["gc"],
+                    "gc_full": HELD["gc_full"],
+                    "routed_in_section": HELD["routes"],
                 }
             )
 
@@ -287,6 +317,14 @@ def child_section(args: argparse.Namespace) -> None:
     instrument(sink, vector_table(pairs), phases)
     import worker.runtime as runtime
 
+    real_route = getattr(pipeline, "_route", None)
+    if real_route is not None:  # a checkout that routes a plan outside the lock
+
+        def route(*a: Any, **k: Any) -> Any:
+            HELD["routes"] += HELD["on"]
+            return real_route(*a, **k)
+
+        pipeline._route = route
     rss0 = rss_mib()
     rt = runtime.build_runtime(load_settings())
     services = rt.services
@@ -357,6 +395,9 @@ def child_section(args: argparse.Namespace) -> None:
                 "cpu_self": sum(r["cpu_self"] for r in lock),
                 "cpu_chroma": sum(r["cpu_chroma"] for r in lock),
                 "sections": len(lock),
+                "gc": sum(r["gc"] for r in lock),
+                "gc_full": sum(r["gc_full"] for r in lock),
+                "routed_in_section": sum(r["routed_in_section"] for r in lock),
             }
         )
     # Leave the fixture as found: the vectors this run added (SQL is a per-run copy).
@@ -377,6 +418,10 @@ def child_section(args: argparse.Namespace) -> None:
         "section_mean_ms": ms(statistics.fmean(section)),
         "section_cpu_self_mean_ms": ms(statistics.fmean(r["cpu_self"] for r in rows)),
         "section_cpu_chroma_mean_ms": ms(statistics.fmean(r["cpu_chroma"] for r in rows)),
+        "section_gc_mean_ms": ms(statistics.fmean(r["gc"] for r in rows)),
+        "section_gc_full": sum(r["gc_full"] for r in rows),
+        # batches routed again inside the section (their plan's view no longer held)
+        "rerouted_batches": sum(r["routed_in_section"] > 0 for r in rows),
         "prepare_p50_ms": ms(pct([r["prepare"] for r in rows], 50)),
         "finish_p50_ms": ms(pct([r["finish"] for r in rows], 50)),
         "batch_p50_ms": ms(pct(work, 50)),
@@ -395,6 +440,8 @@ def child_section(args: argparse.Namespace) -> None:
     }
     with engine.connect() as conn:
         out["stored_tickets"] = conn.execute(text("SELECT count(*) FROM triage_tickets")).scalar()
+    if PROFILE is not None:
+        PROFILE.dump_stats(os.environ["BENCH_PROFILE"])
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -542,8 +589,14 @@ def run_section(args: argparse.Namespace) -> None:
                         "--offset", str((rep * len(codes) + k) * 10_000),
                         "--contended", str(args.contended),
                     ]  # fmt: skip
+                    env = child_env(code, url, size, args.port)
+                    if args.profile is not None:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        env["BENCH_PROFILE"] = str(
+                            args.profile / f"{name}-{size_label(size)}-{rep}.pstats"
+                        )
                     proc = subprocess.run(
-                        cmd, env=child_env(code, url, size, args.port),
+                        cmd, env=env,
                         capture_output=True, text=True, check=False,
                     )  # fmt: skip
                     drop_db(db)
@@ -565,7 +618,11 @@ def run_section(args: argparse.Namespace) -> None:
                         f"here + {r['section_cpu_chroma_mean_ms']} ms Chroma server; "
                         f"routes {r['routes']}; runtime built in "
                         f"{r['build_runtime_s']} s (lexical {r['lexical_refresh_s']} s); "
-                        f"{r.get('contended', 0)} tickets committed by another worker meanwhile",
+                        f"{r.get('contended', 0)} tickets committed by another worker meanwhile; "
+                        f"routed again in the section: {r.get('rerouted_batches', 0)} of "
+                        f"{r['batches']} batches; GC in the section (mean) "
+                        f"{r.get('section_gc_mean_ms', 0)} ms, "
+                        f"{r.get('section_gc_full', 0)} full collections",
                         flush=True,
                     )
     if args.json:
@@ -1019,6 +1076,11 @@ def main() -> None:
         type=int,
         default=0,
         help="tickets another worker commits between each batch's snapshot and its section",
+    )
+    sub.choices["section"].add_argument(
+        "--profile",
+        type=Path,
+        help="DIR: write each child's cProfile of the section bodies to DIR/NAME-SIZE-REPEAT.pstats",
     )
     sub.choices["workers"].add_argument("--size", type=int, default=100_000)
     sub.choices["workers"].add_argument("--processes", default="1,2,4")

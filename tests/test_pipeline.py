@@ -531,6 +531,68 @@ def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
     assert len(decided) == 1
 
 
+HISTORY = [
+    "How do I change the billing address on my account?",
+    "The invoice PDF is blank when I download it.",
+    "Please cancel my subscription at the end of the month.",
+    "I cannot reset my password, the reset email never arrives.",
+    "The export to CSV leaves out the last column.",
+    "Your courier left my parcel at the wrong address.",
+    "Two-factor codes from the authenticator app are rejected.",
+    "The dashboard takes a minute to load every morning.",
+]
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_plan_stands_when_what_was_committed_meanwhile_enters_no_candidates(
+    services: Services, monkeypatch: pytest.MonkeyPatch, hybrid: bool
+) -> None:
+    from worker import pipeline
+
+    # Short candidate lists (dense depth 6, BM25 pool 3), filled by the history: a ticket
+    # committed later changes the routing only if it ranks above their last.
+    services = replace(services, hybrid_pool=3, lexical=LexicalIndex() if hybrid else None)
+    history = [WorkItem(t(f"h{n}", body), mode="history") for n, body in enumerate(HISTORY)]
+    triage_batch(history, services)
+    routed: list[tuple[str, ...]] = []
+    route = pipeline._route
+
+    def counted(batch: Any, part: list[int], *args: Any) -> Any:
+        routed.append(tuple(batch.items[i].ticket.ticket_id for i in part))
+        return route(batch, part, *args)
+
+    monkeypatch.setattr(pipeline, "_route", counted)
+    other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
+
+    def another_worker_commits(ticket: Ticket) -> Callable[[list[TicketKey]], None]:
+        def commit(keys: list[TicketKey]) -> None:
+            services.hooks = SectionHooks()
+            assert triage_batch([WorkItem(ticket)], other)[0].status == "manual"
+
+        return commit
+
+    # Nothing like the batch: the view changed, yet the plan is written as routed.
+    services.hooks = SectionHooks(after_snapshot=another_worker_commits(t("z", "Zebra quokka!")))
+    results = triage_batch([WorkItem(t("1", CRASH)), WorkItem(t("2", REFUND))], services)
+    assert routed == [("1", "2"), ("z",)]
+    assert [r.status for r in results] == ["manual", "manual"]
+    d = rows(services)
+    assert d["1"].matches and d["2"].matches
+    assert "z" not in {m["ticket_id"] for r in ("1", "2") for m in d[r].matches}
+
+    # A twin of the batch's ticket committed meanwhile: routed again inside the section.
+    routed.clear()
+    twin = t("3", "The printer driver fails to install on Windows 11 with error 0x80070005.")
+    services.hooks = SectionHooks(after_snapshot=another_worker_commits(twin))
+    [res] = triage_batch(
+        [WorkItem(t("4", "Printer driver install fails on Windows 11: error 0x80070005"))],
+        services,
+    )
+    assert routed == [("4",), ("3",), ("4",)]
+    assert res.status == "duplicate" and res.outcome is not None
+    assert res.outcome.canonical == TicketKey("test", "3")
+
+
 def _q(i: str, body: str, queue: str | None) -> Ticket:
     return Ticket(source="test", ticket_id=i, body=body, queue=queue)
 

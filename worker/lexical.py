@@ -22,6 +22,7 @@ query token counts each time). tests/test_lexical.py checks it against bm25s.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import unicodedata
 from array import array
@@ -145,6 +146,18 @@ class _Every:
 
 
 EVERY = _Every()
+
+
+#: A BM25 query: its terms and how often each occurs.
+Query = Counter[str]
+
+
+def query_terms(text: str) -> Query:
+    return Counter(tokenize(text))
+
+
+def _terms(query: str | Query) -> Query:
+    return query if isinstance(query, Counter) else query_terms(query)
 
 
 @dataclass(frozen=True)
@@ -369,15 +382,16 @@ class LexicalIndex:
             return False
         return row_id > known
 
-    def scores(self, query: str) -> Scores:
-        """BM25 of every indexed ticket for ``query``, by position."""
+    def scores(self, query: str | Query) -> Scores:
+        """BM25 of every indexed ticket for ``query`` (a text, or its :func:`query_terms`),
+        by position."""
         n = len(self.keys)
         out = np.zeros(n, dtype=np.float32)
         if n == 0:
             return out
         lengths = self.lengths()
         norm = self.k1 * (1 - self.b + self.b * lengths / (self._total_length / n))
-        for term, times in Counter(tokenize(query)).items():
+        for term, times in _terms(query).items():
             parts = list(self.postings(term))
             if not parts:
                 continue
@@ -396,29 +410,52 @@ class LexicalIndex:
         without touching the index inside the decision section."""
         return self.score_documents(query, [Document.of(text) for text in texts])
 
-    def score_documents(self, query: str, documents: Sequence[Document]) -> list[float]:
-        """:meth:`score_texts` of texts tokenized once (:meth:`Document.of`): a batch scores
-        the same caught-up tickets for each of its tickets."""
+    def score_documents(self, query: str | Query, documents: Sequence[Document]) -> list[float]:
+        """:meth:`score_texts` of texts tokenized once (:meth:`Document.of`)."""
+        return [float(x) for x in self.score_matrix([_terms(query)], documents)[0]]
+
+    def score_matrix(
+        self, queries: Sequence[Query], documents: Sequence[Document]
+    ) -> npt.NDArray[np.float64]:
+        """BM25 of each document (row: query, column: document) under this index's
+        statistics, as if each were indexed: the tickets committed after a snapshot, scored
+        for every ticket of a batch at once (and again when the batch is routed again).
+
+        One matrix product: each document's term weights ``tf / (tf + norm)`` and each
+        query's ``times · idf`` over the terms they share, each term's frequency looked up
+        once."""
+        out = np.zeros((len(queries), len(documents)), dtype=np.float64)
         n = len(self.keys)
-        if n == 0 or not documents:
-            return [0.0] * len(documents)
-        avgdl = self._total_length / n
-        query_terms = Counter(tokenize(query))
-        idf: dict[str, float] = {}
-        out = []
+        if n == 0 or not documents or not queries:
+            return out
+        in_documents: set[str] = set()
         for doc in documents:
+            in_documents.update(doc.counts)
+        asked: set[str] = set()
+        for query in queries:
+            asked.update(query)
+        column = {term: k for k, term in enumerate(in_documents & asked)}
+        if not column:
+            return out
+        avgdl = self._total_length / n
+        weights = np.zeros((len(documents), len(column)), dtype=np.float64)
+        for j, doc in enumerate(documents):
             norm = self.k1 * (1 - self.b + self.b * doc.length / avgdl)
-            total = 0.0
-            for term, times in query_terms.items():
-                tf = doc.counts.get(term, 0)
-                if not tf:
-                    continue
-                if term not in idf:
-                    df = self._df(term)
-                    idf[term] = float(np.log1p((n - df + 0.5) / (df + 0.5)))
-                total += times * idf[term] * tf / (tf + norm)
-            out.append(total)
-        return out
+            for term, tf in doc.counts.items():
+                k = column.get(term)
+                if k is not None:
+                    weights[j, k] = tf / (tf + norm)
+        idf = {}
+        for term in column:
+            df = self._df(term)
+            idf[term] = math.log1p((n - df + 0.5) / (df + 0.5))
+        asking = np.zeros((len(queries), len(column)), dtype=np.float64)
+        for i, query in enumerate(queries):
+            for term, times in query.items():
+                k = column.get(term)
+                if k is not None:
+                    asking[i, k] = times * idf[term]
+        return asking @ weights.T  # type: ignore[no-any-return]
 
     def top(
         self,

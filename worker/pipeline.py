@@ -69,7 +69,7 @@ from tickets.errors import (
 from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
-from worker.lexical import EVERY, Document, LexicalIndex, lexical_text
+from worker.lexical import EVERY, Document, LexicalIndex, Query, lexical_text, query_terms
 from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
@@ -521,7 +521,7 @@ class Snapshot:
     collection: str
     depth: int
     ranked: dict[int, Ranked]  # by item index, routed tickets only
-    queries: dict[int, str]  # BM25 query text by item index
+    queries: dict[int, Query]  # BM25 query terms by item index, tokenized once
     reasons: dict[int, str | None]
     ratios: dict[int, float | None]
     # TRIAGE_MATCH_STATUSES: the candidates whose status was left out when ranked
@@ -619,7 +619,7 @@ def _snapshot(
     else:
         found = services.store.query(query, depth, where)
     ranked = {i: Ranked(list(nbs)) for i, nbs in zip(routed, found, strict=True)}
-    queries: dict[int, str] = {}
+    queries: dict[int, Query] = {}
     if services.lexical is not None:
         _lexical_snapshot(items, part, ranked, queries, scope, services)
         fetched = services.store.fetch(
@@ -691,7 +691,7 @@ def _lexical_snapshot(
     items: Sequence[WorkItem],
     part: list[int],
     ranked: dict[int, Ranked],
-    queries: dict[int, str],
+    queries: dict[int, Query],
     scope: str | None,
     services: Services,
 ) -> None:
@@ -705,11 +705,11 @@ def _lexical_snapshot(
     for n, i in enumerate(part):
         ticket = items[i].ticket
         text = lexical_text(ticket.subject, ticket.body, ticket.body_format)
-        queries[i] = text
+        queries[i] = query_terms(text)
         if i in ranked:
             r = ranked[i]
             known = {nb.key for nb in r.dense} | {items[j].ticket.key for j in part[:n]}
-            scores = index.scores(text)
+            scores = index.scores(queries[i])
             window = services.window
             top = [
                 index.keys[p]
@@ -766,6 +766,8 @@ class Routed:
     rerouted: list[TicketKey]
     repaired: int
     caught_up: int
+    reach: dict[int, Reach]  # what a ticket committed since must score to change the routing
+    keys: set[TicketKey]  # the keys it was routed against
 
 
 @dataclass
@@ -840,9 +842,8 @@ def _route(
     fresh_vectors = _stack([vectors[i] for i in fresh], services)
 
     caught_up = _caught_up(since, services.embedder.dimension)
-    stored, lexical = _candidates(
-        items, fresh, snapshot, caught_up, fresh_vectors, to_route, services
-    )
+    found = _candidates(items, fresh, snapshot, caught_up, fresh_vectors, to_route, services)
+    stored, lexical = found.stored, found.lexical
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     reasons = [snapshot.reasons[i] for i in fresh]
 
@@ -908,7 +909,16 @@ def _route(
         if k.vector is None:
             out.fill[key] = encode_vector(vectors[i])
 
-    return Routed(out, ticket_rows, decision_rows, rerouted, len(repair), len(caught_up))
+    return Routed(
+        out,
+        ticket_rows,
+        decision_rows,
+        rerouted,
+        len(repair),
+        len(caught_up),
+        found.reach,
+        found.keys,
+    )
 
 
 def _section(
@@ -932,8 +942,10 @@ def _section(
         # Another worker committed in the scope since the plan's view was read: route again
         # inside the lock, on the view with those tickets added (read alone), or read whole
         # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
+        # When none of those would enter any ticket's candidates, the plan stands.
         view = None
         added = plan.view.added(marks)
+        new: list[db.StoredTicket] = []
         if added is not None:
             ids = added
             new = _sql(
@@ -943,9 +955,12 @@ def _section(
             if not {t.key for t in new} & set(keys):
                 since = sorted(plan.view.since + new, key=lambda t: t.id)
                 view = View(plan.view.known, since)
-        if view is None:
-            view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
-        routed = _route(batch, part, snapshot, view, services)
+        if view is not None and not _reaches(batch, plan.routed, new, snapshot, services):
+            routed = plan.routed
+        else:
+            if view is None:
+                view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
+            routed = _route(batch, part, snapshot, view, services)
     out = routed.written
     _stamp(routed, datetime.now(UTC))
 
@@ -1012,6 +1027,26 @@ class CaughtUp:
     vector: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class Reach:
+    """What a ticket committed later must score to enter one ticket's candidates: a cosine
+    of at least the last of its dense list, or a BM25 score above 0 and at least the last
+    of its BM25 pool (``-inf`` / ``0`` when that list is not full: anything enters)."""
+
+    dense: float
+    lexical: float
+
+
+@dataclass
+class Candidates:
+    """Each fresh ticket's candidates (:func:`_candidates`), and what would change them."""
+
+    stored: list[list[Neighbour]]
+    lexical: list[dict[TicketKey, float]] | None
+    reach: dict[int, Reach]  # by item index, the routed tickets with a snapshot
+    keys: set[TicketKey]  # every key any of them was ranked against
+
+
 def _caught_up(since: list[db.StoredTicket], dimension: int) -> list[CaughtUp]:
     return [CaughtUp(t, decode_vector(t.vector, dimension)) for t in since]
 
@@ -1024,7 +1059,7 @@ def _candidates(
     fresh_vectors: Vectors,
     to_route: list[bool],
     services: Services,
-) -> tuple[list[list[Neighbour]], list[dict[TicketKey, float]] | None]:
+) -> Candidates:
     """Each fresh ticket's candidates: the snapshot's, merged with the tickets caught up.
 
     As if the caught-up tickets had been in the store and the BM25 index when the
@@ -1048,14 +1083,25 @@ def _candidates(
         if hybrid and with_vector
         else []
     )
+    # BM25 of every caught-up ticket for every routed ticket, in one product.
+    routed = [i for n, i in enumerate(fresh) if to_route[n] and i in snapshot.ranked]
+    bm25 = (
+        services.lexical.score_matrix([snapshot.queries[i] for i in routed], documents)
+        if services.lexical is not None and documents
+        else None
+    )
+    row = {i: k for k, i in enumerate(routed)}
     stored: list[list[Neighbour]] = []
     lexical: list[dict[TicketKey, float]] = []
+    reach: dict[int, Reach] = {}
+    seen = {c.ticket.key for c in caught_up}
     for n, i in enumerate(fresh):
         if not to_route[n] or i not in snapshot.ranked:
             stored.append([])
             lexical.append({})
             continue
         r = snapshot.ranked[i]
+        seen.update(_ranked_keys(r), r.lexical_known)
         key = items[i].ticket.key
         extra = {
             c.ticket.key: Neighbour(
@@ -1071,21 +1117,24 @@ def _candidates(
         dense = [nb for nb in r.dense if nb.key not in extra] + list(extra.values())
         dense.sort(key=lambda nb: -nb.score)
         dense = dense[: snapshot.depth]
+        dense_floor = dense[-1].score if len(dense) == snapshot.depth else -np.inf
         if not hybrid:
+            reach[i] = Reach(dense_floor, np.inf)
             stored.append(dense)
             continue
         assert services.lexical is not None
         scores = dict(r.lexical_known)
         pool = dict(r.lexical_top)
-        if extra:
-            fresh_scores = services.lexical.score_documents(snapshot.queries[i], documents)
-            for c, score in zip(with_vector, fresh_scores, strict=True):
+        if extra and bm25 is not None:
+            for c, score in zip(with_vector, bm25[row[i]].tolist(), strict=True):
                 if c.ticket.key in extra:
                     scores[c.ticket.key] = score
                     pool.pop(c.ticket.key, None)
                     if score > 0:
                         pool[c.ticket.key] = score
         top = sorted(pool, key=lambda k: -pool[k])[: services.hybrid_pool]
+        full = len(top) == services.hybrid_pool
+        reach[i] = Reach(dense_floor, pool[top[-1]] if full and top else 0.0)
         in_dense = {nb.key for nb in dense}
         for k in top:
             scores.setdefault(k, pool[k])
@@ -1096,7 +1145,48 @@ def _candidates(
                 dense.append(nb)
         stored.append(dense)
         lexical.append(scores)
-    return stored, (lexical if hybrid else None)
+    return Candidates(stored, lexical if hybrid else None, reach, seen)
+
+
+def _reaches(
+    batch: PreparedBatch,
+    routed: Routed,
+    new: list[db.StoredTicket],
+    snapshot: Snapshot,
+    services: Services,
+) -> bool:
+    """Whether tickets committed after a plan's view could change the plan: one of them
+    is among the candidates already (moved to a new id), or would enter some ticket's
+    dense list or BM25 pool (:class:`Reach`). If none would, routing again on the view
+    with them added picks every ticket's same candidates, so the same outcomes, in
+    order; their BM25 scores are taken under the index's statistics as they are now."""
+    if any(t.key in routed.keys for t in new):
+        return True
+    offered, excluded = catch_up_offers(snapshot, new, services)
+    caught_up = [
+        c
+        for c in _caught_up(offered, services.embedder.dimension)
+        if c.vector is not None and c.ticket.key not in excluded
+    ]
+    rows = list(routed.reach)
+    if not caught_up or not rows:
+        return False
+    floors = np.array([routed.reach[i].dense for i in rows], dtype=np.float32)
+    cosines = (
+        np.stack([c.vector for c in caught_up if c.vector is not None])
+        @ _stack([batch.vectors[i] for i in rows], services).T
+    )  # (caught up, routed)
+    if bool((cosines >= floors).any()):
+        return True
+    if services.lexical is None:
+        return False
+    documents = [
+        Document.of(lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format))
+        for c in caught_up
+    ]
+    bm25 = services.lexical.score_matrix([snapshot.queries[i] for i in rows], documents)
+    floors = np.array([[routed.reach[i].lexical] for i in rows])
+    return bool(((bm25 > 0) & (bm25 >= floors)).any())
 
 
 def _repair_stale(

@@ -90,7 +90,7 @@ def route_again(ticket: Ticket, text: str, vector: np.ndarray, services: Service
     )
     since, excluded = catch_up_offers(snapshot, committed, services)
     vectors = _stack([vector], services)
-    stored, lexical = _candidates(
+    found = _candidates(
         batch.items,
         [0],
         snapshot,
@@ -99,6 +99,7 @@ def route_again(ticket: Ticket, text: str, vector: np.ndarray, services: Service
         [True],
         services,
     )
+    stored, lexical = found.stored, found.lexical
     excluded.update(nb.key for nb in stored[0] if nb.canonical == ticket.key)
     candidates = [nb for nb in stored[0] if nb.key not in excluded]
     scores = None
