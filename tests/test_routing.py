@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tickets.model import TicketKey
-from worker.routing import Thresholds, decide
+from worker.routing import Outcome, Thresholds, decide
 from worker.store import Neighbour
 
 TH = Thresholds(duplicate=0.85, suggest=0.70)
@@ -112,3 +114,27 @@ def test_hybrid_ranking_routes_on_the_cosine_of_the_ticket_it_ranks_first() -> N
     assert dense is not None and dense.ranked_by == "cosine"
     assert dense.best is not None and dense.best.key == closer and dense.best.fused is None
     assert (dense.route, dense.score) == ("suggest", 0.80)
+
+
+def test_a_planned_outcome_is_kept_unless_its_candidates_or_a_ranked_batch_mate_changed() -> None:
+    # a, b twins; c unlike both, nearest to a stored x. Top 1, planned with no other
+    # history: b duplicates a, a and c are manual.
+    vecs = _unit([1, 0, 0], [1, 0.05, 0], [0, 1, 0])
+    keys = [k("a"), k("b"), k("c")]
+    x = [Neighbour(k("x"), 0.5, k("x"), "manual")]
+
+    def route(stored: list[list[Neighbour]], **again: Any) -> list[Outcome | None]:
+        return decide(keys, vecs, stored, decide_mask=[True] * 3, thresholds=TH, top_k=1, **again)
+
+    planned = route([[], [], x])
+    assert [o.route for o in planned if o] == ["manual", "duplicate", "manual"]
+    # A root committed meanwhile enters a's candidates only: a is routed again (now a
+    # duplicate of the root), and b, which ranked a, follows it to the root; c is kept.
+    root = [Neighbour(k("root"), 0.95, k("root"), "manual")]
+    again = route([root, [], x], planned=planned, redo=[True, False, False])
+    assert [o.canonical for o in again if o] == [k("root"), k("root"), k("c")]
+    assert again[1] is not planned[1] and again[2] is planned[2]
+    # Routed again to the same route and canonical ticket: the later outcomes are kept.
+    same = route([[], [], x], planned=planned, redo=[True, False, False])
+    assert same[0] is not planned[0] and same[0] == planned[0]
+    assert same[1] is planned[1] and same[2] is planned[2]

@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -70,7 +71,7 @@ from tickets.model import Ticket, TicketKey
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
 from worker.lexical import EVERY, Document, LexicalIndex, Query, lexical_text, query_terms
-from worker.routing import Outcome, Thresholds, decide
+from worker.routing import Bar, Outcome, Thresholds, decide
 from worker.store import Neighbour, VectorStore
 from worker.text import DEFAULT_SUBJECT_WEIGHT, content_hash, embed_tickets, embedding_text
 from worker.window import EVERY_SCOPE, LEXICAL_OVERFETCH, WindowIndex
@@ -737,6 +738,8 @@ class View:
 
     known: dict[TicketKey, db.KnownTicket]
     since: list[db.StoredTicket]
+    # The tickets caught up so far, decoded and tokenized once, by row id (_caught_up).
+    caught: dict[int, CaughtUp] = field(default_factory=dict)
 
     def holds(self, marks: db.ViewMarks) -> bool:
         """Whether reading the view again would find the same: none of the keys stored
@@ -826,9 +829,19 @@ def catch_up_offers(
 
 
 def _route(
-    batch: PreparedBatch, part: list[int], snapshot: Snapshot, view: View, services: Services
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    view: View,
+    services: Services,
+    plan: Routed | None = None,
+    redo: set[int] | None = None,
 ) -> Routed:
-    """Catch up and decide the part on ``view``, in order: the rows to write."""
+    """Catch up and decide the part on ``view``, in order: the rows to write.
+
+    ``plan``: the part routed before on a view with the same known keys, whose outcomes
+    are kept except for the tickets in ``redo`` (and those that ranked one whose route
+    changed; :func:`decide`)."""
     items, texts, vectors = batch.items, batch.texts, batch.vectors
     known = view.known
     since, excluded = catch_up_offers(snapshot, view.since, services)
@@ -841,7 +854,7 @@ def _route(
     to_route = [items[i].mode == "route" for i in fresh]
     fresh_vectors = _stack([vectors[i] for i in fresh], services)
 
-    caught_up = _caught_up(since, services.embedder.dimension)
+    caught_up = _caught_up(since, services.embedder.dimension, view.caught)
     found = _candidates(items, fresh, snapshot, caught_up, fresh_vectors, to_route, services)
     stored, lexical = found.stored, found.lexical
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
@@ -865,6 +878,12 @@ def _route(
         offered=None
         if services.window is None
         else [services.window.admits(items[i].ticket.received_at) for i in fresh],
+        planned=None if plan is None else [_planned(plan, i) for i in fresh],
+        redo=None if plan is None else [i in (redo or ()) for i in fresh],
+    )
+    # A kept outcome keeps its row (re-stamped at the commit).
+    planned_rows = (
+        {} if plan is None else {(r["source"], r["ticket_id"]): r for r in plan.decision_rows}
     )
 
     now = datetime.now(UTC)
@@ -875,7 +894,9 @@ def _route(
         ticket = items[i].ticket
         readable = reasons[n] is None
         ticket_rows.append(
-            db.ticket_values(
+            plan.ticket_rows[n]  # the same fresh tickets, in order (the same keys known)
+            if plan is not None
+            else db.ticket_values(
                 ticket,
                 content_hash=content_hash(texts[i]),
                 backfill=outcome is None,
@@ -888,8 +909,13 @@ def _route(
             meta = vector_meta(ticket.key, ticket.key, "history", readable, ticket.queue)
             results[i] = ItemResult("stored")
         else:
+            kept_row = plan is not None and outcome is _planned(plan, i)
             decision_rows.append(
-                _decision_values(ticket, outcome, model, thresholds[n], now, snapshot.ratios[i])
+                planned_rows[(ticket.source, ticket.ticket_id)]
+                if kept_row
+                else _decision_values(
+                    ticket, outcome, model, thresholds[n], now, snapshot.ratios[i]
+                )
             )
             meta = vector_meta(ticket.key, outcome.canonical, outcome.route, readable, ticket.queue)
             results[i] = ItemResult(outcome.route, outcome)
@@ -916,7 +942,11 @@ def _route(
         rerouted,
         len(repair),
         len(caught_up),
-        found.reach,
+        {
+            i: replace(found.reach[i], bar=o.bar)
+            for i, o in zip(fresh, outcomes, strict=True)
+            if i in found.reach and o is not None
+        },
         found.keys,
     )
 
@@ -942,7 +972,7 @@ def _section(
         # Another worker committed in the scope since the plan's view was read: route again
         # inside the lock, on the view with those tickets added (read alone), or read whole
         # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
-        # When none of those would enter any ticket's candidates, the plan stands.
+        # When none of those would change any ticket's candidates, the plan stands.
         view = None
         added = plan.view.added(marks)
         new: list[db.StoredTicket] = []
@@ -954,9 +984,18 @@ def _section(
             )
             if not {t.key for t in new} & set(keys):
                 since = sorted(plan.view.since + new, key=lambda t: t.id)
-                view = View(plan.view.known, since)
-        if view is not None and not _reaches(batch, plan.routed, new, snapshot, services):
-            routed = plan.routed
+                view = View(plan.view.known, since, plan.view.caught)
+        reached = (
+            None if view is None else _reached(batch, plan.routed, view, new, snapshot, services)
+        )
+        if view is not None and reached is not None:
+            # Only the tickets whose candidates changed are routed again (and those after
+            # them that ranked one whose route or canonical ticket changed).
+            routed = (
+                _route(batch, part, snapshot, view, services, plan.routed, reached)
+                if reached
+                else plan.routed
+            )
         else:
             if view is None:
                 view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
@@ -994,6 +1033,11 @@ def _section(
     return out, routed.caught_up
 
 
+def _planned(plan: Routed, i: int) -> Outcome | None:
+    result = plan.written.results.get(i)
+    return None if result is None else result.outcome
+
+
 def _stamp(routed: Routed, now: datetime) -> None:
     """The write's own time on its rows (the plan was routed before the lock was waited
     for): a decision's latency runs to its commit, and a row's ``stored_at`` (which tells
@@ -1026,15 +1070,28 @@ class CaughtUp:
     ticket: db.StoredTicket
     vector: np.ndarray | None
 
+    @cached_property
+    def document(self) -> Document:
+        """Its text as BM25 reads it, tokenized once however often it is scored (a plan,
+        then its section)."""
+        t = self.ticket
+        return Document.of(lexical_text(t.subject, t.body, t.body_format))
+
 
 @dataclass(frozen=True)
 class Reach:
-    """What a ticket committed later must score to enter one ticket's candidates: a cosine
-    of at least the last of its dense list, or a BM25 score above 0 and at least the last
-    of its BM25 pool (``-inf`` / ``0`` when that list is not full: anything enters)."""
+    """What a ticket committed later must score to change one ticket's routing.
+
+    To be listed among its candidates (:func:`_candidates`): a cosine of at least the last
+    of its dense list (``dense``; ``-inf`` when the list is not full), which it then pushes
+    out (``last``), or a BM25 score above 0 and at least the last of its BM25 pool
+    (``lexical``; ``0`` when not full). Listed by cosine, it changes the ranking only if it
+    clears the ranking's :class:`Bar` (``bar``, set once routed) or pushes out a ranked one."""
 
     dense: float
     lexical: float
+    last: TicketKey | None
+    bar: Bar | None = None
 
 
 @dataclass
@@ -1047,8 +1104,17 @@ class Candidates:
     keys: set[TicketKey]  # every key any of them was ranked against
 
 
-def _caught_up(since: list[db.StoredTicket], dimension: int) -> list[CaughtUp]:
-    return [CaughtUp(t, decode_vector(t.vector, dimension)) for t in since]
+def _caught_up(
+    since: list[db.StoredTicket], dimension: int, seen: dict[int, CaughtUp] | None = None
+) -> list[CaughtUp]:
+    """The tickets caught up, decoded; ``seen`` keeps them by row id (a ticket changed moves
+    to a new id) for the next routing of the same batch."""
+    if seen is None:
+        return [CaughtUp(t, decode_vector(t.vector, dimension)) for t in since]
+    for t in since:
+        if t.id not in seen:
+            seen[t.id] = CaughtUp(t, decode_vector(t.vector, dimension))
+    return [seen[t.id] for t in since]
 
 
 def _candidates(
@@ -1074,15 +1140,7 @@ def _candidates(
     if with_vector:
         matrix = np.stack([c.vector for c in with_vector if c.vector is not None])
         cosines = matrix @ fresh_vectors.T  # (caught up, fresh)
-    # Each caught-up ticket's text, prepared and tokenized once for the whole batch.
-    documents = (
-        [
-            Document.of(lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format))
-            for c in with_vector
-        ]
-        if hybrid and with_vector
-        else []
-    )
+    documents = [c.document for c in with_vector] if hybrid else []
     # BM25 of every caught-up ticket for every routed ticket, in one product.
     routed = [i for n, i in enumerate(fresh) if to_route[n] and i in snapshot.ranked]
     bm25 = (
@@ -1117,9 +1175,12 @@ def _candidates(
         dense = [nb for nb in r.dense if nb.key not in extra] + list(extra.values())
         dense.sort(key=lambda nb: -nb.score)
         dense = dense[: snapshot.depth]
-        dense_floor = dense[-1].score if len(dense) == snapshot.depth else -np.inf
+        full = len(dense) == snapshot.depth
+        listed = (
+            Reach(dense[-1].score, np.inf, dense[-1].key) if full else Reach(-np.inf, np.inf, None)
+        )
         if not hybrid:
-            reach[i] = Reach(dense_floor, np.inf)
+            reach[i] = listed
             stored.append(dense)
             continue
         assert services.lexical is not None
@@ -1134,7 +1195,7 @@ def _candidates(
                         pool[c.ticket.key] = score
         top = sorted(pool, key=lambda k: -pool[k])[: services.hybrid_pool]
         full = len(top) == services.hybrid_pool
-        reach[i] = Reach(dense_floor, pool[top[-1]] if full and top else 0.0)
+        reach[i] = replace(listed, lexical=pool[top[-1]] if full and top else 0.0)
         in_dense = {nb.key for nb in dense}
         for k in top:
             scores.setdefault(k, pool[k])
@@ -1148,45 +1209,55 @@ def _candidates(
     return Candidates(stored, lexical if hybrid else None, reach, seen)
 
 
-def _reaches(
+def _reached(
     batch: PreparedBatch,
     routed: Routed,
+    view: View,
     new: list[db.StoredTicket],
     snapshot: Snapshot,
     services: Services,
-) -> bool:
-    """Whether tickets committed after a plan's view could change the plan: one of them
-    is among the candidates already (moved to a new id), or would enter some ticket's
-    dense list or BM25 pool (:class:`Reach`). If none would, routing again on the view
-    with them added picks every ticket's same candidates, so the same outcomes, in
-    order; their BM25 scores are taken under the index's statistics as they are now."""
+) -> set[int] | None:
+    """The tickets of a plan whose routing the tickets committed after its view could
+    change: those whose candidates they would change in a way the ranking reads
+    (:class:`Reach`). Routing again on the view with them added ranks every other ticket's
+    same candidates the same (their BM25 scores taken under the index's statistics now).
+    None: any ticket's (one of them is among the candidates already: moved to a new id)."""
     if any(t.key in routed.keys for t in new):
-        return True
+        return None
     offered, excluded = catch_up_offers(snapshot, new, services)
     caught_up = [
         c
-        for c in _caught_up(offered, services.embedder.dimension)
+        for c in _caught_up(offered, services.embedder.dimension, view.caught)
         if c.vector is not None and c.ticket.key not in excluded
     ]
     rows = list(routed.reach)
     if not caught_up or not rows:
-        return False
-    floors = np.array([routed.reach[i].dense for i in rows], dtype=np.float32)
+        return set()
+    reach = [routed.reach[i] for i in rows]
     cosines = (
-        np.stack([c.vector for c in caught_up if c.vector is not None])
-        @ _stack([batch.vectors[i] for i in rows], services).T
-    )  # (caught up, routed)
-    if bool((cosines >= floors).any()):
-        return True
-    if services.lexical is None:
-        return False
-    documents = [
-        Document.of(lexical_text(c.ticket.subject, c.ticket.body, c.ticket.body_format))
-        for c in caught_up
-    ]
-    bm25 = services.lexical.score_matrix([snapshot.queries[i] for i in rows], documents)
-    floors = np.array([[routed.reach[i].lexical] for i in rows])
-    return bool(((bm25 > 0) & (bm25 >= floors)).any())
+        _stack([batch.vectors[i] for i in rows], services)
+        @ np.stack([c.vector for c in caught_up if c.vector is not None]).T
+    )  # (routed, caught up)
+    bm25 = np.zeros_like(cosines, dtype=np.float64)
+    if services.lexical is not None:
+        documents = [c.document for c in caught_up]
+        bm25 = services.lexical.score_matrix([snapshot.queries[i] for i in rows], documents)
+
+    def column(values: list[float]) -> np.ndarray:
+        return np.array(values, dtype=np.float64)[:, None]
+
+    # Into the BM25 pool, pushing its last out: taken as a change.
+    pooled = ((bm25 > 0) & (bm25 >= column([r.lexical for r in reach]))).any(axis=1)
+    # Into the dense list: a change if it ranks, or if the one it pushes out was ranked (or
+    # the ticket has no bar); two pushing out two are taken as a change.
+    listed = cosines >= column([r.dense for r in reach])
+    bars = [r.bar or Bar(-np.inf, 0.0, frozenset()) for r in reach]
+    ranks = (cosines >= column([b.dense for b in bars])) | (
+        (bm25 > 0) & (bm25 >= column([b.lexical for b in bars]))
+    )
+    pushes = np.array([r.bar is None or r.last in r.bar.ranked for r in reach])[:, None]
+    hit = pooled | (listed.sum(axis=1) > 1) | (listed & (ranks | pushes)).any(axis=1)
+    return {i for i, h in zip(rows, hit.tolist(), strict=True) if h}
 
 
 def _repair_stale(
