@@ -29,7 +29,10 @@ How each figure is taken:
   tickets meet their stored cluster-mates (``FixtureEmbedder``). ``--contended N``: between
   each batch's snapshot and its section, N tickets of the same clusters are committed as
   another worker's would be (with their vectors), so the section catches them up: the cost
-  of a batch whose view changed while it waited for the lock.
+  of a batch whose view changed while it waited for the lock. Each line also says how many
+  batches were routed again inside the section (a checkout with ``pipeline._route``) and
+  the garbage collector's time while the section was held; ``--profile DIR`` writes a
+  cProfile of the section bodies, one stats file per child.
 - ``workers``: N real worker processes (the checkout's `triage worker`, Celery threads pool,
   TRIAGE_CHROMA_URL set so the decision lock is used) consume ``--tickets`` published at once
   as `triage ingest` does (32 per message); tickets/s from the first publish to the last
