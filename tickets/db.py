@@ -17,7 +17,7 @@ again, when TRIAGE_REDECIDE_ON_EDIT says so (worker/redecide.py).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,16 +37,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
     bindparam,
-    cast,
     create_engine,
     delete,
     event,
     false,
     func,
     literal,
-    null,
     or_,
     select,
     text,
@@ -417,9 +414,8 @@ def _stored(row: Any) -> StoredTicket:
     )
 
 
-def _stored_query(*lead: Any) -> Any:
+def _stored_query() -> Any:
     return select(
-        *lead,
         TicketRow.id,
         TicketRow.source,
         TicketRow.ticket_id,
@@ -479,15 +475,10 @@ def stored_tickets(
 class ViewMarks:
     """What tells whether a section's view is still the one read before: which of its
     keys are stored, and the ids of the scope's tickets committed since its watermark or
-    still unindexed (:func:`view_marks`); with the rows of those the view had not read."""
+    still unindexed (:func:`view_marks`)."""
 
     stored: set[TicketKey]
     since: set[int]
-    rows: list[StoredTicket]
-
-
-# view_marks' parts: a key stored, an id the view had read, a row it had not.
-_KEY, _HAD, _NEW = 0, 1, 2
 
 
 def view_marks(
@@ -498,45 +489,24 @@ def view_marks(
     ids: Sequence[int] = (),
     field: ScopeField = None,
     value: str | None = None,
-    had: Collection[int] = (),
 ) -> ViewMarks:
     """:func:`known_tickets`' keys and :func:`stored_tickets`' ids for the same arguments,
-    and :func:`stored_tickets`' rows for the ids not in ``had`` (those a view read before):
-    one statement, one round trip, that tells a section whether its view holds and brings
-    what was committed since. The keys and the ids already read come without their text,
-    vector or decision."""
+    in one statement that reads no text, vector or decision."""
     wanted = [TicketRow.id > after_id]
     if ids:
         wanted.append(TicketRow.id.in_(list(ids)))
-    since = and_(or_(*wanted), scope_filter(field, value))
-    heavy = _stored_query().selected_columns[3:]
-
-    def light(kind: int, where: Any) -> Any:
-        # NULLs typed as the row's columns: every part of a UNION has the same types.
-        blanks = [cast(null(), c.type).label(c.key) for c in heavy]
-        return select(
-            literal(kind).label("kind"),
-            TicketRow.id,
-            TicketRow.source,
-            TicketRow.ticket_id,
-            *blanks,
-        ).where(where)
-
-    parts = [light(_KEY, key_filter(TicketRow, keys))]
-    new = since
-    if had:
-        parts.append(light(_HAD, and_(since, TicketRow.id.in_(list(had)))))
-        new = and_(since, TicketRow.id.not_in(list(had)))
-    parts.append(_stored_query(literal(_NEW).label("kind")).where(new))
-    marks = ViewMarks(set(), set(), [])
-    for row in session.execute(union_all(*parts)):
-        if row.kind == _KEY:
-            marks.stored.add(TicketKey(row.source, row.ticket_id))
-            continue
-        marks.since.add(int(row.id))
-        if row.kind == _NEW:
-            marks.rows.append(_stored(row))
-    marks.rows.sort(key=lambda t: t.id)
+    stored = select(
+        literal(True).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
+    ).where(key_filter(TicketRow, keys))
+    since = select(
+        literal(False).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
+    ).where(or_(*wanted), scope_filter(field, value))
+    marks = ViewMarks(set(), set())
+    for is_key, id_, source, ticket_id in session.execute(union_all(stored, since)):
+        if is_key:
+            marks.stored.add(TicketKey(source, ticket_id))
+        else:
+            marks.since.add(int(id_))
     return marks
 
 

@@ -965,21 +965,23 @@ def _section(
     keys = [batch.items[i].ticket.key for i in part]
     field_ = services.match_scope
 
-    had = [t.id for t in plan.view.since]
-    marks = _sql(
-        lambda s: db.view_marks(s, keys, **_since(snapshot, field_), had=had), services.engine
-    )
+    marks = _sql(lambda s: db.view_marks(s, keys, **_since(snapshot, field_)), services.engine)
     if plan.view.holds(marks):
         routed = plan.routed
     else:
         # Another worker committed in the scope since the plan's view was read: route again
-        # inside the lock, on the view with those tickets added (the marks brought them), or
-        # read whole when more changed (one of the batch's own keys stored, a ticket moved to
-        # a new id). When none of those would change any ticket's candidates, the plan stands.
+        # inside the lock, on the view with those tickets added (read alone), or read whole
+        # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
+        # When none of those would change any ticket's candidates, the plan stands.
         view = None
+        added = plan.view.added(marks)
         new: list[db.StoredTicket] = []
-        if plan.view.added(marks) is not None:
-            new = marks.rows
+        if added is not None:
+            ids = added
+            new = _sql(
+                lambda s: db.stored_tickets(s, ids=ids, field=field_, value=snapshot.scope),
+                services.engine,
+            )
             if not {t.key for t in new} & set(keys):
                 since = sorted(plan.view.since + new, key=lambda t: t.id)
                 view = View(plan.view.known, since, plan.view.caught)
