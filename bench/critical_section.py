@@ -948,7 +948,7 @@ def child_bounds(args: argparse.Namespace) -> None:
     from config.settings import load_settings
     from tickets import db
     from tickets.queue import publish
-    from worker.pipeline import _decision_values, _sql, vector_meta
+    from worker.pipeline import _decision_values, vector_meta, with_session
     from worker.routing import Outcome, Thresholds
     from worker.store import open_store
     from worker.text import content_hash
@@ -1012,7 +1012,7 @@ def child_bounds(args: argparse.Namespace) -> None:
     def save(_: int) -> None:
         chunk = rows[pos[0] : pos[0] + 32]
         pos[0] += 32
-        _sql(
+        with_session(
             lambda s: db.save_batch(s, [a for a, _ in chunk], [b for _, b in chunk]),
             engine,
             commit=True,

@@ -632,7 +632,9 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
         snapshot, svc = args[-2:]
         part = list(range(len(batch.items)))
         keys = [item.ticket.key for item in batch.items]
-        view = pipeline._sql(lambda s: pipeline._read_view(s, keys, snapshot, None), svc.engine)
+        view = pipeline.with_session(
+            lambda s: pipeline._read_view(s, keys, snapshot, None), svc.engine
+        )
         whole = real_route(batch, part, snapshot, view, svc)
         if reached is not None:
             mine = (

@@ -44,10 +44,10 @@ from tickets.marks import marked_action
 from tickets.model import Ticket, TicketKey, TicketUpdate
 from worker.pipeline import (
     Services,
-    _sql,
     encode_vector,
     scope_lock_name,
     vector_meta,
+    with_session,
 )
 from worker.redecide import Redecision
 from worker.redecide import redecide as route_decision
@@ -151,7 +151,7 @@ def apply_update(
         ).first()
         return row, decision, bool(purge_sql.purged(session, [key]))
 
-    row, decision, erased = _sql(read, services.engine)
+    row, decision, erased = with_session(read, services.engine)
     if erased:
         # Erased (tickets/purge.py): whatever the helpdesk still sends of it is not stored.
         return Applied("purged")
@@ -174,7 +174,7 @@ def apply_update(
     )
     feedback = None
     if change.verdict is not None and decision is not None:
-        feedback = _sql(
+        feedback = with_session(
             lambda s: _feedback(s, update, decision, change.verdict), services.engine, commit=True
         )
     if not (change.text or change.status or change.tags is not None):
@@ -191,7 +191,7 @@ def apply_update(
     if change.tags is not None:
         values["tags"] = change.tags
     if not change.text:
-        _sql(
+        with_session(
             lambda s: s.execute(
                 update_stmt().where(db.key_filter(db.TicketRow, [key])).values(**values)
             ),
@@ -309,7 +309,7 @@ def _reembed(
                     write_redecision(session, decision, again, services)
                 return True
 
-            stored = _sql(write, services.engine, commit=True)
+            stored = with_session(write, services.engine, commit=True)
     if not stored:
         return False, None
     canonical = key
@@ -323,7 +323,9 @@ def _reembed(
     services.store.upsert(
         [key], vector[None, :], [vector_meta(key, canonical, route, readable, row.queue)]
     )
-    _sql(lambda s: db.mark_indexed(s, [key], datetime.now(UTC)), services.engine, commit=True)
+    with_session(
+        lambda s: db.mark_indexed(s, [key], datetime.now(UTC)), services.engine, commit=True
+    )
     if again is not None:
         logger.info("edit of %s re-decided: %s, now %s", key, again.result, again.route)
         if services.outbox is not None:

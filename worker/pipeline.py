@@ -240,7 +240,7 @@ def prepare_batch(items: Sequence[WorkItem], services: Services) -> PreparedBatc
         unique.append(i)
 
     keys = [items[i].ticket.key for i in unique]
-    known = _sql(lambda s: db.known_tickets(s, keys), services.engine)
+    known = with_session(lambda s: db.known_tickets(s, keys), services.engine)
 
     # Which tickets need a vector now.
     needs_vector: list[int] = []
@@ -390,7 +390,9 @@ def _restore(
         np.stack(vectors),  # type: ignore[arg-type]
         [_known_meta(key, k) for key, k in zip(keys, restore.values(), strict=True)],
     )
-    _sql(lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True)
+    with_session(
+        lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True
+    )
     logger.info("re-stored %d vectors from SQL", len(keys))
     return {i: ItemResult("unchanged", _outcome_of(k)) for i, k in restore.items()}
 
@@ -597,7 +599,7 @@ def _snapshot(
         unindexed = db.unindexed_tickets(session)
         return db.newest_ticket_id(session, field_, scope), unindexed
 
-    newest, unindexed = _sql(marks, services.engine)
+    newest, unindexed = with_session(marks, services.engine)
     unindexed = _repair_stale(unindexed, services)
     if services.lexical is not None:
         if field_ is None:
@@ -637,7 +639,9 @@ def _snapshot(
     if services.match_statuses is not None:
         statuses = services.match_statuses
         candidates = [k for r in ranked.values() for k in _ranked_keys(r)]
-        excluded = _sql(lambda s: db.excluded_keys(s, candidates, statuses), services.engine)
+        excluded = with_session(
+            lambda s: db.excluded_keys(s, candidates, statuses), services.engine
+        )
 
     reasons: dict[int, str | None] = dict.fromkeys(part)
     ratios: dict[int, float | None] = dict.fromkeys(part)
@@ -803,7 +807,9 @@ def _plan(batch: PreparedBatch, part: list[int], snapshot: Snapshot, services: S
     """Step 3b: route the part outside the lock, on the view as it is after the snapshot
     (what was committed while the snapshot ranked is caught up here, not in the section)."""
     keys = [batch.items[i].ticket.key for i in part]
-    view = _sql(lambda s: _read_view(s, keys, snapshot, services.match_scope), services.engine)
+    view = with_session(
+        lambda s: _read_view(s, keys, snapshot, services.match_scope), services.engine
+    )
     return Plan(view, _route(batch, part, snapshot, view, services))
 
 
@@ -951,6 +957,58 @@ def _route(
     )
 
 
+def route_one(
+    ticket: Ticket,
+    text: str,
+    vector: np.ndarray,
+    services: Services,
+    *,
+    leave_out: Callable[[Neighbour], bool] = lambda nb: False,
+) -> tuple[Outcome, dict[str, Any]]:
+    """Route one ticket (its ``text`` and ``vector``) against every ticket stored in its
+    match scope now, as a batch of one would be (the snapshot, the catch-up from SQL, the
+    ranking), without writing anything: its outcome and its decision row's values. The
+    caller holds the scope's decision section, so nothing is committed in it meanwhile.
+    ``leave_out``: candidates never offered (worker/redecide.py: the tickets linked to it)."""
+    batch = PreparedBatch([WorkItem(ticket)], {}, {ticket.key: 0}, [0], {0: text}, {0: vector})
+    snapshot = _snapshot(batch, [0], scope_of(ticket, services.match_scope), services)
+    committed = with_session(
+        lambda s: db.stored_tickets(s, **_since(snapshot, services.match_scope)), services.engine
+    )
+    since, excluded = catch_up_offers(snapshot, committed, services)
+    vectors = _stack([vector], services)
+    found = _candidates(
+        batch.items,
+        [0],
+        snapshot,
+        _caught_up(since, services.embedder.dimension),
+        vectors,
+        [True],
+        services,
+    )
+    excluded.update(nb.key for nb in found.stored[0] if leave_out(nb))
+    scores = None
+    if found.lexical is not None:
+        scores = [{k: v for k, v in found.lexical[0].items() if k not in excluded}]
+    thresholds = services.thresholds.for_queue(ticket.queue)
+    outcome = decide(
+        [ticket.key],
+        vectors,
+        [[nb for nb in found.stored[0] if nb.key not in excluded]],
+        decide_mask=[True],
+        thresholds=[thresholds],
+        top_k=services.top_k,
+        unreadable=[snapshot.reasons[0]],
+        lexical=scores,
+        alpha=services.hybrid_alpha,
+        pool=services.hybrid_pool,
+    )[0]
+    assert outcome is not None
+    now = datetime.now(UTC)
+    model = services.embedder.model_id
+    return outcome, _decision_values(ticket, outcome, model, thresholds, now, snapshot.ratios[0])
+
+
 def _section(
     batch: PreparedBatch,
     part: list[int],
@@ -965,7 +1023,9 @@ def _section(
     keys = [batch.items[i].ticket.key for i in part]
     field_ = services.match_scope
 
-    marks = _sql(lambda s: db.view_marks(s, keys, **_since(snapshot, field_)), services.engine)
+    marks = with_session(
+        lambda s: db.view_marks(s, keys, **_since(snapshot, field_)), services.engine
+    )
     if plan.view.holds(marks):
         routed = plan.routed
     else:
@@ -978,7 +1038,7 @@ def _section(
         new: list[db.StoredTicket] = []
         if added is not None:
             ids = added
-            new = _sql(
+            new = with_session(
                 lambda s: db.stored_tickets(s, ids=ids, field=field_, value=snapshot.scope),
                 services.engine,
             )
@@ -998,7 +1058,9 @@ def _section(
             )
         else:
             if view is None:
-                view = _sql(lambda s: _read_view(s, keys, snapshot, field_), services.engine)
+                view = with_session(
+                    lambda s: _read_view(s, keys, snapshot, field_), services.engine
+                )
             routed = _route(batch, part, snapshot, view, services)
     out = routed.written
     _stamp(routed, datetime.now(UTC))
@@ -1020,7 +1082,7 @@ def _section(
             purged.update(purge_sql.guard(session, keys))
 
         purged: set[TicketKey] = set()
-        _sql(write, services.engine, commit=True)
+        with_session(write, services.engine, commit=True)
         if purged:
             _drop_purged(out, purged, services)
     logger.info(
@@ -1270,7 +1332,7 @@ def _repair_stale(
     stale = [id_ for id_, at in unindexed if _aware(at) <= cutoff]
     if not stale:
         return unindexed
-    rows = _sql(lambda s: db.stored_tickets(s, ids=stale), services.engine)
+    rows = with_session(lambda s: db.stored_tickets(s, ids=stale), services.engine)
     dim = services.embedder.dimension
     keep = [(t, v) for t in rows if (v := decode_vector(t.vector, dim)) is not None]
     if keep:
@@ -1280,7 +1342,9 @@ def _repair_stale(
             [vector_meta(t.key, t.canonical, t.route, t.readable, t.queue) for t, _ in keep],
         )
         keys = [t.key for t, _ in keep]
-        _sql(lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True)
+        with_session(
+            lambda s: db.mark_indexed(s, keys, datetime.now(UTC)), services.engine, commit=True
+        )
         logger.warning("re-stored %d vectors left unindexed by an interrupted batch", len(keep))
     done = {t.id for t, _ in keep}
     return [(id_, at) for id_, at in unindexed if id_ not in done]
@@ -1303,7 +1367,7 @@ def _publish(written: Written, store: VectorStore, services: Services) -> None:
         # A purge committed between the decision and here: its vectors leave the store.
         return purge_sql.guard(session, written.keys)
 
-    purged = _sql(mark, services.engine, commit=True)
+    purged = with_session(mark, services.engine, commit=True)
     if purged:
         store.delete(list(purged))
         forget_purged(services, list(purged))
@@ -1436,7 +1500,7 @@ def _match_values(m: Neighbour) -> dict[str, Any]:
     return values
 
 
-def _sql(fn: Callable[[Session], Any], engine: Engine, *, commit: bool = False) -> Any:
+def with_session(fn: Callable[[Session], Any], engine: Engine, *, commit: bool = False) -> Any:
     """Run fn in a session; a database outage becomes a retryable StoreUnavailable."""
     try:
         with Session(engine, expire_on_commit=False) as session:

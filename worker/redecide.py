@@ -37,21 +37,8 @@ from sqlalchemy.orm import Session
 
 from tickets import db
 from tickets.model import Ticket, TicketKey
-from worker.pipeline import (
-    PreparedBatch,
-    Services,
-    WorkItem,
-    _candidates,
-    _caught_up,
-    _decision_values,
-    _since,
-    _snapshot,
-    _sql,
-    _stack,
-    catch_up_offers,
-    scope_of,
-)
-from worker.routing import decide
+from worker.pipeline import Services, route_one, with_session
+from worker.routing import Outcome
 
 Result = Literal["changed", "same", "kept"]
 
@@ -78,71 +65,34 @@ def reviewed(session: Session, key: TicketKey) -> bool:
     return found is not None
 
 
-def route_again(ticket: Ticket, text: str, vector: np.ndarray, services: Services) -> Redecision:
-    """Route the edited ``ticket`` (its new ``text`` and ``vector``). The caller holds its
-    scope's decision section, so nothing is committed in the scope meanwhile."""
-    batch = PreparedBatch([WorkItem(ticket)], {}, {ticket.key: 0}, [0], {0: text}, {0: vector})
-    scope = scope_of(ticket, services.match_scope)
-    snapshot = _snapshot(batch, [0], scope, services)
-
-    committed = _sql(
-        lambda s: db.stored_tickets(s, **_since(snapshot, services.match_scope)), services.engine
+def route_again(
+    ticket: Ticket, text: str, vector: np.ndarray, services: Services
+) -> tuple[Outcome, dict[str, Any]]:
+    """Route the edited ``ticket`` (its new ``text`` and ``vector``), never with a ticket
+    linked to it: its outcome and the decision row's new columns. The caller holds its
+    scope's decision section."""
+    outcome, values = route_one(
+        ticket, text, vector, services, leave_out=lambda nb: nb.canonical == ticket.key
     )
-    since, excluded = catch_up_offers(snapshot, committed, services)
-    vectors = _stack([vector], services)
-    found = _candidates(
-        batch.items,
-        [0],
-        snapshot,
-        _caught_up(since, services.embedder.dimension),
-        vectors,
-        [True],
-        services,
-    )
-    stored, lexical = found.stored, found.lexical
-    excluded.update(nb.key for nb in stored[0] if nb.canonical == ticket.key)
-    candidates = [nb for nb in stored[0] if nb.key not in excluded]
-    scores = None
-    if lexical is not None:
-        scores = [{k: v for k, v in lexical[0].items() if k not in excluded}]
-    thresholds = services.thresholds.for_queue(ticket.queue)
-    outcome = decide(
-        [ticket.key],
-        vectors,
-        [candidates],
-        decide_mask=[True],
-        thresholds=[thresholds],
-        top_k=services.top_k,
-        unreadable=[snapshot.reasons[0]],
-        lexical=scores,
-        alpha=services.hybrid_alpha,
-        pool=services.hybrid_pool,
-    )[0]
-    assert outcome is not None
-    now = datetime.now(UTC)
-    values = _decision_values(
-        ticket, outcome, services.embedder.model_id, thresholds, now, snapshot.ratios[0]
-    )
+    values["redecided_at"] = values["decided_at"]
     for column in _KEPT:
         values.pop(column)
-    values["redecided_at"] = now
-    return Redecision("same", outcome.route, outcome.canonical, values)
+    return outcome, values
 
 
 def redecide(
     ticket: Ticket, text: str, vector: np.ndarray, decision: db.DecisionRow, services: Services
 ) -> Redecision:
-    """The edited ticket's decision: kept when reviewed, else routed again."""
-    if _sql(lambda s: reviewed(s, ticket.key), services.engine):
+    """The edited ticket's decision: kept when reviewed, else routed again; ``changed``
+    when the route or the matched ticket differ from the decision's."""
+    if with_session(lambda s: reviewed(s, ticket.key), services.engine):
         return Redecision("kept", decision.route, _canonical(decision))
-    again = route_again(ticket, text, vector, services)
-    changed = again.route != decision.route or (
-        again.values["matched_source"],
-        again.values["matched_ticket_id"],
+    outcome, values = route_again(ticket, text, vector, services)
+    changed = outcome.route != decision.route or (
+        values["matched_source"],
+        values["matched_ticket_id"],
     ) != (decision.matched_source, decision.matched_ticket_id)
-    if not changed:
-        return again
-    return Redecision("changed", again.route, again.canonical, again.values)
+    return Redecision("changed" if changed else "same", outcome.route, outcome.canonical, values)
 
 
 def write(
