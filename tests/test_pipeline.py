@@ -593,12 +593,21 @@ def test_a_plan_stands_when_what_was_committed_meanwhile_enters_no_candidates(
     assert res.outcome.canonical == TicketKey("test", "3")
 
 
-def _pairs() -> list[tuple[str, str]]:
+def _corpus(name: str) -> tuple[list[str], list[str], list[str]]:
+    """Stored history, this worker's tickets, another worker's: helpdesk questions with the
+    other worker holding their paraphrases (en_pairs), or Hadoop bug reports."""
     import csv
 
-    path = Path(__file__).parent / "fixtures" / "quality" / "en_pairs.csv"
-    with path.open(newline="") as f:
-        return [(r["sentence1"], r["sentence2"]) for r in csv.DictReader(f)]
+    quality = Path(__file__).parent / "fixtures" / "quality"
+    if name == "pairs":
+        with (quality / "en_pairs.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        firsts, seconds = [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
+        return firsts[:14], firsts[14:], seconds[14:]
+    with (quality / "hadoop_bugs.csv").open(newline="") as f:
+        texts = [f"{r['Summary']}\n{r['Description']}"[:1500] for r in csv.DictReader(f)]
+    third = len(texts) // 3
+    return texts[:third], texts[third::2], texts[third + 1 :: 2]
 
 
 def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -608,22 +617,22 @@ def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.parametrize("corpus", ["pairs", "bugs"])
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
-    services: Services, monkeypatch: pytest.MonkeyPatch, hybrid: bool
+    services: Services, monkeypatch: pytest.MonkeyPatch, hybrid: bool, corpus: str
 ) -> None:
     from worker import pipeline
 
-    # Short lists (top 2, dense depth 4, BM25 pool 3) over helpdesk questions and their
-    # paraphrases, so that tickets committed meanwhile often enter some ticket's candidates
-    # and often do not. Each time a section has read what was committed meanwhile, the
-    # batch is also routed whole on the view read whole: the rows must be the same.
+    # Short lists (top 2, dense depth 4, BM25 pool 3) over real texts, so that tickets
+    # committed meanwhile often enter some ticket's candidates and often do not. Each time
+    # a section has read what was committed meanwhile, the batch is also routed whole on the
+    # view read whole: the rows must be the same.
     services = replace(services, top_k=2, hybrid_pool=3, lexical=LexicalIndex() if hybrid else None)
-    pairs = _pairs()
-    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
-    triage_batch(
-        [WorkItem(t(f"h{n}", x), mode="history") for n, x in enumerate(firsts[:16])], services
-    )
+    stored, ours, others = _corpus(corpus)
+    triage_batch([WorkItem(t(f"h{n}", x), mode="history") for n, x in enumerate(stored)], services)
+    mine = [(f"b{n}", x) for n, x in enumerate(ours)]
+    theirs = [(f"o{n}", x) for n, x in enumerate(others)]
     real_reached, real_route = pipeline._reached, pipeline._route
     seen = {"kept": 0, "partly": 0, "rerouted": 0}
 
@@ -649,18 +658,20 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
 
     monkeypatch.setattr(pipeline, "_reached", checked)
     other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
-    pending = [(f"o{n}", x) for n, x in enumerate(firsts[16:] + seconds[:12])]
 
     def another_worker_commits(keys: list[TicketKey]) -> None:
         services.hooks = SectionHooks()
-        some = [pending.pop() for _ in range(min(3, len(pending)))]
+        some = [theirs.pop(0) for _ in range(min(3, len(theirs)))]
         triage_batch([WorkItem(t(i, x)) for i, x in some], other)
 
-    for start in range(12, 40, 7):
+    rounds = 0
+    while mine and theirs:
         services.hooks = SectionHooks(after_snapshot=another_worker_commits)
-        batch = [WorkItem(t(f"b{n}", seconds[n])) for n in range(start, min(start + 7, 40))]
+        batch = [WorkItem(t(i, x)) for i, x in mine[:5]]
+        del mine[:5]
         assert all(r.error is None for r in triage_batch(batch, services))
-    assert seen["kept"] + seen["partly"] == 4, seen
+        rounds += 1
+    assert seen["kept"] + seen["partly"] == rounds, seen
     assert seen["partly"] >= 1, seen
 
 
