@@ -465,9 +465,8 @@ def test_each_batch_records_its_section_time(services: Services) -> None:
     assert 0 < section_times()[-1] < 60
 
 
-def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_routes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Each routing of a batch (its plan, and again in the section), as its ticket ids."""
     from worker import pipeline
 
     routed: list[tuple[str, ...]] = []
@@ -478,6 +477,15 @@ def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
         return route(batch, part, *args)
 
     monkeypatch.setattr(pipeline, "_route", counted)
+    return routed
+
+
+def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import pipeline
+
+    routed = _count_routes(monkeypatch)
     # Nothing committed meanwhile: routed once, outside the lock, and written as planned.
     results = triage_batch([WorkItem(t("1", REFUND)), WorkItem(t("2", SHIPPING))], services)
     assert [r.status for r in results] == ["manual", "manual"]
@@ -547,21 +555,13 @@ HISTORY = [
 def test_a_plan_stands_when_what_was_committed_meanwhile_enters_no_candidates(
     services: Services, monkeypatch: pytest.MonkeyPatch, hybrid: bool
 ) -> None:
-    from worker import pipeline
 
     # Short candidate lists (dense depth 6, BM25 pool 3), filled by the history: a ticket
     # committed later changes the routing only if it ranks above their last.
     services = replace(services, hybrid_pool=3, lexical=LexicalIndex() if hybrid else None)
     history = [WorkItem(t(f"h{n}", body), mode="history") for n, body in enumerate(HISTORY)]
     triage_batch(history, services)
-    routed: list[tuple[str, ...]] = []
-    route = pipeline._route
-
-    def counted(batch: Any, part: list[int], *args: Any) -> Any:
-        routed.append(tuple(batch.items[i].ticket.ticket_id for i in part))
-        return route(batch, part, *args)
-
-    monkeypatch.setattr(pipeline, "_route", counted)
+    routed = _count_routes(monkeypatch)
     other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
 
     def another_worker_commits(ticket: Ticket) -> Callable[[list[TicketKey]], None]:
