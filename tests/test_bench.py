@@ -215,9 +215,27 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         assert row["rebuild"]["tickets"] == 300 and row["rebuild"]["snapshot_tickets"] == 260
         assert row["snapshot"]["scores_equal_rebuilt"] is True
         assert row["snapshot"]["catch_up_rows"] == 40 and row["snapshot"]["update_added"] == 40
+        keys = tmp_path / "keys.json"
+        run(
+            BENCH / "key_lookup.py", "--template", f"{prefix}_300", "--admin-url",
+            postgres_server, "--steps", "100,200", "--repeat", "2", "--json", keys,
+        )  # fmt: skip
+        rows = json.loads(keys.read_text())
+        assert [r["stored_new"] for r in rows] == [100, 100, 200, 200]
+        for r in rows:
+            assert (
+                r["semi-join"]["index"] and r["per source"]["index"]
+            )  # a table this small may be read whole
+            assert (
+                r["semi-join"]["found"]
+                == r["per source"]["found"]
+                == (32 if "newdesk" in r["lookup"] else 300)
+            )
+            assert positive(r["semi-join"]["p50_ms"]) and positive(r["per source"]["p50_ms"])
     finally:
         admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{prefix}_300_keys" WITH (FORCE)'))
             conn.execute(text(f'DROP DATABASE IF EXISTS "{prefix}_300" WITH (FORCE)'))
         admin.dispose()
 

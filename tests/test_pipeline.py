@@ -220,10 +220,11 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
     # SELECT known tickets (before embedding); the snapshot: SELECT the tickets not yet in
     # the store, SELECT the newest id; the plan: SELECT known tickets again, SELECT those
     # committed since the snapshot; the section: SELECT whether that view still holds (one
-    # statement), INSERT tickets, INSERT decisions, DELETE stale failures, SELECT the
-    # batch's purged keys; after it, UPDATE indexed_at and SELECT the purged keys again
-    # (tickets/purge.py guard, each after taking the purge lock shared on PostgreSQL):
-    # 12 (14), whatever the batch size.
+    # statement), then, after taking the purge lock shared on PostgreSQL, SELECT the active
+    # collection, the batch's failure rows and purged keys (one statement), INSERT tickets,
+    # INSERT decisions (no DELETE: no failure row); after it, UPDATE indexed_at and SELECT
+    # the purged keys again (tickets/purge.py guard, after the purge lock): 11 (13),
+    # whatever the batch size.
     lock = ["SELECT"] if services.engine.dialect.name == "postgresql" else []
     assert [s.upper() for s in statements if s.upper() != "PRAGMA"] == [
         "SELECT",
@@ -232,11 +233,10 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
         "SELECT",
         "SELECT",
         "SELECT",
-        "INSERT",
-        "INSERT",
-        "DELETE",
         *lock,
         "SELECT",
+        "INSERT",
+        "INSERT",
         "UPDATE",
         *lock,
         "SELECT",

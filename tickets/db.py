@@ -18,7 +18,7 @@ again, when TRIAGE_REDECIDE_ON_EDIT says so (worker/redecide.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,12 +48,16 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from tickets.model import BodyFormat, Ticket, TicketKey
 
@@ -295,19 +299,64 @@ def dialect_insert(name: str) -> Any:
     raise RuntimeError(f"unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
+class _KeyIn(ColumnElement[bool]):
+    """``(source, ticket_id) IN keys``, written for each dialect's planner (:func:`key_filter`)."""
+
+    inherit_cache = True
+    _is_implicitly_boolean = True
+    type = Boolean()
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's own declaration)
+        ("portable", InternalTraversal.dp_clauseelement),
+        ("postgres", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, portable: ColumnElement[bool], postgres: ColumnElement[bool]) -> None:
+        self.portable, self.postgres = portable, postgres
+
+
+@compiles(_KeyIn)
+def _key_in(element: _KeyIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.portable.self_group(), **kw))
+
+
+@compiles(_KeyIn, "postgresql")
+def _key_in_postgres(element: _KeyIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.postgres, **kw))
+
+
 def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
-    """``(source, ticket_id) IN keys`` as one ``ticket_id IN (...)`` per source: a row-value
-    IN list makes SQLite scan the whole table and PostgreSQL plan one OR branch per key
-    (about 100 ms for the 1,000 candidate keys of a batch at 10k stored); this form is one
-    index scan per source on both (bench/results/critical-section-statuses-100k.txt)."""
+    """``(source, ticket_id) IN keys``, as each planner finds the key index with it.
+
+    SQLite: one ``ticket_id IN (...)`` per source (a row-value IN list makes it scan the
+    whole table). PostgreSQL: a semi-join with the keys unnested from two array parameters,
+    so every key is one probe of the unique (source, ticket_id) index. The per-source form
+    lets PostgreSQL's planner pick the (source, id) index for a source its statistics have
+    not seen yet (a new helpdesk, until the next ANALYZE) and read every ticket of that
+    source: 15.5 ms for 32 keys with 40,000 of them stored, against 1.5 ms for the
+    semi-join; 1,000 keys of an analysed source take 18.6 ms against 10.7 ms
+    (bench/key_lookup.py, bench/results/key-lookup-plans.txt). The statement's text does
+    not depend on the number of keys, so SQLAlchemy compiles it once."""
     if not keys:
         return false()
     by_source: dict[str, list[str]] = {}
     for key in keys:
         by_source.setdefault(key.source, []).append(key.ticket_id)
-    return or_(
+    portable = or_(
         *((model.source == source) & model.ticket_id.in_(ids) for source, ids in by_source.items())
     )
+    texts = postgresql.ARRAY(String)
+    unnested = (
+        func.unnest(
+            bindparam(None, [k.source for k in keys], type_=texts),
+            bindparam(None, [k.ticket_id for k in keys], type_=texts),
+        )
+        .table_valued("source", "ticket_id")
+        .render_derived()
+    )
+    postgres = tuple_(model.source, model.ticket_id).in_(
+        select(unnested.c.source, unnested.c.ticket_id)
+    )
+    return _KeyIn(portable, postgres)
 
 
 # --- reads -------------------------------------------------------------------------------
@@ -611,18 +660,49 @@ def excluded_keys(
     return {TicketKey(r[0], r[1]) for r in rows}
 
 
+@dataclass(frozen=True)
+class WriteMarks:
+    """What a decision commit reads before it writes (:func:`write_marks`)."""
+
+    active: str | None  # the active collection
+    failed: set[TicketKey]  # keys with a failure row
+    tombstoned: set[TicketKey]  # keys of the given tombstones
+
+
+def write_marks(session: Session, keys: Sequence[TicketKey], *, tombstones: Any) -> WriteMarks:
+    """In one statement: the active collection, which of ``keys`` have a failure row, and
+    the keys that ``tombstones`` (a select of ``source, ticket_id``) gives."""
+    active = select(IndexStateRow.value, literal(None), literal("active")).where(
+        IndexStateRow.name == ACTIVE_COLLECTION
+    )
+    failed = select(FailureRow.source, FailureRow.ticket_id, literal("failed")).where(
+        key_filter(FailureRow, keys)
+    )
+    marks = WriteMarks(None, set(), set())
+    rows = session.execute(union_all(active, failed, tombstones.add_columns(literal("gone"))))
+    for a, b, kind in rows:
+        if kind == "active":
+            marks = replace(marks, active=a)
+        else:
+            (marks.failed if kind == "failed" else marks.tombstoned).add(TicketKey(a, b))
+    return marks
+
+
 def save_batch(
     session: Session,
     tickets: Sequence[dict[str, Any]],
     decisions: Sequence[dict[str, Any]],
     rerouted: Sequence[TicketKey] = (),
+    *,
+    failed: Iterable[TicketKey] | None = None,
 ) -> None:
     """Store tickets and their decisions in the caller's transaction.
 
     ON CONFLICT DO NOTHING on both: the first accepted version of a ticket and its first
     decision stand; a redelivery or a re-import changes nothing. A success also clears an
     earlier failure row of the same key (re-driven tickets), so each key ends in exactly
-    one of the two tables.
+    one of the two tables: ``failed``, when the caller has read which keys have one
+    (:func:`write_marks`), else every key's.
 
     ``rerouted``: stored history tickets routed now. Their rows move to a new id (the text
     kept, the new vector and metadata taken): a section that took its snapshot earlier
@@ -669,6 +749,9 @@ def save_batch(
             list(decisions),
         )
     done = [TicketKey(t["source"], t["ticket_id"]) for t in tickets]
+    if failed is not None:
+        wanted = set(failed)
+        done = [k for k in done if k in wanted]
     if done:
         session.execute(delete(FailureRow).where(key_filter(FailureRow, done)))
 

@@ -106,7 +106,9 @@ def _exclusive(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
 
 
-def _shared(session: Session) -> None:
+def hold_shared(session: Session) -> None:
+    """Hold the purge lock shared until the caller's transaction ends: no tombstone commits
+    until then, and every one committed before is seen by the statements that follow."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _LOCK_KEY})
 
@@ -240,6 +242,11 @@ def _rowcount(result: Any) -> int:
     return max(0, int(getattr(result, "rowcount", 0) or 0))
 
 
+def tombstoned(keys: Sequence[TicketKey]) -> Any:
+    """The select of the tombstoned keys among ``keys`` (``source, ticket_id``)."""
+    return select(PurgeRow.source, PurgeRow.ticket_id).where(key_filter(PurgeRow, keys))
+
+
 def guard(session: Session, keys: Iterable[TicketKey]) -> set[TicketKey]:
     """In a worker's write transaction, after its rows are written: those of these keys
     that are tombstoned, their rows erased in the same transaction. Holds the purge lock
@@ -247,7 +254,7 @@ def guard(session: Session, keys: Iterable[TicketKey]) -> set[TicketKey]:
     keys = list(dict.fromkeys(keys))
     if not keys:
         return set()
-    _shared(session)
+    hold_shared(session)
     gone = purged(session, keys)
     if gone:
         erase(session, list(gone))
@@ -259,12 +266,7 @@ def purged(session: Session, keys: Sequence[TicketKey]) -> set[TicketKey]:
     out: set[TicketKey] = set()
     for start in range(0, len(keys), CHUNK):
         part = keys[start : start + CHUNK]
-        out.update(
-            TicketKey(s, t)
-            for s, t in session.execute(
-                select(PurgeRow.source, PurgeRow.ticket_id).where(key_filter(PurgeRow, part))
-            )
-        )
+        out.update(TicketKey(s, t) for s, t in session.execute(tombstoned(part)))
     return out
 
 

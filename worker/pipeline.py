@@ -79,7 +79,7 @@ from worker.window import EVERY_SCOPE, LEXICAL_OVERFETCH, WindowIndex
 if TYPE_CHECKING:
     from actions.outbox import Outbox
     from worker.coverage import CoverageGuard
-    from worker.decision_lock import Section
+    from worker.decision_lock import FenceCheck, Section
 
 logger = logging.getLogger(__name__)
 
@@ -1019,72 +1019,29 @@ def _section(
 ) -> tuple[Written, int]:
     """Step 3c, under the lock: the plan if its view still holds (one light query says),
     else catch up and decide again; then the write. Returns what to publish and how many
-    tickets were caught up."""
+    tickets were caught up.
+
+    One session from the view's check to the commit: every statement reads what was
+    committed before it (PostgreSQL's READ COMMITTED; SQLite's transaction begins at the
+    first write), and the section checks out one connection instead of one per step."""
     keys = [batch.items[i].ticket.key for i in part]
-    field_ = services.match_scope
 
-    marks = with_session(
-        lambda s: db.view_marks(s, keys, **_since(snapshot, field_)), services.engine
-    )
-    if plan.view.holds(marks):
-        routed = plan.routed
-    else:
-        # Another worker committed in the scope since the plan's view was read: route again
-        # inside the lock, on the view with those tickets added (read alone), or read whole
-        # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
-        # When none of those would change any ticket's candidates, the plan stands.
-        view = None
-        added = plan.view.added(marks)
-        new: list[db.StoredTicket] = []
-        if added is not None:
-            ids = added
-            new = with_session(
-                lambda s: db.stored_tickets(s, ids=ids, field=field_, value=snapshot.scope),
-                services.engine,
-            )
-            if not {t.key for t in new} & set(keys):
-                since = sorted(plan.view.since + new, key=lambda t: t.id)
-                view = View(plan.view.known, since, plan.view.caught)
-        reached = (
-            None if view is None else _reached(batch, plan.routed, view, new, snapshot, services)
-        )
-        if view is not None and reached is not None:
-            # Only the tickets whose candidates changed are routed again (and those after
-            # them that ranked one whose route or canonical ticket changed).
-            routed = (
-                _route(batch, part, snapshot, view, services, plan.routed, reached)
-                if reached
-                else plan.routed
-            )
-        else:
-            if view is None:
-                view = with_session(
-                    lambda s: _read_view(s, keys, snapshot, field_), services.engine
-                )
-            routed = _route(batch, part, snapshot, view, services)
+    def run(session: Session) -> tuple[Routed, set[TicketKey]]:
+        routed = _follow(session, batch, part, snapshot, services, plan)
+        _stamp(routed, datetime.now(UTC))
+        if services.hooks.in_section is not None:
+            services.hooks.in_section(keys)
+        # Fenced: if this section's lock was lost and another holder decided meanwhile,
+        # nothing is written and the batch is retried on a fresh view (DecisionLockLost,
+        # transient).
+        with section.committing() if section is not None else contextlib.nullcontext() as check:
+            purged = _write(session, routed, keys, snapshot.collection, services, check)
+        return routed, purged
+
+    routed, purged = with_session(run, services.engine)
     out = routed.written
-    _stamp(routed, datetime.now(UTC))
-
-    if services.hooks.in_section is not None:
-        services.hooks.in_section(keys)
-    # Fenced: if this section's lock was lost and another holder decided meanwhile, nothing
-    # is written and the batch is retried on a fresh view (DecisionLockLost, transient).
-    with section.committing() if section is not None else contextlib.nullcontext(None) as check:
-
-        def write(session: Session) -> None:
-            if check is not None:
-                check(session)
-                _check_collection(session, snapshot.collection)
-            db.save_batch(session, routed.ticket_rows, routed.decision_rows, routed.rerouted)
-            if services.outbox is not None:  # the decisions' actions, in the same transaction
-                services.outbox.stage(session, routed.decision_rows)
-            # Purged meanwhile (queued, or in this batch): stored without text, not indexed.
-            purged.update(purge_sql.guard(session, keys))
-
-        purged: set[TicketKey] = set()
-        with_session(write, services.engine, commit=True)
-        if purged:
-            _drop_purged(out, purged, services)
+    if purged:
+        _drop_purged(out, purged, services)
     logger.info(
         "batch of %d: %d decided, %d history, %d repaired",
         len(part),
@@ -1093,6 +1050,74 @@ def _section(
         routed.repaired,
     )
     return out, routed.caught_up
+
+
+def _follow(
+    session: Session,
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    services: Services,
+    plan: Plan,
+) -> Routed:
+    """The plan if its view still holds; else the batch routed again on the view with what
+    was committed since, only where that could change a ticket's candidates."""
+    keys = [batch.items[i].ticket.key for i in part]
+    field_ = services.match_scope
+    marks = db.view_marks(session, keys, **_since(snapshot, field_))
+    if plan.view.holds(marks):
+        return plan.routed
+    # Another worker committed in the scope since the plan's view was read: route again
+    # inside the lock, on the view with those tickets added (read alone), or read whole
+    # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
+    # When none of those would change any ticket's candidates, the plan stands.
+    added = plan.view.added(marks)
+    if added is not None:
+        new = db.stored_tickets(session, ids=added, field=field_, value=snapshot.scope)
+        if not {t.key for t in new} & set(keys):
+            since = sorted(plan.view.since + new, key=lambda t: t.id)
+            view = View(plan.view.known, since, plan.view.caught)
+            reached = _reached(batch, plan.routed, view, new, snapshot, services)
+            if reached is not None:
+                # Only the tickets whose candidates changed are routed again (and those
+                # after them that ranked one whose route or canonical ticket changed).
+                if not reached:
+                    return plan.routed
+                return _route(batch, part, snapshot, view, services, plan.routed, reached)
+            return _route(batch, part, snapshot, view, services)
+    return _route(batch, part, snapshot, _read_view(session, keys, snapshot, field_), services)
+
+
+def _write(
+    session: Session,
+    routed: Routed,
+    keys: list[TicketKey],
+    collection: str,
+    services: Services,
+    check: FenceCheck | None,
+) -> set[TicketKey]:
+    """The section's commit: fenced, on the collection the batch was ranked on, with the
+    purges committed before it honoured. Returns the keys stored without text (purged)."""
+    if check is not None:
+        check(session)
+    # Every tombstone committed before this point is read below; a purge that commits
+    # later waits for this commit and then erases what it wrote.
+    purge_sql.hold_shared(session)
+    found = db.write_marks(session, keys, tombstones=purge_sql.tombstoned(keys))
+    if check is not None and found.active is not None and found.active != collection:
+        raise CollectionSwitched(
+            f"the active collection is now {found.active!r}, this batch was ranked on "
+            f"{collection!r}: retried"
+        )
+    db.save_batch(
+        session, routed.ticket_rows, routed.decision_rows, routed.rerouted, failed=found.failed
+    )
+    if services.outbox is not None:  # the decisions' actions, in the same transaction
+        services.outbox.stage(session, routed.decision_rows)
+    if found.tombstoned:  # purged meanwhile (queued, or in this batch): kept without text
+        purge_sql.erase(session, list(found.tombstoned))
+    session.commit()
+    return found.tombstoned
 
 
 def _planned(plan: Routed, i: int) -> Outcome | None:
@@ -1113,18 +1138,6 @@ def _stamp(routed: Routed, now: datetime) -> None:
 
 def _ranked_keys(r: Ranked) -> list[TicketKey]:
     return [nb.key for nb in r.dense] + list(r.lexical_top) + list(r.lexical_only)
-
-
-def _check_collection(session: Session, collection: str) -> None:
-    """Inside the commit, after the fence: the collection ranked on is still the active one
-    (a `triage reindex` switch commits under the same fence or, for scoped locks, waits for
-    this commit and reads it in its catch-up)."""
-    active = db.get_state(session, db.ACTIVE_COLLECTION)
-    if active is not None and active != collection:
-        raise CollectionSwitched(
-            f"the active collection is now {active!r}, this batch was ranked on "
-            f"{collection!r}: retried"
-        )
 
 
 @dataclass(frozen=True)
