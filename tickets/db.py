@@ -18,7 +18,7 @@ again, when TRIAGE_REDECIDE_ON_EDIT says so (worker/redecide.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -678,14 +678,15 @@ def write_marks(session: Session, keys: Sequence[TicketKey], *, tombstones: Any)
     failed = select(FailureRow.source, FailureRow.ticket_id, literal("failed")).where(
         key_filter(FailureRow, keys)
     )
-    marks = WriteMarks(None, set(), set())
     rows = session.execute(union_all(active, failed, tombstones.add_columns(literal("gone"))))
+    value: str | None = None
+    found: dict[str, set[TicketKey]] = {"failed": set(), "gone": set()}
     for a, b, kind in rows:
         if kind == "active":
-            marks = replace(marks, active=a)
+            value = a
         else:
-            (marks.failed if kind == "failed" else marks.tombstoned).add(TicketKey(a, b))
-    return marks
+            found[kind].add(TicketKey(a, b))
+    return WriteMarks(value, found["failed"], found["gone"])
 
 
 def save_batch(
@@ -760,7 +761,6 @@ ACTIVE_COLLECTION = "active_collection"
 
 
 def get_state(session: Session, name: str) -> str | None:
-    # One column, no ORM object: read inside every decision commit.
     return session.scalar(select(IndexStateRow.value).where(IndexStateRow.name == name))
 
 
