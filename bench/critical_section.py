@@ -87,7 +87,9 @@ CHROMA_PID = int(os.environ.get("BENCH_CHROMA_PID", "0"))
 PROFILE = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
 # While a section is held: the garbage collector's pauses in it (seconds, and full
 # collections), and how often the checkout routes a batch inside it (its plan failed).
-HELD = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0}
+HELD = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0, "caught_up": 0}
+# The worker's own decision lock, unwrapped (``section --holders``: the other holders').
+RAW_LOCK: list[Any] = []
 _GC_START = [0.0]
 
 
@@ -203,7 +205,7 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
             with lock(*args, **kwargs) as inner:
                 t1 = time.perf_counter()
                 c1, s1 = time.process_time(), proc_cpu_s(CHROMA_PID)
-                HELD.update(on=True, gc=0.0, gc_full=0, routes=0)
+                HELD.update(on=True, gc=0.0, gc_full=0, routes=0, caught_up=0)
                 if PROFILE is not None:
                     PROFILE.enable()
                 try:
@@ -230,6 +232,7 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
                     "gc": HELD["gc"],
                     "gc_full": HELD["gc_full"],
                     "routed_in_section": HELD["routes"],
+                    "caught_up": HELD["caught_up"],
                 }
             )
 
@@ -264,6 +267,7 @@ def instrument(sink: Sink, table: dict[str, np.ndarray], phases: dict[str, float
     def build_runtime(settings: Any) -> Any:
         t = time.perf_counter()
         rt = real_build(settings)
+        RAW_LOCK[:] = [rt.services.lock]
         rt.services.lock = timed_lock(rt.services.lock, sink)
         if getattr(rt.services, "scope_lock", None) is not None:  # per match scope
             rt.services.scope_lock = timed_lock(rt.services.scope_lock, sink)
@@ -328,6 +332,17 @@ def child_section(args: argparse.Namespace) -> None:
             return real_route(*a, **k)
 
         pipeline._route = route
+    from tickets import db as tickets_db
+
+    real_stored = tickets_db.stored_tickets
+
+    def stored_tickets(*a: Any, **k: Any) -> Any:
+        # The tickets committed since the view was read, read inside the section.
+        found = real_stored(*a, **k)
+        HELD["caught_up"] += len(found) * HELD["on"]
+        return found
+
+    tickets_db.stored_tickets = stored_tickets
     rss0 = rss_mib()
     rt = runtime.build_runtime(load_settings())
     services = rt.services
@@ -340,15 +355,22 @@ def child_section(args: argparse.Namespace) -> None:
         # Another worker's commit between this batch's snapshot (and plan) and its section:
         # ``contended`` tickets of the same clusters, stored with their vectors, which the
         # section must catch up with, as when several workers take turns at the lock.
+        # ``--holders K``: K other holders take the lock in turn while this batch waits for
+        # it, each committing ``contended`` tickets inside it, as when K + 1 workers queue
+        # for one scope.
         from sqlalchemy.orm import Session
 
         from tickets import db as tdb
 
-        others = new_tickets(args.contended * (args.warmup + args.batches), args.offset + 5_000)
+        groups = max(1, args.holders)
+        others = new_tickets(
+            args.contended * groups * (args.warmup + args.batches), args.offset + 5_000
+        )
         turn = iter(range(0, len(others), args.contended))
 
-        def commit_others(_keys: Any) -> None:
+        def commit_group() -> list[Any]:
             start = next(turn)
+            part = others[start : start + args.contended]
             rows_ = [
                 tdb.ticket_values(
                     t,
@@ -357,14 +379,16 @@ def child_section(args: argparse.Namespace) -> None:
                     model=services.embedder.model_id,
                     vector=pipeline.encode_vector(np.asarray(v, np.float32)),
                 )
-                for n, (t, v) in enumerate(others[start : start + args.contended])
+                for n, (t, v) in enumerate(part)
             ]
             with Session(services.engine) as session:
                 tdb.save_batch(session, rows_, [])
                 session.commit()
+            return part
+
+        def publish(part: list[Any]) -> None:
             # ... and publishes their vectors after its commit, as a worker does: later
             # snapshots find them in the store, not among the unindexed.
-            part = others[start : start + args.contended]
             keys = [t.key for t, _ in part]
             services.store.upsert(
                 keys,
@@ -375,7 +399,36 @@ def child_section(args: argparse.Namespace) -> None:
                 tdb.mark_indexed(session, keys, datetime.now(UTC))
                 session.commit()
 
-        services.hooks.after_snapshot = commit_others
+        def commit_others(_keys: Any) -> None:
+            publish(commit_group())
+
+        holding: list[threading.Thread] = []
+        held_groups: list[Any] = []
+
+        def hold_in_turn(_keys: Any) -> None:
+            first = threading.Event()
+
+            def holders() -> None:
+                for _ in range(args.holders):
+                    with RAW_LOCK[0]():
+                        first.set()
+                        time.sleep(args.hold_ms / 1000)  # a section's work, then its commit
+                        held_groups.append(commit_group())
+
+            thread = threading.Thread(target=holders)
+            thread.start()
+            holding[:] = [thread]
+            first.wait()
+
+        def published_in_turn() -> None:
+            # The holders' vectors reach the store once this batch is done: this process
+            # does nothing else while its section is held.
+            holding[0].join()
+            for part in held_groups:
+                publish(part)
+            held_groups.clear()
+
+        services.hooks.after_snapshot = hold_in_turn if args.holders else commit_others
     for b in range(args.warmup + args.batches):
         items = [pipeline.WorkItem(t) for t, _ in pairs[b * BATCH : (b + 1) * BATCH]]
         before = len(sink.records)
@@ -384,6 +437,8 @@ def child_section(args: argparse.Namespace) -> None:
         t1 = time.perf_counter()
         results = pipeline.finish_batch(prepared, services)
         t2 = time.perf_counter()
+        if args.holders:
+            published_in_turn()
         assert all(r.error is None for r in results), [r.error for r in results if r.error]
         if b < args.warmup:
             continue
@@ -401,6 +456,9 @@ def child_section(args: argparse.Namespace) -> None:
                 "gc": sum(r["gc"] for r in lock),
                 "gc_full": sum(r["gc_full"] for r in lock),
                 "routed_in_section": sum(r["routed_in_section"] for r in lock),
+                "held": sum(r["held"] for r in lock),
+                "wait": sum(r["wait"] for r in lock),
+                "caught_up": sum(r["caught_up"] for r in lock),
             }
         )
     # Leave the fixture as found: the vectors this run added (SQL is a per-run copy).
@@ -433,6 +491,15 @@ def child_section(args: argparse.Namespace) -> None:
         "ceiling_p99_tickets_s": round(BATCH / pct(section, 99), 1),
         "routes": routes,
         "contended": args.contended,
+        "holders": args.holders,
+        # Holding → released (the section above also counts the wait for the lock, which
+        # is the other holders' time with --holders); the tickets read inside the section
+        # as committed since its plan's view (caught up with there).
+        "held_p50_ms": ms(pct([r["held"] for r in rows], 50)),
+        "held_p99_ms": ms(pct([r["held"] for r in rows], 99)),
+        "wait_p50_ms": ms(pct([r["wait"] for r in rows], 50)),
+        "caught_up_mean": round(statistics.fmean(r["caught_up"] for r in rows), 1),
+        "ceiling_held_tickets_s": round(BATCH / pct([r["held"] for r in rows], 50), 1),
         "own_timer_p50_ms": ms(pct(own_times, 50)) if own_times else None,
         "own_timer_p99_ms": ms(pct(own_times, 99)) if own_times else None,
         "migrate_s": round(migrate_s, 2),
@@ -591,6 +658,7 @@ def run_section(args: argparse.Namespace) -> None:
                         "--batches", str(args.batches), "--warmup", str(args.warmup),
                         "--offset", str((rep * len(codes) + k) * 10_000),
                         "--contended", str(args.contended),
+                        "--holders", str(args.holders), "--hold-ms", str(args.hold_ms),
                     ]  # fmt: skip
                     env = child_env(code, url, size, args.port)
                     if args.profile is not None:
@@ -625,7 +693,16 @@ def run_section(args: argparse.Namespace) -> None:
                         f"routed again in the section: {r.get('rerouted_batches', 0)} of "
                         f"{r['batches']} batches; GC in the section (mean) "
                         f"{r.get('section_gc_mean_ms', 0)} ms, "
-                        f"{r.get('section_gc_full', 0)} full collections",
+                        f"{r.get('section_gc_full', 0)} full collections"
+                        + (
+                            f"; {r['holders']} other holders in turn while it waited: "
+                            f"held p50 {r['held_p50_ms']} ms p99 {r['held_p99_ms']} ms, "
+                            f"wait p50 {r['wait_p50_ms']} ms, tickets caught up in the "
+                            f"section (mean) {r['caught_up_mean']}, ceiling 32/held p50 = "
+                            f"{r['ceiling_held_tickets_s']} tickets/s"
+                            if r.get("holders")
+                            else ""
+                        ),
                         flush=True,
                     )
     if args.json:
@@ -1081,6 +1158,19 @@ def main() -> None:
         help="tickets another worker commits between each batch's snapshot and its section",
     )
     sub.choices["section"].add_argument(
+        "--holders",
+        type=int,
+        default=0,
+        help="with --contended N: that many other holders take the lock in turn while each "
+        "batch waits for it, each committing N tickets inside",
+    )
+    sub.choices["section"].add_argument(
+        "--hold-ms",
+        type=float,
+        default=10.0,
+        help="with --holders: how long each holder works inside the lock before its commit",
+    )
+    sub.choices["section"].add_argument(
         "--profile",
         type=Path,
         help="DIR: write each child's cProfile of the section bodies to DIR/NAME-SIZE-REPEAT.pstats",
@@ -1101,6 +1191,8 @@ def main() -> None:
     c.add_argument("--warmup", type=int, required=True)
     c.add_argument("--offset", type=int, default=0)
     c.add_argument("--contended", type=int, default=0)
+    c.add_argument("--holders", type=int, default=0)
+    c.add_argument("--hold-ms", type=float, default=10.0)
     for name in ("child-worker", "child-publish", "child-cleanup"):
         w = sub.add_parser(name)
         w.add_argument("--code", required=True)

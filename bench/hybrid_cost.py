@@ -70,7 +70,7 @@ def main() -> None:
         )
         critical: dict[str, list[float]] = {"dense": [], "hybrid": []}
 
-        def timed_lock() -> contextlib.AbstractContextManager[None]:
+        def timed_lock(**_: object) -> contextlib.AbstractContextManager[None]:
             @contextlib.contextmanager
             def section() -> Iterator[None]:
                 start = time.process_time()

@@ -206,6 +206,17 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         (result,) = json.loads(report.read_text())["results"]
         assert result["batches"] == 2 and sum(result["routes"].values()) == 64
         assert positive(result["section_p50_ms"]) and 0 < result["share_p50"] < 1
+        # Two other holders commit 8 tickets each while every batch waits for the lock.
+        run(
+            BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",
+            "--batches", "2", "--warmup", "0", "--fixtures", fixtures, "--db-prefix", prefix,
+            "--port", str(_free_port()), "--json", report, "--contended", "8",
+            "--holders", "2", "--hold-ms", "30",
+        )  # fmt: skip
+        (held,) = json.loads(report.read_text())["results"]
+        assert held["holders"] == 2 and sum(held["routes"].values()) == 64
+        assert positive(held["held_p50_ms"]) and held["wait_p50_ms"] > 0.03 * 1000
+        assert 0 < held["caught_up_mean"] <= 16
         lexical = tmp_path / "lexical.json"
         run(
             BENCH / "lexical_startup.py", "refresh", "--sizes", "300", "--db-prefix", prefix,

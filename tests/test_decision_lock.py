@@ -5,7 +5,9 @@ runs the whole story with two worker processes)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -151,3 +153,44 @@ def _commit(fence: Fence, token: int, errors: list[BaseException]) -> None:
             session.commit()
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_a_waiter_is_told_each_time_another_holder_has_left(
+    redis_url: str, sqlite_url: str
+) -> None:
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    lock = DecisionLock(client, engine, f"test-{uuid.uuid4().hex[:8]}", ttl_s=5, wait_s=5)
+    told: list[bytes | None] = []
+    entered = threading.Event()
+    asked: list[bytes] = []  # the waiter's looks at who holds the lock
+    get = client.get
+    client.get = lambda key: asked.append(key) or get(key)  # type: ignore[method-assign]
+
+    def waiter() -> None:
+        with lock(while_waiting=lambda: told.append(client.get(lock.key))):
+            entered.set()
+
+    with lock():  # the first holder
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_for(lambda: len(asked) >= 2, "the waiter has seen this holder")
+        assert told == [] and not entered.is_set()
+        # The first holder leaves and the next one enters at once (its own token).
+        client.set(lock.key, b"next-holder", px=5000)
+        wait_for(lambda: told == [b"next-holder"], "told once")
+    # Still held by "next-holder": the waiter waits, told nothing more, until it leaves.
+    time.sleep(0.05)
+    assert not entered.is_set() and told == [b"next-holder"]
+    client.delete(lock.key)
+    thread.join(5)
+    assert entered.is_set() and told == [b"next-holder"]
+    client.close()
+    engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)

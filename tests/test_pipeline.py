@@ -593,6 +593,40 @@ def test_a_plan_stands_when_what_was_committed_meanwhile_enters_no_candidates(
     assert res.outcome.canonical == TicketKey("test", "3")
 
 
+def test_a_batch_waiting_for_the_lock_catches_up_before_its_section(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker commits while the batch waits for the lock (worker/decision_lock.py
+    calls ``while_waiting`` each time a holder has left): the plan is brought up to date
+    then, outside the lock, and the section routes nothing again."""
+    services = replace(services, hybrid_pool=3, lexical=LexicalIndex())
+    history = [WorkItem(t(f"h{n}", body), mode="history") for n, body in enumerate(HISTORY)]
+    triage_batch(history, services)
+    routed = _count_routes(monkeypatch)
+    other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
+    twin = t("3", "The printer driver fails to install on Windows 11 with error 0x80070005.")
+
+    @contextlib.contextmanager
+    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        # Another holder commits its batch and leaves while this one waits.
+        assert triage_batch([WorkItem(twin)], other)[0].status == "manual"
+        assert while_waiting is not None
+        while_waiting()
+        routed.append(("entered",))
+        yield None
+
+    [res] = triage_batch(
+        [WorkItem(t("4", "Printer driver install fails on Windows 11: error 0x80070005"))],
+        replace(services, lock=lock),
+    )
+    assert routed == [("4",), ("3",), ("4",), ("entered",)]
+    assert res.status == "duplicate" and res.outcome is not None
+    assert res.outcome.canonical == TicketKey("test", "3")
+    # The row written says so.
+    d = rows(services)
+    assert d["4"].matched_ticket_id == "3" and d["4"].route == "duplicate"
+
+
 def _corpus(name: str) -> tuple[list[str], list[str], list[str]]:
     """Stored history, this worker's tickets, another worker's: helpdesk questions with the
     other worker holding their paraphrases (en_pairs), or Hadoop bug reports."""
@@ -624,6 +658,7 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
 ) -> None:
     from worker import pipeline
 
+    pipeline_listed = pipeline.Listed
     # Short lists (top 2, dense depth 4, BM25 pool 3) over real texts, so that tickets
     # committed meanwhile often enter some ticket's candidates and often do not. Each time
     # a section has read what was committed meanwhile, the batch is also routed whole on the
@@ -634,7 +669,12 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
     mine = [(f"b{n}", x) for n, x in enumerate(ours)]
     theirs = [(f"o{n}", x) for n, x in enumerate(others)]
     real_reached, real_route = pipeline._reached, pipeline._route
-    seen = {"kept": 0, "partly": 0, "rerouted": 0}
+    seen = {"kept": 0, "partly": 0, "rerouted": 0, "listed_fewer": 0}
+    # Each ticket whose candidates are worked out (pipeline.Listed), counted.
+    listed: list[Any] = []
+    monkeypatch.setattr(
+        pipeline, "Listed", lambda *a: listed.append(a) or pipeline_listed(*a), raising=True
+    )
 
     def checked(batch: Any, routed: Any, *args: Any) -> Any:
         reached = real_reached(batch, routed, *args)
@@ -646,12 +686,15 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
         )
         whole = real_route(batch, part, snapshot, view, svc)
         if reached is not None:
+            listed.clear()
             mine = (
                 real_route(batch, part, snapshot, view, svc, routed, reached) if reached else routed
             )
             assert _comparable(mine.decision_rows) == _comparable(whole.decision_rows)
             assert _comparable(mine.ticket_rows) == _comparable(whole.ticket_rows)
             seen["partly" if reached else "kept"] += 1
+            # Routed again from the plan: only the tickets decided again are listed.
+            seen["listed_fewer"] += bool(reached) and len(listed) < len(part)
         else:
             seen["rerouted"] += 1
         return reached
@@ -673,6 +716,7 @@ def test_a_plan_kept_or_partly_routed_again_equals_the_batch_routed_whole(
         rounds += 1
     assert seen["kept"] + seen["partly"] == rounds, seen
     assert seen["partly"] >= 1, seen
+    assert seen["listed_fewer"] >= 1, seen
 
 
 def _q(i: str, body: str, queue: str | None) -> Ticket:
@@ -688,7 +732,7 @@ def test_a_queue_scope_matches_within_the_queue_only(services: Services, hybrid:
 
     names: list[str] = []
 
-    def scope_lock(name: str) -> Any:
+    def scope_lock(name: str, **_: Any) -> Any:
         names.append(name)
         return contextlib.nullcontext()
 

@@ -561,8 +561,8 @@ def test_an_edit_of_a_purged_ticket_does_not_store_its_text_again(
         lock = services.lock
 
         @contextlib.contextmanager
-        def purging_lock() -> Iterator[Any]:
-            with lock() as section:
+        def purging_lock(**kw: Any) -> Iterator[Any]:
+            with lock(**kw) as section:
                 purge(services.engine, requested_by="test", keys=[key])
                 yield section
 

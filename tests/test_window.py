@@ -258,7 +258,7 @@ def test_a_queue_scoped_window_offers_the_queues_in_window_tickets_only(
     run = replace(
         services,
         match_scope="queue",
-        scope_lock=lambda name: contextlib.nullcontext(),
+        scope_lock=lambda name, **_: contextlib.nullcontext(),
         lexical=LexicalIndex(scope_field="queue") if hybrid else None,
         window=window,
     )

@@ -48,12 +48,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
 from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -287,7 +289,10 @@ class DecisionLock:
         return f"triage:decide:{self.name}"
 
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[Section]:
+    def __call__(self, *, while_waiting: Callable[[], None] | None = None) -> Iterator[Section]:
+        """``while_waiting`` runs, while this process waits, each time another holder has
+        left and the next one entered: the one before has committed (or given up), so the
+        waiting batch can catch up with it outside the lock (worker/pipeline.py)."""
         # thread_local=False: the renewing thread must see the token this thread acquired.
         lock = self.client.lock(
             self.key,
@@ -297,7 +302,7 @@ class DecisionLock:
             thread_local=False,
         )
         try:
-            acquired = lock.acquire()
+            acquired = self._acquire(lock, while_waiting)
         except RedisError as exc:
             raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
         if not acquired:
@@ -328,6 +333,21 @@ class DecisionLock:
             renewer.join()
             with contextlib.suppress(LockError, RedisError):
                 lock.release()
+
+    def _acquire(self, lock: Lock, while_waiting: Callable[[], None] | None) -> bool:
+        if while_waiting is None:
+            return bool(lock.acquire())
+        deadline = time.monotonic() + self.wait_s
+        seen = None  # the holder's token (each holder's is its own)
+        while not lock.acquire(blocking=False):
+            holder = self.client.get(self.key)
+            if holder is not None and seen is not None and holder != seen:
+                while_waiting()
+            seen = holder
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_S)
+        return True
 
 
 class ScopeLocks:
@@ -362,5 +382,7 @@ class ScopeLocks:
                 )
             return lock
 
-    def __call__(self, name: str) -> contextlib.AbstractContextManager[Section]:
-        return self.get(name)()
+    def __call__(
+        self, name: str, *, while_waiting: Callable[[], None] | None = None
+    ) -> contextlib.AbstractContextManager[Section]:
+        return self.get(name)(while_waiting=while_waiting)

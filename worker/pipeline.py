@@ -51,7 +51,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 import numpy as np
 from sqlalchemy import Engine
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from worker.decision_lock import FenceCheck, Section
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 Mode = Literal["route", "backfill"]
 # The Redis lock that serialises decision sections across worker processes (and `triage
@@ -98,6 +99,29 @@ class ThresholdSource(Protocol):
     """Thresholds for a ticket's queue: a single Thresholds, or a calibrated ThresholdTable."""
 
     def for_queue(self, queue: str | None) -> Thresholds: ...
+
+
+class SectionLock(Protocol):
+    """``with lock(while_waiting=f) as section``: one section at a time (None: no fence).
+    ``f``, when given, runs while the caller waits, each time another holder has left
+    (worker/decision_lock.py): what it committed can be caught up with outside the lock."""
+
+    def __call__(
+        self, *, while_waiting: Callable[[], None] | None = None
+    ) -> AbstractContextManager[Section | None]: ...
+
+
+class ScopeLock(Protocol):
+    """A :class:`SectionLock` per match scope, by the lock's name (:func:`scope_lock_name`)."""
+
+    def __call__(
+        self, name: str, *, while_waiting: Callable[[], None] | None = None
+    ) -> AbstractContextManager[Section | None]: ...
+
+
+def unlocked(*, while_waiting: Callable[[], None] | None = None) -> AbstractContextManager[None]:
+    """The section of a process that owns its store alone: nothing to wait for."""
+    return contextlib.nullcontext()
 
 
 class PurgeFollower(Protocol):
@@ -142,14 +166,12 @@ class Services:
     # Serialises the decision section across worker processes when several share a Chroma
     # server (worker/decision_lock.py: a Redis lock and a SQL fence; it yields the section
     # whose commit is fenced); a no-op yielding None when one process owns the embedded store.
-    lock: Callable[[], AbstractContextManager[Section | None]] = field(
-        default=contextlib.nullcontext
-    )
+    lock: SectionLock = field(default=unlocked)
     # TRIAGE_MATCH_SCOPE: None matches every ticket with every other; "queue" or "source"
     # only within one queue or source, each scope deciding under its own lock, from
     # ``scope_lock`` (given the lock's name); without it, ``lock`` serves every scope.
     match_scope: db.ScopeField = None
-    scope_lock: Callable[[str], AbstractContextManager[Section | None]] | None = None
+    scope_lock: ScopeLock | None = None
     # Weight of the subject's own vector in a ticket's vector (worker/text.embed_tickets).
     subject_weight: float = DEFAULT_SUBJECT_WEIGHT
     # Language-coverage guard (worker/coverage.py); None when the model has no tokenizer here.
@@ -558,25 +580,36 @@ def _decide_scope(
     plan = _plan(batch, part, snapshot, services)
     if services.hooks.after_snapshot is not None:
         services.hooks.after_snapshot(keys)
-    lock = services.lock
+    lock: SectionLock = services.lock
     if services.match_scope is not None and services.scope_lock is not None:
         name = scope_lock_name(services.match_scope, scope)
 
-        def lock() -> AbstractContextManager[Section | None]:
+        def lock(
+            *, while_waiting: Callable[[], None] | None = None
+        ) -> AbstractContextManager[Section | None]:
             assert services.scope_lock is not None
-            return services.scope_lock(name)
+            return services.scope_lock(name, while_waiting=while_waiting)
+
+    replans = 0
+
+    def while_waiting() -> None:
+        nonlocal plan, replans
+        plan = _replanned(batch, part, snapshot, services, plan)
+        replans += 1
 
     asked = time.perf_counter()
-    with lock() as section:
+    with lock(while_waiting=while_waiting) as section:
         entered = time.perf_counter()
         written, caught_up = _section(batch, part, snapshot, services, section, plan)
         left = time.perf_counter()
     _SECTION_TIMES.append(left - entered)
     _SECTION_WAITS.append(entered - asked)
     logger.debug(
-        "decision section: %.2f ms held, %.2f ms waited, %d tickets, %d caught up (scope %s)",
+        "decision section: %.2f ms held, %.2f ms waited (%d plans brought up to date), "
+        "%d tickets, %d caught up (scope %s)",
         (left - entered) * 1000,
         (entered - asked) * 1000,
+        replans,
         len(part),
         caught_up,
         scope,
@@ -773,8 +806,21 @@ class Routed:
     rerouted: list[TicketKey]
     repaired: int
     caught_up: int
-    reach: dict[int, Reach]  # what a ticket committed since must score to change the routing
-    keys: set[TicketKey]  # the keys it was routed against
+    candidates: Candidates
+    bars: dict[int, Bar | None]  # by item index, each decided ticket's ranking's
+
+    # Worked out when read: a plan's are, by its section's check (_reached); a part routed
+    # again inside the section is written, not checked again.
+    @cached_property
+    def reach(self) -> dict[int, Reach]:
+        """What a ticket committed since must score to change each ticket's routing."""
+        reach = self.candidates.reach
+        return {i: replace(reach[i], bar=bar) for i, bar in self.bars.items() if i in reach}
+
+    @cached_property
+    def keys(self) -> set[TicketKey]:
+        """The keys it was routed against."""
+        return self.candidates.keys
 
 
 @dataclass
@@ -861,24 +907,22 @@ def _route(
     fresh_vectors = _stack([vectors[i] for i in fresh], services)
 
     caught_up = _caught_up(since, services.embedder.dimension, view.caught)
-    found = _candidates(items, fresh, snapshot, caught_up, fresh_vectors, to_route, services)
-    stored, lexical = found.stored, found.lexical
+    # Read per ticket as decide() asks: routed again from a plan, only the tickets decided
+    # again have their candidates worked out.
+    found = _candidates(
+        items, fresh, snapshot, caught_up, fresh_vectors, to_route, services, excluded
+    )
     thresholds = [services.thresholds.for_queue(items[i].ticket.queue) for i in fresh]
     reasons = [snapshot.reasons[i] for i in fresh]
-
-    if excluded:
-        stored = [[nb for nb in nbs if nb.key not in excluded] for nbs in stored]
-        if lexical is not None:
-            lexical = [{k: v for k, v in ls.items() if k not in excluded} for ls in lexical]
     outcomes = decide(
         fresh_keys,
         fresh_vectors,
-        stored,
+        found.stored,
         decide_mask=to_route,
         thresholds=thresholds,
         top_k=services.top_k,
         unreadable=reasons,
-        lexical=lexical,
+        lexical=found.lexical,
         alpha=services.hybrid_alpha,
         pool=services.hybrid_pool,
         offered=None
@@ -948,12 +992,8 @@ def _route(
         rerouted,
         len(repair),
         len(caught_up),
-        {
-            i: replace(found.reach[i], bar=o.bar)
-            for i, o in zip(fresh, outcomes, strict=True)
-            if i in found.reach and o is not None
-        },
-        found.keys,
+        found,
+        {i: o.bar for i, o in zip(fresh, outcomes, strict=True) if o is not None},
     )
 
 
@@ -1027,7 +1067,7 @@ def _section(
     keys = [batch.items[i].ticket.key for i in part]
 
     def run(session: Session) -> tuple[Routed, set[TicketKey]]:
-        routed = _follow(session, batch, part, snapshot, services, plan)
+        routed = _follow(session, batch, part, snapshot, services, plan).routed
         _stamp(routed, datetime.now(UTC))
         if services.hooks.in_section is not None:
             services.hooks.in_section(keys)
@@ -1059,18 +1099,18 @@ def _follow(
     snapshot: Snapshot,
     services: Services,
     plan: Plan,
-) -> Routed:
+) -> Plan:
     """The plan if its view still holds; else the batch routed again on the view with what
     was committed since, only where that could change a ticket's candidates."""
     keys = [batch.items[i].ticket.key for i in part]
     field_ = services.match_scope
     marks = db.view_marks(session, keys, **_since(snapshot, field_))
     if plan.view.holds(marks):
-        return plan.routed
+        return plan
     # Another worker committed in the scope since the plan's view was read: route again
-    # inside the lock, on the view with those tickets added (read alone), or read whole
-    # when more changed (one of the batch's own keys stored, a ticket moved to a new id).
-    # When none of those would change any ticket's candidates, the plan stands.
+    # on the view with those tickets added (read alone), or read whole when more changed
+    # (one of the batch's own keys stored, a ticket moved to a new id). When none of those
+    # would change any ticket's candidates, the plan's routing stands.
     added = plan.view.added(marks)
     if added is not None:
         new = db.stored_tickets(session, ids=added, field=field_, value=snapshot.scope)
@@ -1082,10 +1122,36 @@ def _follow(
                 # Only the tickets whose candidates changed are routed again (and those
                 # after them that ranked one whose route or canonical ticket changed).
                 if not reached:
-                    return plan.routed
-                return _route(batch, part, snapshot, view, services, plan.routed, reached)
-            return _route(batch, part, snapshot, view, services)
-    return _route(batch, part, snapshot, _read_view(session, keys, snapshot, field_), services)
+                    return Plan(view, plan.routed)
+                return Plan(
+                    view, _route(batch, part, snapshot, view, services, plan.routed, reached)
+                )
+            return Plan(view, _route(batch, part, snapshot, view, services))
+    view = _read_view(session, keys, snapshot, field_)
+    return Plan(view, _route(batch, part, snapshot, view, services))
+
+
+def _replanned(
+    batch: PreparedBatch, part: list[int], snapshot: Snapshot, services: Services, plan: Plan
+) -> Plan:
+    """While the part waits for the lock and another holder has come and gone: the plan
+    brought up to date with what was committed since its view was read, outside the lock.
+    With several workers queued for one scope, the section then catches up with the last
+    holder's batch only, not with every batch committed since the snapshot.
+
+    A plan's section reads what would change its routing (``Routed.reach``, ``keys``), so
+    they are worked out here, on the new view."""
+
+    def run(session: Session) -> Plan:
+        new = _follow(session, batch, part, snapshot, services, plan)
+        routed = new.routed
+        if new.view is not plan.view and routed is plan.routed:
+            # Kept whole on a view with more tickets: its candidates are listed again.
+            routed = _route(batch, part, snapshot, new.view, services, plan.routed, set())
+        _ = routed.reach, routed.keys
+        return Plan(new.view, routed)
+
+    return with_session(run, services.engine)  # type: ignore[no-any-return]
 
 
 def _write(
@@ -1169,14 +1235,80 @@ class Reach:
     bar: Bar | None = None
 
 
-@dataclass
-class Candidates:
-    """Each fresh ticket's candidates (:func:`_candidates`), and what would change them."""
+@dataclass(frozen=True)
+class Listed:
+    """One fresh ticket's candidates (:func:`_candidates`): its dense list with the BM25
+    pool's joined, its BM25 scores, what would change them (None: not routed on a
+    snapshot), and the keys it was ranked against."""
 
-    stored: list[list[Neighbour]]
-    lexical: list[dict[TicketKey, float]] | None
-    reach: dict[int, Reach]  # by item index, the routed tickets with a snapshot
-    keys: set[TicketKey]  # every key any of them was ranked against
+    dense: list[Neighbour]
+    scores: dict[TicketKey, float]
+    reach: Reach | None
+    ranked: set[TicketKey]
+
+
+class Lazy(Sequence[_T]):
+    """A sequence whose items are worked out when first read, once."""
+
+    def __init__(self, count: int, get: Callable[[int], _T]) -> None:
+        self._count, self._get = count, get
+        self._done: dict[int, _T] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+    def __getitem__(self, index: int | slice) -> _T | list[_T]:
+        if isinstance(index, slice):
+            return [self[n] for n in range(self._count)[index]]
+        n = range(self._count)[index]  # IndexError past the end, as a list
+        if n not in self._done:
+            self._done[n] = self._get(n)
+        return self._done[n]
+
+
+class Candidates:
+    """Each fresh ticket's candidates (:func:`_candidates`), without those ``excluded``,
+    and what would change them. Worked out per ticket when first read: a batch routed again
+    in its section reads those of the tickets it decides again only."""
+
+    def __init__(
+        self,
+        fresh: list[int],
+        listed: Callable[[int], Listed],
+        *,
+        hybrid: bool,
+        caught: set[TicketKey],
+        excluded: set[TicketKey],
+    ) -> None:
+        self._fresh, self._caught = fresh, caught
+        self._listed = Lazy(len(fresh), listed)
+
+        def stored(n: int) -> list[Neighbour]:
+            return [nb for nb in self._listed[n].dense if nb.key not in excluded]
+
+        def lexical(n: int) -> dict[TicketKey, float]:
+            return {k: v for k, v in self._listed[n].scores.items() if k not in excluded}
+
+        self.stored: Sequence[list[Neighbour]] = Lazy(len(fresh), stored)
+        self.lexical: Sequence[dict[TicketKey, float]] | None = (
+            Lazy(len(fresh), lexical) if hybrid else None
+        )
+
+    @property
+    def reach(self) -> dict[int, Reach]:
+        """By item index, what would change each routed ticket's candidates (reads every
+        ticket's)."""
+        listed = ((i, self._listed[n].reach) for n, i in enumerate(self._fresh))
+        return {i: r for i, r in listed if r is not None}
+
+    @property
+    def keys(self) -> set[TicketKey]:
+        """Every key any of them was ranked against (reads every ticket's)."""
+        return self._caught.union(*(self._listed[n].ranked for n in range(len(self._fresh))))
 
 
 def _caught_up(
@@ -1200,6 +1332,7 @@ def _candidates(
     fresh_vectors: Vectors,
     to_route: list[bool],
     services: Services,
+    excluded: set[TicketKey] | None = None,
 ) -> Candidates:
     """Each fresh ticket's candidates: the snapshot's, merged with the tickets caught up.
 
@@ -1207,7 +1340,8 @@ def _candidates(
     snapshot was taken: the dense list is the ``depth`` best by cosine of both, the BM25
     pool the ``pool`` best by score of both; a caught-up ticket's vector and metadata (its
     decision) are SQL's, and replace the store's where both have it. BM25 scores of the
-    caught-up tickets use the index's statistics as they are now.
+    caught-up tickets use the index's statistics as they are now. ``excluded`` are left
+    out of what is read (after what would change the lists is worked out).
     """
     hybrid = services.lexical is not None
     fresh_keys = {items[i].ticket.key for i in fresh}
@@ -1224,17 +1358,13 @@ def _candidates(
         else None
     )
     row = {i: k for k, i in enumerate(routed)}
-    stored: list[list[Neighbour]] = []
-    lexical: list[dict[TicketKey, float]] = []
-    reach: dict[int, Reach] = {}
-    seen = {c.ticket.key for c in caught_up}
-    for n, i in enumerate(fresh):
+
+    def listed(n: int) -> Listed:
+        i = fresh[n]
         if not to_route[n] or i not in snapshot.ranked:
-            stored.append([])
-            lexical.append({})
-            continue
+            return Listed([], {}, None, set())
         r = snapshot.ranked[i]
-        seen.update(_ranked_keys(r), r.lexical_known)
+        ranked = {*_ranked_keys(r), *r.lexical_known}
         key = items[i].ticket.key
         extra = {
             c.ticket.key: Neighbour(
@@ -1251,14 +1381,11 @@ def _candidates(
         dense.sort(key=lambda nb: -nb.score)
         dense = dense[: snapshot.depth]
         full = len(dense) == snapshot.depth
-        listed = (
+        reach = (
             Reach(dense[-1].score, np.inf, dense[-1].key) if full else Reach(-np.inf, np.inf, None)
         )
         if not hybrid:
-            reach[i] = listed
-            stored.append(dense)
-            continue
-        assert services.lexical is not None
+            return Listed(dense, {}, reach, ranked)
         scores = dict(r.lexical_known)
         pool = dict(r.lexical_top)
         if extra and bm25 is not None:
@@ -1270,7 +1397,7 @@ def _candidates(
                         pool[c.ticket.key] = score
         top = sorted(pool, key=lambda k: -pool[k])[: services.hybrid_pool]
         full = len(top) == services.hybrid_pool
-        reach[i] = replace(listed, lexical=pool[top[-1]] if full and top else 0.0)
+        reach = replace(reach, lexical=pool[top[-1]] if full and top else 0.0)
         in_dense = {nb.key for nb in dense}
         for k in top:
             scores.setdefault(k, pool[k])
@@ -1279,9 +1406,15 @@ def _candidates(
             nb = extra.get(k) or r.lexical_only.get(k)
             if nb is not None:  # a candidate without a vector anywhere is skipped
                 dense.append(nb)
-        stored.append(dense)
-        lexical.append(scores)
-    return Candidates(stored, lexical if hybrid else None, reach, seen)
+        return Listed(dense, scores, reach, ranked)
+
+    return Candidates(
+        fresh,
+        listed,
+        hybrid=hybrid,
+        caught={c.ticket.key for c in caught_up},
+        excluded=excluded or set(),
+    )
 
 
 def _reached(

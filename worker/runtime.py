@@ -7,7 +7,6 @@ database engine, checks the schema, and starts the batcher.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -15,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,19 +38,21 @@ from tickets.ledger import Ledger
 from tickets.queue import publish
 from worker.batcher import Batcher
 from worker.coverage import CoverageGuard
-from worker.decision_lock import DecisionLock, ScopeLocks, Section
+from worker.decision_lock import DecisionLock, ScopeLocks
 from worker.embedding import make_embedder
 from worker.lexical_snapshot import open_index
 from worker.pipeline import (
     DECISION_LOCK,
     ItemResult,
     PreparedBatch,
+    SectionLock,
     Services,
     ThresholdSource,
     VectorCache,
     WorkItem,
     finish_batch,
     prepare_batch,
+    unlocked,
 )
 from worker.purge import PurgeThread, PurgeWatch
 from worker.reindex import active_collection
@@ -192,7 +192,7 @@ def build_runtime(settings: Settings) -> Runtime:
             f"collection {store.collection_name!r} was written without: run `triage reindex` "
             "first (it writes a new collection with it)"
         )
-    lock: Callable[[], AbstractContextManager[Section | None]] = contextlib.nullcontext
+    lock: SectionLock = unlocked
     scope_lock: ScopeLocks | None = None
     if settings.uses_chroma_server:
         # Several processes share the server: serialise their decision sections, per match
