@@ -561,8 +561,14 @@ SERVER_PID = [0]
 
 @contextlib.contextmanager
 def chroma_server(path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    import socket
     import urllib.request
 
+    # A server left on the port (an interrupted run's) would answer the heartbeat below and
+    # be measured instead, with another collection state and another process's CPU.
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is in use (a chroma run left over?): --port another")
     log = open(f"/tmp/bench16-chroma-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(path),

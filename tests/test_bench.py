@@ -257,6 +257,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def test_the_section_bench_refuses_a_port_already_served(tmp_path: Path) -> None:
+    """A server left on the port by an interrupted run answers the heartbeat for the one the
+    bench starts (whose own start then fails), and would be measured instead."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Heartbeat(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"nanosecond heartbeat": 1}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with HTTPServer(("127.0.0.1", 0), Heartbeat) as left_over:
+        threading.Thread(target=left_over.serve_forever, daemon=True).start()
+        port = left_over.server_address[1]
+        proc = subprocess.run(
+            [sys.executable, str(BENCH / "critical_section.py"), "section", "--code",
+             f"here={ROOT}", "--sizes", "300", "--fixtures", str(tmp_path), "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        left_over.shutdown()
+    assert proc.returncode != 0 and f"port {port} is in use" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_match_window(tmp_path: Path) -> None:
     stdout = run(
         BENCH / "match_window.py", "--sizes", "3000", "--windows", "30,365", "--batches", "3",

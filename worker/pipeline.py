@@ -809,8 +809,8 @@ class Routed:
     candidates: Candidates
     bars: dict[int, Bar | None]  # by item index, each decided ticket's ranking's
 
-    # Worked out when read: a plan's are, by its section's check (_reached); a part routed
-    # again inside the section is written, not checked again.
+    # Worked out when first read: a plan's before its section (_checkable); a part routed
+    # again inside the section is written, never checked again.
     @cached_property
     def reach(self) -> dict[int, Reach]:
         """What a ticket committed since must score to change each ticket's routing."""
@@ -856,7 +856,14 @@ def _plan(batch: PreparedBatch, part: list[int], snapshot: Snapshot, services: S
     view = with_session(
         lambda s: _read_view(s, keys, snapshot, services.match_scope), services.engine
     )
-    return Plan(view, _route(batch, part, snapshot, view, services))
+    return Plan(view, _checkable(_route(batch, part, snapshot, view, services)))
+
+
+def _checkable(routed: Routed) -> Routed:
+    """A plan's routing with what its section's check reads (:func:`_reached`: what would
+    change it, the keys it was ranked against) worked out now, outside the lock."""
+    _ = routed.reach, routed.keys
+    return routed
 
 
 def catch_up_offers(
@@ -1137,10 +1144,7 @@ def _replanned(
     """While the part waits for the lock and another holder has come and gone: the plan
     brought up to date with what was committed since its view was read, outside the lock.
     With several workers queued for one scope, the section then catches up with the last
-    holder's batch only, not with every batch committed since the snapshot.
-
-    A plan's section reads what would change its routing (``Routed.reach``, ``keys``), so
-    they are worked out here, on the new view."""
+    holder's batch only, not with every batch committed since the snapshot."""
 
     def run(session: Session) -> Plan:
         new = _follow(session, batch, part, snapshot, services, plan)
@@ -1148,8 +1152,7 @@ def _replanned(
         if new.view is not plan.view and routed is plan.routed:
             # Kept whole on a view with more tickets: its candidates are listed again.
             routed = _route(batch, part, snapshot, new.view, services, plan.routed, set())
-        _ = routed.reach, routed.keys
-        return Plan(new.view, routed)
+        return Plan(new.view, _checkable(routed))
 
     return with_session(run, services.engine)  # type: ignore[no-any-return]
 
