@@ -627,6 +627,97 @@ def test_a_batch_waiting_for_the_lock_catches_up_before_its_section(
     assert d["4"].matched_ticket_id == "3" and d["4"].route == "duplicate"
 
 
+REACH_TEXT = "I cannot log in: the password reset email never arrives in my inbox."
+
+
+def _entrant(n: int, toward: np.ndarray, cosine: float) -> db.StoredTicket:
+    """A ticket committed after a plan's view, its unit vector at ``cosine`` to ``toward``."""
+    from worker import pipeline
+
+    rng = np.random.default_rng(n)
+    away = rng.standard_normal(toward.shape[0]).astype(np.float32)
+    away -= float(away @ toward) * toward
+    away /= np.linalg.norm(away)
+    vector = cosine * toward + np.sqrt(1 - cosine**2) * away
+    return db.StoredTicket(
+        id=10_000 + n,
+        key=TicketKey("other", f"e{n}"),
+        subject=None,
+        body=f"entrant {n}",
+        body_format="text",
+        queue=None,
+        vector=pipeline.encode_vector(vector.astype(np.float32)),
+        readable=True,
+        route="manual",
+        canonical=TicketKey("other", f"e{n}"),
+        stored_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def planned(services: Services) -> tuple[Services, Any, Any, Any, np.ndarray]:
+    """A batch of one planned, dense ranking only, against eight stored tickets: its dense
+    list is the ``top_k + 1`` nearest, its ranking reads the ``top_k`` best."""
+    from worker import pipeline
+    from worker.pipeline import prepare_batch
+
+    services = replace(services, lexical=None)
+    triage_batch([WorkItem(t(f"h{n}", x), mode="history") for n, x in enumerate(HISTORY)], services)
+    batch = prepare_batch([WorkItem(t("b1", REACH_TEXT))], services)
+    snapshot = pipeline._snapshot(batch, [0], None, services)
+    plan = pipeline._plan(batch, [0], snapshot, services)
+    return services, batch, snapshot, plan, batch.vectors[0]
+
+
+def _reached_by(planned: tuple[Any, ...], new: list[db.StoredTicket], routed: Any = None) -> Any:
+    """worker/pipeline.py ``_reached``: which tickets of the plan ``new`` (committed after its
+    view) could change."""
+    from worker import pipeline
+
+    services, batch, snapshot, plan, _ = planned
+    view = pipeline.View(plan.view.known, [*plan.view.since, *new], plan.view.caught)
+    return pipeline._reached(batch, routed or plan.routed, view, new, snapshot, services)
+
+
+def test_one_entrant_below_the_ranking_changes_nothing_two_do(planned: tuple[Any, ...]) -> None:
+    from worker import pipeline
+
+    *_, plan, toward = planned
+    reach = plan.routed.reach[0]
+    assert reach.bar is not None and reach.last not in reach.bar.ranked
+    # Between the last of the dense list and the last the ranking read: listed, not ranked.
+    assert reach.dense < reach.bar.dense, reach
+    between = (reach.dense + reach.bar.dense) / 2
+    assert _reached_by(planned, [_entrant(1, toward, between)]) == set()
+    # ... rightly: routed whole with it, the ticket ranks the same matches.
+    services, batch, snapshot, *_ = planned
+    view = pipeline.View(plan.view.known, [_entrant(1, toward, between)], {})
+    whole = pipeline._route(batch, [0], snapshot, view, services).written.results[0].outcome
+    kept = plan.routed.written.results[0].outcome
+    assert [m.key for m in whole.matches] == [m.key for m in kept.matches]
+    assert (whole.route, whole.canonical) == (kept.route, kept.canonical)
+    # Two such entrants push two out of the list, the second a ticket the ranking may read.
+    assert _reached_by(planned, [_entrant(1, toward, between), _entrant(2, toward, between)]) == {0}
+    # One entrant above what the ranking read changes it.
+    assert _reached_by(planned, [_entrant(3, toward, (reach.bar.dense + 1) / 2)]) == {0}
+    # Below the dense list: not even listed.
+    assert _reached_by(planned, [_entrant(4, toward, reach.dense - 0.05)]) == set()
+
+
+def test_an_entrant_that_pushes_out_a_ranked_candidate_changes_the_routing(
+    planned: tuple[Any, ...],
+) -> None:
+    *_, plan, toward = planned
+    reach = plan.routed.reach[0]
+    between = (reach.dense + reach.bar.dense) / 2
+    assert _reached_by(planned, [_entrant(1, toward, between)]) == set()
+    # The same entrant, when the ticket it pushes out of the list is one the ranking read.
+    ranked = next(iter(reach.bar.ranked))
+    routed = plan.routed
+    routed.__dict__["reach"] = {0: replace(reach, last=ranked)}
+    assert _reached_by(planned, [_entrant(1, toward, between)], routed) == {0}
+
+
 def _corpus(name: str) -> tuple[list[str], list[str], list[str]]:
     """Stored history, this worker's tickets, another worker's: helpdesk questions with the
     other worker holding their paraphrases (en_pairs), or Hadoop bug reports."""
