@@ -88,6 +88,9 @@ PROFILE = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
 # While a section is held: the garbage collector's pauses in it (seconds, and full
 # collections), and how often the checkout routes a batch inside it (its plan failed).
 HELD = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0, "caught_up": 0}
+# Over the measured batches, held or not: each full collection's pause (seconds), and the
+# objects the collector freed (reference cycles, which only it frees).
+FULL: dict[str, Any] = {"on": False, "pauses": [], "freed": 0}
 # The worker's own decision lock, unwrapped (``section --holders``: the other holders').
 RAW_LOCK: list[Any] = []
 _GC_START = [0.0]
@@ -96,7 +99,12 @@ _GC_START = [0.0]
 def _gc_timer(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _GC_START[0] = time.perf_counter()
-    elif HELD["on"]:
+        return
+    if FULL["on"]:
+        FULL["freed"] += info["collected"]
+        if info["generation"] == 2:
+            FULL["pauses"].append(time.perf_counter() - _GC_START[0])
+    if HELD["on"]:
         HELD["gc"] += time.perf_counter() - _GC_START[0]
         HELD["gc_full"] += info["generation"] == 2
 
@@ -347,6 +355,9 @@ def child_section(args: argparse.Namespace) -> None:
     rt = runtime.build_runtime(load_settings())
     services = rt.services
     rt.batcher.stop()
+    freeze = getattr(runtime, "freeze_startup_heap", None)
+    if freeze is not None:  # a checkout whose worker freezes its start-up heap, as get_runtime
+        freeze()
     rss1 = rss_mib()
     rows = []
     routes: dict[str, int] = {}
@@ -430,6 +441,7 @@ def child_section(args: argparse.Namespace) -> None:
 
         services.hooks.after_snapshot = hold_in_turn if args.holders else commit_others
     for b in range(args.warmup + args.batches):
+        FULL["on"] = b >= args.warmup
         items = [pipeline.WorkItem(t) for t, _ in pairs[b * BATCH : (b + 1) * BATCH]]
         before = len(sink.records)
         t0 = time.perf_counter()
@@ -481,6 +493,10 @@ def child_section(args: argparse.Namespace) -> None:
         "section_cpu_chroma_mean_ms": ms(statistics.fmean(r["cpu_chroma"] for r in rows)),
         "section_gc_mean_ms": ms(statistics.fmean(r["gc"] for r in rows)),
         "section_gc_full": sum(r["gc_full"] for r in rows),
+        "full_gc_count": len(FULL["pauses"]),
+        "full_gc_mean_ms": ms(statistics.fmean(FULL["pauses"])) if FULL["pauses"] else 0.0,
+        "full_gc_max_ms": ms(max(FULL["pauses"], default=0.0)),
+        "gc_freed_per_batch": round(FULL["freed"] / len(rows), 1),
         # batches routed again inside the section (their plan's view no longer held)
         "rerouted_batches": sum(r["routed_in_section"] > 0 for r in rows),
         "prepare_p50_ms": ms(pct([r["prepare"] for r in rows], 50)),
@@ -699,7 +715,11 @@ def run_section(args: argparse.Namespace) -> None:
                         f"routed again in the section: {r.get('rerouted_batches', 0)} of "
                         f"{r['batches']} batches; GC in the section (mean) "
                         f"{r.get('section_gc_mean_ms', 0)} ms, "
-                        f"{r.get('section_gc_full', 0)} full collections"
+                        f"{r.get('section_gc_full', 0)} full collections; over the run "
+                        f"{r.get('full_gc_count', 0)} full collections, mean "
+                        f"{r.get('full_gc_mean_ms', 0)} ms, max {r.get('full_gc_max_ms', 0)} "
+                        f"ms; objects freed by the collector per batch "
+                        f"{r.get('gc_freed_per_batch', 0)}"
                         + (
                             f"; {r['holders']} other holders in turn while it waited: "
                             f"held p50 {r['held_p50_ms']} ms p99 {r['held_p99_ms']} ms, "

@@ -206,6 +206,7 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         (result,) = json.loads(report.read_text())["results"]
         assert result["batches"] == 2 and sum(result["routes"].values()) == 64
         assert positive(result["section_p50_ms"]) and 0 < result["share_p50"] < 1
+        assert result["full_gc_count"] >= 0 and result["gc_freed_per_batch"] >= 0
         # Two other holders commit 8 tickets each while every batch waits for the lock.
         run(
             BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",
@@ -226,6 +227,14 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         assert row["rebuild"]["tickets"] == 300 and row["rebuild"]["snapshot_tickets"] == 260
         assert row["snapshot"]["scores_equal_rebuilt"] is True
         assert row["snapshot"]["catch_up_rows"] == 40 and row["snapshot"]["update_added"] == 40
+        pauses = tmp_path / "gc.json"
+        run(
+            BENCH / "gc_pause.py", "--sizes", "300", "--database", database, "--json", pauses,
+        )  # fmt: skip
+        (gc_row,) = json.loads(pauses.read_text())["results"]
+        assert gc_row["tickets"] == 300 and len(gc_row["full_ms"]) == 3
+        # The index's objects are among those frozen.
+        assert gc_row["frozen"] >= gc_row["tracked"] * 0.9
         keys = tmp_path / "keys.json"
         run(
             BENCH / "key_lookup.py", "--template", f"{prefix}_300", "--admin-url",

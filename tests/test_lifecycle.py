@@ -133,3 +133,33 @@ def test_an_edited_ticket_replaces_its_bm25_entry(database_url: str) -> None:
     assert fresh.refresh(engine) == 2
     assert float(fresh.scores("printer jam").max()) == 0.0
     engine.dispose()
+
+
+def test_an_updates_section_holds_the_collector_off() -> None:
+    """An update decided again under its scope's lock pauses the garbage collector from the
+    lock's entry to its release, as a batch's section does (worker/pipeline.py)."""
+    import contextlib
+    import gc
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+
+    from worker.lifecycle import _section
+
+    seen: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def lock(name: str | None = None) -> Iterator[str]:
+        seen.append((f"entering {name}", gc.isenabled()))
+        yield "section"
+        seen.append(("releasing", gc.isenabled()))
+
+    for scoped in (False, True):
+        services = SimpleNamespace(
+            lock=lock, scope_lock=lock, match_scope="source" if scoped else None
+        )
+        with _section(services, None, "github") as section:  # type: ignore[arg-type]
+            assert section == "section"
+            seen.append(("inside", gc.isenabled()))
+        assert gc.isenabled()
+    assert [enabled for _, enabled in seen] == [True, False, False] * 2
+    assert seen[0][0] == "entering None" and seen[3][0] != "entering None"

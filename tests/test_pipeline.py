@@ -243,6 +243,104 @@ def test_one_call_per_external_system_per_batch(services: Services) -> None:
     ]
 
 
+def test_the_lock_is_held_over_the_sections_statements_only(services: Services) -> None:
+    """The section's connection is taken from the pool (and pinged, on PostgreSQL) before
+    the lock is asked for: the lock is held over the section's own statements."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(services.engine, "checkout", lambda *a: seen.append("checkout"))
+    event.listen(services.engine, "checkin", lambda *a: seen.append("checkin"))
+    event.listen(services.engine, "before_cursor_execute", lambda *a: seen.append("statement"))
+
+    @contextlib.contextmanager
+    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        seen.append("enter")
+        yield None
+        seen.append("leave")
+
+    triage_batch(
+        [WorkItem(t(f"b{i}", f"{CRASH} variant {i}")) for i in range(4)],
+        replace(services, lock=lock),
+    )
+    held = seen[seen.index("enter") + 1 : seen.index("leave")]
+    # Statements only, then the connection back to the pool with the commit.
+    assert held[0] == "statement" and "checkout" not in held, seen
+    assert seen[seen.index("enter") - 1] == "checkout", seen
+
+
+def test_a_batch_leaves_no_reference_cycles_of_its_own(services: Services) -> None:
+    """What a batch builds (its plan, candidates, rows, the statements' key filters) is freed
+    when the batch is done, not left in reference cycles to the garbage collector, whose
+    full collections walk the worker's whole heap and may fall inside a decision section."""
+    import gc
+
+    services = replace(services, lexical=LexicalIndex(), hybrid_pool=3)
+    triage_batch([WorkItem(t(f"h{n}", x), mode="history") for n, x in enumerate(HISTORY)], services)
+    batch = [WorkItem(t(f"b{i}", f"{CRASH} variant {i}")) for i in range(8)]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert all(r.error is None for r in triage_batch(batch, services))
+        gc.collect()
+        ours = sorted(
+            {
+                f"{type(o).__module__}.{type(o).__qualname__}"
+                for o in gc.garbage
+                if type(o).__module__.split(".")[0] in {"worker", "tickets"}
+                or type(o).__name__ == "TableValuedAlias"
+            }
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ours == []
+
+
+def test_no_garbage_collection_runs_while_the_lock_is_held(services: Services) -> None:
+    """The collector is paused once the lock is held until it is released (a full collection
+    there would hold every worker's lock for its pause), and resumes after."""
+    import gc
+
+    seen: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        seen.append(("entered", gc.isenabled()))
+        yield None
+        seen.append(("releasing", gc.isenabled()))
+
+    hooks = SectionHooks(in_section=lambda keys: seen.append(("in section", gc.isenabled())))
+    assert gc.isenabled()
+    triage_batch([WorkItem(t("b1", CRASH))], replace(services, lock=lock, hooks=hooks))
+    assert seen == [("entered", True), ("in section", False), ("releasing", False)]
+    assert gc.isenabled()
+
+
+def test_the_collector_resumes_when_the_last_section_leaves() -> None:
+    """Sections of two scopes overlap in one process: the collector resumes when both have
+    left; one the process switched off stays off."""
+    import gc
+
+    from worker.pipeline import collector
+
+    with collector.held_off() as pause:
+        assert gc.isenabled()  # asking for the lock: not paused yet
+        pause()
+        with collector.held_off() as other:
+            other()
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first section still holds its lock
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector.held_off() as pause:
+            pause()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_unreadable_tickets_go_to_manual_and_are_never_matched(services: Services) -> None:
     from dataclasses import replace
 

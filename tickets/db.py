@@ -48,7 +48,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    tuple_,
     union_all,
     update,
 )
@@ -300,18 +299,34 @@ def dialect_insert(name: str) -> Any:
 
 
 class _KeyIn(ColumnElement[bool]):
-    """``(source, ticket_id) IN keys``, written for each dialect's planner (:func:`key_filter`)."""
+    """``(source, ticket_id) IN keys``, written for each dialect's planner (:func:`key_filter`).
+
+    The PostgreSQL form is rendered from its four parts here rather than built of SQLAlchemy's
+    table-valued and tuple constructs: those hold reference cycles, which every statement
+    would leave to the garbage collector (a full collection walks them, and may fall
+    inside a decision section)."""
 
     inherit_cache = True
     _is_implicitly_boolean = True
     type = Boolean()
     _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's own declaration)
         ("portable", InternalTraversal.dp_clauseelement),
-        ("postgres", InternalTraversal.dp_clauseelement),
+        ("source", InternalTraversal.dp_clauseelement),
+        ("ticket_id", InternalTraversal.dp_clauseelement),
+        ("sources", InternalTraversal.dp_clauseelement),
+        ("ids", InternalTraversal.dp_clauseelement),
     ]
 
-    def __init__(self, portable: ColumnElement[bool], postgres: ColumnElement[bool]) -> None:
-        self.portable, self.postgres = portable, postgres
+    def __init__(
+        self,
+        portable: ColumnElement[bool],
+        source: ColumnElement[str],
+        ticket_id: ColumnElement[str],
+        sources: ColumnElement[Any],
+        ids: ColumnElement[Any],
+    ) -> None:
+        self.portable = portable
+        self.source, self.ticket_id, self.sources, self.ids = source, ticket_id, sources, ids
 
 
 @compiles(_KeyIn)
@@ -321,7 +336,14 @@ def _key_in(element: _KeyIn, compiler: Any, **kw: Any) -> str:
 
 @compiles(_KeyIn, "postgresql")
 def _key_in_postgres(element: _KeyIn, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.postgres, **kw))
+    source, ticket_id, sources, ids = (
+        compiler.process(part, **kw)
+        for part in (element.source, element.ticket_id, element.sources, element.ids)
+    )
+    return f"({source}, {ticket_id}) IN (SELECT * FROM unnest({sources}, {ids}))"
+
+
+_TEXTS = postgresql.ARRAY(String)
 
 
 def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
@@ -344,19 +366,13 @@ def key_filter(model: Any, keys: Sequence[TicketKey]) -> Any:
     portable = or_(
         *((model.source == source) & model.ticket_id.in_(ids) for source, ids in by_source.items())
     )
-    texts = postgresql.ARRAY(String)
-    unnested = (
-        func.unnest(
-            bindparam(None, [k.source for k in keys], type_=texts),
-            bindparam(None, [k.ticket_id for k in keys], type_=texts),
-        )
-        .table_valued("source", "ticket_id")
-        .render_derived()
+    return _KeyIn(
+        portable,
+        model.source,
+        model.ticket_id,
+        bindparam(None, [k.source for k in keys], type_=_TEXTS),
+        bindparam(None, [k.ticket_id for k in keys], type_=_TEXTS),
     )
-    postgres = tuple_(model.source, model.ticket_id).in_(
-        select(unnested.c.source, unnested.c.ticket_id)
-    )
-    return _KeyIn(portable, postgres)
 
 
 # --- reads -------------------------------------------------------------------------------

@@ -27,8 +27,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,6 +46,7 @@ from tickets.marks import marked_action
 from tickets.model import Ticket, TicketKey, TicketUpdate
 from worker.pipeline import (
     Services,
+    collector,
     encode_vector,
     scope_lock_name,
     vector_meta,
@@ -241,14 +244,14 @@ def _feedback(
 
 @contextlib.contextmanager
 def _section(services: Services, queue: str | None, source: str) -> Iterator[Any]:
-    lock = services.lock
+    """The update's scope's decision lock, held with the garbage collector paused, as a
+    batch's (worker/pipeline.py ``collector``)."""
+    lock: Callable[[], AbstractContextManager[Any]] = services.lock
     if services.match_scope is not None and services.scope_lock is not None:
         value = queue if services.match_scope == "queue" else source
-        name = scope_lock_name(services.match_scope, value)
-        with services.scope_lock(name) as section:
-            yield section
-        return
-    with lock() as section:
+        lock = functools.partial(services.scope_lock, scope_lock_name(services.match_scope, value))
+    with collector.held_off() as pause, lock() as section:
+        pause()
         yield section
 
 

@@ -7,6 +7,7 @@ database engine, checks the schema, and starts the batcher.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -417,7 +418,24 @@ def get_runtime() -> Runtime:
                 r.deliverer, r.outbox_sweeper = start_delivery(
                     r.settings, r.services.engine, r.services.outbox.publish
                 )
+            freeze_startup_heap()
         return _runtime
+
+
+def freeze_startup_heap() -> int:
+    """Leave what start-up built out of the garbage collector's full collections; returns
+    how many objects that is.
+
+    The lexical index, the clients and the caches live as long as the process: about
+    670,000 tracked objects at 100,000 stored tickets, 1.6 million at 1M. A full collection
+    walks every one (≈ 125 ms at 100k, 0.5-0.7 s at 1M on a 2-core VM: bench/gc_pause.py),
+    pausing every thread. Frozen, they are skipped: a full collection walks what was
+    allocated since. Garbage is collected first, so nothing dead is kept."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    logger.info("start-up heap frozen: %d objects left out of full collections", frozen)
+    return frozen
 
 
 def get_delivery_runtime() -> DeliveryRuntime:
