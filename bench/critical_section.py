@@ -87,7 +87,9 @@ CHROMA_PID = int(os.environ.get("BENCH_CHROMA_PID", "0"))
 PROFILE = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
 # While a section is held: the garbage collector's pauses in it (seconds, and full
 # collections), and how often the checkout routes a batch inside it (its plan failed).
-HELD = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0, "caught_up": 0}
+HELD: dict[str, Any] = {"on": False, "gc": 0.0, "gc_full": 0, "routes": 0, "caught_up": 0}
+# ``section --phases``: wall seconds inside the held section per step (:func:`time_phases`).
+PHASES: dict[str, float] = {}
 # Over the measured batches, held or not: each full collection's pause (seconds), and the
 # objects the collector freed (reference cycles, which only it frees).
 FULL: dict[str, Any] = {"on": False, "pauses": [], "freed": 0}
@@ -214,6 +216,7 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
                 t1 = time.perf_counter()
                 c1, s1 = time.process_time(), proc_cpu_s(CHROMA_PID)
                 HELD.update(on=True, gc=0.0, gc_full=0, routes=0, caught_up=0)
+                PHASES.clear()
                 if PROFILE is not None:
                     PROFILE.enable()
                 try:
@@ -241,6 +244,7 @@ def timed_lock(lock: Callable[..., Any], sink: Sink) -> Callable[..., Any]:
                     "gc_full": HELD["gc_full"],
                     "routed_in_section": HELD["routes"],
                     "caught_up": HELD["caught_up"],
+                    "phases": dict(PHASES),
                 }
             )
 
@@ -308,6 +312,57 @@ def rss_mib() -> float:
     return 0.0
 
 
+# ``section --phases``: the steps a section takes, as ``module:attribute`` of the checkout
+# (a checkout without one skips it). Each is timed while the lock is held, its own time
+# only (a step called from another is not counted twice).
+PHASE_STEPS = (
+    "worker.pipeline:_follow",
+    "tickets.db:view_marks",
+    "tickets.db:stored_tickets",
+    "worker.pipeline:_reached",
+    "worker.pipeline:_route",
+    "worker.pipeline:_write",
+    "tickets.purge:hold_shared",
+    "tickets.db:write_marks",
+    "tickets.db:save_batch",
+    "sqlalchemy.orm:Session.commit",
+)
+
+
+def time_phases() -> None:
+    """Wrap each of :data:`PHASE_STEPS` with a timer that adds to :data:`PHASES`."""
+    import importlib
+
+    stack: list[float] = []  # time spent in nested steps, per open step
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            if not HELD["on"]:
+                return fn(*a, **k)
+            stack.append(0.0)
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent = time.perf_counter() - t
+                nested = stack.pop()
+                PHASES[name] = PHASES.get(name, 0.0) + spent - nested
+                if stack:
+                    stack[-1] += spent
+
+        return wrapper
+
+    for step in PHASE_STEPS:
+        module_name, attr = step.split(":")
+        owner: Any = importlib.import_module(module_name)
+        *path, name = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part, None)
+        fn = getattr(owner, name, None) if owner is not None else None
+        if fn is not None:
+            setattr(owner, name, timed(name, fn))
+
+
 def child_section(args: argparse.Namespace) -> None:
     """One checkout, one size: drive prepare_batch / finish_batch and time the section."""
     from sqlalchemy import create_engine, text
@@ -326,6 +381,8 @@ def child_section(args: argparse.Namespace) -> None:
     migrate_s = time.perf_counter() - t
     engine.dispose()
 
+    global BATCH
+    BATCH = args.batch_size
     total = (args.batches + args.warmup) * BATCH
     pairs = new_tickets(total, offset=args.offset)
     sink, phases = Sink(), {}
@@ -351,6 +408,17 @@ def child_section(args: argparse.Namespace) -> None:
         return found
 
     tickets_db.stored_tickets = stored_tickets
+    real_marks = tickets_db.view_marks
+
+    def view_marks(*a: Any, **k: Any) -> Any:
+        # A checkout whose view check reads those tickets whole itself.
+        marks = real_marks(*a, **k)
+        HELD["caught_up"] += len(getattr(marks, "rows", ())) * HELD["on"]
+        return marks
+
+    tickets_db.view_marks = view_marks
+    if os.environ.get("BENCH_PHASES"):
+        time_phases()
     rss0 = rss_mib()
     rt = runtime.build_runtime(load_settings())
     services = rt.services
@@ -468,6 +536,10 @@ def child_section(args: argparse.Namespace) -> None:
                 "gc": sum(r["gc"] for r in lock),
                 "gc_full": sum(r["gc_full"] for r in lock),
                 "routed_in_section": sum(r["routed_in_section"] for r in lock),
+                "phases": {
+                    k: sum(r["phases"].get(k, 0.0) for r in lock)
+                    for k in {k for r in lock for k in r["phases"]}
+                },
                 "held": sum(r["held"] for r in lock),
                 "wait": sum(r["wait"] for r in lock),
                 "caught_up": sum(r["caught_up"] for r in lock),
@@ -506,6 +578,7 @@ def child_section(args: argparse.Namespace) -> None:
         "ceiling_tickets_s": round(BATCH / pct(section, 50), 1),
         "ceiling_p99_tickets_s": round(BATCH / pct(section, 99), 1),
         "routes": routes,
+        "batch_size": BATCH,
         "contended": args.contended,
         "holders": args.holders,
         # Holding → released (the section above also counts the wait for the lock, which
@@ -515,6 +588,11 @@ def child_section(args: argparse.Namespace) -> None:
         "held_p99_ms": ms(pct([r["held"] for r in rows], 99)),
         "wait_p50_ms": ms(pct([r["wait"] for r in rows], 50)),
         "caught_up_mean": round(statistics.fmean(r["caught_up"] for r in rows), 1),
+        # ``--phases``: mean wall ms per batch inside the held section, per step.
+        "phases_mean_ms": {
+            k: ms(statistics.fmean(r["phases"].get(k, 0.0) for r in rows))
+            for k in sorted({k for r in rows for k in r["phases"]})
+        },
         "ceiling_held_tickets_s": round(BATCH / pct([r["held"] for r in rows], 50), 1),
         "own_timer_p50_ms": ms(pct(own_times, 50)) if own_times else None,
         "own_timer_p99_ms": ms(pct(own_times, 99)) if own_times else None,
@@ -681,8 +759,11 @@ def run_section(args: argparse.Namespace) -> None:
                         "--offset", str((rep * len(codes) + k) * 10_000),
                         "--contended", str(args.contended),
                         "--holders", str(args.holders), "--hold-ms", str(args.hold_ms),
+                        "--batch-size", str(args.batch_size),
                     ]  # fmt: skip
                     env = child_env(code, url, size, args.port)
+                    if args.phases:
+                        env["BENCH_PHASES"] = "1"
                     if args.profile is not None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                         env["BENCH_PROFILE"] = str(
@@ -706,7 +787,8 @@ def run_section(args: argparse.Namespace) -> None:
                         f"{name:>7} {size:>8} stored: section p50 {r['section_p50_ms']} ms "
                         f"p99 {r['section_p99_ms']} ms; batch p50 {r['batch_p50_ms']} ms "
                         f"(prepare {r['prepare_p50_ms']}, finish {r['finish_p50_ms']}); share "
-                        f"{r['share_p50']:.0%}; ceiling {BATCH}/p50 = {r['ceiling_tickets_s']} "
+                        f"{r['share_p50']:.0%}; ceiling {r.get('batch_size', BATCH)}/p50 = "
+                        f"{r['ceiling_tickets_s']} "
                         f"tickets/s; CPU in the section (mean) {r['section_cpu_self_mean_ms']} ms "
                         f"here + {r['section_cpu_chroma_mean_ms']} ms Chroma server; "
                         f"routes {r['routes']}; runtime built in "
@@ -720,6 +802,13 @@ def run_section(args: argparse.Namespace) -> None:
                         f"{r.get('full_gc_mean_ms', 0)} ms, max {r.get('full_gc_max_ms', 0)} "
                         f"ms; objects freed by the collector per batch "
                         f"{r.get('gc_freed_per_batch', 0)}"
+                        + (
+                            "; wall per batch in the section's steps (mean): "
+                            + ", ".join(f"{k} {v} ms" for k, v in r["phases_mean_ms"].items())
+                            + f"; waiting for the lock p50 {r['wait_p50_ms']} ms"
+                            if r.get("phases_mean_ms")
+                            else ""
+                        )
                         + (
                             f"; {r['holders']} other holders in turn while it waited: "
                             f"held p50 {r['held_p50_ms']} ms p99 {r['held_p99_ms']} ms, "
@@ -1197,6 +1286,17 @@ def main() -> None:
         help="with --holders: how long each holder works inside the lock before its commit",
     )
     sub.choices["section"].add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH,
+        help="tickets per batch (TRIAGE_BATCH_SIZE): the section's fixed costs are per batch",
+    )
+    sub.choices["section"].add_argument(
+        "--phases",
+        action="store_true",
+        help="time the section's steps (wall ms per batch while the lock is held)",
+    )
+    sub.choices["section"].add_argument(
         "--profile",
         type=Path,
         help="DIR: write each child's cProfile of the section bodies to DIR/NAME-SIZE-REPEAT.pstats",
@@ -1219,6 +1319,7 @@ def main() -> None:
     c.add_argument("--contended", type=int, default=0)
     c.add_argument("--holders", type=int, default=0)
     c.add_argument("--hold-ms", type=float, default=10.0)
+    c.add_argument("--batch-size", type=int, default=BATCH)
     for name in ("child-worker", "child-publish", "child-cleanup"):
         w = sub.add_parser(name)
         w.add_argument("--code", required=True)

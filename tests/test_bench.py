@@ -178,6 +178,18 @@ def test_sentinel_failover(tmp_path: Path) -> None:
     assert one["switched"] == 1 and one["lost"] == 0 and positive(one["accepted"])
 
 
+def test_lock_handoff(postgres_server: str, redis_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "handoff.json"
+    stdout = run(
+        BENCH / "lock_handoff.py", "--admin-url", postgres_server, "--redis", redis_url,
+        "--processes", "2", "--hold-ms", "5", "--outside-ms", "5", "--seconds", "1.5", "--json", out,
+    )  # fmt: skip
+    assert "2 processes, hold 5 ms, outside 5 ms" in stdout
+    [row] = json.loads(out.read_text())["results"]
+    assert row["processes"] == 2 and row["sections"] > 10 and row["handoffs"] > 0
+    assert 0 < row["busy_share"] <= 1 and row["gap_p50_ms"] >= 0
+
+
 def test_sql_sizing(postgres_server: str, redis_url: str) -> None:
     stdout = run(
         BENCH / "sql_sizing.py", "--admin-url", postgres_server, "--sizes", "300",
@@ -201,12 +213,16 @@ def test_fixture_and_critical_section(tmp_path: Path, postgres_server: str) -> N
         run(
             BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",
             "--batches", "2", "--warmup", "0", "--fixtures", fixtures, "--db-prefix", prefix,
-            "--port", str(_free_port()), "--json", report,
+            "--port", str(_free_port()), "--json", report, "--phases", "--batch-size", "16",
         )  # fmt: skip
         (result,) = json.loads(report.read_text())["results"]
-        assert result["batches"] == 2 and sum(result["routes"].values()) == 64
+        assert result["batches"] == 2 and sum(result["routes"].values()) == 32
+        assert result["batch_size"] == 16
         assert positive(result["section_p50_ms"]) and 0 < result["share_p50"] < 1
         assert result["full_gc_count"] >= 0 and result["gc_freed_per_batch"] >= 0
+        # The section's steps, each timed while the lock is held.
+        phases = result["phases_mean_ms"]
+        assert all(positive(phases[k]) for k in ("view_marks", "save_batch", "commit")), phases
         # Two other holders commit 8 tickets each while every batch waits for the lock.
         run(
             BENCH / "critical_section.py", "section", "--code", f"here={ROOT}", "--sizes", "300",

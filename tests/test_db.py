@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import Engine, select, text, union_all
 from sqlalchemy.orm import Session
 
+from tests.conftest import decision_row
 from tickets import db
 from tickets import purge as purge_sql
 from tickets.db import TicketRow, key_filter, make_engine
-from tickets.model import TicketKey
+from tickets.model import Ticket, TicketKey
 
 _TICKETS = """
 INSERT INTO triage_tickets
@@ -69,5 +70,53 @@ def test_a_key_lookup_probes_the_key_index_for_a_source_the_statistics_have_not_
                 select(TicketRow.ticket_id).where(key_filter(TicketRow, keys[-2:])),
             )
             assert sorted(session.scalars(both)) == ["g1", "g2", "z7"]
+    finally:
+        engine.dispose()
+
+
+def test_the_views_check_reads_whole_the_tickets_above_a_given_id(database_url: str) -> None:
+    """view_marks(read_after=N): the scope's tickets committed above N come with the check,
+    as stored_tickets reads them (decisions joined, datetimes typed on SQLite too); none
+    at or below N, and none without it."""
+    from datetime import UTC, datetime
+
+    engine = make_engine(database_url)
+    now = datetime.now(UTC)
+    try:
+        with Session(engine) as session:
+            rows = [
+                db.ticket_values(
+                    Ticket(source="s", ticket_id=f"t{i}", subject=f"s{i}", body=f"body {i}"),
+                    content_hash=f"h{i}",
+                    backfill=True,
+                    model="m",
+                    vector=bytes([i]) * 8,
+                )
+                | {"stored_at": now}
+                for i in range(1, 6)
+            ]
+            db.save_batch(session, rows, [])
+            session.add(
+                decision_row(
+                    "t5",
+                    source="s",
+                    route="duplicate",
+                    canonical_source="s",
+                    canonical_ticket_id="t1",
+                )
+            )
+            session.commit()
+            ids = sorted(session.scalars(select(TicketRow.id)))
+            keys = [TicketKey("s", "t2"), TicketKey("s", "absent")]
+            plain = db.view_marks(session, keys, after_id=ids[0])
+            marks = db.view_marks(session, keys, after_id=ids[0], read_after=ids[2])
+            assert plain.stored == marks.stored == {TicketKey("s", "t2")}
+            assert plain.since == marks.since == set(ids[1:])
+            assert not plain.rows
+            assert marks.rows == {t.id: t for t in db.stored_tickets(session, ids=ids[3:])}
+            whole = marks.rows[ids[4]]
+            assert whole.route == "duplicate" and whole.canonical == TicketKey("s", "t1")
+            assert whole.vector == bytes([5]) * 8 and isinstance(whole.stored_at, datetime)
+            assert marks.rows[ids[3]].route == "history"
     finally:
         engine.dispose()

@@ -194,3 +194,113 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5) -> 
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.005)
+
+
+def test_the_fence_check_takes_the_commits_shared_lock_in_its_statement(
+    postgres_url: str,
+) -> None:
+    """check(session, shared_lock=...): the purge lock is held shared from the check's one
+    statement to the commit, and a purge's exclusive hold waits for it; a stale holder's
+    check still fails."""
+    from sqlalchemy import event, text
+
+    from tickets import purge as purge_sql
+
+    engine = db.make_engine(postgres_url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    fence = Fence(engine, "test", wait_s=1)
+    token = fence.claim()
+
+    def purge_can_lock() -> bool:
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key})
+            return bool(got.scalar())
+
+    try:
+        with Session(engine) as session:
+            key = purge_sql.shared_lock(session)
+            assert key is not None
+            with fence.committing(token) as check:
+                statements.clear()
+                check(session, shared_lock=key)
+                assert len(statements) == 1 and "pg_advisory_xact_lock_shared" in statements[0]
+                assert not purge_can_lock()
+                session.commit()
+        assert purge_can_lock()
+        fence.claim()
+        with (
+            pytest.raises(DecisionLockLost),
+            Session(engine) as session,
+            fence.committing(token) as check,
+        ):
+            check(session, shared_lock=key)
+    finally:
+        engine.dispose()
+
+
+def test_a_waiter_enters_when_the_holder_releases_not_at_its_next_ask(
+    redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder publishes its release; a waiter subscribed to it takes the lock at once
+    instead of at its next ask (here 5 s apart, so only the wake-up can be this early)."""
+    from worker import decision_lock
+
+    monkeypatch.setattr(decision_lock, "LOCK_POLL_S", 5.0)
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    lock = DecisionLock(client, engine, f"test-{uuid.uuid4().hex[:8]}", ttl_s=10, wait_s=20)
+    entered: list[float] = []
+
+    def waiter() -> None:
+        with lock(while_waiting=lambda: None):
+            entered.append(time.monotonic())
+
+    with lock():
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(1.0)  # the waiter has asked once and waits for the next release
+    released = time.monotonic()
+    thread.join(10)
+    assert entered and entered[0] - released < 1.0, (entered, released)
+    client.close()
+    engine.dispose()
+
+
+def test_a_release_wakes_the_first_waiter_only(
+    redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiters take the lock in the order they began to wait, each woken by the release
+    before it (not by a poll: here 5 s apart), one at a time; none is left in line."""
+    from worker import decision_lock
+
+    monkeypatch.setattr(decision_lock, "LOCK_POLL_S", 5.0)
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    lock = DecisionLock(client, engine, f"test-{uuid.uuid4().hex[:8]}", ttl_s=10, wait_s=30)
+    order: list[tuple[str, float, float]] = []  # (waiter, entered, released)
+
+    def waiter(name: str) -> None:
+        with lock(while_waiting=lambda: None):
+            entered = time.monotonic()
+            time.sleep(0.3)
+        order.append((name, entered, time.monotonic()))
+
+    threads = []
+    with lock():
+        for name in "abc":
+            threads.append(threading.Thread(target=waiter, args=(name,)))
+            threads[-1].start()
+            while client.zcard(lock.waiters) < len(threads):  # in line, in this order
+                time.sleep(0.01)
+        released = time.monotonic()
+    for thread in threads:
+        thread.join(20)
+    assert [name for name, _, _ in order] == ["a", "b", "c"]
+    before = [released] + [left for _, _, left in order[:-1]]
+    assert all(
+        entered - prior < 1.0 for (_, entered, _), prior in zip(order, before, strict=True)
+    ), order
+    assert client.zcard(lock.waiters) == 0
+    client.close()
+    engine.dispose()

@@ -637,6 +637,44 @@ def test_a_batch_is_routed_again_only_if_another_commits_after_its_snapshot(
     assert len(decided) == 1
 
 
+def test_the_tickets_committed_meanwhile_come_with_the_views_check(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the lock, a section whose view no longer holds reads the tickets committed
+    since with the view's check itself: as many statements as a section whose view held."""
+    from sqlalchemy import event
+
+    held: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        held.append([])
+        yield None
+        held.append([])  # statements after the section are not its own
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if held:
+            held[-1].append(sql)
+
+    event.listen(services.engine, "before_cursor_execute", statement)
+    mine = replace(services, lock=lock)
+    other = replace(services, hooks=SectionHooks(), local_lock=threading.Lock())
+    # Nothing committed meanwhile: the plan's view holds.
+    assert triage_batch([WorkItem(t("1", REFUND))], mine)[0].status == "manual"
+    quiet = held[-2]
+
+    def another_worker_decides(keys: list[TicketKey]) -> None:
+        mine.hooks = SectionHooks()
+        assert triage_batch([WorkItem(t("2", CRASH2))], other)[0].status == "manual"
+
+    mine.hooks = SectionHooks(after_snapshot=another_worker_decides)
+    held.clear()
+    [res] = triage_batch([WorkItem(t("3", CRASH))], mine)
+    # The twin committed after the plan was caught up with: one statement read it.
+    assert res.outcome is not None and res.outcome.canonical == TicketKey("test", "2")
+    assert len(held[-2]) == len(quiet), (held[-2], quiet)
+
+
 HISTORY = [
     "How do I change the billing address on my account?",
     "The invoice PDF is blank when I download it.",

@@ -18,7 +18,7 @@ again, when TRIAGE_REDECIDE_ON_EDIT says so (worker/redecide.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    null,
     or_,
     select,
     text,
@@ -479,8 +480,9 @@ def _stored(row: Any) -> StoredTicket:
     )
 
 
-def _stored_query() -> Any:
+def _stored_query(*leading: Any) -> Any:
     return select(
+        *leading,
         TicketRow.id,
         TicketRow.source,
         TicketRow.ticket_id,
@@ -540,10 +542,12 @@ def stored_tickets(
 class ViewMarks:
     """What tells whether a section's view is still the one read before: which of its
     keys are stored, and the ids of the scope's tickets committed since its watermark or
-    still unindexed (:func:`view_marks`)."""
+    still unindexed (:func:`view_marks`); and, by id, those of them above ``read_after``
+    read whole."""
 
     stored: set[TicketKey]
     since: set[int]
+    rows: dict[int, StoredTicket] = field(default_factory=dict)
 
 
 def view_marks(
@@ -554,24 +558,33 @@ def view_marks(
     ids: Sequence[int] = (),
     field: ScopeField = None,
     value: str | None = None,
+    read_after: int | None = None,
 ) -> ViewMarks:
     """:func:`known_tickets`' keys and :func:`stored_tickets`' ids for the same arguments,
-    in one statement that reads no text, vector or decision."""
-    wanted = [TicketRow.id > after_id]
-    if ids:
-        wanted.append(TicketRow.id.in_(list(ids)))
-    stored = select(
-        literal(True).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
-    ).where(key_filter(TicketRow, keys))
-    since = select(
-        literal(False).label("is_key"), TicketRow.id, TicketRow.source, TicketRow.ticket_id
-    ).where(or_(*wanted), scope_filter(field, value))
+    in one statement that reads no text, vector or decision; with ``read_after``, the
+    tickets among those ids above it read whole in the same statement (those a view read
+    up to that id has not seen: a section catches up with them without a second read)."""
+    wanted = or_(TicketRow.id > after_id, *([TicketRow.id.in_(list(ids))] if ids else []))
+    scoped = scope_filter(field, value)
+    above = false() if read_after is None else TicketRow.id > read_after
+    # The whole rows first: a union's result columns take the first select's types (how
+    # SQLite's stored datetimes are read back).
+    whole = _stored_query(literal(2).label("kind")).where(wanted, scoped, above)
+    light = [null().label(c.key) for c in whole.selected_columns][4:]
+    stored = select(literal(0), TicketRow.id, TicketRow.source, TicketRow.ticket_id, *light).where(
+        key_filter(TicketRow, keys)
+    )
+    since = select(literal(1), TicketRow.id, TicketRow.source, TicketRow.ticket_id, *light).where(
+        wanted, scoped, ~above
+    )
     marks = ViewMarks(set(), set())
-    for is_key, id_, source, ticket_id in session.execute(union_all(stored, since)):
-        if is_key:
-            marks.stored.add(TicketKey(source, ticket_id))
-        else:
-            marks.since.add(int(id_))
+    for row in session.execute(union_all(whole, stored, since)):
+        if row.kind == 0:
+            marks.stored.add(TicketKey(row.source, row.ticket_id))
+            continue
+        marks.since.add(int(row.id))
+        if row.kind == 2:
+            marks.rows[int(row.id)] = _stored(row)
     return marks
 
 

@@ -106,11 +106,18 @@ def _exclusive(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
 
 
+def shared_lock(session: Session) -> int | None:
+    """The advisory lock :func:`hold_shared` takes, for a statement that takes it with
+    others (worker/decision_lock.py's fence check); None on SQLite."""
+    return _LOCK_KEY if session.get_bind().dialect.name == "postgresql" else None
+
+
 def hold_shared(session: Session) -> None:
     """Hold the purge lock shared until the caller's transaction ends: no tombstone commits
     until then, and every one committed before is seen by the statements that follow."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _LOCK_KEY})
+    key = shared_lock(session)
+    if key is not None:
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": key})
 
 
 def start_run(session: Session, requested_by: str, reason: str, criterion: str) -> int:

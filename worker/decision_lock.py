@@ -49,9 +49,11 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 import redis
 from redis.exceptions import LockError, RedisError
@@ -68,10 +70,10 @@ logger = logging.getLogger(__name__)
 # How long a process waits for the lock (and for a PostgreSQL fence row held by a holder
 # finishing its commit) before it gives its batch back for a retry.
 LOCK_WAIT_S = 30
-# How often a process waiting for the Redis lock asks again (redis-py's default is 0.1 s):
-# the section takes milliseconds, so a waiter polling every 0.1 s would leave the lock idle
-# for most of its wait. At this pace a few waiting workers cost Redis a few hundred SET NX
-# per second.
+# How long a process waiting for the Redis lock waits before it asks again, unless the
+# holder's release wakes it first (redis-py's default is 0.1 s): the section takes
+# milliseconds, so a waiter polling every 0.1 s would leave the lock idle for most of its
+# wait. At this pace a few waiting workers cost Redis a few hundred SET NX per second.
 LOCK_POLL_S = 0.005
 # The critical section (query + decide + write) takes milliseconds; the TTL bounds how long
 # the other workers wait after a holder dies (a fixed 60 s stalled every worker for a
@@ -83,8 +85,15 @@ class DecisionLockLost(TransientError):
     """Another process claimed the decision fence since this one did: nothing was written."""
 
 
-#: Run inside the commit transaction, before its writes; raises DecisionLockLost.
-FenceCheck = Callable[[Session], None]
+class FenceCheck(Protocol):
+    """Run inside the commit transaction, before its writes; raises DecisionLockLost.
+
+    ``shared_lock``: a PostgreSQL advisory lock the commit holds shared until it ends (the
+    purge lock, tickets/purge.py), taken by the same statement before the fence row: the
+    commit's first round trip does both. None on SQLite, whose write lock is the
+    database's."""
+
+    def __call__(self, session: Session, *, shared_lock: int | None = None) -> None: ...
 
 
 @dataclass
@@ -178,16 +187,18 @@ class Fence:
         yield self._check_in_transaction(token)
 
     def _check_in_transaction(self, token: int) -> FenceCheck:
-        def check(session: Session) -> None:
+        def check(session: Session, *, shared_lock: int | None = None) -> None:
             row = db.DecisionFenceRow
             try:
                 # The fence row stays locked by this transaction until it ends (on SQLite,
                 # the database's write lock): a later holder's claim waits for the commit,
                 # and a claim committed before makes this match no row.
                 if self._postgres:
-                    result = session.execute(
-                        _CHECK, {"name": self.name, "token": token, "ms": self._lock_timeout_ms}
-                    )
+                    values = {"name": self.name, "token": token, "ms": self._lock_timeout_ms}
+                    if shared_lock is None:
+                        result = session.execute(_CHECK, values)
+                    else:
+                        result = session.execute(_CHECK_SHARED, values | {"shared": shared_lock})
                 else:
                     result = session.execute(
                         update(row)
@@ -252,14 +263,31 @@ _CLAIM = text(
     "ON CONFLICT (name) DO UPDATE SET token = triage_decision_fence.token + 1, "
     "claimed_at = excluded.claimed_at RETURNING token"
 )
+
+
 # The fence check on PostgreSQL, the commit transaction's first statement: the row is only
 # locked once the one-row subquery has set lock_timeout for the rest of the transaction (so
-# it also bounds the wait of its FOR SHARE and of the commit's other statements).
+# it also bounds the wait of the shared lock it takes, its FOR SHARE and the commit's other
+# statements). A statement's snapshot is taken when it starts: what the shared lock keeps
+# from committing is read by the statements after this one.
 _CHECK = text(
     "UPDATE triage_decision_fence SET token = token "
     "FROM (SELECT set_config('lock_timeout', :ms, true)) AS settings "
     "WHERE name = :name AND token = :token"
 )
+_CHECK_SHARED = text(
+    "UPDATE triage_decision_fence SET token = token "
+    "FROM (SELECT set_config('lock_timeout', :ms, true), "
+    "pg_advisory_xact_lock_shared(:shared)) AS settings "
+    "WHERE name = :name AND token = :token"
+)
+
+
+# On release: the first waiter taken out of the line and woken on its channel.
+_WAKE_FIRST = """
+local first = redis.call('ZPOPMIN', KEYS[1])
+if first[1] then redis.call('PUBLISH', ARGV[1] .. first[1], '') end
+"""
 
 
 def _lock_not_available(exc: DBAPIError) -> bool:
@@ -283,10 +311,20 @@ class DecisionLock:
         self.client, self.name = client, name
         self.ttl_s, self.wait_s = ttl_s, wait_s
         self.fence = Fence(engine, name, wait_s=wait_s, shares=shares)
+        self._wake_first = client.register_script(_WAKE_FIRST)
 
     @property
     def key(self) -> str:
         return f"triage:decide:{self.name}"
+
+    @property
+    def waiters(self) -> str:
+        """The processes waiting for the lock, by when each began to wait (a sorted set):
+        a holder's release wakes the first, on its own pub/sub channel (:meth:`wake`)."""
+        return f"{self.key}:waiters"
+
+    def wake(self, waiter: str) -> str:
+        return f"{self.key}:wake:{waiter}"
 
     @contextlib.contextmanager
     def __call__(self, *, while_waiting: Callable[[], None] | None = None) -> Iterator[Section]:
@@ -297,8 +335,6 @@ class DecisionLock:
         lock = self.client.lock(
             self.key,
             timeout=self.ttl_s,
-            sleep=LOCK_POLL_S,
-            blocking_timeout=self.wait_s,
             thread_local=False,
         )
         try:
@@ -333,20 +369,43 @@ class DecisionLock:
             renewer.join()
             with contextlib.suppress(LockError, RedisError):
                 lock.release()
+                # The first waiter enters at once, rather than at its next ask (half a poll
+                # later on average, the lock idle meanwhile); one only, so that a crowd of
+                # waiters does not wake to race for it.
+                self._wake_first(keys=[self.waiters], args=[self.wake("")])
 
     def _acquire(self, lock: Lock, while_waiting: Callable[[], None] | None) -> bool:
-        if while_waiting is None:
-            return bool(lock.acquire())
+        if lock.acquire(blocking=False):
+            return True
         deadline = time.monotonic() + self.wait_s
         seen = None  # the holder's token (each holder's is its own)
-        while not lock.acquire(blocking=False):
-            holder = self.client.get(self.key)
-            if holder is not None and seen is not None and holder != seen:
-                while_waiting()
-            seen = holder
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(LOCK_POLL_S)
+        me, since = uuid.uuid4().hex, time.time()
+        queued = False
+        # A wake-up missed (published before the subscription, or to a waiter that died) is
+        # made up by the poll: every waiter still asks at least every LOCK_POLL_S.
+        with contextlib.closing(self.client.pubsub(ignore_subscribe_messages=True)) as woken:
+            woken.subscribe(self.wake(me))
+            try:
+                while not lock.acquire(blocking=False):
+                    if not queued:  # in line, or back in its place when woken and beaten
+                        with self.client.pipeline(transaction=False) as line:
+                            line.zadd(self.waiters, {me: since})
+                            line.pexpire(self.waiters, int(self.wait_s * 2000))
+                            line.execute()
+                        queued = True
+                    if while_waiting is not None:
+                        holder = self.client.get(self.key)
+                        if holder is not None and seen is not None and holder != seen:
+                            while_waiting()
+                        seen = holder
+                    if time.monotonic() >= deadline:
+                        return False
+                    if woken.get_message(timeout=LOCK_POLL_S) is not None:
+                        queued = False  # taken out of the line by the release that woke it
+            finally:
+                if queued:
+                    with contextlib.suppress(RedisError):
+                        self.client.zrem(self.waiters, me)
         return True
 
 

@@ -93,8 +93,11 @@ def tokenize(text: str, cjk: CjkMode = DEFAULT_CJK, *, nfkc: bool = True) -> lis
     """
     if nfkc:
         text = unicodedata.normalize("NFKC", text)
+    text = text.lower()
+    if _IS_CJK.search(text) is None:  # most tickets: every run is a token as it is
+        return _TOKEN.findall(text)
     tokens: list[str] = []
-    for match in _TOKEN.findall(text.lower()):
+    for match in _TOKEN.findall(text):
         if _IS_CJK.match(match):
             tokens.extend(_cjk_tokens(match, cjk))
         else:
@@ -139,6 +142,11 @@ class MappedPart:
             return None
         lo, hi = int(self.offsets[row]), int(self.offsets[row + 1])
         return self.docs[lo:hi], self.tfs[lo:hi]
+
+    def df(self, term: str) -> int:
+        """How many of its positions hold ``term``."""
+        row = self.terms.get(term)
+        return 0 if row is None else int(self.offsets[row + 1] - self.offsets[row])
 
 
 class _Every:
@@ -271,7 +279,11 @@ class LexicalIndex:
             )
 
     def _df(self, term: str) -> int:
-        return sum(len(docs) for docs, _ in self.postings(term))
+        # The lengths alone: no array views of the postings (scored for every term a
+        # section's catch-up shares with the batch).
+        posting = self._postings.get(term)
+        own = 0 if posting is None else len(posting[0])
+        return own if self._mapped is None else own + self._mapped.df(term)
 
     def lengths(self) -> npt.NDArray[np.float32]:
         """Each position's length in tokens."""

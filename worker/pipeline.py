@@ -1162,7 +1162,10 @@ def _follow(
     was committed since, only where that could change a ticket's candidates."""
     keys = [batch.items[i].ticket.key for i in part]
     field_ = services.match_scope
-    marks = db.view_marks(session, keys, **_since(snapshot, field_))
+    # The tickets committed after the view was read come whole with the check: a scope's
+    # ids are taken in commit order, so those are the ids above the view's last.
+    read_after = max([snapshot.newest, *(t.id for t in plan.view.since)])
+    marks = db.view_marks(session, keys, **_since(snapshot, field_), read_after=read_after)
     if plan.view.holds(marks):
         return plan
     # Another worker committed in the scope since the plan's view was read: route again
@@ -1171,7 +1174,10 @@ def _follow(
     # would change any ticket's candidates, the plan's routing stands.
     added = plan.view.added(marks)
     if added is not None:
-        new = db.stored_tickets(session, ids=added, field=field_, value=snapshot.scope)
+        if all(id_ in marks.rows for id_ in added):
+            new = [marks.rows[id_] for id_ in added]
+        else:  # one below the view's last id: not read with the check
+            new = db.stored_tickets(session, ids=added, field=field_, value=snapshot.scope)
         if not {t.key for t in new} & set(keys):
             since = sorted(plan.view.since + new, key=lambda t: t.id)
             view = View(plan.view.known, since, plan.view.caught)
@@ -1218,11 +1224,13 @@ def _write(
 ) -> set[TicketKey]:
     """The section's commit: fenced, on the collection the batch was ranked on, with the
     purges committed before it honoured. Returns the keys stored without text (purged)."""
+    # The purge lock, held shared from here to the commit (taken by the fence check's
+    # statement when there is one): every tombstone committed before is read below; a
+    # purge that commits later waits for this commit and then erases what it wrote.
     if check is not None:
-        check(session)
-    # Every tombstone committed before this point is read below; a purge that commits
-    # later waits for this commit and then erases what it wrote.
-    purge_sql.hold_shared(session)
+        check(session, shared_lock=purge_sql.shared_lock(session))
+    else:
+        purge_sql.hold_shared(session)
     found = db.write_marks(session, keys, tombstones=purge_sql.tombstoned(keys))
     if check is not None and found.active is not None and found.active != collection:
         raise CollectionSwitched(
