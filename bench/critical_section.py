@@ -447,7 +447,7 @@ def child_section(args: argparse.Namespace) -> None:
         )
         turn = iter(range(0, len(others), args.contended))
 
-        def commit_group() -> list[Any]:
+        def next_group() -> tuple[list[Any], list[dict[str, Any]]]:
             start = next(turn)
             part = others[start : start + args.contended]
             rows_ = [
@@ -460,10 +460,22 @@ def child_section(args: argparse.Namespace) -> None:
                 )
                 for n, (t, v) in enumerate(part)
             ]
+            return part, rows_
+
+        def commit(rows_: list[dict[str, Any]]) -> None:
             with Session(services.engine) as session:
                 tdb.save_batch(session, rows_, [])
                 session.commit()
+
+        def commit_group() -> list[Any]:
+            part, rows_ = next_group()
+            commit(rows_)
             return part
+
+        try:  # a checkout whose holders hand their rows to the first waiter
+            from worker import handoff
+        except ImportError:
+            handoff = None
 
         def publish(part: list[Any]) -> None:
             # ... and publishes their vectors after its commit, as a worker does: later
@@ -489,10 +501,20 @@ def child_section(args: argparse.Namespace) -> None:
 
             def holders() -> None:
                 for _ in range(args.holders):
-                    with RAW_LOCK[0]():
+                    with RAW_LOCK[0]() as section:
                         first.set()
-                        time.sleep(args.hold_ms / 1000)  # a section's work, then its commit
-                        held_groups.append(commit_group())
+                        # A section's work: its catch-up and routing, then (the rows
+                        # final, handed to the first waiter where the checkout does) its
+                        # write, then its commit.
+                        time.sleep(args.hold_ms / 2000)
+                        part, rows_ = next_group()
+                        if handoff is not None and hasattr(section, "hand"):
+                            section.hand(
+                                lambda rows_=rows_: handoff.encode(handoff.stored_rows(rows_, []))
+                            )
+                        time.sleep(args.hold_ms / 2000)
+                        commit(rows_)
+                        held_groups.append(part)
 
             thread = threading.Thread(target=holders)
             thread.start()
@@ -594,6 +616,13 @@ def child_section(args: argparse.Namespace) -> None:
             for k in sorted({k for r in rows for k in r["phases"]})
         },
         "ceiling_held_tickets_s": round(BATCH / pct([r["held"] for r in rows], 50), 1),
+        # Sections that caught up inside the lock, where the checkout tells (one that takes
+        # the holder's hand-off catches up while waiting, worker/handoff.py).
+        "caught_up_inside": (
+            sum(pipeline.sections_caught_up()[-len(rows) :])
+            if hasattr(pipeline, "sections_caught_up")
+            else None
+        ),
         "own_timer_p50_ms": ms(pct(own_times, 50)) if own_times else None,
         "own_timer_p99_ms": ms(pct(own_times, 99)) if own_times else None,
         "migrate_s": round(migrate_s, 2),
@@ -814,7 +843,8 @@ def run_section(args: argparse.Namespace) -> None:
                             f"held p50 {r['held_p50_ms']} ms p99 {r['held_p99_ms']} ms, "
                             f"wait p50 {r['wait_p50_ms']} ms, tickets caught up in the "
                             f"section (mean) {r['caught_up_mean']}, ceiling 32/held p50 = "
-                            f"{r['ceiling_held_tickets_s']} tickets/s"
+                            f"{r['ceiling_held_tickets_s']} tickets/s; sections that caught up "
+                            f"inside the lock {r.get('caught_up_inside')} of {r['batches']}"
                             if r.get("holders")
                             else ""
                         ),

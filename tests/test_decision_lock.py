@@ -304,3 +304,46 @@ def test_a_release_wakes_the_first_waiter_only(
     assert client.zcard(lock.waiters) == 0
     client.close()
     engine.dispose()
+
+
+def test_a_hand_off_goes_to_the_first_waiter_and_never_keeps_the_lock(
+    redis_url: str, sqlite_url: str
+) -> None:
+    """What a holder hands reaches the first waiter only, while it waits, before the
+    release's wake-up; a hand-off that fails (here its message cannot be made) is logged
+    and the lock is released all the same."""
+    engine = db.make_engine(sqlite_url)
+    client = redis.Redis.from_url(redis_url)
+    lock = DecisionLock(client, engine, f"test-{uuid.uuid4().hex[:8]}", ttl_s=10, wait_s=20)
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+
+    def waiter(name: str) -> None:
+        with lock(handed=got[name].append):
+            pass
+
+    threads = []
+    with lock() as section:
+        for name in "ab":
+            threads.append(threading.Thread(target=waiter, args=(name,)))
+            threads[-1].start()
+            while client.zcard(lock.waiters) < len(threads):
+                time.sleep(0.01)
+        section.hand(lambda: b"rows of the first holder")
+    for thread in threads:
+        thread.join(10)
+    # "a" was handed the first holder's rows; "b", first in line while "a" held the lock,
+    # was handed nothing (a handed nothing).
+    assert got == {"a": [b"rows of the first holder"], "b": []}
+
+    def broken() -> bytes:
+        raise ValueError("cannot encode")
+
+    started = time.monotonic()
+    with lock() as section:
+        client.zadd(lock.waiters, {"someone": time.time()})  # in line: the message is made
+        section.hand(broken)
+    with lock():  # released at once, not left to expire (10 s)
+        assert time.monotonic() - started < 2
+    assert client.zcard(lock.waiters) == 0
+    client.close()
+    engine.dispose()

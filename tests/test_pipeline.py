@@ -254,7 +254,9 @@ def test_the_lock_is_held_over_the_sections_statements_only(services: Services) 
     event.listen(services.engine, "before_cursor_execute", lambda *a: seen.append("statement"))
 
     @contextlib.contextmanager
-    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(
+        *, while_waiting: Callable[[], None] | None = None, handed: object = None
+    ) -> Iterator[None]:
         seen.append("enter")
         yield None
         seen.append("leave")
@@ -305,7 +307,9 @@ def test_no_garbage_collection_runs_while_the_lock_is_held(services: Services) -
     seen: list[tuple[str, bool]] = []
 
     @contextlib.contextmanager
-    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(
+        *, while_waiting: Callable[[], None] | None = None, handed: object = None
+    ) -> Iterator[None]:
         seen.append(("entered", gc.isenabled()))
         yield None
         seen.append(("releasing", gc.isenabled()))
@@ -647,7 +651,9 @@ def test_the_tickets_committed_meanwhile_come_with_the_views_check(
     held: list[list[str]] = []
 
     @contextlib.contextmanager
-    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(
+        *, while_waiting: Callable[[], None] | None = None, handed: object = None
+    ) -> Iterator[None]:
         held.append([])
         yield None
         held.append([])  # statements after the section are not its own
@@ -743,7 +749,9 @@ def test_a_batch_waiting_for_the_lock_catches_up_before_its_section(
     twin = t("3", "The printer driver fails to install on Windows 11 with error 0x80070005.")
 
     @contextlib.contextmanager
-    def lock(*, while_waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(
+        *, while_waiting: Callable[[], None] | None = None, handed: object = None
+    ) -> Iterator[None]:
         # Another holder commits its batch and leaves while this one waits.
         assert triage_batch([WorkItem(twin)], other)[0].status == "manual"
         assert while_waiting is not None

@@ -47,10 +47,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -75,6 +78,9 @@ LOCK_WAIT_S = 30
 # milliseconds, so a waiter polling every 0.1 s would leave the lock idle for most of its
 # wait. At this pace a few waiting workers cost Redis a few hundred SET NX per second.
 LOCK_POLL_S = 0.005
+# How long a holder leaving waits for its hand-off to the next waiter to be sent (it is
+# made and sent while the holder commits, and takes a fraction of a millisecond).
+HAND_WAIT_S = 0.5
 # The critical section (query + decide + write) takes milliseconds; the TTL bounds how long
 # the other workers wait after a holder dies (a fixed 60 s stalled every worker for a
 # minute after a SIGKILL mid-section: tests/faults/test_kill.py).
@@ -104,6 +110,33 @@ class Section:
     fence: Fence
     token: int
     lost: threading.Event = field(default_factory=threading.Event)
+    # Sends what the function makes to the first waiter, on a thread of the lock's
+    # (:meth:`DecisionLock.hand`); None: nobody to hand to.
+    handing: Callable[[Callable[[], bytes]], Future[int]] | None = None
+    _handed: Future[int] | None = None
+
+    def hand(self, make: Callable[[], bytes]) -> None:
+        """Gives what ``make`` returns to the process that waits first for the lock, while
+        this one still holds it (the rows about to be committed, worker/pipeline.py): it
+        can work on them while it waits. Made and sent on another thread while this one
+        goes on (its commit mostly waits for the database); sent before the release wakes
+        that waiter. Best effort: the waiter checks what it was handed against what it
+        finds committed."""
+        if self.handing is not None:
+            self._handed = self.handing(make)
+
+    def settle(self, timeout: float) -> bool:
+        """Waits for the hand-off, if any, to be sent; whether a waiter received it."""
+        if self._handed is None:
+            return False
+        try:
+            return self._handed.result(timeout) > 0
+        except (RedisError, FutureTimeout) as exc:
+            logger.debug("decision lock: nothing handed on (%s)", exc or "timed out")
+        except Exception:
+            # Never in the way of the release: the waiter catches up inside instead.
+            logger.exception("decision lock: the hand-off failed")
+        return False
 
     @contextlib.contextmanager
     def committing(self) -> Iterator[FenceCheck]:
@@ -288,6 +321,12 @@ _WAKE_FIRST = """
 local first = redis.call('ZPOPMIN', KEYS[1])
 if first[1] then redis.call('PUBLISH', ARGV[1] .. first[1], '') end
 """
+# While held: a message to the first waiter, left in the line (returns how many received it).
+_HAND_FIRST = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+if first[1] then return redis.call('PUBLISH', ARGV[1] .. first[1], ARGV[2]) end
+return 0
+"""
 
 
 def _lock_not_available(exc: DBAPIError) -> bool:
@@ -312,6 +351,9 @@ class DecisionLock:
         self.ttl_s, self.wait_s = ttl_s, wait_s
         self.fence = Fence(engine, name, wait_s=wait_s, shares=shares)
         self._wake_first = client.register_script(_WAKE_FIRST)
+        self._hand_first = client.register_script(_HAND_FIRST)
+        self._hands: ThreadPoolExecutor | None = None
+        self._hands_pid = 0
 
     @property
     def key(self) -> str:
@@ -324,13 +366,35 @@ class DecisionLock:
         return f"{self.key}:waiters"
 
     def wake(self, waiter: str) -> str:
+        """A waiter's channel: an empty message wakes it (the lock was released), any
+        other is handed to it by the holder (:meth:`Section.hand`)."""
         return f"{self.key}:wake:{waiter}"
 
+    def hand(self, make: Callable[[], bytes]) -> Future[int]:
+        """Publishes what ``make`` returns to the first waiter, on this lock's thread; the
+        future gives the number of processes that got it."""
+        if self._hands is None or self._hands_pid != os.getpid():  # threads do not fork
+            self._hands = ThreadPoolExecutor(1, thread_name_prefix="decision-lock-hand")
+            self._hands_pid = os.getpid()
+        return self._hands.submit(self._hand_first_waiter, make)
+
+    def _hand_first_waiter(self, make: Callable[[], bytes]) -> int:
+        if not self.client.exists(self.waiters):  # nobody waits: nothing to make
+            return 0
+        return int(self._hand_first(keys=[self.waiters], args=[self.wake(""), make()]))
+
     @contextlib.contextmanager
-    def __call__(self, *, while_waiting: Callable[[], None] | None = None) -> Iterator[Section]:
+    def __call__(
+        self,
+        *,
+        while_waiting: Callable[[], None] | None = None,
+        handed: Callable[[bytes], None] | None = None,
+    ) -> Iterator[Section]:
         """``while_waiting`` runs, while this process waits, each time another holder has
         left and the next one entered: the one before has committed (or given up), so the
-        waiting batch can catch up with it outside the lock (worker/pipeline.py)."""
+        waiting batch can catch up with it outside the lock (worker/pipeline.py).
+        ``handed`` runs, while it waits first in line, with what the holder hands it
+        before its commit (:meth:`Section.hand`)."""
         # thread_local=False: the renewing thread must see the token this thread acquired.
         lock = self.client.lock(
             self.key,
@@ -338,7 +402,7 @@ class DecisionLock:
             thread_local=False,
         )
         try:
-            acquired = self._acquire(lock, while_waiting)
+            acquired = self._acquire(lock, while_waiting, handed)
         except RedisError as exc:
             raise LockTimeout(f"Redis unreachable for the decision lock: {exc}") from exc
         if not acquired:
@@ -362,11 +426,15 @@ class DecisionLock:
 
         renewer = threading.Thread(target=renew, name="decision-lock-renew", daemon=True)
         renewer.start()
+        section = None
         try:
-            yield Section(self.fence, self.fence.claim(), lost)
+            section = Section(self.fence, self.fence.claim(), lost, self.hand)
+            yield section
         finally:
             done.set()
             renewer.join()
+            if section is not None:  # what it handed reaches the waiter before its wake-up
+                section.settle(HAND_WAIT_S)
             with contextlib.suppress(LockError, RedisError):
                 lock.release()
                 # The first waiter enters at once, rather than at its next ask (half a poll
@@ -374,7 +442,12 @@ class DecisionLock:
                 # waiters does not wake to race for it.
                 self._wake_first(keys=[self.waiters], args=[self.wake("")])
 
-    def _acquire(self, lock: Lock, while_waiting: Callable[[], None] | None) -> bool:
+    def _acquire(
+        self,
+        lock: Lock,
+        while_waiting: Callable[[], None] | None,
+        handed: Callable[[bytes], None] | None,
+    ) -> bool:
         if lock.acquire(blocking=False):
             return True
         deadline = time.monotonic() + self.wait_s
@@ -400,7 +473,13 @@ class DecisionLock:
                         seen = holder
                     if time.monotonic() >= deadline:
                         return False
-                    if woken.get_message(timeout=LOCK_POLL_S) is not None:
+                    message = woken.get_message(timeout=LOCK_POLL_S)
+                    if message is None:
+                        continue
+                    if message["data"]:  # handed by the holder, still in the line
+                        if handed is not None:
+                            handed(message["data"])
+                    else:
                         queued = False  # taken out of the line by the release that woke it
             finally:
                 if queued:
@@ -442,6 +521,10 @@ class ScopeLocks:
             return lock
 
     def __call__(
-        self, name: str, *, while_waiting: Callable[[], None] | None = None
+        self,
+        name: str,
+        *,
+        while_waiting: Callable[[], None] | None = None,
+        handed: Callable[[bytes], None] | None = None,
     ) -> contextlib.AbstractContextManager[Section]:
-        return self.get(name)(while_waiting=while_waiting)
+        return self.get(name)(while_waiting=while_waiting, handed=handed)

@@ -23,8 +23,10 @@ Follow one ticket through :func:`triage_batch`:
    c. *Section* (one at a time per scope across all workers; see ``Services.lock``): one
       light query tells whether the plan's view still holds (none of the batch's keys
       stored since, the same tickets committed since W). If so the plan is written as it
-      is; if not (another worker committed in the scope meanwhile) the view is read again
-      and the batch routed again on it, under the lock. Then one SQL transaction with the
+      is; if not (another worker committed in the scope meanwhile) the batch is routed
+      again on the view with what was committed, under the lock, unless that is what the
+      holder before handed it (worker/handoff.py) and it was routed on it while waiting.
+      Then its own rows are handed to the next waiter, and one SQL transaction writes the
       ticket rows (their vectors included) and the decision rows, fenced.
    d. *Publish*, after the lock: one upsert of the vectors into the store, then
       ``indexed_at`` on those rows. SQL first: a crash in between leaves decisions whose
@@ -69,6 +71,7 @@ from tickets.errors import (
     TriageError,
 )
 from tickets.model import Ticket, TicketKey
+from worker import handoff
 from worker.embedding import Embedder, Vectors
 from worker.hybrid import DEFAULT_ALPHA, DEFAULT_POOL
 from worker.lexical import EVERY, Document, LexicalIndex, Query, lexical_text, query_terms
@@ -103,12 +106,17 @@ class ThresholdSource(Protocol):
 
 
 class SectionLock(Protocol):
-    """``with lock(while_waiting=f) as section``: one section at a time (None: no fence).
-    ``f``, when given, runs while the caller waits, each time another holder has left
-    (worker/decision_lock.py): what it committed can be caught up with outside the lock."""
+    """``with lock(while_waiting=f, handed=g) as section``: one section at a time (None: no
+    fence). ``f``, when given, runs while the caller waits, each time another holder has
+    left (worker/decision_lock.py): what it committed can be caught up with outside the
+    lock; ``g`` with what the holder hands the first waiter before its commit
+    (worker/handoff.py)."""
 
     def __call__(
-        self, *, while_waiting: Callable[[], None] | None = None
+        self,
+        *,
+        while_waiting: Callable[[], None] | None = None,
+        handed: Callable[[bytes], None] | None = None,
     ) -> AbstractContextManager[Section | None]: ...
 
 
@@ -116,11 +124,19 @@ class ScopeLock(Protocol):
     """A :class:`SectionLock` per match scope, by the lock's name (:func:`scope_lock_name`)."""
 
     def __call__(
-        self, name: str, *, while_waiting: Callable[[], None] | None = None
+        self,
+        name: str,
+        *,
+        while_waiting: Callable[[], None] | None = None,
+        handed: Callable[[bytes], None] | None = None,
     ) -> AbstractContextManager[Section | None]: ...
 
 
-def unlocked(*, while_waiting: Callable[[], None] | None = None) -> AbstractContextManager[None]:
+def unlocked(
+    *,
+    while_waiting: Callable[[], None] | None = None,
+    handed: Callable[[bytes], None] | None = None,
+) -> AbstractContextManager[None]:
     """The section of a process that owns its store alone: nothing to wait for."""
     return contextlib.nullcontext()
 
@@ -426,6 +442,7 @@ def _restore(
 # and traces (bench/ reads them with section_times()); logged at DEBUG per section.
 _SECTION_TIMES: deque[float] = deque(maxlen=100_000)
 _SECTION_WAITS: deque[float] = deque(maxlen=100_000)
+_SECTION_CAUGHT_UP: deque[bool] = deque(maxlen=100_000)
 
 
 def section_times() -> list[float]:
@@ -436,6 +453,13 @@ def section_times() -> list[float]:
 def section_waits() -> list[float]:
     """Seconds each decision section of this process waited for its lock, oldest first."""
     return list(_SECTION_WAITS)
+
+
+def sections_caught_up() -> list[bool]:
+    """For each decision section of this process, oldest first, whether it caught up inside
+    the lock with tickets committed since its plan's view (False: its view held, or what
+    was committed is what the holder before handed it, caught up with while waiting)."""
+    return list(_SECTION_CAUGHT_UP)
 
 
 class _Collector:
@@ -632,10 +656,12 @@ def _decide_scope(
         name = scope_lock_name(services.match_scope, scope)
 
         def lock(
-            *, while_waiting: Callable[[], None] | None = None
+            *,
+            while_waiting: Callable[[], None] | None = None,
+            handed: Callable[[bytes], None] | None = None,
         ) -> AbstractContextManager[Section | None]:
             assert services.scope_lock is not None
-            return services.scope_lock(name, while_waiting=while_waiting)
+            return services.scope_lock(name, while_waiting=while_waiting, handed=handed)
 
     replans = 0
 
@@ -644,6 +670,12 @@ def _decide_scope(
         plan = _replanned(batch, part, snapshot, services, plan)
         replans += 1
 
+    def handed(data: bytes) -> None:
+        nonlocal plan
+        rows = handoff.decode(data)
+        if rows:
+            plan = replace(plan, ahead=_ahead(batch, part, snapshot, services, plan, rows))
+
     asked = time.perf_counter()
     # The section's connection is checked out (and pinged) before the lock is asked for,
     # so the lock is held for the section's own statements; and no garbage collection runs
@@ -651,22 +683,26 @@ def _decide_scope(
     with (
         session_of(services.engine, checked_out=True) as session,
         collector.held_off() as pause,
-        lock(while_waiting=while_waiting) as section,
+        lock(while_waiting=while_waiting, handed=handed) as section,
     ):
         pause()
         entered = time.perf_counter()
-        written, caught_up = _section(batch, part, snapshot, services, section, plan, session)
+        written, caught_up, inside = _section(
+            batch, part, snapshot, services, section, plan, session
+        )
         left = time.perf_counter()
     _SECTION_TIMES.append(left - entered)
     _SECTION_WAITS.append(entered - asked)
+    _SECTION_CAUGHT_UP.append(inside)
     logger.debug(
         "decision section: %.2f ms held, %.2f ms waited (%d plans brought up to date), "
-        "%d tickets, %d caught up (scope %s)",
+        "%d tickets, %d caught up (%s) (scope %s)",
         (left - entered) * 1000,
         (entered - asked) * 1000,
         replans,
         len(part),
         caught_up,
+        "in the section" if inside else "before it",
         scope,
     )
     if services.hooks.after_commit is not None:
@@ -885,6 +921,38 @@ class Plan:
 
     view: View
     routed: Routed
+    # Worked out while waiting, on what the holder handed before its commit: the part
+    # routed on this view with those tickets added, if they are what the section finds
+    # committed since (worker/handoff.py).
+    ahead: Ahead | None = None
+
+
+@dataclass
+class Ahead:
+    """A plan's catch-up with tickets handed by the holder before its commit."""
+
+    handed: list[db.StoredTicket]  # ids 0: the commit gives them
+    routed: Routed
+
+
+def _ahead(
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    services: Services,
+    plan: Plan,
+    handed: list[db.StoredTicket],
+) -> Ahead | None:
+    """The catch-up the section would do if it finds ``handed`` committed after the plan's
+    view, done now. The tickets stand in at ids above the view's (in their order); their
+    decoded copies stay out of the view's cache, which is by committed id."""
+    keys = {batch.items[i].ticket.key for i in part}
+    if any(t.key in keys for t in handed):
+        return None  # one of the batch's own keys: the section reads the view whole
+    top = max([snapshot.newest, *(t.id for t in plan.view.since)])
+    new = [replace(t, id=top + 1 + n) for n, t in enumerate(handed)]
+    routed = _caught_up_with(batch, part, snapshot, services, plan, new, dict(plan.view.caught))
+    return Ahead(list(handed), routed.routed)
 
 
 def _since(snapshot: Snapshot, field_: db.ScopeField) -> dict[str, Any]:
@@ -1119,17 +1187,24 @@ def _section(
     section: Section | None,
     plan: Plan,
     session: Session,
-) -> tuple[Written, int]:
+) -> tuple[Written, int, bool]:
     """Step 3c, under the lock: the plan if its view still holds (one light query says),
-    else catch up and decide again; then the write. Returns what to publish and how many
-    tickets were caught up.
+    else catch up and decide again; then the write. Returns what to publish, how many
+    tickets were caught up, and whether it caught up inside the lock (not when its view
+    held, nor when it had caught up while waiting with what it found committed: rows the
+    holder before handed, worker/handoff.py).
 
     One session from the view's check to the commit: every statement reads what was
     committed before it (PostgreSQL's READ COMMITTED; SQLite's transaction begins at the
     first write), and the section uses one connection instead of one per step."""
     keys = [batch.items[i].ticket.key for i in part]
-    routed = _follow(session, batch, part, snapshot, services, plan).routed
+    followed = _follow(session, batch, part, snapshot, services, plan)
+    routed = followed.routed
     _stamp(routed, datetime.now(UTC))
+    if section is not None and not routed.rerouted:
+        # The next waiter catches up with these rows while this section writes them.
+        tickets, decisions = list(routed.ticket_rows), list(routed.decision_rows)
+        section.hand(lambda: handoff.encode(handoff.stored_rows(tickets, decisions)))
     if services.hooks.in_section is not None:
         services.hooks.in_section(keys)
     # Fenced: if this section's lock was lost and another holder decided meanwhile,
@@ -1147,7 +1222,7 @@ def _section(
         len(routed.ticket_rows) - len(routed.decision_rows),
         routed.repaired,
     )
-    return out, routed.caught_up
+    return out, routed.caught_up, followed is not plan and followed.ahead is None
 
 
 def _follow(
@@ -1179,19 +1254,36 @@ def _follow(
         else:  # one below the view's last id: not read with the check
             new = db.stored_tickets(session, ids=added, field=field_, value=snapshot.scope)
         if not {t.key for t in new} & set(keys):
-            since = sorted(plan.view.since + new, key=lambda t: t.id)
-            view = View(plan.view.known, since, plan.view.caught)
-            reached = _reached(batch, plan.routed, view, new, snapshot, services)
-            if reached is not None:
-                # Only the tickets whose candidates changed are routed again (and those
-                # after them that ranked one whose route or canonical ticket changed).
-                if not reached:
-                    return Plan(view, plan.routed)
-                return Plan(
-                    view, _route(batch, part, snapshot, view, services, plan.routed, reached)
-                )
-            return Plan(view, _route(batch, part, snapshot, view, services))
+            ahead = plan.ahead
+            if ahead is not None and handoff.same(ahead.handed, new):
+                # Those are the tickets the holder handed: caught up with while waiting.
+                since = sorted(plan.view.since + new, key=lambda t: t.id)
+                return Plan(View(plan.view.known, since, plan.view.caught), ahead.routed, ahead)
+            return _caught_up_with(batch, part, snapshot, services, plan, new, plan.view.caught)
     view = _read_view(session, keys, snapshot, field_)
+    return Plan(view, _route(batch, part, snapshot, view, services))
+
+
+def _caught_up_with(
+    batch: PreparedBatch,
+    part: list[int],
+    snapshot: Snapshot,
+    services: Services,
+    plan: Plan,
+    new: list[db.StoredTicket],
+    caught: dict[int, CaughtUp],
+) -> Plan:
+    """The plan on its view with ``new`` (committed after it) added: routed again where
+    they could change a ticket's candidates."""
+    since = sorted(plan.view.since + new, key=lambda t: t.id)
+    view = View(plan.view.known, since, caught)
+    reached = _reached(batch, plan.routed, view, new, snapshot, services)
+    if reached is not None:
+        # Only the tickets whose candidates changed are routed again (and those after
+        # them that ranked one whose route or canonical ticket changed).
+        if not reached:
+            return Plan(view, plan.routed)
+        return Plan(view, _route(batch, part, snapshot, view, services, plan.routed, reached))
     return Plan(view, _route(batch, part, snapshot, view, services))
 
 
@@ -1205,6 +1297,8 @@ def _replanned(
 
     def run(session: Session) -> Plan:
         new = _follow(session, batch, part, snapshot, services, plan)
+        if new is plan:  # its view holds: kept with what it worked out ahead, if anything
+            return plan
         routed = new.routed
         if new.view is not plan.view and routed is plan.routed:
             # Kept whole on a view with more tickets: its candidates are listed again.
