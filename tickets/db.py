@@ -461,22 +461,34 @@ class StoredTicket:
 
 
 def _stored(row: Any) -> StoredTicket:
-    key = TicketKey(row.source, row.ticket_id)
-    decided = row.route is not None
+    return stored_ticket(row._mapping)
+
+
+def stored_ticket(
+    values: Mapping[str, Any], decision: Mapping[str, Any] | None = None
+) -> StoredTicket:
+    """A ticket row's columns (and its decision's ``route``, ``canonical_source``,
+    ``canonical_ticket_id``, in ``values`` or apart) as a :class:`StoredTicket`: the
+    columns left to their defaults read as the database fills them; no id reads as 0."""
+    decided = values if decision is None else decision
+    key = TicketKey(values["source"], values["ticket_id"])
+    route = decided.get("route")
     return StoredTicket(
-        id=int(row.id),
+        id=int(values.get("id") or 0),
         key=key,
-        subject=row.subject,
-        body=row.body or "",
-        body_format=row.body_format,
-        queue=row.queue,
-        vector=row.vector,
-        readable=row.readable is not False,
-        route=row.route if decided else "history",
-        canonical=TicketKey(row.canonical_source, row.canonical_ticket_id) if decided else key,
-        stored_at=row.stored_at,
-        received_at=row.received_at,
-        status=row.status,
+        subject=values["subject"],
+        body=values["body"] or "",
+        body_format=values.get("body_format") or "html",
+        queue=values["queue"],
+        vector=values["vector"],
+        readable=values.get("readable") is not False,
+        route="history" if route is None else route,
+        canonical=key
+        if route is None
+        else TicketKey(decided["canonical_source"], decided["canonical_ticket_id"]),
+        stored_at=values["stored_at"],
+        received_at=values["received_at"],
+        status=values.get("status") or "open",
     )
 
 

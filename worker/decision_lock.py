@@ -113,7 +113,7 @@ class Section:
     # Sends what the function makes to the first waiter, on a thread of the lock's
     # (:meth:`DecisionLock.hand`); None: nobody to hand to.
     handing: Callable[[Callable[[], bytes]], Future[int]] | None = None
-    _handed: Future[int] | None = None
+    _handed: Future[int] | None = field(default=None, init=False, repr=False)
 
     def hand(self, make: Callable[[], bytes]) -> None:
         """Gives what ``make`` returns to the process that waits first for the lock, while
@@ -329,6 +329,23 @@ return 0
 """
 
 
+# One thread per process sends every lock's hand-offs (each takes a fraction of a
+# millisecond), made again in a forked child, which has no threads.
+_HANDS: dict[int, ThreadPoolExecutor] = {}
+_HANDS_GUARD = threading.Lock()
+
+
+def _hand_thread() -> ThreadPoolExecutor:
+    with _HANDS_GUARD:
+        hands = _HANDS.get(os.getpid())
+        if hands is None:
+            _HANDS.clear()
+            hands = _HANDS[os.getpid()] = ThreadPoolExecutor(
+                1, thread_name_prefix="decision-lock-hand"
+            )
+        return hands
+
+
 def _lock_not_available(exc: DBAPIError) -> bool:
     # PostgreSQL's lock_not_available (55P03) when lock_timeout runs out.
     return getattr(exc.orig, "sqlstate", None) == "55P03"
@@ -352,8 +369,6 @@ class DecisionLock:
         self.fence = Fence(engine, name, wait_s=wait_s, shares=shares)
         self._wake_first = client.register_script(_WAKE_FIRST)
         self._hand_first = client.register_script(_HAND_FIRST)
-        self._hands: ThreadPoolExecutor | None = None
-        self._hands_pid = 0
 
     @property
     def key(self) -> str:
@@ -371,12 +386,9 @@ class DecisionLock:
         return f"{self.key}:wake:{waiter}"
 
     def hand(self, make: Callable[[], bytes]) -> Future[int]:
-        """Publishes what ``make`` returns to the first waiter, on this lock's thread; the
-        future gives the number of processes that got it."""
-        if self._hands is None or self._hands_pid != os.getpid():  # threads do not fork
-            self._hands = ThreadPoolExecutor(1, thread_name_prefix="decision-lock-hand")
-            self._hands_pid = os.getpid()
-        return self._hands.submit(self._hand_first_waiter, make)
+        """Publishes what ``make`` returns to the first waiter, on the process's hand-off
+        thread; the future gives the number of processes that got it."""
+        return _hand_thread().submit(self._hand_first_waiter, make)
 
     def _hand_first_waiter(self, make: Callable[[], bytes]) -> int:
         if not self.client.exists(self.waiters):  # nobody waits: nothing to make

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tickets.db import StoredTicket
+from tickets.db import StoredTicket, stored_ticket
 from tickets.model import TicketKey
 
 _VERSION = 1
@@ -32,33 +32,13 @@ _VERSION = 1
 def stored_rows(
     ticket_rows: Sequence[Mapping[str, Any]], decision_rows: Sequence[Mapping[str, Any]]
 ) -> list[StoredTicket]:
-    """The tickets as the next section will read them back once committed
-    (tickets/db.py ``_stored``), without their ids, which the commit gives (0 here)."""
+    """The tickets as the next section will read them back once committed, without their
+    ids, which the commit gives (0 here)."""
     decided = {(d["source"], d["ticket_id"]): d for d in decision_rows}
-    out = []
-    for row in ticket_rows:
-        key = TicketKey(row["source"], row["ticket_id"])
-        d = decided.get((key.source, key.ticket_id))
-        out.append(
-            StoredTicket(
-                id=0,
-                key=key,
-                subject=row["subject"],
-                body=row["body"] or "",
-                body_format=row.get("body_format") or "html",
-                queue=row["queue"],
-                vector=row["vector"],
-                readable=row.get("readable") is not False,
-                route="history" if d is None else d["route"],
-                canonical=key
-                if d is None
-                else TicketKey(d["canonical_source"], d["canonical_ticket_id"]),
-                stored_at=row["stored_at"],
-                received_at=row["received_at"],
-                status=row.get("status") or "open",
-            )
-        )
-    return out
+    return [
+        stored_ticket(row, decided.get((row["source"], row["ticket_id"]), {}))
+        for row in ticket_rows
+    ]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
